@@ -1,0 +1,1 @@
+//! vLLM-exact prefix-cache block hashes. STUB: to be filled in (owner: hashing work).

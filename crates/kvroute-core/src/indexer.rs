@@ -1,0 +1,1 @@
+//! The KV indexer. STUB: to be filled in (owner: indexer work).

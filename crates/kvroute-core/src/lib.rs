@@ -1,0 +1,15 @@
+//! kvroute-core: the parts of kvroute that must be fast and exact, with no Node dependency.
+//!
+//! - [`block_keys`]: the router's own chained XXH3-64 keys over token blocks (the default keying).
+//! - [`engine_hash`]: vLLM-exact prefix-cache block hashes (sha256, sha256_cbor, xxhash variants).
+//! - [`extra_keys`]: per-request extra keys (LoRA name, cache salt, multimodal features) and how
+//!   they attach to blocks, shared by both keyings.
+//! - [`indexer`]: which worker holds which block, on which tier; prefix-overlap queries.
+
+pub mod block_keys;
+pub mod engine_hash;
+pub mod error;
+pub mod extra_keys;
+pub mod indexer;
+
+pub use error::{Error, ErrorCode};
