@@ -1,1 +1,10 @@
-//! N-API bindings. Placeholder until the bindings land.
+//! N-API bindings for kvroute-core. This crate only converts types and calls into the core:
+//! batches cross the boundary as typed arrays, never one JS call per block.
+
+use napi_derive::napi;
+
+/// The version of the native core.
+#[napi]
+pub fn native_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}

@@ -1,0 +1,2 @@
+import { native } from "../native.js";
+console.log(native.nativeVersion());
