@@ -1,0 +1,54 @@
+/**
+ * Typed errors with stable codes (`KVR_*`), in the manner of undici's `UND_ERR_*`.
+ * Native errors arrive as `Error("KVR_CODE: message")` and are turned into these classes by
+ * {@link fromNative}.
+ */
+
+export type KvrouteErrorCode =
+  | "KVR_INVALID_CONFIG"
+  | "KVR_INVALID_INPUT"
+  | "KVR_INTERNAL";
+
+export class KvrouteError extends Error {
+  readonly code: KvrouteErrorCode;
+  constructor(code: KvrouteErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A configuration value is missing, out of range or unknown. */
+export class InvalidConfigError extends KvrouteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("KVR_INVALID_CONFIG", message, options);
+  }
+}
+
+/** An input value (tokens, hashes, a JSON line...) is malformed. */
+export class InvalidInputError extends KvrouteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("KVR_INVALID_INPUT", message, options);
+  }
+}
+
+const NATIVE_CODE = /^(KVR_[A-Z_]+): ([\s\S]*)$/;
+
+/** Converts an error thrown by the native addon into the matching typed error. */
+export function fromNative(err: unknown): KvrouteError {
+  if (err instanceof KvrouteError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  const match = NATIVE_CODE.exec(message);
+  if (match?.[1] === "KVR_INVALID_CONFIG") return new InvalidConfigError(match[2] ?? "", { cause: err });
+  if (match?.[1] === "KVR_INVALID_INPUT") return new InvalidInputError(match[2] ?? "", { cause: err });
+  return new KvrouteError("KVR_INTERNAL", message, { cause: err });
+}
+
+/** Runs a native call, rethrowing its errors as typed errors. */
+export function callNative<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
