@@ -1,2 +1,45 @@
-import { native } from "../native.js";
-console.log(native.nativeVersion());
+/**
+ * The `kvroute` command line. Each subcommand lives in its own module and exports `run(argv)`,
+ * returning the process exit code.
+ */
+import { runHash } from "./hash.js";
+
+const USAGE = `kvroute — KV-cache-aware routing for vLLM fleets
+
+Usage: kvroute <command> [options]
+
+Commands:
+  hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
+  help      Show this help
+
+Run 'kvroute <command> --help' for a command's options.`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, Command> = {
+  hash: runHash,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    console.log(USAGE);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`kvroute: unknown command '${name}'\n\n${USAGE}`);
+    return 2;
+  }
+  return command(rest);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error(`kvroute: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 1;
+  },
+);

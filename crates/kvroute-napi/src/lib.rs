@@ -1,5 +1,10 @@
 //! N-API bindings for kvroute-core. This crate only converts types and calls into the core:
-//! batches cross the boundary as typed arrays, never one JS call per block.
+//! batches cross the boundary as typed arrays, never one JS call per block. Errors carry the
+//! core's stable code as a `KVR_*: ` message prefix, which the TS layer turns into typed errors.
+
+mod convert;
+mod hasher;
+mod indexer;
 
 use napi_derive::napi;
 

@@ -1,0 +1,115 @@
+/**
+ * `kvroute hash`: block hashes of token sequences. Reads JSON lines
+ * `{"tokens":[...],"lora_name"?:...,"cache_salt"?:...}` on stdin and writes one JSON line per
+ * input: `{"hashes":["<u64 decimal>",...]}` plus `"digests":["<hex>",...]` with --digest.
+ * All input is validated before anything is written, so a bad line leaves stdout empty.
+ */
+import { BlockHasher, ENGINE_HASH_ALGORITHMS, type ExtraKeys, type HashAlgorithm } from "../core/block-hasher.js";
+import { KvrouteError } from "../errors.js";
+import { parseCommandArgs, positiveInt, readStdin, UsageError } from "./args.js";
+
+const HELP = `Usage: kvroute hash [--algorithm A] [--seed S] [--block-size N] [--digest]
+
+Reads JSON lines {"tokens":[...],"lora_name"?:"...","cache_salt"?:"..."} on stdin and writes one
+JSON line per input with the 64-bit block hashes as decimal strings (and hex digests with --digest).
+
+  --algorithm A   router | ${ENGINE_HASH_ALGORITHMS.join(" | ")}   (default sha256, vLLM's default)
+  --seed S        the engine's PYTHONHASHSEED (default: $PYTHONHASHSEED, else unset)
+  --block-size N  tokens per block (default 16, vLLM's default)
+  --digest        also print the full digests in hex
+
+Exit codes: 0 ok, 2 bad usage or bad input (the message names the line).`;
+
+const ALGORITHMS: readonly string[] = ["router", ...ENGINE_HASH_ALGORITHMS];
+
+interface HashRequest {
+  tokens: number[];
+  extra: ExtraKeys;
+}
+
+/** Parses and validates one input line; throws with a message that names what is wrong. */
+function parseLine(text: string): HashRequest {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`invalid JSON (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Error("expected a JSON object with a 'tokens' array");
+  }
+  const obj = value as Record<string, unknown>;
+  const tokens = obj["tokens"];
+  if (!Array.isArray(tokens)) throw new Error("'tokens' must be an array of token ids");
+  tokens.forEach((t, i) => {
+    if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t > 0xffff_ffff) {
+      throw new Error(`'tokens[${i}]' must be an integer in [0, 2^32): got ${JSON.stringify(t)}`);
+    }
+  });
+  const extra: ExtraKeys = {};
+  for (const [field, key] of [
+    ["lora_name", "loraName"],
+    ["cache_salt", "cacheSalt"],
+  ] as const) {
+    const v = obj[field];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== "string") throw new Error(`'${field}' must be a string`);
+    extra[key] = v;
+  }
+  for (const field of Object.keys(obj)) {
+    if (!["tokens", "lora_name", "cache_salt"].includes(field)) throw new Error(`unknown field '${field}'`);
+  }
+  return { tokens: tokens as number[], extra };
+}
+
+export async function runHash(argv: string[]): Promise<number> {
+  try {
+    const { values } = parseCommandArgs(argv, {
+      algorithm: { type: "string" },
+      seed: { type: "string" },
+      "block-size": { type: "string" },
+      digest: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(HELP);
+      return 0;
+    }
+    const algorithm = values.algorithm ?? "sha256";
+    if (!ALGORITHMS.includes(algorithm)) {
+      throw new UsageError(`--algorithm must be one of ${ALGORITHMS.join(", ")}: got '${algorithm}'`);
+    }
+    const hasher = new BlockHasher({
+      blockSize: positiveInt("block-size", values["block-size"], 16),
+      algorithm: algorithm as HashAlgorithm,
+      seed: values.seed ?? process.env["PYTHONHASHSEED"],
+    });
+
+    const lines = (await readStdin()).split("\n");
+    const out: string[] = [];
+    for (let i = 0; i < lines.length; i++) {
+      const text = lines[i]!.trim();
+      if (text === "") continue;
+      let request: HashRequest;
+      try {
+        request = parseLine(text);
+      } catch (err) {
+        console.error(`kvroute hash: line ${i + 1}: ${err instanceof Error ? err.message : String(err)}`);
+        return 2;
+      }
+      const record: { hashes: string[]; digests?: string[] } = {
+        hashes: Array.from(hasher.hash(request.tokens, request.extra), (h) => h.toString()),
+      };
+      if (values.digest) record.digests = hasher.digests(request.tokens, request.extra).map((d) => d.toString("hex"));
+      out.push(JSON.stringify(record));
+    }
+    if (out.length > 0) process.stdout.write(out.join("\n") + "\n");
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof KvrouteError) {
+      console.error(`kvroute hash: ${err.message}\n\n${HELP}`);
+      return 2;
+    }
+    throw err;
+  }
+}
