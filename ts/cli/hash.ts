@@ -10,8 +10,8 @@ import { parseCommandArgs, positiveInt, readStdin, UsageError } from "./args.js"
 
 const HELP = `Usage: kvroute hash [--algorithm A] [--seed S] [--block-size N] [--digest]
 
-Reads JSON lines {"tokens":[...],"lora_name"?:"...","cache_salt"?:"..."} on stdin and writes one
-JSON line per input with the 64-bit block hashes as decimal strings (and hex digests with --digest).
+Reads JSON lines {"tokens":[...],"lora_name"?:"...","lora_path"?:"...","cache_salt"?:"..."} on
+stdin (vLLM >= 0.33 hashes a LoRA's path with its name) and writes one JSON line per input with the 64-bit block hashes as decimal strings (and hex digests with --digest).
 
   --algorithm A   router | ${ENGINE_HASH_ALGORITHMS.join(" | ")}   (default sha256, vLLM's default)
   --seed S        the engine's PYTHONHASHSEED (default: $PYTHONHASHSEED, else unset)
@@ -49,6 +49,7 @@ function parseLine(text: string): HashRequest {
   const extra: ExtraKeys = {};
   for (const [field, key] of [
     ["lora_name", "loraName"],
+    ["lora_path", "loraPath"],
     ["cache_salt", "cacheSalt"],
   ] as const) {
     const v = obj[field];
@@ -57,7 +58,7 @@ function parseLine(text: string): HashRequest {
     extra[key] = v;
   }
   for (const field of Object.keys(obj)) {
-    if (!["tokens", "lora_name", "cache_salt"].includes(field)) throw new Error(`unknown field '${field}'`);
+    if (!["tokens", "lora_name", "lora_path", "cache_salt"].includes(field)) throw new Error(`unknown field '${field}'`);
   }
   return { tokens: tokens as number[], extra };
 }

@@ -38,6 +38,8 @@ export interface MmFeature {
 /** Per-request extra keys that vLLM mixes into block hashes. */
 export interface ExtraKeys {
   loraName?: string;
+  /** vLLM >= 0.33 hashes the adapter's path next to its name (engine keying only). */
+  loraPath?: string;
   /** Applies to the first block only, as in vLLM. */
   cacheSalt?: string;
   mm?: MmFeature[];

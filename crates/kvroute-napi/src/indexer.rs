@@ -48,9 +48,8 @@ pub struct KvIndexerStats {
     pub removes_unknown: i64,
 }
 
-type WorkerArg = Either<String, WorkerRef>;
 
-fn worker_parts(worker: &WorkerArg) -> (&str, Option<u32>) {
+fn worker_parts(worker: &Either<String, WorkerRef>) -> (&str, Option<u32>) {
     match worker {
         Either::A(id) => (id.as_str(), None),
         Either::B(w) => (w.worker_id.as_str(), w.dp_rank),
@@ -97,7 +96,7 @@ impl KvIndexer {
     #[napi]
     pub fn apply_stored(
         &mut self,
-        worker: WorkerArg,
+        worker: Either<String, WorkerRef>,
         parent_hash: Option<BigInt>,
         hashes: BigUint64ArraySlice,
         medium: Option<String>,
@@ -113,7 +112,7 @@ impl KvIndexer {
     #[napi]
     pub fn apply_removed(
         &mut self,
-        worker: WorkerArg,
+        worker: Either<String, WorkerRef>,
         hashes: BigUint64ArraySlice,
         medium: Option<String>,
     ) {
@@ -124,7 +123,7 @@ impl KvIndexer {
     /// AllBlocksCleared: drops the worker's blocks (one rank, or all when `dpRank` is absent).
     /// Returns how many holdings were dropped.
     #[napi]
-    pub fn clear_worker(&mut self, worker: WorkerArg) -> i64 {
+    pub fn clear_worker(&mut self, worker: Either<String, WorkerRef>) -> i64 {
         let (id, dp) = worker_parts(&worker);
         self.index.clear_worker(id, dp) as i64
     }
