@@ -9,6 +9,7 @@
 pub mod block_keys;
 pub mod engine_hash;
 pub mod error;
+pub mod events;
 pub mod extra_keys;
 pub mod indexer;
 
