@@ -35,7 +35,13 @@ fn realistic_tokens(n: usize, rng: &mut Rng) -> Vec<u32> {
     (0..n)
         .map(|_| {
             let r = rng.below(100);
-            (if r < 60 { rng.below(8_000) } else if r < 95 { rng.below(40_000) } else { rng.below(128_256) }) as u32
+            (if r < 60 {
+                rng.below(8_000)
+            } else if r < 95 {
+                rng.below(40_000)
+            } else {
+                rng.below(128_256)
+            }) as u32
         })
         .collect()
 }
@@ -74,7 +80,11 @@ fn main() {
     rows.push(("hash router (XXH3-64 keys)".into(), r, "blocks/s".into()));
 
     for algorithm in HashAlgorithm::ALL {
-        let cfg = EngineHasherConfig { block_size: BLOCK, algorithm, seed: Some("0".into()) };
+        let cfg = EngineHasherConfig {
+            block_size: BLOCK,
+            algorithm,
+            seed: Some("0".into()),
+        };
         let hasher = EngineHasher::new(cfg).unwrap();
         let r = rate(blocks, 0.5, || {
             out.clear();
@@ -88,7 +98,13 @@ fn main() {
         let mut parent = *hasher.none_hash();
         for (i, block) in tokens.chunks_exact(BLOCK).enumerate() {
             let mut buf = Vec::new();
-            serialize_block(algorithm, parent.as_bytes(), block, &BlockExtraKeys::NONE, &mut buf);
+            serialize_block(
+                algorithm,
+                parent.as_bytes(),
+                block,
+                &BlockExtraKeys::NONE,
+                &mut buf,
+            );
             messages.push(buf);
             parent = digests[i];
         }
@@ -106,8 +122,16 @@ fn main() {
             }),
         };
         rows.push((format!("hash {algorithm}"), r, "blocks/s".into()));
-        let raw_name = if algorithm.is_cryptographic() { "SHA-256" } else { "XXH3-128" };
-        rows.push((format!("  raw {raw_name} over the same {msg_len}-byte messages"), raw, "msgs/s".into()));
+        let raw_name = if algorithm.is_cryptographic() {
+            "SHA-256"
+        } else {
+            "XXH3-128"
+        };
+        rows.push((
+            format!("  raw {raw_name} over the same {msg_len}-byte messages"),
+            raw,
+            "msgs/s".into(),
+        ));
     }
     let router_msgs: Vec<Vec<u8>> = tokens
         .chunks_exact(BLOCK)
@@ -122,12 +146,17 @@ fn main() {
             black_box(xxh3_64(m));
         }
     });
-    rows.push((format!("  raw XXH3-64 over {}-byte messages", router_msgs[0].len()), raw, "msgs/s".into()));
+    rows.push((
+        format!("  raw XXH3-64 over {}-byte messages", router_msgs[0].len()),
+        raw,
+        "msgs/s".into(),
+    ));
 
     // Indexer: 2,048 chains of 512 blocks (1M distinct blocks), each on 10 of 64 workers.
     let (chains, chain_len, workers, per_chain) = (2048usize, 512usize, 64usize, 10usize);
-    let chain_keys: Vec<Vec<u64>> =
-        (0..chains).map(|_| (0..chain_len).map(|_| rng.next()).collect()).collect();
+    let chain_keys: Vec<Vec<u64>> = (0..chains)
+        .map(|_| (0..chain_len).map(|_| rng.next()).collect())
+        .collect();
     let names: Vec<String> = (0..workers).map(|w| format!("worker-{w}")).collect();
     let mut index = Indexer::new();
     let start = Instant::now();
@@ -140,10 +169,18 @@ fn main() {
         }
     }
     let apply = stored as f64 / start.elapsed().as_secs_f64();
-    rows.push(("indexer apply (512-block BlockStored batches)".into(), apply, "blocks/s".into()));
+    rows.push((
+        "indexer apply (512-block BlockStored batches)".into(),
+        apply,
+        "blocks/s".into(),
+    ));
     let stats = index.stats();
     rows.push((
-        format!("indexer memory at {:.1}M pairs, {:.2}M blocks", stats.pairs as f64 / 1e6, stats.blocks as f64 / 1e6),
+        format!(
+            "indexer memory at {:.1}M pairs, {:.2}M blocks",
+            stats.pairs as f64 / 1e6,
+            stats.blocks as f64 / 1e6
+        ),
         stats.approx_bytes as f64 / stats.pairs as f64,
         "bytes/pair".into(),
     ));
@@ -161,8 +198,16 @@ fn main() {
         }
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    rows.push(("indexer find_matches 512-block query p50".into(), percentile(&lat, 0.5), "µs".into()));
-    rows.push(("indexer find_matches 512-block query p99".into(), percentile(&lat, 0.99), "µs".into()));
+    rows.push((
+        "indexer find_matches 512-block query p50".into(),
+        percentile(&lat, 0.5),
+        "µs".into(),
+    ));
+    rows.push((
+        "indexer find_matches 512-block query p99".into(),
+        percentile(&lat, 0.99),
+        "µs".into(),
+    ));
 
     if json {
         let items: Vec<String> = rows

@@ -1,1 +1,0 @@
-//! The KV indexer. STUB: to be filled in (owner: indexer work).
