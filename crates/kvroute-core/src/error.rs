@@ -27,10 +27,16 @@ pub struct Error {
 
 impl Error {
     pub fn config(message: impl Into<String>) -> Self {
-        Error { code: ErrorCode::InvalidConfig, message: message.into() }
+        Error {
+            code: ErrorCode::InvalidConfig,
+            message: message.into(),
+        }
     }
     pub fn input(message: impl Into<String>) -> Self {
-        Error { code: ErrorCode::InvalidInput, message: message.into() }
+        Error {
+            code: ErrorCode::InvalidInput,
+            message: message.into(),
+        }
     }
 }
 

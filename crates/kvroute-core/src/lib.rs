@@ -5,10 +5,13 @@
 //! - [`extra_keys`]: per-request extra keys (LoRA name, cache salt, multimodal features) and how
 //!   they attach to blocks, shared by both keyings.
 //! - [`indexer`]: which worker holds which block, on which tier; prefix-overlap queries.
+//! - [`event_applier`]: vLLM KV event batches applied to an indexer (both keyings, engine-hash
+//!   map, hash parity check).
 
 pub mod block_keys;
 pub mod engine_hash;
 pub mod error;
+pub mod event_applier;
 pub mod events;
 pub mod extra_keys;
 pub mod indexer;

@@ -9,11 +9,17 @@ pub fn to_napi(err: kvroute_core::Error) -> napi::Error {
 }
 
 pub fn invalid_input(message: impl std::fmt::Display) -> napi::Error {
-    napi::Error::new(napi::Status::InvalidArg, format!("KVR_INVALID_INPUT: {message}"))
+    napi::Error::new(
+        napi::Status::InvalidArg,
+        format!("KVR_INVALID_INPUT: {message}"),
+    )
 }
 
 pub fn invalid_config(message: impl std::fmt::Display) -> napi::Error {
-    napi::Error::new(napi::Status::InvalidArg, format!("KVR_INVALID_CONFIG: {message}"))
+    napi::Error::new(
+        napi::Status::InvalidArg,
+        format!("KVR_INVALID_CONFIG: {message}"),
+    )
 }
 
 #[napi(object)]
@@ -35,7 +41,9 @@ pub struct ExtraKeysInput {
 }
 
 pub fn extra_keys(input: Option<ExtraKeysInput>) -> ExtraKeys {
-    let Some(input) = input else { return ExtraKeys::default() };
+    let Some(input) = input else {
+        return ExtraKeys::default();
+    };
     ExtraKeys {
         lora_name: input.lora_name,
         lora_path: input.lora_path,

@@ -41,7 +41,11 @@ impl BlockHasher {
                          xxhash or xxhash_cbor"
                     ))
                 })?;
-                let config = EngineHasherConfig { block_size, algorithm, seed: options.seed };
+                let config = EngineHasherConfig {
+                    block_size,
+                    algorithm,
+                    seed: options.seed,
+                };
                 Keying::Engine(EngineHasher::new(config).map_err(to_napi)?)
             }
         };

@@ -1,10 +1,13 @@
 //! `KvIndexer`: which worker holds which block. Hashes come in as `BigUint64Array`s, one call per
-//! batch; a query answers per worker, never per block.
+//! batch, or as whole vLLM KV event payloads (`applyEventBatch`, decoded and applied in Rust by
+//! `kvroute_core::event_applier`); a query answers per worker, never per block.
 
 use std::collections::HashMap;
 
-use kvroute_core::indexer::{Indexer, Matches};
-use napi::bindgen_prelude::{BigInt, BigUint64ArraySlice, Either};
+use kvroute_core::engine_hash::HashAlgorithm;
+use kvroute_core::event_applier::{EventApplier, EventApplierConfig, Keying};
+use kvroute_core::indexer::Matches;
+use napi::bindgen_prelude::{BigInt, BigUint64ArraySlice, Either, Uint8ArraySlice};
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, invalid_input, to_napi};
@@ -13,6 +16,89 @@ use crate::convert::{invalid_config, invalid_input, to_napi};
 pub struct KvIndexerOptions {
     /// Tokens per block of the model this index serves.
     pub block_size: u32,
+    /// How `applyEventBatch` keys blocks: `"tokens"` (default: router keys from token ids) or
+    /// `"engine"` (vLLM's hashes as is).
+    #[napi(ts_type = "'tokens' | 'engine'")]
+    pub keying: Option<String>,
+    /// The workers' `--prefix-caching-hash-algo`; with `keying: "engine"` it enables the hash
+    /// parity check.
+    pub hash_algorithm: Option<String>,
+    /// The workers' PYTHONHASHSEED (unset when absent).
+    pub hash_seed: Option<String>,
+    /// Bound of each (worker, dpRank) engine-hash map (token keying); default 1048576.
+    pub max_engine_map_entries: Option<u32>,
+    /// Parity check sampling: the first N stored events per (worker, dpRank) (default 16) ...
+    pub parity_first: Option<u32>,
+    /// ... then one in K (default 64; 0 = only the first N).
+    pub parity_every: Option<u32>,
+}
+
+/// What `applyEventBatch` did with one payload.
+#[napi(object)]
+pub struct ApplyEventBatchResult {
+    /// Events in the batch (including dropped ones).
+    pub events: u32,
+    /// Blocks stored / removed in the index.
+    pub stored: u32,
+    pub removed: u32,
+    /// AllBlocksCleared events applied.
+    pub cleared: u32,
+    /// Events skipped (see `eventStats().skippedReasons`).
+    pub skipped: u32,
+    /// Of those, BlockStored/BlockRemoved/AllBlocksCleared events with unreadable fields: the
+    /// worker's view may be off, a resync is advisable.
+    pub skipped_known: u32,
+    /// The batch's data-parallel rank (0 when absent).
+    pub dp_rank: u32,
+    /// Set when the payload could not be decoded at all (nothing was applied): the reason.
+    pub malformed: Option<String>,
+}
+
+/// Parity and map state of one (worker, dpRank).
+#[napi(object, use_nullable = true)]
+pub struct WorkerEventStats {
+    pub worker_id: String,
+    pub dp_rank: u32,
+    /// Engine-hash map entries (token keying).
+    pub map_entries: i64,
+    /// Recomputed block hashes differ from the worker's (engine keying with a hash algorithm).
+    pub hash_mismatch: bool,
+    /// A BlockStored had another block size (or token count) than the model's.
+    pub block_size_mismatch: bool,
+    /// The block size of the last mismatching event.
+    pub worker_block_size: Option<u32>,
+    /// E.g. "seed: the worker's PYTHONHASHSEED is unset (the router's is \"42\")"; starts with
+    /// block_size, algorithm, seed, "algorithm and seed" or unknown.
+    pub likely_cause: Option<String>,
+    /// Sampled BlockStored events recomputed, and how many differed.
+    pub checked: i64,
+    pub mismatched: i64,
+}
+
+/// Counters of `applyEventBatch`.
+#[napi(object)]
+pub struct KvEventStats {
+    #[napi(ts_type = "'tokens' | 'engine'")]
+    pub keying: String,
+    pub batches: i64,
+    pub events_stored: i64,
+    pub events_removed: i64,
+    pub events_cleared: i64,
+    pub blocks_stored: i64,
+    pub blocks_removed: i64,
+    pub malformed_batches: i64,
+    pub malformed_reasons: HashMap<String, i64>,
+    pub skipped_events: i64,
+    pub skipped_reasons: HashMap<String, i64>,
+    /// BlockStored events whose parent hash was unknown (token keying).
+    pub unresolved_parents: i64,
+    /// Hashes of BlockRemoved / token-less BlockStored events that were unknown (token keying).
+    pub unresolved_hashes: i64,
+    pub map_evictions: i64,
+    pub map_rekeyed: i64,
+    pub block_size_mismatches: i64,
+    pub map_entries: i64,
+    pub workers: Vec<WorkerEventStats>,
 }
 
 /// A worker, or one data-parallel rank of it.
@@ -48,7 +134,6 @@ pub struct KvIndexerStats {
     pub removes_unknown: i64,
 }
 
-
 fn worker_parts(worker: &Either<String, WorkerRef>) -> (&str, Option<u32>) {
     match worker {
         Either::A(id) => (id.as_str(), None),
@@ -61,7 +146,9 @@ fn parent_key(parent: Option<BigInt>) -> napi::Result<Option<u64>> {
         .map(|p| {
             let (signed, value, lossless) = p.get_u64();
             if signed || !lossless {
-                Err(invalid_input("parentHash must be an unsigned 64-bit bigint"))
+                Err(invalid_input(
+                    "parentHash must be an unsigned 64-bit bigint",
+                ))
             } else {
                 Ok(value)
             }
@@ -69,10 +156,40 @@ fn parent_key(parent: Option<BigInt>) -> napi::Result<Option<u64>> {
         .transpose()
 }
 
+fn counts(m: &std::collections::BTreeMap<&'static str, u64>) -> HashMap<String, i64> {
+    m.iter().map(|(k, v)| (k.to_string(), *v as i64)).collect()
+}
+
+fn applier_config(options: KvIndexerOptions) -> napi::Result<EventApplierConfig> {
+    if options.block_size == 0 {
+        return Err(invalid_config("blockSize must be > 0"));
+    }
+    let mut cfg = EventApplierConfig::new(options.block_size);
+    if let Some(k) = options.keying.as_deref() {
+        cfg.keying = k.parse::<Keying>().map_err(to_napi)?;
+    }
+    if let Some(a) = options.hash_algorithm.as_deref() {
+        cfg.hash_algorithm = Some(a.parse::<HashAlgorithm>().map_err(to_napi)?);
+    }
+    cfg.hash_seed = options.hash_seed;
+    if let Some(n) = options.max_engine_map_entries {
+        if n == 0 {
+            return Err(invalid_config("maxEngineMapEntries must be > 0"));
+        }
+        cfg.max_engine_map_entries = n as usize;
+    }
+    if let Some(n) = options.parity_first {
+        cfg.parity_first = n;
+    }
+    if let Some(n) = options.parity_every {
+        cfg.parity_every = n;
+    }
+    Ok(cfg)
+}
+
 #[napi]
 pub struct KvIndexer {
-    index: Indexer,
-    block_size: u32,
+    applier: EventApplier,
     matches: Matches,
 }
 
@@ -80,15 +197,95 @@ pub struct KvIndexer {
 impl KvIndexer {
     #[napi(constructor)]
     pub fn new(options: KvIndexerOptions) -> napi::Result<Self> {
-        if options.block_size == 0 {
-            return Err(invalid_config("blockSize must be > 0"));
-        }
-        Ok(KvIndexer { index: Indexer::new(), block_size: options.block_size, matches: Matches::new() })
+        let applier = EventApplier::new(applier_config(options)?).map_err(to_napi)?;
+        Ok(KvIndexer {
+            applier,
+            matches: Matches::new(),
+        })
     }
 
     #[napi(getter)]
     pub fn block_size(&self) -> u32 {
-        self.block_size
+        self.applier.block_size()
+    }
+
+    /// `"tokens"` or `"engine"`.
+    #[napi(getter, ts_return_type = "'tokens' | 'engine'")]
+    pub fn keying(&self) -> String {
+        self.applier.keying().as_str().to_owned()
+    }
+
+    /// One ZMQ message payload (a msgpack KVEventBatch of any vLLM release) from `workerId`,
+    /// decoded and applied in one call at the batch's DP rank. Never throws for bad bytes: a
+    /// payload that does not decode changes nothing and comes back with `malformed` set.
+    #[napi]
+    pub fn apply_event_batch(
+        &mut self,
+        worker_id: String,
+        payload: Uint8ArraySlice,
+    ) -> ApplyEventBatchResult {
+        match self.applier.apply_payload(&worker_id, &payload) {
+            Ok(o) => ApplyEventBatchResult {
+                events: o.events,
+                stored: o.stored,
+                removed: o.removed,
+                cleared: o.cleared,
+                skipped: o.skipped,
+                skipped_known: o.skipped_known,
+                dp_rank: o.dp_rank,
+                malformed: None,
+            },
+            Err(e) => ApplyEventBatchResult {
+                events: 0,
+                stored: 0,
+                removed: 0,
+                cleared: 0,
+                skipped: 0,
+                skipped_known: 0,
+                dp_rank: 0,
+                malformed: Some(e.reason.to_owned()),
+            },
+        }
+    }
+
+    /// Counters of `applyEventBatch` and the per-(worker, dpRank) parity flags.
+    #[napi]
+    pub fn event_stats(&self) -> KvEventStats {
+        let s = self.applier.stats();
+        KvEventStats {
+            keying: self.applier.keying().as_str().to_owned(),
+            batches: s.batches as i64,
+            events_stored: s.events_stored as i64,
+            events_removed: s.events_removed as i64,
+            events_cleared: s.events_cleared as i64,
+            blocks_stored: s.blocks_stored as i64,
+            blocks_removed: s.blocks_removed as i64,
+            malformed_batches: s.malformed_batches as i64,
+            malformed_reasons: counts(&s.malformed_reasons),
+            skipped_events: s.skipped_events as i64,
+            skipped_reasons: counts(&s.skipped_reasons),
+            unresolved_parents: s.unresolved_parents as i64,
+            unresolved_hashes: s.unresolved_hashes as i64,
+            map_evictions: s.map_evictions as i64,
+            map_rekeyed: s.map_rekeyed as i64,
+            block_size_mismatches: s.block_size_mismatches as i64,
+            map_entries: s.map_entries as i64,
+            workers: s
+                .workers
+                .into_iter()
+                .map(|w| WorkerEventStats {
+                    worker_id: w.worker_id,
+                    dp_rank: w.dp_rank,
+                    map_entries: w.map_entries as i64,
+                    hash_mismatch: w.hash_mismatch,
+                    block_size_mismatch: w.block_size_mismatch,
+                    worker_block_size: w.worker_block_size,
+                    likely_cause: w.likely_cause,
+                    checked: w.checked as i64,
+                    mismatched: w.mismatched as i64,
+                })
+                .collect(),
+        }
     }
 
     /// BlockStored: `worker` now holds `hashes` (a chain under `parentHash`) on tier `medium`
@@ -103,7 +300,8 @@ impl KvIndexer {
     ) -> napi::Result<()> {
         let (id, dp) = worker_parts(&worker);
         let parent = parent_key(parent_hash)?;
-        self.index
+        self.applier
+            .indexer_mut()
             .apply_stored(id, dp.unwrap_or(0), medium.as_deref(), parent, &hashes)
             .map_err(to_napi)
     }
@@ -117,51 +315,61 @@ impl KvIndexer {
         medium: Option<String>,
     ) {
         let (id, dp) = worker_parts(&worker);
-        self.index.apply_removed(id, dp.unwrap_or(0), medium.as_deref(), &hashes);
+        self.applier
+            .indexer_mut()
+            .apply_removed(id, dp.unwrap_or(0), medium.as_deref(), &hashes);
     }
 
-    /// AllBlocksCleared: drops the worker's blocks (one rank, or all when `dpRank` is absent).
-    /// Returns how many holdings were dropped.
+    /// AllBlocksCleared, a restart or a resync: drops the worker's blocks (one rank, or all when
+    /// `dpRank` is absent) and resets its engine-hash maps and parity flags. Returns how many
+    /// holdings were dropped.
     #[napi]
     pub fn clear_worker(&mut self, worker: Either<String, WorkerRef>) -> i64 {
         let (id, dp) = worker_parts(&worker);
-        self.index.clear_worker(id, dp) as i64
+        self.applier.clear_worker(id, dp) as i64
     }
 
-    /// Drops all the worker's blocks (every rank) and forgets it. Returns whether it was known.
+    /// Drops all the worker's blocks (every rank) and state, and forgets it. Returns whether it
+    /// was known.
     #[napi]
     pub fn remove_worker(&mut self, worker_id: String) -> bool {
-        self.index.remove_worker(&worker_id)
+        self.applier.remove_worker(&worker_id)
     }
 
     /// Per worker holding the query's first block: how many leading blocks it holds.
     /// Sorted by `blocks`, largest first.
     #[napi]
     pub fn find_matches(&mut self, hashes: BigUint64ArraySlice) -> Vec<WorkerMatch> {
-        self.index.find_matches(&hashes, &mut self.matches);
+        let index = self.applier.indexer();
+        index.find_matches(&hashes, &mut self.matches);
         let mut out: Vec<WorkerMatch> = self
             .matches
             .entries()
             .iter()
             .map(|e| {
-                let (worker_id, dp_rank) = self.index.slot_worker(e.slot);
+                let (worker_id, dp_rank) = index.slot_worker(e.slot);
                 let tiers = e
                     .tier_blocks
                     .iter()
                     .enumerate()
                     .filter(|(_, &n)| n > 0)
-                    .filter_map(|(t, &n)| self.index.tier_name(t).map(|name| (name.to_string(), n)))
+                    .filter_map(|(t, &n)| index.tier_name(t).map(|name| (name.to_string(), n)))
                     .collect();
-                WorkerMatch { worker_id: worker_id.to_string(), dp_rank, blocks: e.blocks, tiers }
+                WorkerMatch {
+                    worker_id: worker_id.to_string(),
+                    dp_rank,
+                    blocks: e.blocks,
+                    tiers,
+                }
             })
             .collect();
-        out.sort_by(|a, b| b.blocks.cmp(&a.blocks));
+        out.sort_by_key(|m| std::cmp::Reverse(m.blocks));
         out
     }
 
     #[napi]
     pub fn stats(&self) -> KvIndexerStats {
-        let s = self.index.stats();
+        let s = self.applier.indexer().stats();
         KvIndexerStats {
             blocks: s.blocks as i64,
             pairs: s.pairs as i64,
