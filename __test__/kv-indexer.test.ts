@@ -106,6 +106,9 @@ describe("KvIndexer via N-API", () => {
     expect(index.removeWorker("a")).toBe(true);
     expect(index.findMatches(chain).map((x) => x.workerId)).toEqual(["b"]);
     expect(index.stats()).toMatchObject({ blocks: 3, pairs: 3, workers: 1 });
+    // A new worker reuses the freed slot: its name must not be confused with the removed one's.
+    index.applyStored("c", null, chain.slice(0, 1));
+    expect(index.findMatches(chain).map((x) => x.workerId).sort()).toEqual(["b", "c"]);
     index.applyRemoved({ workerId: "b", dpRank: 1 }, BigUint64Array.from([99n]));
     expect(index.stats().removesUnknown).toBe(1);
   });

@@ -146,6 +146,10 @@ export interface KvEventStats {
 
 export class KvIndexer {
   private readonly inner: InstanceType<typeof native.KvIndexer>;
+  /** Slot -> worker, valid while the native slot epoch is unchanged (see findMatchesPacked). */
+  private readonly slotNames = new Map<number, { workerId: string; dpRank: number }>();
+  private slotEpoch = -1;
+  private tierNames: string[] = [];
 
   constructor(options: KvIndexerOptions) {
     this.inner = callNative(
@@ -209,7 +213,30 @@ export class KvIndexer {
 
   /** Per worker holding the query's first block: how many leading blocks it holds, largest first. */
   findMatches(hashes: BigUint64Array): WorkerMatch[] {
-    return this.inner.findMatches(hashes);
+    const packed = this.inner.findMatchesPacked(hashes);
+    const tiers = packed[0]!;
+    if (packed[1] !== this.slotEpoch) {
+      this.slotNames.clear();
+      this.slotEpoch = packed[1]!;
+    }
+    if (this.tierNames.length < tiers) this.tierNames = this.inner.tierNames();
+    const out: WorkerMatch[] = new Array(packed[2]!);
+    for (let k = 0, off = 3; k < out.length; k++, off += 2 + tiers) {
+      const slot = packed[off]!;
+      let worker = this.slotNames.get(slot);
+      if (worker === undefined) {
+        const ref = this.inner.slotWorker(slot)!;
+        worker = { workerId: ref.workerId, dpRank: ref.dpRank ?? 0 };
+        this.slotNames.set(slot, worker);
+      }
+      const byTier: Record<string, number> = {};
+      for (let t = 0; t < tiers; t++) {
+        const n = packed[off + 2 + t]!;
+        if (n > 0) byTier[this.tierNames[t]!] = n;
+      }
+      out[k] = { workerId: worker.workerId, dpRank: worker.dpRank, blocks: packed[off + 1]!, tiers: byTier };
+    }
+    return out;
   }
 
   stats(): KvIndexerStats {

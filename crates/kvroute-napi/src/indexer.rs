@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use kvroute_core::engine_hash::HashAlgorithm;
 use kvroute_core::event_applier::{EventApplier, EventApplierConfig, Keying};
 use kvroute_core::indexer::Matches;
-use napi::bindgen_prelude::{BigInt, BigUint64ArraySlice, Either, Uint8ArraySlice};
+use napi::bindgen_prelude::{BigInt, BigUint64ArraySlice, Either, Uint32Array, Uint8ArraySlice};
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, invalid_input, to_napi};
@@ -110,16 +110,6 @@ pub struct WorkerRef {
 }
 
 #[napi(object)]
-pub struct WorkerMatch {
-    pub worker_id: String,
-    pub dp_rank: u32,
-    /// Leading blocks of the query the worker holds, on any tier.
-    pub blocks: u32,
-    /// Those blocks by the best tier holding each (e.g. `{ GPU: 10, CPU: 2 }`).
-    pub tiers: HashMap<String, u32>,
-}
-
-#[napi(object)]
 pub struct KvIndexerStats {
     /// Distinct blocks held by anyone.
     pub blocks: i64,
@@ -191,6 +181,8 @@ fn applier_config(options: KvIndexerOptions) -> napi::Result<EventApplierConfig>
 pub struct KvIndexer {
     applier: EventApplier,
     matches: Matches,
+    /// Bumped whenever `remove_worker` frees slots, so JS-side slot-name caches know to reset.
+    slot_epoch: u32,
 }
 
 #[napi]
@@ -201,6 +193,7 @@ impl KvIndexer {
         Ok(KvIndexer {
             applier,
             matches: Matches::new(),
+            slot_epoch: 0,
         })
     }
 
@@ -333,38 +326,54 @@ impl KvIndexer {
     /// was known.
     #[napi]
     pub fn remove_worker(&mut self, worker_id: String) -> bool {
-        self.applier.remove_worker(&worker_id)
+        let known = self.applier.remove_worker(&worker_id);
+        if known {
+            self.slot_epoch = self.slot_epoch.wrapping_add(1);
+        }
+        known
     }
 
-    /// Per worker holding the query's first block: how many leading blocks it holds.
-    /// Sorted by `blocks`, largest first.
+    /// Per worker holding the query's first block, packed to avoid one JS object per worker:
+    /// `[tiers T, slotEpoch, n, (slot, blocks, tierBlocks[0..T]) x n]`, largest overlap first.
+    /// Resolve slots with `slotWorker` and tier indices with `tierNames`; cached slot names are
+    /// valid while `slotEpoch` (bumped whenever a worker is removed and its slots freed) is unchanged.
     #[napi]
-    pub fn find_matches(&mut self, hashes: BigUint64ArraySlice) -> Vec<WorkerMatch> {
+    pub fn find_matches_packed(&mut self, hashes: BigUint64ArraySlice) -> Uint32Array {
         let index = self.applier.indexer();
         index.find_matches(&hashes, &mut self.matches);
-        let mut out: Vec<WorkerMatch> = self
-            .matches
-            .entries()
-            .iter()
-            .map(|e| {
-                let (worker_id, dp_rank) = index.slot_worker(e.slot);
-                let tiers = e
-                    .tier_blocks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &n)| n > 0)
-                    .filter_map(|(t, &n)| index.tier_name(t).map(|name| (name.to_string(), n)))
-                    .collect();
-                WorkerMatch {
-                    worker_id: worker_id.to_string(),
-                    dp_rank,
-                    blocks: e.blocks,
-                    tiers,
-                }
+        let tiers = (0..).take_while(|&t| index.tier_name(t).is_some()).count();
+        let mut order: Vec<&kvroute_core::indexer::MatchEntry> =
+            self.matches.entries().iter().collect();
+        order.sort_by_key(|e| std::cmp::Reverse(e.blocks));
+        let mut out = Vec::with_capacity(3 + order.len() * (2 + tiers));
+        out.extend_from_slice(&[tiers as u32, self.slot_epoch, order.len() as u32]);
+        for e in order {
+            out.push(e.slot);
+            out.push(e.blocks);
+            out.extend_from_slice(&e.tier_blocks[..tiers]);
+        }
+        Uint32Array::new(out)
+    }
+
+    /// The worker and rank of a slot reported by `findMatchesPacked`.
+    #[napi]
+    pub fn slot_worker(&self, slot: u32) -> Option<WorkerRef> {
+        self.applier
+            .indexer()
+            .try_slot_worker(slot)
+            .map(|(id, dp)| WorkerRef {
+                worker_id: id.to_string(),
+                dp_rank: Some(dp),
             })
-            .collect();
-        out.sort_by_key(|m| std::cmp::Reverse(m.blocks));
-        out
+    }
+
+    /// Tier names by index (tier 0 is "GPU"); tiers are only ever added.
+    #[napi]
+    pub fn tier_names(&self) -> Vec<String> {
+        let index = self.applier.indexer();
+        (0..)
+            .map_while(|t| index.tier_name(t).map(str::to_string))
+            .collect()
     }
 
     #[napi]
