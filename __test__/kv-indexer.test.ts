@@ -113,6 +113,17 @@ describe("KvIndexer via N-API", () => {
     expect(index.stats().removesUnknown).toBe(1);
   });
 
+  it("answers queries matched by hundreds of workers (output buffer grows)", () => {
+    const index = new KvIndexer({ blockSize: 16 });
+    const chain = BigUint64Array.from([1n, 2n, 3n]);
+    for (let w = 0; w < 300; w++) index.applyStored(`w${w}`, null, chain.slice(0, 1 + (w % 3)), w % 2 ? "CPU" : "GPU");
+    const m = index.findMatches(chain);
+    expect(m.length).toBe(300);
+    expect(m[0]!.blocks).toBe(3);
+    expect(m.filter((x) => x.blocks === 3).length).toBe(100);
+    expect(m.find((x) => x.workerId === "w7")).toEqual({ workerId: "w7", dpRank: 0, blocks: 2, tiers: { CPU: 2 } });
+  });
+
   it("rejects a parent hash that is not an unsigned 64-bit bigint", () => {
     const index = new KvIndexer({ blockSize: 16 });
     expect(() => index.applyStored("a", -1n, BigUint64Array.from([1n]))).toThrow(/parentHash/);

@@ -150,6 +150,8 @@ export class KvIndexer {
   private readonly slotNames = new Map<number, { workerId: string; dpRank: number }>();
   private slotEpoch = -1;
   private tierNames: string[] = [];
+  /** Reused output buffer of findMatchesInto. */
+  private packed = new Uint32Array(3 + 64 * 4);
 
   constructor(options: KvIndexerOptions) {
     this.inner = callNative(
@@ -213,7 +215,12 @@ export class KvIndexer {
 
   /** Per worker holding the query's first block: how many leading blocks it holds, largest first. */
   findMatches(hashes: BigUint64Array): WorkerMatch[] {
-    const packed = this.inner.findMatchesPacked(hashes);
+    let needed = this.inner.findMatchesInto(hashes, this.packed);
+    if (needed > this.packed.length) {
+      this.packed = new Uint32Array(needed * 2);
+      needed = this.inner.findMatchesInto(hashes, this.packed);
+    }
+    const packed = this.packed;
     const tiers = packed[0]!;
     if (packed[1] !== this.slotEpoch) {
       this.slotNames.clear();

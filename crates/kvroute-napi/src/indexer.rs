@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use kvroute_core::engine_hash::HashAlgorithm;
 use kvroute_core::event_applier::{EventApplier, EventApplierConfig, Keying};
 use kvroute_core::indexer::Matches;
-use napi::bindgen_prelude::{BigInt, BigUint64ArraySlice, Either, Uint32Array, Uint8ArraySlice};
+use napi::bindgen_prelude::{
+    BigInt, BigUint64ArraySlice, Either, Uint32ArraySlice, Uint8ArraySlice,
+};
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, invalid_input, to_napi};
@@ -183,6 +185,8 @@ pub struct KvIndexer {
     matches: Matches,
     /// Bumped whenever `remove_worker` frees slots, so JS-side slot-name caches know to reset.
     slot_epoch: u32,
+    /// Scratch for sorting matches by overlap.
+    order: Vec<u32>,
 }
 
 #[napi]
@@ -194,6 +198,7 @@ impl KvIndexer {
             applier,
             matches: Matches::new(),
             slot_epoch: 0,
+            order: Vec::new(),
         })
     }
 
@@ -333,26 +338,43 @@ impl KvIndexer {
         known
     }
 
-    /// Per worker holding the query's first block, packed to avoid one JS object per worker:
-    /// `[tiers T, slotEpoch, n, (slot, blocks, tierBlocks[0..T]) x n]`, largest overlap first.
-    /// Resolve slots with `slotWorker` and tier indices with `tierNames`; cached slot names are
-    /// valid while `slotEpoch` (bumped whenever a worker is removed and its slots freed) is unchanged.
+    /// Per worker holding the query's first block, packed into the caller's `out` buffer so a
+    /// query allocates nothing on either side: `[tiers T, slotEpoch, n, (slot, blocks,
+    /// tierBlocks[0..T]) x n]`, largest overlap first. Returns the number of words the answer
+    /// needs; when that exceeds `out.length`, nothing is written and the caller retries with a
+    /// larger buffer. Slots resolve with `slotWorker`, tier indices with `tierNames`; cached slot
+    /// names stay valid while `slotEpoch` (bumped when a worker is removed) is unchanged.
     #[napi]
-    pub fn find_matches_packed(&mut self, hashes: BigUint64ArraySlice) -> Uint32Array {
+    pub fn find_matches_into(
+        &mut self,
+        hashes: BigUint64ArraySlice,
+        mut out: Uint32ArraySlice,
+    ) -> u32 {
+        // SAFETY: this call is synchronous on the JS thread, which is blocked until it returns,
+        // so nothing else reads or writes the typed array meanwhile, and the slice does not
+        // outlive the call.
+        let out = unsafe { out.as_mut() };
         let index = self.applier.indexer();
         index.find_matches(&hashes, &mut self.matches);
         let tiers = (0..).take_while(|&t| index.tier_name(t).is_some()).count();
-        let mut order: Vec<&kvroute_core::indexer::MatchEntry> =
-            self.matches.entries().iter().collect();
-        order.sort_by_key(|e| std::cmp::Reverse(e.blocks));
-        let mut out = Vec::with_capacity(3 + order.len() * (2 + tiers));
-        out.extend_from_slice(&[tiers as u32, self.slot_epoch, order.len() as u32]);
-        for e in order {
-            out.push(e.slot);
-            out.push(e.blocks);
-            out.extend_from_slice(&e.tier_blocks[..tiers]);
+        let entries = self.matches.entries();
+        let needed = 3 + entries.len() * (2 + tiers);
+        if needed > out.len() {
+            return needed as u32;
         }
-        Uint32Array::new(out)
+        self.order.clear();
+        self.order.extend(0..entries.len() as u32);
+        self.order
+            .sort_unstable_by_key(|&i| std::cmp::Reverse(entries[i as usize].blocks));
+        out[..3].copy_from_slice(&[tiers as u32, self.slot_epoch, entries.len() as u32]);
+        for (k, &i) in self.order.iter().enumerate() {
+            let e = &entries[i as usize];
+            let at = 3 + k * (2 + tiers);
+            out[at] = e.slot;
+            out[at + 1] = e.blocks;
+            out[at + 2..at + 2 + tiers].copy_from_slice(&e.tier_blocks[..tiers]);
+        }
+        needed as u32
     }
 
     /// The worker and rank of a slot reported by `findMatchesPacked`.
