@@ -46,6 +46,13 @@ export {
   type VllmEventSourceOptions,
   type VllmEventSourceStats,
   type ZmtpSocketOptions,
+  decodeKvEventBatch,
+  encodeKvEventBatch,
+  indexerSink,
+  type IndexerSink,
+  type IndexerSinkOptions,
+  type KvEventBatch,
+  type KvEventFormat,
 } from "./events/index.js";
 export {
   EventBusError,

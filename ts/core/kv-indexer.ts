@@ -178,11 +178,12 @@ export class KvIndexer {
 
   /**
    * One ZMQ message payload (frame 2: a msgpack KVEventBatch of any vLLM release from 0.9) from
-   * `workerId`, decoded and applied in Rust in one call, at the batch's data-parallel rank. Never
-   * throws for bad bytes: a payload that does not decode changes nothing and returns `malformed`.
+   * `workerId`, decoded and applied in Rust in one call, at the batch's data-parallel rank
+   * (`dpRank` when the batch names none, as vLLM 0.9.0's do; default 0). Never throws for bad
+   * bytes: a payload that does not decode changes nothing and returns `malformed`.
    */
-  applyEventBatch(workerId: string, payload: Uint8Array): ApplyEventBatchResult {
-    return this.inner.applyEventBatch(workerId, payload);
+  applyEventBatch(workerId: string, payload: Uint8Array, dpRank?: number): ApplyEventBatchResult {
+    return this.inner.applyEventBatch(workerId, payload, dpRank);
   }
 
   /** Counters of `applyEventBatch` and the per-(worker, dpRank) parity flags. */

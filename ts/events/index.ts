@@ -19,3 +19,5 @@ export {
   type VllmEventPublisherStats,
 } from "./vllm-event-publisher.js";
 export * from "./zmtp/index.js";
+export * from "./codec.js";
+export { indexerSink, type IndexerSink, type IndexerSinkOptions, type IndexerSinkStats } from "./indexer-sink.js";

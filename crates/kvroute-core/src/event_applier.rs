@@ -678,8 +678,20 @@ impl EventApplier {
         worker_id: &str,
         payload: &[u8],
     ) -> std::result::Result<ApplyOutcome, DecodeError> {
+        self.apply_payload_at(worker_id, payload, 0)
+    }
+
+    /// Like [`apply_payload`](Self::apply_payload), with the DP rank to use when the batch names
+    /// none (vLLM 0.9.0 batches have no `data_parallel_rank`; the subscriber knows the rank from
+    /// the endpoint it reads).
+    pub fn apply_payload_at(
+        &mut self,
+        worker_id: &str,
+        payload: &[u8],
+        fallback_rank: u32,
+    ) -> std::result::Result<ApplyOutcome, DecodeError> {
         match decode_batch(payload) {
-            Ok(batch) => self.apply_batch(worker_id, &batch),
+            Ok(batch) => self.apply_batch_at(worker_id, &batch, fallback_rank),
             Err(e) => {
                 self.core.c.malformed_batches += 1;
                 bump(&mut self.core.c.malformed_reasons, e.reason);
@@ -695,8 +707,18 @@ impl EventApplier {
         worker_id: &str,
         batch: &KvEventBatch,
     ) -> std::result::Result<ApplyOutcome, DecodeError> {
+        self.apply_batch_at(worker_id, batch, 0)
+    }
+
+    /// Like [`apply_batch`](Self::apply_batch) with `fallback_rank` for a batch without a rank.
+    pub fn apply_batch_at(
+        &mut self,
+        worker_id: &str,
+        batch: &KvEventBatch,
+        fallback_rank: u32,
+    ) -> std::result::Result<ApplyOutcome, DecodeError> {
         let dp_rank = match batch.data_parallel_rank.map(u32::try_from) {
-            None => 0,
+            None => fallback_rank,
             Some(Ok(r)) => r,
             Some(Err(_)) => {
                 const REASON: &str = "data_parallel_rank out of range";

@@ -221,8 +221,12 @@ impl KvIndexer {
         &mut self,
         worker_id: String,
         payload: Uint8ArraySlice,
+        dp_rank: Option<u32>,
     ) -> ApplyEventBatchResult {
-        match self.applier.apply_payload(&worker_id, &payload) {
+        match self
+            .applier
+            .apply_payload_at(&worker_id, &payload, dp_rank.unwrap_or(0))
+        {
             Ok(o) => ApplyEventBatchResult {
                 events: o.events,
                 stored: o.stored,
