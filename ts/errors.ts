@@ -7,6 +7,8 @@
 export type KvrouteErrorCode =
   | "KVR_INVALID_CONFIG"
   | "KVR_INVALID_INPUT"
+  | "KVR_WORKER_START"
+  | "KVR_WORKER_FAILED"
   | "KVR_INTERNAL";
 
 export class KvrouteError extends Error {
