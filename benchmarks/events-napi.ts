@@ -8,7 +8,7 @@
  * The event objects are encoded up front and dropped, and the heap is collected before each run,
  * so the timed loop measures applyEventBatch rather than the GC of a million-object test fixture.
  */
-import { encodeKvEventBatch, type KvEvent } from "../ts/events/codec.js";
+import { decodeKvEventBatch, encodeKvEventBatch, type KvEvent } from "../ts/events/codec.js";
 import { BlockHasher, KvIndexer, type KvIndexerOptions } from "../ts/index.js";
 
 const total = Number(process.argv[2] ?? 1 << 18);
@@ -66,4 +66,26 @@ for (const [batch, payloads] of payloadsBySize) {
     }
     console.log(`batch ${String(batch).padStart(3)}  ${name.padEnd(14)} ${(best / 1e6).toFixed(2)} M block events/s`);
   }
+}
+
+// Baseline in the same run: what a gateway does without the batched path — decode each payload
+// to JS objects, then one N-API call per event (engine keying, so no token work on either side).
+for (const [batch, payloads] of payloadsBySize) {
+  let best = 0;
+  for (let run = 0; run < 3; run++) {
+    gc();
+    const ix = new KvIndexer({ blockSize: 16, keying: "engine" });
+    const t = process.hrtime.bigint();
+    for (const p of payloads) {
+      for (const ev of decodeKvEventBatch(p).events) {
+        if (ev.type !== "BlockStored") continue;
+        const parent = typeof ev.parentBlockHash === "bigint" ? ev.parentBlockHash : null;
+        ix.applyStored("worker-0", parent, BigUint64Array.from(ev.blockHashes as bigint[]));
+      }
+    }
+    const secs = Number(process.hrtime.bigint() - t) / 1e9;
+    if (ix.stats().blocks !== total) throw new Error("baseline applied a different state");
+    best = Math.max(best, total / secs);
+  }
+  console.log(`batch ${String(batch).padStart(3)}  ${"baseline: JS decode + per-event N-API".padEnd(14)} ${(best / 1e6).toFixed(2)} M block events/s`);
 }
