@@ -4,12 +4,11 @@
  * {@link fromNative}.
  */
 
-export type KvrouteErrorCode =
-  | "KVR_INVALID_CONFIG"
-  | "KVR_INVALID_INPUT"
-  | "KVR_WORKER_START"
-  | "KVR_WORKER_FAILED"
-  | "KVR_INTERNAL";
+/**
+ * Every code starts with `KVR_`. The layers define their own (workers: `KVR_WORKER_START`,
+ * router: `KVR_NO_WORKER`, gateway: `KVR_QUEUE_FULL`...) next to their error classes.
+ */
+export type KvrouteErrorCode = `KVR_${Uppercase<string>}`;
 
 export class KvrouteError extends Error {
   readonly code: KvrouteErrorCode;

@@ -7,6 +7,8 @@
 //! - [`indexer`]: which worker holds which block, on which tier; prefix-overlap queries.
 //! - [`event_applier`]: vLLM KV event batches applied to an indexer (both keyings, engine-hash
 //!   map, hash parity check).
+//! - [`scheduler`]: one model's routing decisions (cost model, load bookkeeping, speculative
+//!   entries, busy threshold, modes).
 
 pub mod block_keys;
 pub mod engine_hash;
@@ -15,5 +17,6 @@ pub mod event_applier;
 pub mod events;
 pub mod extra_keys;
 pub mod indexer;
+pub mod scheduler;
 
 pub use error::{Error, ErrorCode};

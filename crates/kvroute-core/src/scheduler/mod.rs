@@ -1,0 +1,938 @@
+//! The scheduler: one model's routing decisions. It owns the model's [`EventApplier`] (so KV
+//! events and decisions share one index), the candidate *targets* (one per `(worker, dp_rank)`
+//! the registry lists), the router's own load bookkeeping ([`load`]), the speculative overlay
+//! ([`speculative`]) and the workers' scraped metrics, and answers a decision in one call:
+//! request tokens → block keys → index walk → one score per target → a choice.
+//!
+//! # Cost model (mode `kv`)
+//!
+//! For every candidate target `t`, with `w = overlap_weight` and `λ = sequence_weight`:
+//!
+//! ```text
+//! overlap(t)  = indexed overlap + speculative run after it          blocks, ≤ full prompt blocks
+//! prefill(t)  = prompt blocks - overlap(t)                         this request's uncached blocks
+//! queued(t)   = Σ prefill blocks of t's requests without a first token       (bookkeeping)
+//! decode(t)   = unique KV blocks t's unfinished requests keep active, with this request added:
+//!               shared prompt prefixes once, plus each request's own blocks   (bookkeeping)
+//! context(t)  = Σ context blocks of those requests, shared prefixes per request (bookkeeping)
+//! penalty(t)  = external × mean context blocks + w × external waiting × mean prompt blocks
+//! cost(t)     = w × (prefill(t) + queued(t)) + decode(t) + λ × context(t) + penalty(t)
+//! ```
+//!
+//! `decode` is the KV memory the requests hold (vLLM shares a cached prefix among them), so a
+//! request joining others with its prefix adds little there; `λ × context` is the per-sequence
+//! decode work (each sequence reads its whole context every step), which keeps a few popular
+//! prefixes from parking all the traffic on their holders while other workers idle. See
+//! [`load`] for the bookkeeping.
+//!
+//! `prompt blocks = ceil(prompt tokens / block size)` (a trailing partial block is always
+//! computed). The penalty is the *metrics correction*: from a worker's last scrape (if younger
+//! than `metrics_ttl_ms`), `external = max(0, running + waiting - our requests there)` is the load
+//! the router did not place itself (other routers, direct traffic, lost lifecycle calls), of
+//! which `external waiting = min(external, max(0, waiting - our prefilling requests))` also sits
+//! in its prefill queue; both are priced with the router's running means (EWMA) of its requests'
+//! prompt and context blocks. Without metrics the penalty is 0.
+//!
+//! **Busy**: a target is busy when its fresh metrics show `kv_usage > busy_kv_usage` or
+//! `waiting > busy_queue_depth`, or the router has `≥ busy_active_requests` requests on it.
+//! Busy targets are skipped unless every candidate is busy (`all_busy`), in every mode.
+//!
+//! **Choice**: `temperature == 0`: the minimum cost, ties (within 1e-9 relative) broken uniformly
+//! at random with the seeded PRNG, so equal candidates (e.g. cache misses everywhere at low
+//! concurrency) spread instead of all landing on the first. `temperature > 0`: sample with
+//! probability ∝ `exp(-z / temperature)`, `z = (cost - min) / (max - min)` (costs normalized to
+//! `[0, 1]` over the eligible candidates, so the temperature is unitless; uniform when all are
+//! equal). Other modes: `round-robin` (cursor over the eligible targets in target order),
+//! `random` (uniform), `least-loaded` (minimum of `w × queued + decode + λ × context +
+//! penalty`, random tie-break). All modes compute overlaps (for the decision's numbers) and book
+//! load; only `kv` credits speculative entries (the only mode they steer).
+//!
+//! **After a decision** (unless a dry run): the request is booked on the chosen target (unstarted,
+//! lapsing after `unstarted_ttl_ms` unless [`Scheduler::start`] confirms it), and the target is
+//! credited in the speculative overlay, for `speculative_ttl_ms` (0: off), with the request's
+//! blocks past the prefix its index entry already confirms, so a burst sharing a new prefix sees
+//! it there before the worker's events do ([`speculative`] has the exact semantics). Credit is
+//! not cleared when events confirm the blocks (the indexed part of a later query simply covers
+//! them); it lapses.
+
+pub mod load;
+mod pair_table;
+mod speculative;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::block_keys::RouterKeyer;
+use crate::engine_hash::{EngineHasher, EngineHasherConfig, HashAlgorithm};
+use crate::error::{Error, Result};
+use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, Keying};
+use crate::events::DecodeError;
+use crate::extra_keys::ExtraKeys;
+use crate::indexer::Matches;
+
+use load::LoadBook;
+pub use load::TargetLoad;
+use speculative::Overlay;
+
+/// A candidate's id: dense, reused lowest first after its worker leaves.
+pub type TargetId = u32;
+
+/// How a decision is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Cost model of the module docs.
+    #[default]
+    Kv,
+    RoundRobin,
+    Random,
+    LeastLoaded,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Kv => "kv",
+            Mode::RoundRobin => "round-robin",
+            Mode::Random => "random",
+            Mode::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kv" => Ok(Mode::Kv),
+            "round-robin" => Ok(Mode::RoundRobin),
+            "random" => Ok(Mode::Random),
+            "least-loaded" => Ok(Mode::LeastLoaded),
+            _ => Err(Error::config(format!(
+                "unknown router mode {s:?} (expected kv, round-robin, random or least-loaded)"
+            ))),
+        }
+    }
+}
+
+/// A worker's role; requests may ask for targets of some roles only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Role {
+    #[default]
+    Aggregated,
+    Prefill,
+    Decode,
+}
+
+impl Role {
+    /// Its bit in a role mask (see [`RouteRequest::roles`]).
+    pub fn bit(self) -> u8 {
+        match self {
+            Role::Aggregated => 1,
+            Role::Prefill => 2,
+            Role::Decode => 4,
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "aggregated" => Ok(Role::Aggregated),
+            "prefill" => Ok(Role::Prefill),
+            "decode" => Ok(Role::Decode),
+            _ => Err(Error::config(format!(
+                "unknown worker role {s:?} (expected aggregated, prefill or decode)"
+            ))),
+        }
+    }
+}
+
+/// Configuration of one model's [`Scheduler`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Block size, keying, the workers' hash algorithm and seed (engine keying hashes requests
+    /// with them; sha256 when unset), engine-map bounds.
+    pub events: EventApplierConfig,
+    /// `w` of the cost model; ≥ 0.
+    pub overlap_weight: f64,
+    /// `λ` of the cost model (per-sequence decode work); ≥ 0.
+    pub sequence_weight: f64,
+    /// 0: argmin; > 0: softmax sampling over normalized costs.
+    pub temperature: f64,
+    /// Busy above this KV cache usage (0..1, vLLM's `kv_cache_usage_perc`).
+    pub busy_kv_usage: Option<f64>,
+    /// Busy above this many waiting requests (`num_requests_waiting`).
+    pub busy_queue_depth: Option<f64>,
+    /// Busy at this many of the router's own requests on the target.
+    pub busy_active_requests: Option<u32>,
+    /// Speculative credit per decision; 0 disables it.
+    pub speculative_ttl_ms: f64,
+    /// Bound of the speculative overlay in `(block, target)` pairs.
+    pub max_speculative_blocks: usize,
+    /// An unstarted booking lapses after this long.
+    pub unstarted_ttl_ms: f64,
+    /// Metrics older than this are ignored.
+    pub metrics_ttl_ms: f64,
+    /// `max_tokens` beyond this does not grow the expected output further.
+    pub expected_output_cap: u32,
+    /// PRNG seed (tie-breaks, sampling, `random` mode).
+    pub seed: u64,
+}
+
+impl SchedulerConfig {
+    pub fn new(events: EventApplierConfig) -> Self {
+        SchedulerConfig {
+            events,
+            overlap_weight: 1.0,
+            sequence_weight: 0.1,
+            temperature: 0.0,
+            busy_kv_usage: None,
+            busy_queue_depth: None,
+            busy_active_requests: None,
+            speculative_ttl_ms: 2000.0,
+            max_speculative_blocks: 1 << 18,
+            unstarted_ttl_ms: 2000.0,
+            metrics_ttl_ms: 10_000.0,
+            expected_output_cap: 4096,
+            seed: 0x6b76_726f_7574_6531,
+        }
+    }
+}
+
+/// A worker's scraped metrics (one rank's share when the worker hosts several).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerMetrics {
+    /// `vllm:num_requests_waiting`.
+    pub waiting: f64,
+    /// `vllm:num_requests_running`.
+    pub running: f64,
+    /// `vllm:kv_cache_usage_perc` (a fraction, 0..1).
+    pub kv_usage: f64,
+}
+
+/// One decision's input.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    pub tokens: &'a [u32],
+    pub extra: &'a ExtraKeys,
+    pub request_id: &'a str,
+    /// Expected output bound (improves the predicted decode load).
+    pub max_tokens: Option<u32>,
+    pub mode: Mode,
+    /// Sort `Decision::candidates` by cost (they are always filled).
+    pub explain: bool,
+    /// Decide only: no booking, no speculative credit.
+    pub dry_run: bool,
+    /// Role mask (OR of [`Role::bit`]); 0 = any role.
+    pub roles: u8,
+    /// Targets not to choose.
+    pub exclude: &'a [TargetId],
+}
+
+/// One candidate's score. `cost` is the mode's criterion (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CandidateScore {
+    pub target: TargetId,
+    pub overlap_blocks: u32,
+    /// The part of the overlap owed to speculative credit (the run right after the indexed part).
+    pub speculative_blocks: u32,
+    pub prefill_blocks: u32,
+    pub queued_prefill_blocks: u64,
+    /// Unique active blocks with this request added (shared prefixes once).
+    pub decode_blocks: u64,
+    /// Σ context blocks of its requests with this one added (shared prefixes per request).
+    pub context_blocks: u64,
+    pub penalty: f64,
+    pub cost: f64,
+    pub busy: bool,
+    /// The target has a KV view (events or a clear were seen for it).
+    pub kv_view: bool,
+}
+
+/// A decision; reused across calls (no allocation once warm).
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub target: TargetId,
+    pub overlap_blocks: u32,
+    pub prompt_blocks: u32,
+    pub best_overlap_blocks: u32,
+    /// Some candidate had no KV view.
+    pub blind: bool,
+    /// Every candidate was busy (the choice ignored the busy threshold).
+    pub all_busy: bool,
+    pub cost: f64,
+    /// Every candidate, in target order, or by cost (then target) with `explain`.
+    pub candidates: Vec<CandidateScore>,
+}
+
+/// Counters of a [`Scheduler`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub targets: u64,
+    /// Requests booked (started or not).
+    pub active_requests: u64,
+    /// Of those, not started yet.
+    pub unstarted_requests: u64,
+    /// Unstarted bookings that lapsed.
+    pub lapsed_bookings: u64,
+    /// Lifecycle calls for unknown request ids (ignored).
+    pub unknown_lifecycle: u64,
+    pub speculative_pairs: u64,
+    /// Speculative records dropped early by the size bound.
+    pub speculative_evicted: u64,
+    pub decisions: u64,
+    pub blind_decisions: u64,
+    pub all_busy_decisions: u64,
+}
+
+struct Target {
+    worker: Box<str>,
+    dp_rank: u32,
+    role: Role,
+    /// Cached index slot of `(worker, dp_rank)`, validated on use.
+    slot: Option<u32>,
+    kv_view: bool,
+    metrics: Option<(WorkerMetrics, f64)>,
+}
+
+enum RequestKeyer {
+    Router(RouterKeyer),
+    Engine(EngineHasher),
+}
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, 1)`.
+    fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// EWMA weight of the running means.
+const MEAN_ALPHA: f64 = 1.0 / 64.0;
+
+/// One model's router; see the [module documentation](self).
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    applier: EventApplier,
+    keyer: RequestKeyer,
+    targets: Vec<Option<Target>>,
+    free: BTreeSet<TargetId>,
+    by_worker: HashMap<Box<str>, Vec<TargetId>>,
+    book: LoadBook,
+    overlay: Overlay,
+    rng: Rng,
+    rr: usize,
+    mean_prompt_blocks: f64,
+    mean_context_blocks: f64,
+    decisions: u64,
+    blind_decisions: u64,
+    all_busy_decisions: u64,
+    // Scratch.
+    keys: Vec<u64>,
+    matches: Matches,
+    by_slot: Vec<u32>,
+    eligible: Vec<u32>,
+    weights: Vec<f64>,
+}
+
+impl Scheduler {
+    /// Errors (`InvalidConfig`): a bad applier config, a negative or non-finite weight,
+    /// temperature or TTL, or an engine keying whose request hasher cannot be built (xxhash
+    /// without a seed).
+    pub fn new(cfg: SchedulerConfig) -> Result<Self> {
+        let finite_nonneg = |v: f64, name: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::config(format!("{name} must be a finite number ≥ 0")))
+            }
+        };
+        finite_nonneg(cfg.overlap_weight, "overlapWeight")?;
+        finite_nonneg(cfg.sequence_weight, "sequenceWeight")?;
+        finite_nonneg(cfg.temperature, "temperature")?;
+        finite_nonneg(cfg.speculative_ttl_ms, "speculativeTtlMs")?;
+        finite_nonneg(cfg.unstarted_ttl_ms, "unstartedTtlMs")?;
+        if cfg.metrics_ttl_ms.is_nan() || cfg.metrics_ttl_ms < 0.0 {
+            return Err(Error::config("metricsTtlMs must be ≥ 0"));
+        }
+        let applier = EventApplier::new(cfg.events.clone())?;
+        let bs = cfg.events.block_size as usize;
+        let keyer = match cfg.events.keying {
+            Keying::Tokens => RequestKeyer::Router(RouterKeyer::new(bs)?),
+            Keying::Engine => RequestKeyer::Engine(EngineHasher::new(EngineHasherConfig {
+                block_size: bs,
+                algorithm: cfg.events.hash_algorithm.unwrap_or(HashAlgorithm::Sha256),
+                seed: cfg.events.hash_seed.clone(),
+            })?),
+        };
+        Ok(Scheduler {
+            book: LoadBook::new(cfg.events.block_size),
+            overlay: Overlay::new(cfg.max_speculative_blocks),
+            rng: Rng(cfg.seed),
+            cfg,
+            applier,
+            keyer,
+            targets: Vec::new(),
+            free: BTreeSet::new(),
+            by_worker: HashMap::new(),
+            rr: 0,
+            mean_prompt_blocks: 0.0,
+            mean_context_blocks: 0.0,
+            decisions: 0,
+            blind_decisions: 0,
+            all_busy_decisions: 0,
+            keys: Vec::new(),
+            matches: Matches::new(),
+            by_slot: Vec::new(),
+            eligible: Vec::new(),
+            weights: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.cfg.events.block_size
+    }
+
+    /// The model's event applier and index.
+    pub fn applier(&self) -> &EventApplier {
+        &self.applier
+    }
+
+    // ---- targets ----------------------------------------------------------------------------
+
+    /// Makes `worker`'s targets exactly its `dp_ranks` (deduplicated), all with `role`; returns
+    /// their ids in `dp_ranks` order. Ranks no longer listed are removed as by
+    /// [`Scheduler::remove_worker`] (their blocks leave the index).
+    pub fn upsert_worker(&mut self, worker: &str, dp_ranks: &[u32], role: Role) -> Vec<TargetId> {
+        let old: Vec<TargetId> = self.by_worker.get(worker).cloned().unwrap_or_default();
+        for &tid in &old {
+            let rank = self.target(tid).dp_rank;
+            if !dp_ranks.contains(&rank) {
+                self.drop_target(tid);
+                self.applier.clear_worker(worker, Some(rank));
+            }
+        }
+        let mut out = Vec::with_capacity(dp_ranks.len());
+        for &rank in dp_ranks {
+            let existing = self
+                .by_worker
+                .get(worker)
+                .and_then(|v| v.iter().copied().find(|&t| self.target(t).dp_rank == rank));
+            let tid = match existing {
+                Some(t) => t,
+                None => self.add_target(worker, rank, role),
+            };
+            if let Some(t) = self.targets[tid as usize].as_mut() {
+                t.role = role;
+            }
+            out.push(tid);
+        }
+        out
+    }
+
+    fn add_target(&mut self, worker: &str, dp_rank: u32, role: Role) -> TargetId {
+        let index = self.applier.indexer();
+        let slot = index.slot_of(worker, dp_rank);
+        let kv_view = slot.is_some() || self.applier.worker_stats(worker, dp_rank).is_some();
+        let t = Target {
+            worker: worker.into(),
+            dp_rank,
+            role,
+            slot,
+            kv_view,
+            metrics: None,
+        };
+        let tid = match self.free.pop_first() {
+            Some(tid) => {
+                self.targets[tid as usize] = Some(t);
+                tid
+            }
+            None => {
+                self.targets.push(Some(t));
+                (self.targets.len() - 1) as TargetId
+            }
+        };
+        self.by_worker.entry(worker.into()).or_default().push(tid);
+        tid
+    }
+
+    fn target(&self, tid: TargetId) -> &Target {
+        self.targets[tid as usize]
+            .as_ref()
+            .expect("by_worker lists live targets")
+    }
+
+    /// Forgets one target: its bookings, speculative credit and metrics (not its index blocks).
+    fn drop_target(&mut self, tid: TargetId) {
+        let Some(t) = self.targets[tid as usize].take() else {
+            return;
+        };
+        if let Some(v) = self.by_worker.get_mut(&*t.worker) {
+            v.retain(|&x| x != tid);
+            if v.is_empty() {
+                self.by_worker.remove(&*t.worker);
+            }
+        }
+        self.book.remove_target(tid);
+        self.overlay.remove_target(tid);
+        self.free.insert(tid);
+        while let Some(None) = self.targets.last() {
+            self.targets.pop();
+            self.free.remove(&(self.targets.len() as TargetId));
+        }
+    }
+
+    /// The worker left: its targets, bookings and speculative credit go, and every block of it
+    /// leaves the index. Returns whether it was known (as a target or in the index).
+    pub fn remove_worker(&mut self, worker: &str) -> bool {
+        let tids = self.by_worker.get(worker).cloned().unwrap_or_default();
+        for &tid in &tids {
+            self.drop_target(tid);
+        }
+        let indexed = self.applier.remove_worker(worker);
+        indexed || !tids.is_empty()
+    }
+
+    /// The target of `(worker, dp_rank)`, if registered.
+    pub fn target_of(&self, worker: &str, dp_rank: u32) -> Option<TargetId> {
+        self.by_worker
+            .get(worker)?
+            .iter()
+            .copied()
+            .find(|&t| self.target(t).dp_rank == dp_rank)
+    }
+
+    /// `(worker, dp_rank)` of a live target.
+    pub fn target_worker(&self, tid: TargetId) -> Option<(&str, u32)> {
+        self.targets
+            .get(tid as usize)?
+            .as_ref()
+            .map(|t| (&*t.worker, t.dp_rank))
+    }
+
+    /// One past the highest live target id.
+    pub fn target_bound(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn has_kv_view(&self, worker: &str, dp_rank: Option<u32>) -> bool {
+        self.by_worker.get(worker).is_some_and(|v| {
+            v.iter().any(|&t| {
+                let t = self.target(t);
+                t.kv_view && dp_rank.is_none_or(|r| r == t.dp_rank)
+            })
+        })
+    }
+
+    /// The router's predicted load on a target.
+    pub fn load(&self, tid: TargetId) -> TargetLoad {
+        self.book.load(tid)
+    }
+
+    // ---- events and metrics ----------------------------------------------------------------
+
+    /// One KV event payload of `worker` (see [`EventApplier::apply_payload_at`]); the target of
+    /// the batch's rank gains a KV view.
+    pub fn apply_payload(
+        &mut self,
+        worker: &str,
+        payload: &[u8],
+        fallback_rank: u32,
+    ) -> std::result::Result<ApplyOutcome, DecodeError> {
+        let out = self
+            .applier
+            .apply_payload_at(worker, payload, fallback_rank)?;
+        self.set_view(worker, Some(out.dp_rank), true);
+        Ok(out)
+    }
+
+    /// Drops the worker's blocks (one rank or all): a restart or a stale view. Its targets are
+    /// blind until their next batch.
+    pub fn clear_worker(&mut self, worker: &str, dp_rank: Option<u32>) -> u64 {
+        self.set_view(worker, dp_rank, false);
+        self.applier.clear_worker(worker, dp_rank)
+    }
+
+    fn set_view(&mut self, worker: &str, dp_rank: Option<u32>, view: bool) {
+        if let Some(v) = self.by_worker.get(worker) {
+            for &tid in v {
+                if let Some(t) = self.targets[tid as usize].as_mut() {
+                    if dp_rank.is_none_or(|r| r == t.dp_rank) {
+                        t.kv_view = view;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker's scraped metrics at `now_ms`, for one rank, or (`None`) for the whole worker:
+    /// then counts are split evenly over its ranks and the KV usage applies to each.
+    pub fn update_metrics(
+        &mut self,
+        worker: &str,
+        dp_rank: Option<u32>,
+        m: WorkerMetrics,
+        now_ms: f64,
+    ) -> bool {
+        let Some(v) = self.by_worker.get(worker) else {
+            return false;
+        };
+        // Sanitized so the cost stays finite whatever a scrape returned.
+        let clean = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+        let m = WorkerMetrics {
+            waiting: clean(m.waiting),
+            running: clean(m.running),
+            kv_usage: clean(m.kv_usage),
+        };
+        let share = match dp_rank {
+            Some(_) => 1.0,
+            None => 1.0 / v.len().max(1) as f64,
+        };
+        let mut any = false;
+        for &tid in v {
+            if let Some(t) = self.targets[tid as usize].as_mut() {
+                if dp_rank.is_none_or(|r| r == t.dp_rank) {
+                    let m = WorkerMetrics {
+                        waiting: m.waiting * share,
+                        running: m.running * share,
+                        kv_usage: m.kv_usage,
+                    };
+                    t.metrics = Some((m, now_ms));
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    // ---- lifecycle -------------------------------------------------------------------------
+
+    /// The request was sent to `target` (confirms the decision's booking, or books it from
+    /// these numbers). Returns whether the booking existed.
+    pub fn start(
+        &mut self,
+        request_id: &str,
+        target: TargetId,
+        prompt_blocks: u32,
+        overlap_blocks: u32,
+        max_tokens: Option<u32>,
+    ) -> bool {
+        if self
+            .targets
+            .get(target as usize)
+            .is_none_or(Option::is_none)
+        {
+            return false;
+        }
+        let expected = self.expected_out(max_tokens);
+        self.book
+            .start(request_id, target, prompt_blocks, overlap_blocks, expected)
+    }
+
+    pub fn first_token(&mut self, request_id: &str) -> bool {
+        self.book.first_token(request_id)
+    }
+
+    pub fn tokens(&mut self, request_id: &str, generated: u32) -> bool {
+        self.book.tokens(request_id, generated)
+    }
+
+    pub fn finish(&mut self, request_id: &str) -> bool {
+        self.book.finish(request_id)
+    }
+
+    fn expected_out(&self, max_tokens: Option<u32>) -> u32 {
+        max_tokens.map_or(0, |m| m.min(self.cfg.expected_output_cap) / 2)
+    }
+
+    // ---- decisions -------------------------------------------------------------------------
+
+    /// Decides where `req` goes at `now_ms` and fills `out`. Returns false, leaving `out`
+    /// unspecified, when there is no candidate (no target of the roles, or all excluded).
+    pub fn route(&mut self, req: &RouteRequest<'_>, now_ms: f64, out: &mut Decision) -> bool {
+        self.overlay.sweep(now_ms);
+        self.book.sweep(now_ms);
+        let bs = self.cfg.events.block_size as usize;
+        self.keys.clear();
+        match &self.keyer {
+            RequestKeyer::Router(k) => k.keys(req.tokens, req.extra, &mut self.keys),
+            RequestKeyer::Engine(h) => h.hashes(req.tokens, req.extra, &mut self.keys),
+        }
+        let prompt_blocks = req.tokens.len().div_ceil(bs) as u32;
+        let index = self.applier.indexer();
+        index.find_matches(&self.keys, &mut self.matches);
+        for e in self.matches.entries() {
+            let s = e.slot as usize;
+            if self.by_slot.len() <= s {
+                self.by_slot.resize(s + 1, 0);
+            }
+            self.by_slot[s] = e.blocks;
+        }
+
+        let w = self.cfg.overlap_weight;
+        let mean_prompt = if self.decisions == 0 {
+            prompt_blocks as f64
+        } else {
+            self.mean_prompt_blocks
+        };
+        let expected_out = self.expected_out(req.max_tokens);
+        let context_blocks =
+            (req.tokens.len() as u64 + expected_out as u64).div_ceil(bs as u64) as f64;
+        let mean_context = if self.decisions == 0 {
+            context_blocks
+        } else {
+            self.mean_context_blocks
+        };
+        let spec_on = !self.overlay.is_empty();
+        let n_keys = self.keys.len();
+        // Pass 1: indexed overlap, load, metrics; prefetch each candidate's first speculative
+        // probe so pass 2 takes those cache misses in parallel.
+        out.candidates.clear();
+        for (tid, t) in self.targets.iter_mut().enumerate() {
+            let Some(t) = t else { continue };
+            let tid = tid as TargetId;
+            if (req.roles != 0 && req.roles & t.role.bit() == 0) || req.exclude.contains(&tid) {
+                continue;
+            }
+            if t.slot
+                .is_none_or(|s| index.try_slot_worker(s) != Some((&*t.worker, t.dp_rank)))
+            {
+                t.slot = index.slot_of(&t.worker, t.dp_rank);
+            }
+            let indexed = t
+                .slot
+                .and_then(|s| self.by_slot.get(s as usize).copied())
+                .unwrap_or(0);
+            if spec_on && (indexed as usize) < n_keys {
+                self.overlay.prefetch(tid, self.keys[indexed as usize]);
+            }
+            if n_keys > 0 {
+                self.book.prefetch(tid, self.keys[0]);
+            }
+            let load = self.book.load(tid);
+            let mut penalty = 0.0;
+            let mut busy = self
+                .cfg
+                .busy_active_requests
+                .is_some_and(|n| load.requests >= n);
+            if let Some((m, at)) = t.metrics {
+                if now_ms - at <= self.cfg.metrics_ttl_ms {
+                    let external = (m.running + m.waiting - load.requests as f64).max(0.0);
+                    let ext_waiting = (m.waiting - load.prefilling as f64).clamp(0.0, external);
+                    penalty = external * mean_context + w * ext_waiting * mean_prompt;
+                    busy |= self.cfg.busy_kv_usage.is_some_and(|b| m.kv_usage > b)
+                        || self.cfg.busy_queue_depth.is_some_and(|b| m.waiting > b);
+                }
+            }
+            out.candidates.push(CandidateScore {
+                target: tid,
+                overlap_blocks: indexed,
+                speculative_blocks: 0,
+                prefill_blocks: 0,
+                queued_prefill_blocks: load.prefill_blocks,
+                decode_blocks: load.decode_blocks,
+                context_blocks: load.context_blocks,
+                penalty,
+                cost: 0.0,
+                busy,
+                kv_view: t.kv_view,
+            });
+        }
+        // Pass 2: speculative runs, marginal decode blocks and costs.
+        let own = self
+            .book
+            .own_blocks(req.tokens.len() as u32, expected_out, n_keys);
+        let lambda = self.cfg.sequence_weight;
+        for c in out.candidates.iter_mut() {
+            c.decode_blocks += self.book.marginal(c.target, &self.keys, own);
+            c.context_blocks += n_keys as u64 + own as u64;
+            if spec_on {
+                c.speculative_blocks =
+                    self.overlay
+                        .run(c.target, &self.keys[c.overlap_blocks as usize..], now_ms);
+                c.overlap_blocks += c.speculative_blocks;
+            }
+            c.prefill_blocks = prompt_blocks - c.overlap_blocks.min(prompt_blocks);
+            let queued = c.queued_prefill_blocks as f64;
+            let load = c.decode_blocks as f64 + lambda * c.context_blocks as f64 + c.penalty;
+            c.cost = match req.mode {
+                Mode::LeastLoaded => w * queued + load,
+                _ => w * (c.prefill_blocks as f64 + queued) + load,
+            };
+        }
+        for e in self.matches.entries() {
+            self.by_slot[e.slot as usize] = 0;
+        }
+        if out.candidates.is_empty() {
+            return false;
+        }
+
+        self.eligible.clear();
+        self.eligible
+            .extend((0..out.candidates.len() as u32).filter(|&i| !out.candidates[i as usize].busy));
+        let all_busy = self.eligible.is_empty();
+        if all_busy {
+            self.eligible.extend(0..out.candidates.len() as u32);
+        }
+        let pick = match req.mode {
+            Mode::Kv if self.cfg.temperature > 0.0 => self.softmax(&out.candidates),
+            Mode::Kv | Mode::LeastLoaded => self.argmin(&out.candidates),
+            Mode::Random => self.eligible[self.rng.below(self.eligible.len())],
+            Mode::RoundRobin => {
+                let i = self.rr % self.eligible.len();
+                self.rr = self.rr.wrapping_add(1);
+                self.eligible[i]
+            }
+        };
+        let chosen = out.candidates[pick as usize];
+
+        out.target = chosen.target;
+        out.overlap_blocks = chosen.overlap_blocks;
+        out.prompt_blocks = prompt_blocks;
+        out.best_overlap_blocks = out
+            .candidates
+            .iter()
+            .map(|c| c.overlap_blocks)
+            .max()
+            .unwrap_or(0);
+        out.blind = out.candidates.iter().any(|c| !c.kv_view);
+        out.all_busy = all_busy;
+        out.cost = chosen.cost;
+        if req.explain {
+            out.candidates.sort_by(|a, b| {
+                a.cost
+                    .total_cmp(&b.cost)
+                    .then_with(|| a.target.cmp(&b.target))
+            });
+        }
+
+        self.decisions += 1;
+        self.blind_decisions += out.blind as u64;
+        self.all_busy_decisions += all_busy as u64;
+        if self.decisions == 1 {
+            self.mean_prompt_blocks = prompt_blocks as f64;
+            self.mean_context_blocks = context_blocks;
+        } else {
+            self.mean_prompt_blocks +=
+                MEAN_ALPHA * (prompt_blocks as f64 - self.mean_prompt_blocks);
+            self.mean_context_blocks += MEAN_ALPHA * (context_blocks - self.mean_context_blocks);
+        }
+        if !req.dry_run {
+            self.book.book(
+                req.request_id,
+                chosen.target,
+                &self.keys,
+                req.tokens.len().min(u32::MAX as usize) as u32,
+                chosen.prefill_blocks,
+                expected_out,
+                now_ms + self.cfg.unstarted_ttl_ms,
+            );
+            // Only kv scoring is steered by the credit; other modes skip its cost.
+            if self.cfg.speculative_ttl_ms > 0.0 && req.mode == Mode::Kv {
+                let indexed = chosen.overlap_blocks - chosen.speculative_blocks;
+                self.overlay.credit(
+                    chosen.target,
+                    &self.keys[indexed as usize..],
+                    now_ms + self.cfg.speculative_ttl_ms,
+                );
+            }
+        }
+        true
+    }
+
+    /// Index into `cands` of the eligible minimum, ties broken uniformly.
+    fn argmin(&mut self, cands: &[CandidateScore]) -> u32 {
+        let min = self
+            .eligible
+            .iter()
+            .map(|&i| cands[i as usize].cost)
+            .fold(f64::INFINITY, f64::min);
+        let tol = 1e-9 * min.abs().max(1.0);
+        let mut n = 0usize;
+        let mut pick = self.eligible[0];
+        // Reservoir sampling over the tied candidates: one pass, no allocation.
+        for &i in &self.eligible {
+            if cands[i as usize].cost <= min + tol {
+                n += 1;
+                if self.rng.below(n) == 0 {
+                    pick = i;
+                }
+            }
+        }
+        pick
+    }
+
+    /// Index into `cands` sampled with probability ∝ exp(-normalized cost / temperature).
+    fn softmax(&mut self, cands: &[CandidateScore]) -> u32 {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for &i in &self.eligible {
+            let c = cands[i as usize].cost;
+            lo = lo.min(c);
+            hi = hi.max(c);
+        }
+        let range = hi - lo;
+        if range <= 1e-12 * lo.abs().max(1.0) {
+            return self.eligible[self.rng.below(self.eligible.len())];
+        }
+        self.weights.clear();
+        let mut total = 0.0;
+        for &i in &self.eligible {
+            let z = (cands[i as usize].cost - lo) / range;
+            let wt = (-z / self.cfg.temperature).exp();
+            total += wt;
+            self.weights.push(wt);
+        }
+        let mut r = self.rng.f64() * total;
+        for (k, &wt) in self.weights.iter().enumerate() {
+            if r < wt {
+                return self.eligible[k];
+            }
+            r -= wt;
+        }
+        *self.eligible.last().expect("eligible is not empty")
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            targets: self.by_worker.values().map(|v| v.len() as u64).sum(),
+            active_requests: self.book.len() as u64,
+            unstarted_requests: self.book.unstarted() as u64,
+            lapsed_bookings: self.book.lapsed,
+            unknown_lifecycle: self.book.unknown,
+            speculative_pairs: self.overlay.len() as u64,
+            speculative_evicted: self.overlay.evicted,
+            decisions: self.decisions,
+            blind_decisions: self.blind_decisions,
+            all_busy_decisions: self.all_busy_decisions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
