@@ -3,6 +3,8 @@
  * returning the process exit code.
  */
 import { runHash } from "./hash.js";
+import { runMock } from "./mock.js";
+import { runWorker } from "./worker.js";
 
 const USAGE = `kvroute — KV-cache-aware routing for vLLM fleets
 
@@ -10,6 +12,8 @@ Usage: kvroute <command> [options]
 
 Commands:
   hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
+  mock      A simulated vLLM server (vllm serve flags; KV events, metrics, timing model)
+  worker    Start and supervise vLLM (or mocker) workers, one or a launch topology
   help      Show this help
 
 Run 'kvroute <command> --help' for a command's options.`;
@@ -18,6 +22,8 @@ type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
   hash: runHash,
+  mock: runMock,
+  worker: runWorker,
 };
 
 async function main(argv: string[]): Promise<number> {

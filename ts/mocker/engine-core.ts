@@ -1,0 +1,842 @@
+/**
+ * One simulated vLLM engine core (one data-parallel rank): vLLM v1's FCFS scheduler with chunked
+ * prefill and preemption (vllm/v1/core/sched/scheduler.py), its KV cache manager over a
+ * `BlockPool`, the NixlConnector's request-level protocol, and a timing model instead of a GPU.
+ *
+ * The loop runs steps: schedule (running requests first, one decode token each or the next prefill
+ * chunk; then waiting requests, FCFS, after a prefix-cache lookup, while the token budget, the
+ * sequence limit and the free blocks allow; a running request that cannot get a block preempts
+ * the youngest running one), sleep the step's modelled duration / speedup, then sample one token
+ * for every request whose computed tokens caught up with its tokens, and publish the step's KV
+ * events as one batch.
+ *
+ * Clocks: `vclock` is simulated milliseconds. It advances by each step's modelled duration (and
+ * over idle gaps, by wall time x speedup); every latency the engine reports (metrics, per-request
+ * timings) is simulated time, so it is the same at any speedup, and meaningful with zero time.
+ *
+ * Invariants:
+ * - C1: a request is in exactly one of `waiting`, `running`, `transferring`, or none (finished).
+ * - C2: a request's `blocks` hold one reference each; `numComputed <= blocks.length * blockSize`;
+ *   its first `numCachedBlocks` blocks are in the prefix cache under `hashes[0..numCachedBlocks)`.
+ * - C3: `numComputed <= numTokens`; a token is sampled exactly when a step makes them equal.
+ */
+import { setImmediate as yieldImmediate } from "node:timers/promises";
+import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
+import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
+import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
+import type { ResolvedMockEngineConfig } from "./config.js";
+import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
+import { EOS_TOKEN_ID, promptFingerprint, sampleToken, tokenText } from "./toy-tokenizer.js";
+
+export interface LoraRef {
+  name: string;
+  /** The adapter's integer id (1, 2, ... in `--lora-modules` order), as vLLM's `lora_int_id`. */
+  id: number;
+  path: string;
+}
+
+/** What the engine core needs of a request (the serving layer validated and clamped it). */
+export interface CoreRequestInit {
+  requestId: string;
+  promptTokenIds: Uint32Array;
+  /** Already clamped to maxModelLen - prompt length, >= 1. */
+  maxTokens: number;
+  minTokens: number;
+  ignoreEos: boolean;
+  stopTokenIds: readonly number[];
+  stop: readonly string[];
+  includeStopStrInOutput: boolean;
+  /** Mixed into the sampled tokens (request `seed`, choice index for n > 1). */
+  sampleSeed: number;
+  lora: LoraRef | null;
+  cacheSalt: string | null;
+  kvTransferParams: Record<string, unknown> | null;
+  /** The request's own max_tokens, for the metrics histogram (null when it had none). */
+  maxTokensParam: number | null;
+  n: number;
+  /** Simulated arrival time (ms); default: now. */
+  arrivalTime?: number;
+}
+
+export interface RequestTimings {
+  /** Simulated milliseconds on the engine's clock. */
+  arrival: number;
+  scheduled: number | null;
+  firstToken: number | null;
+  lastToken: number | null;
+}
+
+/** One step's news for a request: the tokens sampled since the last delta, and the end. */
+export interface CoreOutput {
+  requestId: string;
+  /** New token ids (one per step, none on abort). */
+  tokenIds: number[];
+  /** New text (held back while it could still turn out to be part of a stop string). */
+  text: string;
+  finishReason: "stop" | "length" | "abort" | null;
+  stopReason: string | number | null;
+  /** Prompt tokens served from the prefix cache (local) or a remote prefill (external). */
+  numCachedTokens: number;
+  numPromptTokens: number;
+  kvTransferParams: Record<string, unknown> | null;
+  timings: RequestTimings;
+  dpRank: number;
+}
+
+export type OutputSink = (out: CoreOutput) => void;
+
+type Status = "waiting" | "running" | "transferring" | "finished";
+
+class CoreRequest {
+  readonly id: string;
+  readonly promptLen: number;
+  /** Prompt then output tokens; capacity grows by doubling. */
+  tokens: Uint32Array;
+  numTokens: number;
+  numComputed = 0;
+  blocks: number[] = [];
+  numCachedBlocks = 0;
+  /** u64 block hashes of the first `hashes.length` full blocks of `tokens`. */
+  hashes: BigUint64Array = new BigUint64Array(0);
+  status: Status = "waiting";
+  numOutput = 0;
+  numPreemptions = 0;
+  /** Set at the first admission. */
+  numLocalCached = -1;
+  numExternalCached = 0;
+  fingerprint = -1;
+  /** Text sampled but not delivered yet (the stop-string holdback). */
+  unsent = "";
+  /** The last (longest stop - 1) delivered characters: a stop string may start in them. */
+  sentTail = "";
+  readonly holdback: number;
+  readonly maxStop: number;
+  readonly timings: RequestTimings;
+  /** Simulated time the remote KV is in (decode side of a disaggregated request). */
+  transferReadyAt = 0;
+  remotePrefill: Record<string, unknown> | null = null;
+  readonly remoteDecode: boolean;
+  /** max_tokens, forced to 1 for a prefill-only (remote decode) request. */
+  readonly maxTokens: number;
+
+  constructor(
+    readonly init: CoreRequestInit,
+    readonly extraKeys: ExtraKeys | undefined,
+    readonly sink: OutputSink,
+    arrival: number,
+  ) {
+    this.id = init.requestId;
+    this.promptLen = init.promptTokenIds.length;
+    this.tokens = new Uint32Array(Math.max(16, this.promptLen + Math.min(init.maxTokens, 64)));
+    this.tokens.set(init.promptTokenIds);
+    this.numTokens = this.promptLen;
+    this.maxStop = init.stop.length > 0 ? Math.max(...init.stop.map((s) => s.length)) : 0;
+    this.holdback = this.maxStop > 0 && !init.includeStopStrInOutput ? this.maxStop - 1 : 0;
+    this.timings = { arrival, scheduled: null, firstToken: null, lastToken: null };
+    this.remoteDecode = init.kvTransferParams?.do_remote_decode === true;
+    this.maxTokens = this.remoteDecode ? 1 : init.maxTokens;
+  }
+
+  append(token: number): void {
+    if (this.numTokens === this.tokens.length) {
+      const grown = new Uint32Array(this.tokens.length * 2);
+      grown.set(this.tokens);
+      this.tokens = grown;
+    }
+    this.tokens[this.numTokens++] = token;
+  }
+}
+
+/** A FIFO with cheap push-front (preempted requests go back to the head). */
+class Deque<T> {
+  private items: (T | undefined)[] = new Array(16);
+  private head = 0;
+  private size = 0;
+
+  get length(): number {
+    return this.size;
+  }
+
+  peek(): T | undefined {
+    return this.size === 0 ? undefined : this.items[this.head];
+  }
+
+  push(v: T): void {
+    this.grow();
+    this.items[(this.head + this.size++) % this.items.length] = v;
+  }
+
+  unshift(v: T): void {
+    this.grow();
+    this.head = (this.head - 1 + this.items.length) % this.items.length;
+    this.items[this.head] = v;
+    this.size++;
+  }
+
+  shift(): T | undefined {
+    if (this.size === 0) return undefined;
+    const v = this.items[this.head];
+    this.items[this.head] = undefined;
+    this.head = (this.head + 1) % this.items.length;
+    this.size--;
+    return v;
+  }
+
+  remove(v: T): boolean {
+    const all = this.toArray();
+    const at = all.indexOf(v);
+    if (at < 0) return false;
+    all.splice(at, 1);
+    this.items = new Array(Math.max(16, all.length * 2));
+    this.head = 0;
+    this.size = all.length;
+    all.forEach((x, i) => (this.items[i] = x));
+    return true;
+  }
+
+  toArray(): T[] {
+    const out: T[] = [];
+    for (let i = 0; i < this.size; i++) out.push(this.items[(this.head + i) % this.items.length] as T);
+    return out;
+  }
+
+  private grow(): void {
+    if (this.size < this.items.length) return;
+    const all = this.toArray();
+    this.items = new Array(this.items.length * 2);
+    all.forEach((x, i) => (this.items[i] = x));
+    this.head = 0;
+  }
+}
+
+interface Scheduled {
+  req: CoreRequest;
+  numNew: number;
+}
+
+/** Where a core sends its KV event batches (MockEngine encodes and publishes them). */
+export type EventBatchSink = (rank: number, events: KvEvent[]) => void;
+
+export class EngineCore {
+  readonly rank: number;
+  readonly pool: BlockPool;
+  private readonly hasher: BlockHasher | null;
+  private readonly waiting = new Deque<CoreRequest>();
+  private running: CoreRequest[] = [];
+  private readonly transferring = new Set<CoreRequest>();
+  private readonly requests = new Map<string, CoreRequest>();
+  private vclock = 0;
+  private wallDeadline = 0;
+  private inStep = false;
+  private stepStartV = 0;
+  private stepStartWall = 0;
+  private stepDuration = 0;
+  private wake: (() => void) | null = null;
+  private closed = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private stepsRun = 0;
+  private adds = 0;
+  private idling = false;
+  private idleStartWall = 0;
+  private idleCap = Infinity;
+  private readonly engineId: string | null;
+
+  constructor(
+    readonly config: ResolvedMockEngineConfig,
+    rank: number,
+    private readonly metrics: EngineMetrics,
+    private readonly onEvents: EventBatchSink | null,
+  ) {
+    this.rank = rank;
+    const caching = config.enablePrefixCaching;
+    this.pool = new BlockPool(config.numGpuBlocks, caching, caching && onEvents !== null);
+    this.hasher = caching
+      ? new BlockHasher({ blockSize: config.blockSize, algorithm: config.hashAlgorithm, seed: config.hashSeed })
+      : null;
+    const kt = config.kvTransfer;
+    this.engineId = kt ? (config.dataParallelSize > 1 ? `${kt.engineId}_dp${rank}` : kt.engineId) : null;
+    this.metrics.scheduler(0, 0, 0, 0);
+  }
+
+  start(): void {
+    this.loopDone = this.loop().catch((err: unknown) => {
+      console.error(`kvroute mock: engine core ${this.rank} crashed:`, err);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wake?.();
+    await this.loopDone;
+    for (const req of [...this.requests.values()]) this.abort(req.id);
+  }
+
+  /**
+   * Current simulated time in ms: mid-step, the elapsed part of the step; idle, the idle wall time
+   * x speedup (capped at the next transfer's end). Busy time advances only by modelled durations,
+   * so timer jitter never leaks into simulated latencies.
+   */
+  now(): number {
+    const { zeroTime, speedup } = this.config;
+    if (zeroTime) return this.vclock;
+    const wall = performance.now();
+    if (this.inStep) return this.stepStartV + Math.min((wall - this.stepStartWall) * speedup, this.stepDuration);
+    if (this.idling) return this.vclock + Math.min((wall - this.idleStartWall) * speedup, this.idleCap);
+    return this.vclock;
+  }
+
+  /** waiting (incl. remote-KV transfers) + running: what vLLM's DP load balancer compares. */
+  load(): number {
+    return this.waiting.length + this.transferring.size + this.running.length;
+  }
+
+  get numSteps(): number {
+    return this.stepsRun;
+  }
+
+  has(requestId: string): boolean {
+    return this.requests.has(requestId);
+  }
+
+  /** Queues a request; outputs go to `sink` as steps produce them. */
+  add(init: CoreRequestInit, sink: OutputSink): void {
+    if (this.closed) throw new Error("engine is closed");
+    if (this.requests.has(init.requestId)) throw new Error(`duplicate request id ${init.requestId}`);
+    const extra = this.extraKeys(init);
+    const req = new CoreRequest(init, extra, sink, init.arrivalTime ?? this.now());
+    const kt = init.kvTransferParams;
+    if (this.config.kvTransfer && kt?.do_remote_prefill === true) {
+      const ids = kt.remote_block_ids;
+      const complete = ["remote_engine_id", "remote_request_id", "remote_host", "remote_port"].every((k) => k in kt);
+      if (Array.isArray(ids) && ids.flat().length > 0 && complete) req.remotePrefill = kt;
+    }
+    if (this.hasher) req.hashes = this.hasher.hash(req.tokens.subarray(0, req.promptLen), extra);
+    this.requests.set(req.id, req);
+    this.waiting.push(req);
+    this.adds++;
+    this.metrics.requestParams(init.n, init.maxTokensParam);
+    this.wake?.();
+  }
+
+  /** Aborts a request: its blocks are freed at once, its sink gets a final "abort" output. */
+  abort(requestId: string): boolean {
+    const req = this.requests.get(requestId);
+    if (!req) return false;
+    if (req.status === "waiting") this.waiting.remove(req);
+    else if (req.status === "running") {
+      const at = this.running.indexOf(req);
+      if (at >= 0) this.running.splice(at, 1);
+    } else if (req.status === "transferring") this.transferring.delete(req);
+    this.finish(req, "abort", null);
+    this.publishScheduler();
+    return true;
+  }
+
+  /** vLLM's reset_prefix_cache: only succeeds when no block is in use. */
+  resetPrefixCache(): boolean {
+    const ok = this.pool.resetPrefixCache();
+    if (ok) this.flushEvents();
+    return ok;
+  }
+
+  debugRequests(): { running: string[]; waiting: string[]; transferring: string[] } {
+    return {
+      running: this.running.map((r) => r.id),
+      waiting: this.waiting.toArray().map((r) => r.id),
+      transferring: [...this.transferring].map((r) => r.id),
+    };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The loop
+
+  private async loop(): Promise<void> {
+    const { config } = this;
+    while (!this.closed) {
+      this.completeTransfers();
+      const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : [];
+      if (plan.length === 0) {
+        this.flushEvents();
+        this.publishScheduler();
+        const next = this.nextTransferAt();
+        if (next === null && this.running.length + this.waiting.length > 0) {
+          // Everything running was preempted this step: schedule again (maxModelLen fits the pool,
+          // so a lone request always fits).
+          await yieldImmediate();
+          continue;
+        }
+        await this.idle(next);
+        continue;
+      }
+      const d = this.modelStep(plan);
+      this.stepStartV = this.vclock;
+      this.stepStartWall = performance.now();
+      this.stepDuration = d;
+      this.inStep = true;
+      if (config.zeroTime) await yieldImmediate();
+      else await this.sleepWall(d / config.speedup);
+      this.inStep = false;
+      this.vclock += d;
+      this.stepsRun++;
+      this.applyStep(plan);
+      this.flushEvents();
+      this.publishScheduler();
+    }
+  }
+
+  /** Waits for a new request, or until simulated time `until` (a transfer completing). */
+  private async idle(until: number | null): Promise<void> {
+    const { config } = this;
+    if (config.zeroTime) {
+      if (until === null) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = null;
+        return;
+      }
+      // Let requests already on their way in first; if none came, jump to the transfer's end.
+      const adds = this.adds;
+      await yieldImmediate();
+      if (this.adds === adds) this.vclock = Math.max(this.vclock, until);
+      return;
+    }
+    this.idling = true;
+    this.idleStartWall = performance.now();
+    this.idleCap = until === null ? Infinity : Math.max(0, until - this.vclock);
+    const wakeup = new Promise<boolean>((resolve) => (this.wake = () => resolve(true)));
+    let timer: NodeJS.Timeout | undefined;
+    const woken =
+      until === null
+        ? await wakeup
+        : await Promise.race([
+            wakeup,
+            new Promise<boolean>((r) => (timer = setTimeout(() => r(false), this.idleCap / config.speedup))),
+          ]);
+    clearTimeout(timer);
+    this.wake = null;
+    // Woken by a request: the idle wall time passed (capped); timed out: exactly to the transfer.
+    this.vclock = woken ? this.now() : this.vclock + this.idleCap;
+    this.idling = false;
+    this.wallDeadline = performance.now();
+  }
+
+  /** Sleeps so that steps keep their modelled pace on average (timer granularity is ~1 ms). */
+  private async sleepWall(ms: number): Promise<void> {
+    const now = performance.now();
+    this.wallDeadline = Math.max(this.wallDeadline, now - 5) + ms;
+    const wait = this.wallDeadline - now;
+    if (wait >= 1) await new Promise<void>((r) => setTimeout(r, wait));
+    else await yieldImmediate();
+  }
+
+  /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
+  private modelStep(plan: Scheduled[]): number {
+    const t = this.config.timing;
+    let ms = t.stepBaseMs;
+    for (const { req, numNew } of plan) {
+      if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
+        // Decode: one token against the whole context.
+        ms += t.decodePerSeqMs + t.decodePerContextTokenMs * req.numComputed;
+      } else {
+        ms += t.prefillPerTokenMs * numNew + t.attentionPerTokenPairMs * numNew * (req.numComputed + numNew / 2);
+      }
+    }
+    return ms;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Scheduling (vLLM v1, FCFS)
+
+  private schedule(): Scheduled[] {
+    const { config } = this;
+    let budget = config.maxNumBatchedTokens;
+    const plan: Scheduled[] = [];
+    let preempted = false;
+
+    for (let i = 0; i < this.running.length && budget > 0; ) {
+      const req = this.running[i]!;
+      const numNew = Math.min(req.numTokens - req.numComputed, budget);
+      if (numNew <= 0) {
+        i++;
+        continue;
+      }
+      let ok = true;
+      while (!this.allocateSlots(req, numNew)) {
+        const victim = this.running.pop()!;
+        this.preempt(victim);
+        preempted = true;
+        if (victim === req) {
+          ok = false;
+          break;
+        }
+      }
+      if (!ok) break;
+      plan.push({ req, numNew });
+      budget -= numNew;
+      i++;
+    }
+
+    if (!preempted) {
+      while (this.waiting.length > 0 && budget > 0 && this.running.length < config.maxNumSeqs) {
+        const req = this.waiting.peek()!;
+        if (req.numComputed > 0) {
+          // Its remote KV arrived: only the last prompt token is left to compute.
+          const numNew = Math.min(req.numTokens - req.numComputed, budget);
+          if (!this.allocateSlots(req, numNew)) break;
+          this.waiting.shift();
+          this.admit(req, plan, numNew);
+          budget -= numNew;
+          continue;
+        }
+        const [hitBlocks, hitTokens] = this.findCacheHit(req);
+        if (req.remotePrefill) {
+          // NixlConnector (decode side): pull the rest of the prompt from the prefill engine.
+          const external = req.promptLen - hitTokens;
+          if (!this.allocateSlots(req, external, hitBlocks, hitTokens, true)) break;
+          this.waiting.shift();
+          this.recordLookup(req, hitTokens);
+          req.numExternalCached = external;
+          req.remotePrefill = null;
+          req.status = "transferring";
+          req.transferReadyAt = this.vclock + config.timing.kvTransferBaseMs + config.timing.kvTransferPerTokenMs * external;
+          req.timings.scheduled ??= this.vclock;
+          this.transferring.add(req);
+          continue;
+        }
+        const numNew = Math.min(req.numTokens - hitTokens, budget);
+        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens)) break;
+        this.waiting.shift();
+        this.recordLookup(req, hitTokens);
+        this.admit(req, plan, numNew);
+        budget -= numNew;
+      }
+    }
+    return plan;
+  }
+
+  private admit(req: CoreRequest, plan: Scheduled[], numNew: number): void {
+    req.status = "running";
+    req.timings.scheduled ??= this.vclock;
+    this.running.push(req);
+    plan.push({ req, numNew });
+  }
+
+  private recordLookup(req: CoreRequest, hitTokens: number): void {
+    if (req.numLocalCached < 0) req.numLocalCached = hitTokens;
+    // vLLM counts previously preempted requests separately (not in queries/hits).
+    if (req.numPreemptions === 0 && this.hasher) this.metrics.prefixCache(req.numTokens, hitTokens);
+  }
+
+  /** Longest cached prefix, at most numTokens - 1 tokens (the last one is always recomputed). */
+  private findCacheHit(req: CoreRequest): [number[], number] {
+    if (!this.hasher) return [[], 0];
+    const B = this.config.blockSize;
+    const maxBlocks = Math.floor((req.numTokens - 1) / B);
+    this.ensureHashes(req, maxBlocks);
+    const blocks: number[] = [];
+    for (let i = 0; i < maxBlocks; i++) {
+      const b = this.pool.lookup(req.hashes[i]!);
+      if (b < 0) break;
+      blocks.push(b);
+    }
+    return [blocks, blocks.length * B];
+  }
+
+  /**
+   * vLLM's allocate_slots: room for `numNew` more tokens after the computed ones (and the new
+   * prefix hits), or false without side effects; on success the blocks that are now full (or will
+   * be once this step computes them) are cached, unless `delayCache` (remote KV still to come).
+   */
+  private allocateSlots(req: CoreRequest, numNew: number, hitBlocks: number[] = [], hitTokens = 0, delayCache = false): boolean {
+    const B = this.config.blockSize;
+    const totalComputed = req.numComputed + hitTokens;
+    const required = Math.ceil((totalComputed + numNew) / B);
+    const newBlocks = required - req.blocks.length - hitBlocks.length;
+    let evictable = 0;
+    for (const b of hitBlocks) if (this.pool.refCount(b) === 0) evictable++;
+    if (Math.max(newBlocks, 0) + evictable > this.pool.numFree) return false;
+    if (hitBlocks.length > 0) {
+      this.pool.touch(hitBlocks);
+      for (const b of hitBlocks) req.blocks.push(b);
+      req.numCachedBlocks = req.blocks.length;
+      req.numComputed = totalComputed;
+    }
+    if (newBlocks > 0) for (const b of this.pool.allocate(newBlocks)) req.blocks.push(b);
+    if (!delayCache) this.cacheFullBlocks(req, Math.floor(Math.min(totalComputed + numNew, req.numTokens) / B));
+    return true;
+  }
+
+  private ensureHashes(req: CoreRequest, numBlocks: number): void {
+    if (!this.hasher || req.hashes.length >= numBlocks) return;
+    const B = this.config.blockSize;
+    const full = Math.floor(req.numTokens / B);
+    req.hashes = this.hasher.hash(req.tokens.subarray(0, Math.max(numBlocks, full) * B), req.extraKeys);
+  }
+
+  /** vLLM's cache_full_blocks: caches blocks [numCachedBlocks, numFull), one BlockStored. */
+  private cacheFullBlocks(req: CoreRequest, numFull: number): void {
+    if (!this.hasher || numFull <= req.numCachedBlocks) return;
+    this.ensureHashes(req, numFull);
+    const B = this.config.blockSize;
+    const start = req.numCachedBlocks;
+    const stored: bigint[] = [];
+    for (let i = start; i < numFull; i++) {
+      const h = req.hashes[i]!;
+      if (this.pool.cacheBlock(req.blocks[i]!, h)) stored.push(h);
+    }
+    req.numCachedBlocks = numFull;
+    if (stored.length === 0 || !this.pool.enableEvents) return;
+    const lora = req.init.lora;
+    const salt = req.init.cacheSalt;
+    const extraKeys: (string[] | null)[] = [];
+    for (let i = start; i < numFull; i++) {
+      const keys: string[] = [];
+      if (lora) keys.push(lora.name);
+      if (i === 0 && salt) keys.push(salt);
+      extraKeys.push(keys.length > 0 ? keys : null);
+    }
+    const event: BlockStoredEvent = {
+      type: "BlockStored",
+      blockHashes: stored,
+      parentBlockHash: start === 0 ? null : req.hashes[start - 1]!,
+      tokenIds: Array.from(req.tokens.subarray(start * B, numFull * B)),
+      blockSize: B,
+      loraId: lora ? lora.id : null,
+      medium: MEDIUM_GPU,
+      loraName: lora ? lora.name : null,
+      extraKeys,
+      groupIdx: 0,
+    };
+    this.pool.pushEvent(event);
+  }
+
+  private preempt(req: CoreRequest): void {
+    this.freeBlocks(req);
+    req.numComputed = 0;
+    req.status = "waiting";
+    req.numPreemptions++;
+    this.waiting.unshift(req);
+    this.metrics.preemption();
+  }
+
+  private freeBlocks(req: CoreRequest): void {
+    // vLLM frees a request's blocks tail first, so its last blocks are evicted first.
+    this.pool.freeBlocks(req.blocks.slice().reverse());
+    req.blocks = [];
+    req.numCachedBlocks = 0;
+  }
+
+  private nextTransferAt(): number | null {
+    let next: number | null = null;
+    for (const r of this.transferring) if (next === null || r.transferReadyAt < next) next = r.transferReadyAt;
+    return next;
+  }
+
+  /** Remote KV that has arrived: cache its blocks, recompute the last prompt token locally. */
+  private completeTransfers(): void {
+    if (this.transferring.size === 0) return;
+    const B = this.config.blockSize;
+    const done = [...this.transferring].filter((r) => r.transferReadyAt <= this.vclock);
+    done.sort((a, b) => a.transferReadyAt - b.transferReadyAt);
+    for (let i = done.length - 1; i >= 0; i--) {
+      const req = done[i]!;
+      this.transferring.delete(req);
+      req.numComputed = req.promptLen;
+      this.cacheFullBlocks(req, Math.floor(req.numComputed / B));
+      req.numComputed = req.numTokens - 1;
+      req.status = "waiting";
+      this.waiting.unshift(req);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // After the step
+
+  private applyStep(plan: Scheduled[]): void {
+    let promptComputed = 0;
+    let generated = 0;
+    let anyFinished = false;
+    const now = this.vclock;
+    for (const { req, numNew } of plan) {
+      if (req.status !== "running") continue; // aborted mid-step
+      if (req.numComputed < req.promptLen) promptComputed += Math.min(numNew, req.promptLen - req.numComputed);
+      req.numComputed += numNew;
+      if (req.numComputed < req.numTokens) continue; // chunked prefill goes on
+      generated++;
+      if (this.sample(req, now)) anyFinished = true;
+    }
+    if (anyFinished) this.running = this.running.filter((r) => r.status === "running");
+    this.metrics.iteration(promptComputed, generated);
+  }
+
+  /** Samples the next token; returns true when the request finished. */
+  private sample(req: CoreRequest, now: number): boolean {
+    const { init } = req;
+    if (req.fingerprint < 0) req.fingerprint = promptFingerprint(init.promptTokenIds, (this.config.seed ^ init.sampleSeed) | 0);
+    const k = req.numOutput + 1;
+    const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
+    const token = !init.ignoreEos && k === eosAt ? EOS_TOKEN_ID : sampleToken(req.fingerprint, req.numOutput);
+    req.append(token);
+    req.numOutput = k;
+    const piece = tokenText(token);
+    req.unsent += piece;
+
+    const first = req.timings.firstToken === null;
+    if (first) {
+      req.timings.firstToken = now;
+      const local = Math.max(req.numLocalCached, 0);
+      this.metrics.firstToken(req.promptLen, local, req.numExternalCached, (now - req.timings.arrival) / 1000);
+    } else {
+      this.metrics.interTokenLatency((now - (req.timings.lastToken ?? now)) / 1000);
+    }
+    req.timings.lastToken = now;
+
+    // vLLM's check_stop order: EOS, stop token ids, length; stop strings in the detokenizer.
+    let finish: "stop" | "length" | null = null;
+    let stopReason: string | number | null = null;
+    if (token === EOS_TOKEN_ID) finish = "stop";
+    else if (init.stopTokenIds.includes(token)) {
+      finish = "stop";
+      stopReason = token;
+    } else if (req.numTokens >= this.config.maxModelLen || k >= req.maxTokens) finish = "length";
+    if (k >= init.minTokens && req.maxStop > 0 && piece.length > 0) {
+      // Only the recent text can hold a stop string ending in the new piece (strings stay small).
+      const window = req.sentTail + req.unsent;
+      const hit = findStopString(window, piece.length, init.stop, init.includeStopStrInOutput);
+      if (hit) {
+        finish = "stop";
+        stopReason = hit.stop;
+        if (hit.truncateTo >= 0) req.unsent = window.slice(req.sentTail.length, Math.max(hit.truncateTo, req.sentTail.length));
+      }
+    }
+    if (finish) {
+      this.finish(req, finish, stopReason, [token]);
+      return true;
+    }
+    let text = "";
+    const deliverable = req.unsent.length - req.holdback;
+    if (deliverable > 0) {
+      text = req.unsent.slice(0, deliverable);
+      req.unsent = req.unsent.slice(deliverable);
+      if (req.maxStop > 1) req.sentTail = (req.sentTail + text).slice(-(req.maxStop - 1));
+    }
+    req.sink(this.output(req, [token], text, null, null, null));
+    return false;
+  }
+
+  private finish(req: CoreRequest, reason: "stop" | "length" | "abort", stopReason: string | number | null, tokens: number[] = []): void {
+    let kvParams: Record<string, unknown> | null = null;
+    if (req.remoteDecode && this.config.kvTransfer && reason !== "abort") kvParams = this.transferParams(req);
+    req.status = "finished";
+    this.freeBlocks(req);
+    this.requests.delete(req.id);
+    const t = req.timings;
+    const now = this.now();
+    const sched = t.scheduled ?? now;
+    const first = t.firstToken ?? now;
+    const last = t.lastToken ?? now;
+    this.metrics.finished({
+      finishReason: reason as FinishReasonLabel,
+      e2eLatency: (now - t.arrival) / 1000,
+      queuedTime: (sched - t.arrival) / 1000,
+      prefillTime: (first - sched) / 1000,
+      inferenceTime: (last - sched) / 1000,
+      decodeTime: (last - first) / 1000,
+      meanTimePerOutputToken: req.numOutput > 1 ? (last - first) / 1000 / (req.numOutput - 1) : 0,
+      numPromptTokens: req.promptLen,
+      numGenerationTokens: req.numOutput,
+      numCachedTokens: Math.max(req.numLocalCached, 0) + req.numExternalCached,
+      numPreemptions: req.numPreemptions,
+      maxTokensParam: req.init.maxTokensParam,
+    });
+    const text = reason === "abort" ? "" : req.unsent;
+    req.unsent = "";
+    req.sink(this.output(req, tokens, text, reason, stopReason, kvParams));
+  }
+
+  /** The producer's `kv_transfer_params` (NixlConnector pull mode, vLLM 0.33). */
+  private transferParams(req: CoreRequest): Record<string, unknown> {
+    const kt = this.config.kvTransfer!;
+    return {
+      do_remote_prefill: true,
+      do_remote_decode: false,
+      remote_block_ids: [req.blocks.slice()],
+      remote_engine_id: this.engineId ?? kt.engineId,
+      remote_request_id: req.id,
+      remote_host: this.config.nixlSideChannelHost,
+      remote_port: this.config.nixlSideChannelPort + this.rank,
+      tp_size: 1,
+      dcp_size: 1,
+      pp_size: 1,
+      remote_num_tokens: req.numComputed,
+      remote_blocks_expiry_time: null,
+      remote_registration_generation: 0,
+      transfer_mode: "pull",
+    };
+  }
+
+  private output(
+    req: CoreRequest,
+    tokenIds: number[],
+    text: string,
+    finishReason: CoreOutput["finishReason"],
+    stopReason: string | number | null,
+    kvTransferParams: Record<string, unknown> | null,
+  ): CoreOutput {
+    return {
+      requestId: req.id,
+      tokenIds,
+      text,
+      finishReason,
+      stopReason,
+      numCachedTokens: Math.max(req.numLocalCached, 0) + req.numExternalCached,
+      numPromptTokens: req.promptLen,
+      kvTransferParams,
+      timings: req.timings,
+      dpRank: this.rank,
+    };
+  }
+
+  private extraKeys(init: CoreRequestInit): ExtraKeys | undefined {
+    if (!init.lora && !init.cacheSalt) return undefined;
+    const extra: ExtraKeys = {};
+    if (init.lora) {
+      extra.loraName = init.lora.name;
+      extra.loraPath = init.lora.path;
+    }
+    if (init.cacheSalt) extra.cacheSalt = init.cacheSalt;
+    return extra;
+  }
+
+  private flushEvents(): void {
+    const events = this.pool.takeEvents();
+    if (events.length > 0 && this.onEvents) this.onEvents(this.rank, events);
+  }
+
+  private publishScheduler(): void {
+    this.metrics.scheduler(this.running.length, this.waiting.length, this.transferring.size, this.pool.usage());
+  }
+}
+
+/**
+ * vLLM's `check_stop_strings`: looks for a stop string ending in the newly added text; returns
+ * it and where to truncate the text (-1: keep all).
+ */
+export function findStopString(
+  text: string,
+  newChars: number,
+  stops: readonly string[],
+  includeInOutput: boolean,
+): { stop: string; truncateTo: number } | null {
+  for (const stop of stops) {
+    if (!stop) continue;
+    const from = Math.max(0, text.length - newChars - stop.length + 1);
+    let at = text.indexOf(stop, from);
+    if (at < 0) continue;
+    if (includeInOutput) {
+      at += stop.length;
+      if (at >= text.length) return { stop, truncateTo: -1 };
+    }
+    return { stop, truncateTo: at };
+  }
+  return null;
+}
