@@ -4,11 +4,12 @@
  * set in a KvIndexer (engine keying) after a random workload with evictions, data-parallel ranks on
  * vLLM's offset ports, disaggregated prefill/decode through the flags, flag errors.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { KvIndexer } from "../ts/core/kv-indexer.js";
 import { VllmEventSource, type KvEventSink } from "../ts/events/index.js";
+import { startMocker, type MockerProcess } from "./helpers/mocker-process.js";
 import { freePorts, waitUntil } from "./helpers/zmq-peer.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -18,31 +19,10 @@ afterEach(async () => {
   await Promise.all(cleanups.splice(0).map((c) => c()));
 });
 
-interface Ready {
-  url: string;
-  port: number;
-  kvEvents: { dpRank: number; endpoint: string; replayEndpoint: string | null }[];
-}
-
-async function mock(args: string[], env: Record<string, string> = {}): Promise<Ready & { child: ChildProcess }> {
-  const child = spawn(process.execPath, [cli, "mock", ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  cleanups.push(async () => {
-    if (child.exitCode !== null) return;
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
-  });
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.stdout!.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = /kvroute mock: ready (\{.*\})\n/.exec(out);
-      if (m) resolve({ child, ...(JSON.parse(m[1]!) as Ready) });
-    });
-    child.once("exit", (code) => reject(new Error(`mock exited with ${code}: ${err}`)));
-  });
+async function mock(args: string[], env: Record<string, string> = {}): Promise<MockerProcess> {
+  const m = await startMocker(args, env);
+  cleanups.push(m.stop);
+  return m;
 }
 
 async function post(url: string, path: string, body: unknown, headers: Record<string, string> = {}) {
