@@ -4,6 +4,8 @@
  */
 import { runHash } from "./hash.js";
 import { runMock } from "./mock.js";
+import { runServe } from "./serve.js";
+import { runUp } from "./up.js";
 import { runWorker } from "./worker.js";
 
 const USAGE = `kvroute — KV-cache-aware routing for vLLM fleets
@@ -12,6 +14,8 @@ Usage: kvroute <command> [options]
 
 Commands:
   hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
+  serve     The KV-aware OpenAI gateway in front of a configured fleet (file, env, flags)
+  up        A whole deployment: gateway + workers of a preset (agg, agg-router, disagg, disagg-router, dp)
   mock      A simulated vLLM server (vllm serve flags; KV events, metrics, timing model)
   worker    Start and supervise vLLM (or mocker) workers, one or a launch topology
   help      Show this help
@@ -23,6 +27,8 @@ type Command = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, Command> = {
   hash: runHash,
   mock: runMock,
+  serve: runServe,
+  up: runUp,
   worker: runWorker,
 };
 

@@ -1,0 +1,101 @@
+/**
+ * `kvroute serve`: the gateway in front of an existing fleet, configured by a file (JSON or YAML),
+ * `KVROUTE_*` environment variables and flags (docs/gateway.md). Registers the configured workers,
+ * follows their KV events and metrics, serves the OpenAI API until SIGINT/SIGTERM.
+ */
+import { describeSchema, loadGatewayConfig } from "../config/index.js";
+import { KvrouteError } from "../errors.js";
+import { startGateway } from "../gateway/server.js";
+import { parseCommandArgs, UsageError } from "./args.js";
+
+/** Flag -> schema path. */
+const FLAGS: Record<string, string> = {
+  host: "host",
+  port: "port",
+  "router-mode": "routerMode",
+  "migration-limit": "migrationLimit",
+  "max-body-bytes": "maxBodyBytes",
+  "queue-max-size": "queue.maxSize",
+  "queue-timeout-ms": "queue.timeoutMs",
+  "max-active-per-worker": "queue.maxActivePerWorker",
+};
+
+const HELP = `Usage: kvroute serve [--config FILE] [options]
+
+Starts the KV-aware OpenAI gateway in front of the workers of the config file: registers them,
+subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and serves
+/v1/completions, /v1/chat/completions, /v1/models, /v1/kvroute/route, /health and /metrics.
+
+  --config FILE               JSON or YAML (default: $KVROUTE_CONFIG)
+  --host H                    listen address (default 0.0.0.0)
+  --port P                    listen port (default 8000)
+  --router-mode M             kv | round-robin | random | least-loaded (default kv)
+  --migration-limit N         re-issues of a request whose worker failed mid-stream (default 0)
+  --max-body-bytes N          larger request bodies get 413
+  --queue-max-size N          requests held while every worker is busy
+  --queue-timeout-ms N        longest wait in that queue
+  --max-active-per-worker N   in-flight requests per worker DP rank before it counts as busy
+
+Precedence: flags > environment > file > defaults. Environment variables:
+${describeSchema()
+  .map((d) => `  ${d.env.padEnd(40)} ${d.path}${d.default ? ` (default ${d.default})` : ""}`)
+  .join("\n")}
+
+Exit codes: 0 stopped by a signal, 1 could not start, 2 bad usage or configuration.`;
+
+export async function runServe(argv: string[]): Promise<number> {
+  let config;
+  try {
+    const options: Record<string, { type: "string" | "boolean"; short?: string }> = { config: { type: "string" }, help: { type: "boolean", short: "h" } };
+    for (const f of Object.keys(FLAGS)) options[f] = { type: "string" };
+    const values = parseCommandArgs(argv, options).values as Record<string, string | boolean | undefined>;
+    if (values["help"]) {
+      console.log(HELP);
+      return 0;
+    }
+    const overrides: Record<string, string | undefined> = {};
+    const overrideSources: Record<string, string> = {};
+    for (const [flag, path] of Object.entries(FLAGS)) {
+      const v = values[flag];
+      if (typeof v === "string") {
+        overrides[path] = v;
+        overrideSources[path] = `--${flag}`;
+      }
+    }
+    config = loadGatewayConfig({ file: values["config"] as string | undefined, overrides, overrideSources });
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof KvrouteError) {
+      console.error(`kvroute serve: ${err.message}\n\nRun 'kvroute serve --help' for usage.`);
+      return 2;
+    }
+    throw err;
+  }
+  if (config.models.length === 0) console.error("kvroute serve: warning: no models configured; every request will get 404");
+  let running;
+  try {
+    running = await startGateway(config);
+  } catch (err) {
+    console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
+  const workers = config.models.reduce((n, m) => n + m.workers.length, 0);
+  console.log(
+    `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers })}`,
+  );
+  await waitForSignal();
+  console.error("kvroute serve: stopping");
+  await running.close();
+  return 0;
+}
+
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (signal: NodeJS.Signals) => {
+      process.off("SIGINT", on);
+      process.off("SIGTERM", on);
+      resolve(signal);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}

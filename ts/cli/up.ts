@@ -1,0 +1,163 @@
+/**
+ * `kvroute up <preset>`: a whole deployment on one machine, as Dynamo's vLLM launch scripts start
+ * one (agg, agg-router, disagg, disagg-router, dp): the gateway on --port, then the workers of the
+ * preset (vLLM or the mocker), each registering itself in the gateway's registry once healthy (so
+ * the router follows their KV events and metrics). Ctrl-C stops the gateway, then every worker.
+ */
+import { loadGatewayConfig } from "../config/index.js";
+import { KvrouteError } from "../errors.js";
+import { startGateway, type RunningGateway } from "../gateway/server.js";
+import { findFreePortRange, launchTopology, planTopology, TOPOLOGY_PRESETS, type EngineKind, type TopologyOptions, type TopologyPreset, type WorkerGroup } from "../workers/index.js";
+import { parseArgs } from "node:util";
+import { positiveInt, UsageError } from "./args.js";
+import { waitForSignal } from "./serve.js";
+
+const HELP = `Usage: kvroute up <preset> [options] [-- <engine args>]
+
+Starts a deployment: the KV-aware gateway on --port and the workers of a preset, as Dynamo's vLLM
+launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
+  agg            N aggregated workers, no KV events (the router routes blind)
+  agg-router     N aggregated workers with KV events (KV-aware routing)
+  disagg         prefill + decode workers (NIXL connector), no KV events
+  disagg-router  prefill + decode workers with KV events
+  dp             one data-parallel group of N ranks with KV events
+
+  --workers N             aggregated workers, the DP size (dp), or prefill and decode workers each
+  --prefill-workers N     disagg presets
+  --decode-workers N      disagg presets
+  --port P                gateway port (default 8000)
+  --engine E              mock | vllm (default mock)
+  --router-mode M         kv | round-robin | random | least-loaded (default kv)
+  --migration-limit N     default 0
+  --model M               default Qwen/Qwen3-0.6B
+  --base-port N           first worker HTTP port (default: free ports)
+  --event-port N          first KV-event port (default: free ports)
+  --block-size N          --block-size of every worker
+  --num-gpu-blocks N      --num-gpu-blocks-override
+  --speedup X             mock: simulated time runs X times faster
+  --config FILE           gateway settings (JSON/YAML, as kvroute serve; its models are ignored)
+  --quiet                 do not print engine output
+
+Prints 'kvroute up: ready {json}' once every worker is healthy. Exit codes: 0 stopped by a
+signal, 1 could not start, 2 bad usage.`;
+
+export async function runUp(argv: string[]): Promise<number> {
+  const dashDash = argv.indexOf("--");
+  const own = dashDash >= 0 ? argv.slice(0, dashDash) : argv;
+  const passthrough = dashDash >= 0 ? argv.slice(dashDash + 1) : [];
+  let preset: TopologyPreset;
+  let topology: TopologyOptions;
+  let gatewayInput;
+  let quiet: boolean;
+  try {
+    let parsed;
+    try {
+      parsed = parseArgs({
+        args: own,
+        allowPositionals: true,
+        strict: true,
+        options: {
+          workers: { type: "string" },
+          "prefill-workers": { type: "string" },
+          "decode-workers": { type: "string" },
+          port: { type: "string" },
+          engine: { type: "string" },
+          "router-mode": { type: "string" },
+          "migration-limit": { type: "string" },
+          model: { type: "string" },
+          "base-port": { type: "string" },
+          "event-port": { type: "string" },
+          "block-size": { type: "string" },
+          "num-gpu-blocks": { type: "string" },
+          speedup: { type: "string" },
+          config: { type: "string" },
+          quiet: { type: "boolean" },
+          help: { type: "boolean", short: "h" },
+        },
+      });
+    } catch (err) {
+      throw new UsageError(err instanceof Error ? err.message : String(err));
+    }
+    const { values, positionals } = parsed;
+    if (values.help) {
+      console.log(HELP);
+      return 0;
+    }
+    if (positionals.length !== 1) throw new UsageError(`expected one preset (${TOPOLOGY_PRESETS.join(", ")})`);
+    preset = positionals[0] as TopologyPreset;
+    if (!TOPOLOGY_PRESETS.includes(preset)) throw new UsageError(`unknown preset '${preset}' (expected ${TOPOLOGY_PRESETS.join(", ")})`);
+    const engine = (values.engine ?? "mock") as EngineKind;
+    if (engine !== "mock" && engine !== "vllm") throw new UsageError(`--engine must be mock or vllm: got '${engine}'`);
+    quiet = values.quiet === true;
+    const overrides: Record<string, string | undefined> = { port: values.port ?? "8000", routerMode: values["router-mode"], migrationLimit: values["migration-limit"] };
+    gatewayInput = loadGatewayConfig({
+      file: values.config,
+      overrides,
+      overrideSources: { port: "--port", routerMode: "--router-mode", migrationLimit: "--migration-limit" },
+    });
+    gatewayInput = { ...gatewayInput, models: [] };
+    topology = { engine };
+    const int = (flag: string) => (values[flag as keyof typeof values] === undefined ? undefined : positiveInt(flag, values[flag as keyof typeof values] as string));
+    if (values.workers !== undefined) topology.workers = int("workers");
+    if (values["prefill-workers"] !== undefined) topology.prefillWorkers = int("prefill-workers");
+    if (values["decode-workers"] !== undefined) topology.decodeWorkers = int("decode-workers");
+    if (values.model !== undefined) topology.model = values.model;
+    if (values["block-size"] !== undefined) topology.blockSize = int("block-size");
+    if (values["num-gpu-blocks"] !== undefined) topology.numGpuBlocksOverride = int("num-gpu-blocks");
+    if (values.speedup !== undefined) {
+      const x = values.speedup === "inf" ? Infinity : Number(values.speedup);
+      if (!(x > 0)) throw new UsageError(`--speedup must be > 0 or inf: got '${values.speedup}'`);
+      topology.speedup = x;
+    }
+    if (passthrough.length > 0) topology.extraArgs = passthrough;
+    topology.basePort = values["base-port"] !== undefined ? int("base-port") : undefined;
+    topology.baseEventPort = values["event-port"] !== undefined ? int("event-port") : undefined;
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof KvrouteError) {
+      console.error(`kvroute up: ${err.message}\n\nRun 'kvroute up --help' for usage.`);
+      return 2;
+    }
+    throw err;
+  }
+
+  let running: RunningGateway | null = null;
+  let group: WorkerGroup | null = null;
+  const stopAll = async () => {
+    await running?.close();
+    await group?.stop({ graceMs: 5000 });
+  };
+  const signal = waitForSignal();
+  let interrupted = false;
+  void signal.then(() => (interrupted = true));
+  try {
+    running = await startGateway(gatewayInput);
+    // One range of free ports: HTTP per process, then PUB + replay per DP rank, then NIXL side channels.
+    const plan = planTopology(preset, { ...topology, basePort: 1, baseEventPort: 1 });
+    const processes = plan.length;
+    const ranks = plan.reduce((n, c) => n + (c.dataParallel && c.dataParallel.rank === undefined ? c.dataParallel.size : 1), 0);
+    const base = await findFreePortRange(processes + 3 * ranks);
+    topology.basePort ??= base;
+    topology.baseEventPort ??= base + processes;
+    topology.baseSideChannelPort = base + processes + 2 * ranks;
+    const launching = launchTopology(preset, {
+      ...topology,
+      supervision: { registry: running.registry, logger: quiet ? null : undefined, maxRestarts: 3, startTimeoutMs: topology.engine === "mock" ? 60_000 : 600_000 },
+    });
+    group = await Promise.race([launching, signal.then(() => null)]);
+    if (!group) {
+      await launching.then((g) => g.stop({ graceMs: 2000 })).catch(() => {});
+    }
+  } catch (err) {
+    console.error(`kvroute up: ${err instanceof Error ? err.message : String(err)}`);
+    await stopAll();
+    return 1;
+  }
+  if (!interrupted && group) {
+    const workers = group.workers.map((w) => ({ id: w.id, role: w.config.role, url: w.url, dpRanks: w.record?.dpRanks ?? [] }));
+    console.log(`kvroute up: ready ${JSON.stringify({ url: running.url, preset, routerMode: running.config.routerMode, workers })}`);
+    await signal;
+  }
+  console.error("kvroute up: stopping");
+  await stopAll();
+  return 0;
+}

@@ -1,0 +1,274 @@
+/**
+ * createGateway(): the OpenAI-compatible request handler, `(req, res) => void`, usable as a
+ * node:http listener or inside Express / Fastify (docs/gateway.md). Routes:
+ *
+ * | route                         | what                                                      |
+ * |-------------------------------|-----------------------------------------------------------|
+ * | POST /v1/completions          | routed and forwarded (exchange.ts), stream or not         |
+ * | POST /v1/chat/completions     | same                                                      |
+ * | GET  /v1/models               | the models of the registry's workers                      |
+ * | POST /v1/kvroute/route        | the routing decision only, nothing forwarded              |
+ * | GET  /health                  | 200 while some worker is registered, else 503             |
+ * | GET  /metrics                 | Prometheus text (metrics.ts)                              |
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type GatewayConfigInput } from "../config/schema.js";
+import type { Registry, RouteDecision } from "../router/types.js";
+import { Admission } from "./admission.js";
+import { readBody } from "./body.js";
+import { FleetView, Suspects, toyPromptTokenizer, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
+import {
+  BadRequestError,
+  GatewayError,
+  MethodNotAllowedError,
+  ModelNotFoundError,
+  NoHealthyWorkerError,
+  RouteNotFoundError,
+  UnsupportedMediaTypeError,
+  toGatewayError,
+} from "./errors.js";
+import { Exchange, sendJsonError } from "./exchange.js";
+import { GatewayMetrics } from "./metrics.js";
+import { parseChatRequest, parseCompletionRequest, parseJsonObject, parseRouteRequest, type ParsedRequest } from "./openai-request.js";
+import { UpstreamPool } from "./upstream.js";
+
+export interface CreateGatewayOptions {
+  router: GatewayRouter;
+  registry: Registry;
+  /**
+   * Settings, filled with defaults and validated. Of `models` only the names are used (they are
+   * served, with 503 until a worker registers); workers come from the registry.
+   */
+  config?: GatewayConfigInput | GatewayConfig;
+  /** Default: the mocker's toy tokenizer (what `kvroute mock` engines tokenize with). */
+  tokenizer?: PromptTokenizer;
+  /** Default: a fresh GatewayMetrics (its registry is `gateway.metrics.registry`). */
+  metrics?: GatewayMetrics;
+  /** Where the gateway logs migrations, failed prefills... Default: stderr. null: nowhere. */
+  log?: ((message: string) => void) | null;
+}
+
+/** The handler, with what an embedding application may want to reach. */
+export interface Gateway {
+  (req: IncomingMessage, res: ServerResponse): void;
+  readonly metrics: GatewayMetrics;
+  readonly config: GatewayConfig;
+  /** Requests waiting for a worker. */
+  readonly queued: number;
+  /** Closes worker connections and rejects queued requests. */
+  close(): Promise<void>;
+}
+
+type Route = "completions" | "chat" | "models" | "route" | "health" | "metrics";
+
+const ROUTES: Record<string, { route: Route; method: "GET" | "POST" }> = {
+  "/v1/completions": { route: "completions", method: "POST" },
+  "/v1/chat/completions": { route: "chat", method: "POST" },
+  "/v1/models": { route: "models", method: "GET" },
+  "/v1/kvroute/route": { route: "route", method: "POST" },
+  "/health": { route: "health", method: "GET" },
+  "/metrics": { route: "metrics", method: "GET" },
+};
+
+export function createGateway(options: CreateGatewayOptions): Gateway {
+  const config = validateGatewayConfig({ ...stripModels(options.config ?? {}) });
+  // Models from the config are served even before their workers register (503, not 404).
+  const configured = new Set((options.config?.models ?? []).map((m) => m.name));
+  const metrics = options.metrics ?? new GatewayMetrics();
+  const upstream = new UpstreamPool({
+    connectionsPerWorker: config.connectionsPerWorker,
+    headersTimeoutMs: config.upstreamTimeoutMs,
+    bodyTimeoutMs: config.upstreamIdleTimeoutMs,
+  });
+  const admission = new Admission(
+    { maxActivePerWorker: config.queue.maxActivePerWorker, maxQueue: config.queue.maxSize, timeoutMs: config.queue.timeoutMs },
+    metrics,
+  );
+  const log = options.log === undefined ? (m: string) => process.stderr.write(`kvroute gateway: ${m}\n`) : (options.log ?? (() => {}));
+  const fleet = new FleetView(options.registry);
+  const suspects = new Suspects(config.failureCooldownMs);
+  const ctx: GatewayContext = {
+    router: options.router,
+    registry: options.registry,
+    fleet,
+    suspects,
+    config,
+    metrics,
+    upstream,
+    admission,
+    tokenizer: options.tokenizer ?? toyPromptTokenizer,
+    log,
+  };
+  const unwatch = options.registry.watch((change) => {
+    if (change.type === "added") suspects.forgive(change.record.id);
+    if (change.type === "removed") {
+      upstream.forget(change.record.url);
+      metrics.forgetWorker(change.record.id, change.record.dpRanks);
+    }
+    admission.pump();
+  });
+
+  const handler = ((req: IncomingMessage, res: ServerResponse) => {
+    const path = pathOf(req.url);
+    const entry = ROUTES[path];
+    const label = entry ? path : "other";
+    res.once("close", () => metrics.request(label, res.headersSent ? res.statusCode : 499));
+    if (!entry) return sendJsonError(res, new RouteNotFoundError(req.method ?? "?", path));
+    if (req.method !== entry.method && !(entry.method === "GET" && req.method === "HEAD")) {
+      return sendJsonError(res, new MethodNotAllowedError(req.method ?? "?", path, entry.method));
+    }
+    switch (entry.route) {
+      case "completions":
+      case "chat":
+        return void handleGenerate(ctx, configured, entry.route, req, res);
+      case "route":
+        return void handleRoute(ctx, configured, req, res);
+      case "models":
+        return handleModels(ctx, res);
+      case "health":
+        return handleHealth(ctx, res);
+      case "metrics":
+        return void handleMetrics(ctx, res);
+    }
+  }) as Gateway;
+  Object.defineProperties(handler, {
+    metrics: { value: metrics },
+    config: { value: config },
+    queued: { get: () => admission.waiting },
+    close: {
+      value: async () => {
+        unwatch();
+        fleet.close();
+        admission.close(new NoHealthyWorkerError("*", "the gateway is shutting down"));
+        await upstream.close();
+      },
+    },
+  });
+  return handler;
+}
+
+function stripModels(config: GatewayConfigInput | GatewayConfig): GatewayConfigInput {
+  const { models: _models, ...rest } = config;
+  return rest;
+}
+
+function pathOf(url: string | undefined): string {
+  if (!url) return "/";
+  const q = url.indexOf("?");
+  return q < 0 ? url : url.slice(0, q);
+}
+
+function checkJson(req: IncomingMessage): void {
+  const type = req.headers["content-type"];
+  if (type === undefined) return;
+  const base = type.split(";")[0]!.trim().toLowerCase();
+  if (base !== "application/json" && !base.endsWith("+json")) throw new UnsupportedMediaTypeError(type);
+}
+
+/** Reads and parses the JSON body; on failure answers and returns null. */
+async function readJson(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<{ body: Record<string, unknown>; raw: Buffer | null } | null> {
+  try {
+    checkJson(req);
+    const read = await readBody(req, ctx.config.maxBodyBytes, ctx.config.clientTimeoutMs);
+    if (read.kind === "raw") return { body: parseJsonObject(read.bytes), raw: read.bytes };
+    return { body: parseJsonObject(read.value), raw: null };
+  } catch (err) {
+    const ge = err instanceof GatewayError ? err : new BadRequestError(err instanceof Error ? err.message : String(err));
+    // The rest of the body was not read: do not reuse the connection.
+    const close = ge.status === 413 || ge.status === 408 || !req.readableEnded;
+    if (!res.writableEnded && !res.destroyed) sendJsonError(res, ge, close);
+    if (close) res.once("finish", () => req.socket?.destroySoon?.());
+    return null;
+  }
+}
+
+/** The model a request names (or the only one served), or throws 400/404. */
+function resolveModel(ctx: GatewayContext, configured: ReadonlySet<string>, name: string | null): string {
+  if (name !== null) {
+    if (configured.has(name) || ctx.fleet.of(name).records.length > 0) return name;
+    throw new ModelNotFoundError(name);
+  }
+  const names = new Set([...configured, ...ctx.fleet.list().map((r) => r.model)]);
+  if (names.size === 1) return [...names][0]!;
+  throw new BadRequestError("'model' is required (this gateway serves several models)", "model");
+}
+
+function promptTokens(ctx: GatewayContext, p: Pick<ParsedRequest, "promptIds" | "promptText" | "messages">): number[] {
+  if (p.promptIds) return p.promptIds;
+  if (p.messages) return ctx.tokenizer.encodeChat(p.messages);
+  return ctx.tokenizer.encode(p.promptText ?? "");
+}
+
+async function handleGenerate(ctx: GatewayContext, configured: ReadonlySet<string>, route: "completions" | "chat", req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const read = await readJson(ctx, req, res);
+  if (!read) return;
+  let parsed: ParsedRequest;
+  let model: string;
+  let tokens: number[];
+  try {
+    parsed = route === "chat" ? parseChatRequest(read.body) : parseCompletionRequest(read.body);
+    model = resolveModel(ctx, configured, parsed.model);
+    tokens = promptTokens(ctx, parsed);
+  } catch (err) {
+    return sendJsonError(res, toGatewayError(err));
+  }
+  if (res.destroyed || res.writableEnded) return;
+  await new Exchange(ctx, req, res, parsed, model, tokens, read.raw).run();
+}
+
+async function handleRoute(ctx: GatewayContext, configured: ReadonlySet<string>, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const read = await readJson(ctx, req, res);
+  if (!read) return;
+  try {
+    const r = parseRouteRequest(read.body);
+    const model = resolveModel(ctx, configured, r.model);
+    const fleet = ctx.fleet.of(model);
+    if (fleet.serving.length === 0) throw new NoHealthyWorkerError(model);
+    const tokens = promptTokens(ctx, r);
+    const decision: RouteDecision = ctx.router.route({ model, tokens, explain: true, dryRun: true, exclude: fleet.nonServing });
+    const candidates = (decision.candidates ?? []).map((c) => {
+      const base: Record<string, unknown> = { worker: c.workerId, dpRank: c.dpRank, overlapBlocks: c.overlapBlocks, cost: c.cost };
+      if (r.explain) Object.assign(base, { prefillBlocks: c.prefillBlocks, decodeBlocks: c.decodeBlocks, busy: c.busy });
+      return base;
+    });
+    const out: Record<string, unknown> = { worker: decision.workerId, dpRank: decision.dpRank, overlapBlocks: decision.overlapBlocks, candidates };
+    if (r.explain) Object.assign(out, { promptBlocks: decision.promptBlocks, bestOverlapBlocks: decision.bestOverlapBlocks, blind: decision.blind, mode: decision.mode, promptTokens: tokens.length });
+    sendJson(res, 200, out, { "x-kvroute-worker": decision.workerId, "x-kvroute-overlap-blocks": String(decision.overlapBlocks) });
+  } catch (err) {
+    sendJsonError(res, toGatewayError(err));
+  }
+}
+
+function handleModels(ctx: GatewayContext, res: ServerResponse): void {
+  const byModel = new Map<string, number>();
+  for (const r of ctx.registry.list()) byModel.set(r.model, (byModel.get(r.model) ?? 0) + 1);
+  const created = Math.floor(Date.now() / 1000);
+  const data = [...byModel.keys()].sort().map((id) => ({ id, object: "model", created, owned_by: "kvroute", root: id, parent: null, permission: [] }));
+  sendJson(res, 200, { object: "list", data });
+}
+
+function handleHealth(ctx: GatewayContext, res: ServerResponse): void {
+  const records = ctx.registry.list();
+  const models: Record<string, number> = {};
+  for (const r of records) models[r.model] = (models[r.model] ?? 0) + 1;
+  sendJson(res, records.length > 0 ? 200 : 503, { status: records.length > 0 ? "ok" : "no workers", workers: records.length, models, queued: ctx.admission.waiting });
+}
+
+async function handleMetrics(ctx: GatewayContext, res: ServerResponse): Promise<void> {
+  try {
+    const text = await ctx.metrics.text();
+    res.writeHead(200, { "content-type": ctx.metrics.contentType, "content-length": String(Buffer.byteLength(text)) });
+    res.end(text);
+  } catch (err) {
+    sendJsonError(res, toGatewayError(err));
+  }
+}
+
+function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), ...headers });
+  res.end(body);
+}
+
+/** Used by startGateway to build the full config; exported for embedding. */
+export { defaultGatewayConfig };

@@ -1,0 +1,142 @@
+/**
+ * startGateway(): the whole gateway in one call, as `kvroute serve` runs it: a MemoryRegistry (or
+ * the registry given) holding the configured workers, a KvRouter over it, WorkerFeeds attaching a
+ * VllmEventSource per worker (all its DP ranks) to the router's event sink and scraping each
+ * worker's /metrics into the router, and a node:http server with createGateway()'s handler.
+ *
+ * Slow clients are bounded by node:http itself: `headersTimeout` and `requestTimeout` are
+ * `clientTimeoutMs`, so a client trickling its headers or body is answered 408 and disconnected.
+ */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { validateGatewayConfig, type GatewayConfig, type GatewayConfigInput, type ModelEntry, type WorkerEntry } from "../config/schema.js";
+import { endpointForRank } from "../events/vllm-event-publisher.js";
+import { MemoryRegistry } from "../registry/memory-registry.js";
+import { KvRouter, type KvRouterOptions, type ModelRoutingConfig, type RouterEventSink } from "../router/kv-router.js";
+import type { Registry } from "../router/types.js";
+import type { WorkerRecord } from "../workers/config.js";
+import type { PromptTokenizer } from "./context.js";
+import { createGateway, type Gateway } from "./gateway.js";
+import { WorkerFeeds } from "./worker-feeds.js";
+
+export interface StartGatewayOptions {
+  /** Default: a new MemoryRegistry. The configured workers are registered in it. */
+  registry?: Registry;
+  /** Default: a KvRouter over the registry with `config.routerMode` and `config.router`. */
+  router?: KvRouter;
+  tokenizer?: PromptTokenizer;
+  /** Default: stderr; null: nowhere. */
+  log?: ((message: string) => void) | null;
+}
+
+export interface RunningGateway {
+  /** `http://host:port` (127.0.0.1 for a wildcard host). */
+  readonly url: string;
+  readonly port: number;
+  readonly server: http.Server;
+  readonly gateway: Gateway;
+  readonly router: KvRouter;
+  readonly registry: Registry;
+  readonly feeds: WorkerFeeds;
+  readonly config: GatewayConfig;
+  /** Stops listening, closes connections, event sources and the router. */
+  close(): Promise<void>;
+}
+
+/** A configured worker as the registry record the router and feeds use. */
+export function workerRecordFromConfig(model: ModelEntry, w: WorkerEntry): WorkerRecord {
+  const perRank = (value: string | string[]): string[] => (Array.isArray(value) ? value : w.dpRanks.map((r) => endpointForRank(value, r)));
+  return {
+    id: w.id,
+    model: model.name,
+    role: w.role,
+    url: w.url,
+    kvEvents: w.kvEvents
+      ? { endpoints: perRank(w.kvEvents), replayEndpoints: w.kvEventsReplay ? perRank(w.kvEventsReplay) : null, topic: w.kvEventsTopic }
+      : null,
+    blockSize: model.blockSize,
+    hashAlgorithm: model.hashAlgorithm,
+    hashSeed: model.hashSeed,
+    numGpuBlocks: w.numGpuBlocks,
+    dataParallelSize: w.dataParallelSize,
+    dpRanks: w.dpRanks,
+  };
+}
+
+/** KvRouter options from the gateway config (mode, `router` settings, per-model hashing). */
+export function routerOptionsFromConfig(config: GatewayConfig, registry: Registry, log?: (m: string) => void): KvRouterOptions {
+  const models: Record<string, ModelRoutingConfig> = {};
+  for (const m of config.models) {
+    models[m.name] = { blockSize: m.blockSize, keying: m.keying, hashAlgorithm: m.hashAlgorithm, hashSeed: m.hashSeed };
+  }
+  return {
+    ...(config.router as Partial<KvRouterOptions>),
+    registry,
+    mode: config.routerMode,
+    models: { ...models, ...((config.router as { models?: Record<string, ModelRoutingConfig> }).models ?? {}) },
+    ...(log ? { log } : {}),
+  };
+}
+
+export async function startGateway(input: GatewayConfigInput | GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
+  const config = validateGatewayConfig(input);
+  const log = options.log === undefined ? (m: string) => process.stderr.write(`kvroute: ${m}\n`) : (options.log ?? (() => {}));
+  const registry = options.registry ?? new MemoryRegistry();
+  for (const model of config.models) {
+    for (const w of model.workers) await registry.register(workerRecordFromConfig(model, w));
+  }
+  const ownRouter = !options.router;
+  const router = options.router ?? new KvRouter(routerOptionsFromConfig(config, registry, log));
+  const sinks = new Map<string, RouterEventSink>();
+  const feeds = new WorkerFeeds({
+    registry,
+    sinkFor: (record) => {
+      let sink = sinks.get(record.model);
+      if (!sink) sinks.set(record.model, (sink = router.eventSink(record.model)));
+      return sink;
+    },
+    onMetrics: (record, text) => void router.updateMetricsFromPrometheus(record.id, text),
+    scrapeIntervalMs: config.metricsScrapeIntervalMs,
+    log,
+  }).start();
+  const gateway = createGateway({ router, registry, config, tokenizer: options.tokenizer, log });
+  const server = http.createServer(
+    {
+      requestTimeout: config.clientTimeoutMs,
+      headersTimeout: Math.min(config.clientTimeoutMs, 60_000),
+      // node:http checks those timeouts on this period; keep it well under clientTimeoutMs.
+      connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.clientTimeoutMs / 4))),
+      keepAliveTimeout: 65_000,
+    },
+    gateway,
+  );
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(config.port, config.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host.includes(":") ? `[${config.host}]` : config.host;
+  let closing: Promise<void> | null = null;
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    server,
+    gateway,
+    router,
+    registry,
+    feeds,
+    config,
+    close: () =>
+      (closing ??= (async () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeAllConnections();
+        await closed;
+        await gateway.close();
+        await feeds.close();
+        if (ownRouter) router.close();
+      })()),
+  };
+}
