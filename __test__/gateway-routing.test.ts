@@ -52,11 +52,11 @@ afterAll(async () => {
 
 describe("gateway: hot-spotting", () => {
   it("200 requests sharing a 2,000-token system prompt at concurrency 16 spread over 4 workers, keeping affinity's hit rate", async () => {
-    // Metrics scraping is off here: the router's metrics correction compares a scrape's running
-    // count with its own *current* count, so with requests this short a stale scrape reads as
-    // "external load" and starves a worker for a scrape interval (seen: 3 of 200 requests on one
-    // worker at a 1 s interval; 50 each without scraping). Set SCRAPE=<ms> to watch it.
-    const scrape = Number(process.env.SCRAPE ?? 0);
+    // With metrics scraping on (every 250 ms; SCRAPE=<ms> to change, 0: off). The router prices
+    // the load a scrape shows that it did not place as of the scrape's arrival: its own requests,
+    // this short, finishing before the next scrape must not read as "external load" (they used
+    // to starve a worker for a scrape interval: 3 of 200 requests on one at a 1 s interval).
+    const scrape = Number(process.env.SCRAPE ?? 250);
     const [f, w] = await Promise.allSettled([
       startFleet(4, { routerMode: "kv", metricsScrapeIntervalMs: scrape }, { speedup: 20 }),
       startMockWorker({ id: "affinity", speedup: 20, kvEvents: false }, null),

@@ -214,6 +214,54 @@ describe("KvRouter decisions", () => {
     expect(router.workerLoads()[0]!.requests).toBe(0);
   });
 
+  it("prices load the router did not place as of each scrape: its own requests that finish afterwards never read as external", () => {
+    // The starvation this guards against: a scrape shows the router's own two requests on w0;
+    // they finish; comparing that scrape with the bookkeeping *afterwards* read them as two
+    // external requests and priced w0 (the prefix holder) out until the next scrape.
+    const { router, advance } = setup(2, { sequenceWeight: 0 });
+    const p = prompt(0, 8);
+    store(router, "w0", p, 8);
+    const w0 = () => router.route({ model: "m", tokens: p, explain: true, dryRun: true });
+    const penalty = (d: RouteDecision) => d.candidates!.find((c) => c.workerId === "w0")!.penalty;
+    const startTwo = (tag: string) =>
+      [0, 1].map((i) => {
+        const d = router.route({ model: "m", tokens: p, requestId: `${tag}${i}` });
+        expect(d.workerId).toBe("w0");
+        router.started(d);
+        return d.requestId;
+      });
+    const ids = startTwo("a");
+    router.updateMetrics("w0", { numRequestsRunning: 2 });
+    router.updateMetrics("w1", { numRequestsRunning: 0 });
+    advance(5);
+    for (const id of ids) router.finished(id, "ok");
+    advance(500);
+    let d = w0();
+    expect(penalty(d)).toBe(0);
+    expect(d.workerId).toBe("w0");
+
+    // A scrape taken before requests finished but arriving after (within metricsLagMs): they
+    // still count as the router's own.
+    for (const id of startTwo("b")) router.finished(id, "ok");
+    advance(20);
+    router.updateMetrics("w0", { numRequestsRunning: 2 });
+    expect(penalty(w0())).toBe(0);
+    // Taken after they finished: two requests the router did not place (2 × 8 context blocks).
+    router.updateMetrics("w0", { numRequestsRunning: 2, takenAtMs: 510 }); // they finished at 505
+    d = w0();
+    expect(penalty(d)).toBe(16);
+    expect(d.workerId).toBe("w1");
+    // Kept as scraped whatever the router books next, fading over metricsTtlMs (10 s).
+    const later = router.route({ model: "m", tokens: p, requestId: "c" });
+    router.started(later);
+    advance(5000);
+    expect(penalty(w0())).toBeCloseTo(8, 9);
+    router.finished("c", "ok");
+    advance(5001);
+    expect(penalty(w0())).toBe(0);
+    expect(() => setup(1, { metricsLagMs: -1 })).toThrow(InvalidConfigError);
+  });
+
   it("reads vLLM's /metrics text, per rank when the worker hosts several", async () => {
     const registry = new MemoryRegistry([record("w0"), record("w1", { dataParallelSize: 2, dpRanks: [0, 1] })]);
     const router = new KvRouter({ registry, busyThreshold: { queueDepth: 2 }, log: () => {} });

@@ -66,8 +66,13 @@ export interface KvRouterOptions {
   maxSpeculativeBlocks?: number;
   /** A decision's load booking lapses after this long unless `started` confirms it. Default 2000. */
   unstartedTtlMs?: number;
-  /** Metrics older than this are ignored. Default 10000. */
+  /** Metrics older than this are ignored; the load they show that the router did not place fades to 0 over it. Default 10000. */
   metricsTtlMs?: number;
+  /**
+   * A scrape is assumed taken this long before it reaches `updateMetrics` unless `takenAtMs`
+   * says when: the router's requests that finished since still count as its own in it. Default 250.
+   */
+  metricsLagMs?: number;
   /** Per model; defaults from the registry records. */
   models?: Record<string, ModelRoutingConfig>;
   /** PRNG seed (tie-breaks, sampling, random mode). */
@@ -86,6 +91,11 @@ export interface WorkerMetricsUpdate {
   kvCacheUsagePerc?: number;
   /** The rank these are for; absent: the whole worker (counts split over its ranks). */
   dpRank?: number;
+  /**
+   * When the scrape was requested, on the router's `clock` (default: `metricsLagMs` before the
+   * call). Requests the router finished after it still count as its own.
+   */
+  takenAtMs?: number;
 }
 
 /** The router's predicted load on one (worker, dpRank). */
@@ -349,7 +359,7 @@ export class KvRouter implements RequestLifecycle {
     const p = this.pending.get(requestId);
     if (p === undefined) return;
     this.pending.delete(requestId);
-    p.m.core.finished(requestId);
+    p.m.core.finished(requestId, this.clock());
   }
 
   private prunePending(now: number): void {
@@ -429,8 +439,10 @@ export class KvRouter implements RequestLifecycle {
   }
 
   /**
-   * A worker's scraped load; corrects the router's own bookkeeping (docs/router.md) and feeds
-   * the busy threshold. Returns false for an unknown worker.
+   * A worker's scraped load; feeds the busy threshold and the metrics correction (docs/router.md):
+   * the load it shows that the router did not place is computed now, against the router's
+   * requests there now and those it finished since the scrape was taken, and kept until the next
+   * scrape (fading over `metricsTtlMs`). Returns false for an unknown worker.
    */
   updateMetrics(workerId: string, metrics: WorkerMetricsUpdate): boolean {
     const m = this.workerModels.get(workerId);
@@ -442,15 +454,17 @@ export class KvRouter implements RequestLifecycle {
       metrics.numRequestsRunning ?? 0,
       metrics.kvCacheUsagePerc ?? 0,
       this.clock(),
+      metrics.takenAtMs ?? null,
     );
   }
 
   /**
    * `updateMetrics` from a worker's /metrics text: `vllm:num_requests_waiting`,
    * `vllm:num_requests_running` and `vllm:kv_cache_usage_perc`, per rank when the worker hosts
-   * several and labels them `engine="<rank>"`, else for the whole worker.
+   * several and labels them `engine="<rank>"`, else for the whole worker. `takenAtMs`: as in
+   * `WorkerMetricsUpdate`.
    */
-  updateMetricsFromPrometheus(workerId: string, text: string): boolean {
+  updateMetricsFromPrometheus(workerId: string, text: string, takenAtMs?: number): boolean {
     const m = this.workerModels.get(workerId);
     if (m === undefined) return false;
     const ranks = new Set((m.workers.get(workerId) ?? []).map((t) => m.targets[t]!.dpRank));
@@ -470,7 +484,7 @@ export class KvRouter implements RequestLifecycle {
     if (byRank) {
       let any = false;
       for (const [e, v] of per) {
-        any = this.updateMetrics(workerId, { dpRank: Number(e), numRequestsWaiting: v.w, numRequestsRunning: v.r, kvCacheUsagePerc: v.kv }) || any;
+        any = this.updateMetrics(workerId, { dpRank: Number(e), numRequestsWaiting: v.w, numRequestsRunning: v.r, kvCacheUsagePerc: v.kv, takenAtMs }) || any;
       }
       return any;
     }
@@ -480,7 +494,7 @@ export class KvRouter implements RequestLifecycle {
       total.r += v.r;
       total.kv = Math.max(total.kv, v.kv);
     }
-    return this.updateMetrics(workerId, { numRequestsWaiting: total.w, numRequestsRunning: total.r, kvCacheUsagePerc: total.kv });
+    return this.updateMetrics(workerId, { numRequestsWaiting: total.w, numRequestsRunning: total.r, kvCacheUsagePerc: total.kv, takenAtMs });
   }
 
   // ---- introspection ----------------------------------------------------------------------
@@ -565,6 +579,7 @@ export class KvRouter implements RequestLifecycle {
           maxSpeculativeBlocks: o.maxSpeculativeBlocks === undefined ? undefined : Math.floor(o.maxSpeculativeBlocks),
           unstartedTtlMs: o.unstartedTtlMs,
           metricsTtlMs: o.metricsTtlMs,
+          metricsLagMs: o.metricsLagMs,
           seed: o.seed === undefined ? undefined : o.seed >>> 0,
         }),
     );
@@ -645,6 +660,7 @@ function validateOptions(o: KvRouterOptions): void {
   nonneg(o.speculativeTtlMs, "speculativeTtlMs");
   nonneg(o.unstartedTtlMs, "unstartedTtlMs");
   nonneg(o.metricsTtlMs, "metricsTtlMs");
+  nonneg(o.metricsLagMs, "metricsLagMs");
   nonneg(o.maxSpeculativeBlocks, "maxSpeculativeBlocks", MAX_U32);
   nonneg(o.busyThreshold?.kvUsage, "busyThreshold.kvUsage");
   nonneg(o.busyThreshold?.queueDepth, "busyThreshold.queueDepth");

@@ -49,6 +49,9 @@ pub struct KvRouterCoreOptions {
     pub unstarted_ttl_ms: Option<f64>,
     /// Default 10000.
     pub metrics_ttl_ms: Option<f64>,
+    /// Default 250: a scrape is assumed taken this long before it arrives unless its caller
+    /// says when.
+    pub metrics_lag_ms: Option<f64>,
     /// Default 4096.
     pub expected_output_cap: Option<u32>,
     /// PRNG seed (an integer; default fixed).
@@ -128,6 +131,9 @@ fn config(o: KvRouterCoreOptions) -> napi::Result<SchedulerConfig> {
     }
     if let Some(v) = o.metrics_ttl_ms {
         c.metrics_ttl_ms = v;
+    }
+    if let Some(v) = o.metrics_lag_ms {
+        c.metrics_lag_ms = v;
     }
     if let Some(v) = o.expected_output_cap {
         c.expected_output_cap = v;
@@ -299,13 +305,17 @@ impl KvRouterCore {
         self.sched.tokens(&request_id, generated)
     }
 
+    /// Finished at `nowMs` (remembered for the next scrape of its worker).
     #[napi]
-    pub fn finished(&mut self, request_id: String) -> bool {
-        self.sched.finish(&request_id)
+    pub fn finished(&mut self, request_id: String, now_ms: f64) -> bool {
+        self.sched.finish(&request_id, now_ms)
     }
 
-    /// Scraped metrics of a worker (one rank, or the whole worker when `dpRank` is absent).
+    /// Scraped metrics of a worker (one rank, or the whole worker when `dpRank` is absent),
+    /// arriving at `nowMs`; `takenAtMs`: when the scrape was requested (default `nowMs -
+    /// metricsLagMs`).
     #[napi]
+    #[allow(clippy::too_many_arguments)]
     pub fn update_metrics(
         &mut self,
         worker_id: String,
@@ -314,13 +324,15 @@ impl KvRouterCore {
         running: f64,
         kv_usage: f64,
         now_ms: f64,
+        taken_at_ms: Option<f64>,
     ) -> bool {
         let m = WorkerMetrics {
             waiting,
             running,
             kv_usage,
         };
-        self.sched.update_metrics(&worker_id, dp_rank, m, now_ms)
+        self.sched
+            .update_metrics(&worker_id, dp_rank, m, now_ms, taken_at_ms)
     }
 
     /// One vLLM KV event payload of `workerId`, decoded and applied in one call (`dpRank`: the

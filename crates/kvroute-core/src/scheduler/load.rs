@@ -91,6 +91,13 @@ impl LoadBook {
         self.loads.get(target as usize).copied().unwrap_or_default()
     }
 
+    /// The target of a booked request, and whether it was started (or has progressed).
+    pub(crate) fn target_of(&self, id: &str) -> Option<(u32, bool)> {
+        self.active
+            .get(id)
+            .map(|a| (a.target, a.expires == f64::INFINITY))
+    }
+
     /// Requests booked (started or not).
     pub(crate) fn len(&self) -> usize {
         self.active.len()

@@ -26,12 +26,19 @@
 //! [`load`] for the bookkeeping.
 //!
 //! `prompt blocks = ceil(prompt tokens / block size)` (a trailing partial block is always
-//! computed). The penalty is the *metrics correction*: from a worker's last scrape (if younger
-//! than `metrics_ttl_ms`), `external = max(0, running + waiting - our requests there)` is the load
-//! the router did not place itself (other routers, direct traffic, lost lifecycle calls), of
-//! which `external waiting = min(external, max(0, waiting - our prefilling requests))` also sits
-//! in its prefill queue; both are priced with the router's running means (EWMA) of its requests'
-//! prompt and context blocks. Without metrics the penalty is 0.
+//! computed). The penalty is the *metrics correction*: when a scrape of a worker arrives
+//! ([`Scheduler::update_metrics`]), `external = max(0, running + waiting - our requests there)` is
+//! the load the router did not place itself (other routers, direct traffic, lost lifecycle
+//! calls), of which `external waiting = min(external, max(0, waiting - our prefilling requests))`
+//! also sits in its prefill queue. *Our requests* are counted at that moment: those booked there
+//! now plus those the router finished there since the scrape was taken (`taken_at`, default
+//! `metrics_lag_ms` before its arrival), which the scrape may still show running. Both numbers
+//! are stored with the scrape and never recomputed against later bookkeeping: the router's own
+//! requests finishing after a scrape must not turn the scrape's count of them into "external"
+//! load (with short requests that starved a worker for a whole scrape interval). They fade
+//! linearly to 0 over `metrics_ttl_ms` (a later scrape replaces them) and are priced with the
+//! router's running means (EWMA) of its requests' prompt and context blocks. Without metrics the
+//! penalty is 0.
 //!
 //! **Busy**: a target is busy when its fresh metrics show `kv_usage > busy_kv_usage` or
 //! `waiting > busy_queue_depth`, or the router has `≥ busy_active_requests` requests on it.
@@ -59,7 +66,7 @@ pub mod load;
 mod pair_table;
 mod speculative;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
@@ -179,8 +186,11 @@ pub struct SchedulerConfig {
     pub max_speculative_blocks: usize,
     /// An unstarted booking lapses after this long.
     pub unstarted_ttl_ms: f64,
-    /// Metrics older than this are ignored.
+    /// Metrics older than this are ignored; their external load fades to 0 over it.
     pub metrics_ttl_ms: f64,
+    /// How long before its arrival a scrape is assumed taken when the caller does not say:
+    /// requests the router finished since then still count as its own in that scrape.
+    pub metrics_lag_ms: f64,
     /// `max_tokens` beyond this does not grow the expected output further.
     pub expected_output_cap: u32,
     /// PRNG seed (tie-breaks, sampling, `random` mode).
@@ -201,6 +211,7 @@ impl SchedulerConfig {
             max_speculative_blocks: 1 << 18,
             unstarted_ttl_ms: 2000.0,
             metrics_ttl_ms: 10_000.0,
+            metrics_lag_ms: 250.0,
             expected_output_cap: 4096,
             seed: 0x6b76_726f_7574_6531,
         }
@@ -300,8 +311,49 @@ struct Target {
     /// Cached index slot of `(worker, dp_rank)`, validated on use.
     slot: Option<u32>,
     kv_view: bool,
-    metrics: Option<(WorkerMetrics, f64)>,
+    metrics: Option<Scraped>,
+    /// When the router's started requests here finished, oldest first: the last
+    /// [`RECENT_FINISHES_MS`], at most [`RECENT_FINISHES_CAP`] of them.
+    finished_at: VecDeque<f64>,
 }
+
+impl Target {
+    fn note_finish(&mut self, now_ms: f64) {
+        while self
+            .finished_at
+            .front()
+            .is_some_and(|&t| t < now_ms - RECENT_FINISHES_MS)
+            || self.finished_at.len() >= RECENT_FINISHES_CAP
+        {
+            self.finished_at.pop_front();
+        }
+        self.finished_at.push_back(now_ms);
+    }
+
+    /// The router's requests here that finished after `since`.
+    fn finished_since(&self, since: f64) -> u32 {
+        self.finished_at
+            .iter()
+            .rev()
+            .take_while(|&&t| t > since)
+            .count() as u32
+    }
+}
+
+/// A target's last scrape with the load it showed that the router did not place, as of its
+/// arrival (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Scraped {
+    m: WorkerMetrics,
+    at: f64,
+    external: f64,
+    external_waiting: f64,
+}
+
+/// How long finish times are kept for [`Scheduler::update_metrics`].
+const RECENT_FINISHES_MS: f64 = 5_000.0;
+/// At most this many finish times per target.
+const RECENT_FINISHES_CAP: usize = 4096;
 
 enum RequestKeyer {
     Router(RouterKeyer),
@@ -377,6 +429,7 @@ impl Scheduler {
         if cfg.metrics_ttl_ms.is_nan() || cfg.metrics_ttl_ms < 0.0 {
             return Err(Error::config("metricsTtlMs must be ≥ 0"));
         }
+        finite_nonneg(cfg.metrics_lag_ms, "metricsLagMs")?;
         let applier = EventApplier::new(cfg.events.clone())?;
         let bs = cfg.events.block_size as usize;
         let keyer = match cfg.events.keying {
@@ -467,6 +520,7 @@ impl Scheduler {
             slot,
             kv_view,
             metrics: None,
+            finished_at: VecDeque::new(),
         };
         let tid = match self.free.pop_first() {
             Some(tid) => {
@@ -591,14 +645,18 @@ impl Scheduler {
         }
     }
 
-    /// A worker's scraped metrics at `now_ms`, for one rank, or (`None`) for the whole worker:
-    /// then counts are split evenly over its ranks and the KV usage applies to each.
+    /// A worker's scraped metrics arriving at `now_ms`, for one rank, or (`None`) for the whole
+    /// worker: then counts are split evenly over its ranks and the KV usage applies to each.
+    /// `taken_at_ms`: when the scrape was requested (default `now_ms - metrics_lag_ms`). The
+    /// load the router did not place is computed here, against its bookkeeping now, and stored
+    /// (module docs).
     pub fn update_metrics(
         &mut self,
         worker: &str,
         dp_rank: Option<u32>,
         m: WorkerMetrics,
         now_ms: f64,
+        taken_at_ms: Option<f64>,
     ) -> bool {
         let Some(v) = self.by_worker.get(worker) else {
             return false;
@@ -610,25 +668,46 @@ impl Scheduler {
             running: clean(m.running),
             kv_usage: clean(m.kv_usage),
         };
-        let share = match dp_rank {
-            Some(_) => 1.0,
-            None => 1.0 / v.len().max(1) as f64,
-        };
-        let mut any = false;
+        let since = taken_at_ms
+            .filter(|t| t.is_finite())
+            .unwrap_or(now_ms - self.cfg.metrics_lag_ms)
+            .min(now_ms);
+        // The router's requests the scrape may count, over the targets it covers.
+        let (mut ours, mut prefilling, mut n) = (0.0, 0.0, 0usize);
+        for &tid in v {
+            let Some(t) = self.targets[tid as usize].as_ref() else {
+                continue;
+            };
+            if dp_rank.is_none_or(|r| r == t.dp_rank) {
+                let l = self.book.load(tid);
+                ours += (l.requests + t.finished_since(since)) as f64;
+                prefilling += l.prefilling as f64;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return false;
+        }
+        let external = (m.running + m.waiting - ours).max(0.0);
+        let external_waiting = (m.waiting - prefilling).clamp(0.0, external);
+        let share = 1.0 / n as f64;
         for &tid in v {
             if let Some(t) = self.targets[tid as usize].as_mut() {
                 if dp_rank.is_none_or(|r| r == t.dp_rank) {
-                    let m = WorkerMetrics {
-                        waiting: m.waiting * share,
-                        running: m.running * share,
-                        kv_usage: m.kv_usage,
-                    };
-                    t.metrics = Some((m, now_ms));
-                    any = true;
+                    t.metrics = Some(Scraped {
+                        m: WorkerMetrics {
+                            waiting: m.waiting * share,
+                            running: m.running * share,
+                            kv_usage: m.kv_usage,
+                        },
+                        at: now_ms,
+                        external: external * share,
+                        external_waiting: external_waiting * share,
+                    });
                 }
             }
         }
-        any
+        true
     }
 
     // ---- lifecycle -------------------------------------------------------------------------
@@ -663,7 +742,14 @@ impl Scheduler {
         self.book.tokens(request_id, generated)
     }
 
-    pub fn finish(&mut self, request_id: &str) -> bool {
+    /// Finished, failed or cancelled at `now_ms`: all its load goes. A started request is
+    /// remembered as finished on its target for the next scrape (see [`Scheduler::update_metrics`]).
+    pub fn finish(&mut self, request_id: &str, now_ms: f64) -> bool {
+        if let Some((target, true)) = self.book.target_of(request_id) {
+            if let Some(Some(t)) = self.targets.get_mut(target as usize) {
+                t.note_finish(now_ms);
+            }
+        }
         self.book.finish(request_id)
     }
 
@@ -741,11 +827,22 @@ impl Scheduler {
                 .cfg
                 .busy_active_requests
                 .is_some_and(|n| load.requests >= n);
-            if let Some((m, at)) = t.metrics {
-                if now_ms - at <= self.cfg.metrics_ttl_ms {
-                    let external = (m.running + m.waiting - load.requests as f64).max(0.0);
-                    let ext_waiting = (m.waiting - load.prefilling as f64).clamp(0.0, external);
-                    penalty = external * mean_context + w * ext_waiting * mean_prompt;
+            if let Some(Scraped {
+                m,
+                at,
+                external,
+                external_waiting,
+            }) = t.metrics
+            {
+                let (age, ttl) = (now_ms - at, self.cfg.metrics_ttl_ms);
+                if age <= ttl {
+                    // As of the scrape (never against later bookkeeping), fading with its age.
+                    let fade = if ttl > 0.0 && ttl.is_finite() {
+                        (1.0 - age / ttl).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    };
+                    penalty = fade * (external * mean_context + w * external_waiting * mean_prompt);
                     busy |= self.cfg.busy_kv_usage.is_some_and(|b| m.kv_usage > b)
                         || self.cfg.busy_queue_depth.is_some_and(|b| m.waiting > b);
                 }

@@ -143,7 +143,7 @@ fn ties_are_broken_at_random_not_to_the_first_worker() {
     for i in 0..4000 {
         // Distinct prompts, nothing cached, no load (each finishes before the next).
         let d = route(&mut s, &req(prompt(i * 100, 3), &format!("r{i}")), i as f64).unwrap();
-        s.finish(&format!("r{i}"));
+        s.finish(&format!("r{i}"), 0.0);
         counts[t.iter().position(|&x| x == d.target).unwrap()] += 1;
     }
     for c in counts {
@@ -181,7 +181,7 @@ fn load_term_spreads_a_shared_prefix_and_returns_after_finish() {
     assert!(distinct.len() >= 3, "{chosen:?}");
     s.book.check().unwrap();
     for i in 0..8 {
-        assert!(s.finish(&format!("r{i}")));
+        assert!(s.finish(&format!("r{i}"), 0.0));
     }
     for tid in &t {
         assert_eq!(s.load(*tid), TargetLoad::default());
@@ -257,8 +257,8 @@ fn busy_targets_are_skipped_unless_all_are() {
         running: 0.0,
         kv_usage: kv,
     };
-    assert!(s.update_metrics("w0", None, m(0.95, 0.0), 0.0));
-    s.update_metrics("w1", None, m(0.5, 4.0), 0.0);
+    assert!(s.update_metrics("w0", None, m(0.95, 0.0), 0.0, None));
+    s.update_metrics("w1", None, m(0.5, 4.0), 0.0, None);
     let d = route(
         &mut s,
         &Req {
@@ -271,7 +271,7 @@ fn busy_targets_are_skipped_unless_all_are() {
     assert_eq!(d.target, t[2]);
     assert!(cand(&d, t[0]).busy && cand(&d, t[1]).busy && !cand(&d, t[2]).busy);
     assert!(!d.all_busy);
-    s.update_metrics("w2", None, m(0.99, 0.0), 1.0);
+    s.update_metrics("w2", None, m(0.99, 0.0), 1.0, None);
     let d = route(
         &mut s,
         &Req {
@@ -326,7 +326,7 @@ fn metrics_penalty_prices_load_the_router_did_not_place() {
         running: 6.0,
         kv_usage: 0.5,
     };
-    s.update_metrics("w0", Some(0), m, 0.0);
+    s.update_metrics("w0", Some(0), m, 0.0, None);
     let d = route(
         &mut s,
         &Req {
@@ -346,11 +346,12 @@ fn metrics_penalty_prices_load_the_router_did_not_place() {
         "+ its 10 prompt blocks and 1 own block"
     );
     assert_eq!(d.target, t[1]);
-    // Our own requests there are not counted twice.
+    // Our own requests there are not counted twice: a scrape showing them is not external.
     for i in 0..8 {
         s.book
             .book(&format!("o{i}"), t[0], &[], 4, 0, 0, f64::INFINITY);
     }
+    s.update_metrics("w0", Some(0), m, 0.0, None);
     let d = route(
         &mut s,
         &Req {
@@ -361,6 +362,108 @@ fn metrics_penalty_prices_load_the_router_did_not_place() {
     )
     .unwrap();
     assert_eq!(cand(&d, t[0]).penalty, 0.0);
+}
+
+/// Dry-run decision at `now`.
+fn probe(s: &mut Scheduler, tokens: &[u32], now: f64) -> Decision {
+    let r = Req {
+        dry_run: true,
+        ..req(tokens.to_vec(), "probe")
+    };
+    route(s, &r, now).unwrap()
+}
+
+/// Books and starts `n` requests on `target` at `now`; returns their ids.
+fn start_on(
+    s: &mut Scheduler,
+    target: TargetId,
+    tokens: &[u32],
+    n: usize,
+    tag: &str,
+) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{tag}{i}");
+            let d = route(s, &req(tokens.to_vec(), &id), 0.0).unwrap();
+            assert!(s.start(&id, target, d.prompt_blocks, 0, None) || d.target != target);
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn own_requests_finishing_after_a_scrape_are_not_external_load() {
+    // The starvation: a scrape shows the router's own 4 requests running on w0; they finish;
+    // comparing the scrape with the bookkeeping *now* read them as 4 external requests and
+    // priced w0 out (4 × 11 context blocks) for the scrape's whole life, prefix or not.
+    let mut s = sched(|c| c.sequence_weight = 0.0);
+    let t = workers(&mut s, 2);
+    let p = prompt(0, 10);
+    hold(&mut s, "w0", &p, 10);
+    let ids = start_on(&mut s, t[0], &p, 4, "a");
+    let scrape = |running| WorkerMetrics {
+        waiting: 0.0,
+        running,
+        kv_usage: 0.1,
+    };
+    s.update_metrics("w0", Some(0), scrape(4.0), 0.0, None);
+    s.update_metrics("w1", Some(0), scrape(0.0), 0.0, None);
+    for id in &ids {
+        assert!(s.finish(id, 500.0));
+    }
+    let d = probe(&mut s, &p, 600.0);
+    assert_eq!(cand(&d, t[0]).penalty, 0.0);
+    assert_eq!(d.target, t[0], "the prefix holder, idle again");
+
+    // A scrape taken before requests finished but arriving after: by default it was taken up to
+    // `metrics_lag_ms` before it arrived, so those finished since still count as the router's.
+    let ids = start_on(&mut s, t[0], &p, 4, "b");
+    for id in &ids {
+        s.finish(id, 1000.0);
+    }
+    s.update_metrics("w0", Some(0), scrape(4.0), 1010.0, None);
+    assert_eq!(cand(&probe(&mut s, &p, 1020.0), t[0]).penalty, 0.0);
+    // Taken after they finished (the caller says when): 4 requests the router did not place.
+    s.update_metrics("w0", Some(0), scrape(4.0), 1010.0, Some(1005.0));
+    let c = cand(&probe(&mut s, &p, 1010.0), t[0]);
+    assert!(c.penalty > 0.0);
+    // It holds whatever the router does next (no recomputation), fading over metrics_ttl_ms.
+    let ttl = s.config().metrics_ttl_ms;
+    let later = start_on(&mut s, t[0], &p, 2, "c");
+    let half = cand(&probe(&mut s, &p, 1010.0 + ttl / 2.0), t[0]);
+    assert!(
+        (half.penalty - c.penalty / 2.0).abs() < 1e-6 * c.penalty,
+        "{half:?} {c:?}"
+    );
+    for id in &later {
+        s.finish(id, 1010.0 + ttl / 2.0);
+    }
+    assert_eq!(cand(&probe(&mut s, &p, 1011.0 + ttl), t[0]).penalty, 0.0);
+}
+
+#[test]
+fn a_whole_worker_scrape_is_compared_with_all_its_ranks() {
+    let mut s = sched(|c| c.sequence_weight = 0.0);
+    let t = s.upsert_worker("w0", &[0, 1], Role::Aggregated);
+    let p = prompt(0, 4);
+    start_on(&mut s, t[0], &p, 4, "a");
+    let m = WorkerMetrics {
+        waiting: 0.0,
+        running: 4.0,
+        kv_usage: 0.1,
+    };
+    s.update_metrics("w0", None, m, 0.0, None);
+    let d = probe(&mut s, &p, 0.0);
+    assert_eq!(
+        cand(&d, t[1]).penalty,
+        0.0,
+        "rank 0's requests are not rank 1's load"
+    );
+    // 6 running: 2 external, 1 per rank.
+    s.update_metrics("w0", None, WorkerMetrics { running: 6.0, ..m }, 0.0, None);
+    let d = probe(&mut s, &p, 0.0);
+    assert_eq!(cand(&d, t[0]).penalty, cand(&d, t[1]).penalty);
+    assert!(cand(&d, t[1]).penalty > 0.0);
 }
 
 #[test]
@@ -475,14 +578,14 @@ fn speculative_credit_keeps_a_burst_together_then_lapses() {
     let t = workers(&mut s, 4);
     let p = prompt(0, 16);
     let first = route(&mut s, &req(p.clone(), "r0"), 0.0).unwrap();
-    s.finish("r0");
+    s.finish("r0", 0.0);
     for i in 1..10 {
         let id = format!("r{i}");
         let d = route(&mut s, &req(p.clone(), &id), i as f64).unwrap();
         assert_eq!(d.target, first.target);
         assert_eq!(d.overlap_blocks, 16);
         assert_eq!(cand(&d, d.target).speculative_blocks, 16);
-        s.finish(&id);
+        s.finish(&id, 0.0);
     }
     // A longer prompt shares the credited prefix only.
     let mut longer = p.clone();
@@ -527,7 +630,7 @@ fn without_speculation_a_burst_scatters() {
                 .unwrap()
                 .target,
         );
-        s.finish(&id);
+        s.finish(&id, 0.0);
     }
     assert!(seen.len() > 1);
 }
@@ -553,7 +656,7 @@ fn unstarted_bookings_lapse_started_ones_stay() {
     assert_eq!(s.load(t[0]).requests, 1);
     let st = s.stats();
     assert_eq!((st.active_requests, st.lapsed_bookings), (1, 1));
-    assert!(s.first_token("b") && s.tokens("b", 9) && s.finish("b"));
+    assert!(s.first_token("b") && s.tokens("b", 9) && s.finish("b", 0.0));
     assert!(!s.tokens("nope", 1));
     assert_eq!(s.stats().unknown_lifecycle, 1);
 }
@@ -570,7 +673,7 @@ fn remove_worker_drops_blocks_bookings_and_credit() {
     assert!(!s.remove_worker("w0"));
     assert_eq!(s.applier().indexer().stats().blocks, 0);
     assert_eq!(s.stats().active_requests, 0);
-    assert!(!s.finish("a"));
+    assert!(!s.finish("a", 0.0));
     assert_eq!(s.target_of("w0", 0), None);
     // The id is reused, with nothing of the old worker.
     let n = s.upsert_worker("w9", &[0], Role::Aggregated)[0];
