@@ -157,3 +157,4 @@ export {
   type WorkerEntry,
 } from "./config/index.js";
 export * from "./workers/index.js";
+export * from "./replay/index.js";

@@ -2,8 +2,10 @@
  * The `kvroute` command line. Each subcommand lives in its own module and exports `run(argv)`,
  * returning the process exit code.
  */
+import { runDemo } from "./demo.js";
 import { runHash } from "./hash.js";
 import { runMock } from "./mock.js";
+import { runReplayCommand } from "./replay.js";
 import { runServe } from "./serve.js";
 import { runUp } from "./up.js";
 import { runWorker } from "./worker.js";
@@ -13,6 +15,8 @@ const USAGE = `kvroute — KV-cache-aware routing for vLLM fleets
 Usage: kvroute <command> [options]
 
 Commands:
+  demo      See what kvroute is for: KV-aware routing vs round-robin on a simulated fleet (~15 s)
+  replay    Replay a workload trace against simulated workers and compare routing policies
   hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
   serve     The KV-aware OpenAI gateway in front of a configured fleet (file, env, flags)
   up        A whole deployment: gateway + workers of a preset (agg, agg-router, disagg, disagg-router, dp)
@@ -25,6 +29,8 @@ Run 'kvroute <command> --help' for a command's options.`;
 type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
+  demo: runDemo,
+  replay: runReplayCommand,
   hash: runHash,
   mock: runMock,
   serve: runServe,

@@ -8,7 +8,8 @@
  * - P3: the free queue is LRU order, head first: allocation pops the head, and if the popped block
  *   is cached its hash leaves the prefix cache (one `BlockRemoved` per hash). Freed blocks with a
  *   hash go to the tail (evicted last), freed blocks without one to the head (reused first).
- * - P4: `cached` maps a hash to every block holding it, oldest first. As in vLLM, blocks are NOT
+ * - P4: the cache index maps a hash to every block holding it, oldest first (an open-addressing
+ *   table from the hash to its first block, then `nextSame` links). As in vLLM, blocks are NOT
  *   de-duplicated: a block that becomes full with a hash some other block already holds is cached
  *   too (and `BlockStored` is emitted again); evicting either copy emits `BlockRemoved` for it.
  * - P5: a block holds at most one hash (`hashOf`), set when it is cached and cleared on eviction.
@@ -29,8 +30,23 @@ export class BlockPool {
   private readonly headSentinel: number;
   private readonly tailSentinel: number;
   private free = 0;
-  /** hash -> its block, or (duplicates, P4) the set of its blocks in insertion order. */
-  private readonly cached = new Map<bigint, number | Set<number>>();
+  /** `hashOf` as 32-bit halves (the table's keys), without allocating bigints. */
+  private readonly hashHalves: Uint32Array;
+  /**
+   * The cache index (P4): linear probing with backward-shift deletion, a power-of-two number of
+   * slots >= 2 x blocks (a block holds at most one hash, P5). A slot holds a hash's halves and its
+   * first block (-1: empty); the hash's other blocks follow through `nextSame`, oldest first.
+   */
+  private readonly keyLo: Uint32Array;
+  private readonly keyHi: Uint32Array;
+  private readonly slotBlock: Int32Array;
+  private readonly nextSame: Int32Array;
+  private readonly slotShift: number;
+  private readonly slotMask: number;
+  /** Blocks in the index. */
+  private cachedCount = 0;
+  private readonly scratch64 = new BigUint64Array(1);
+  private readonly scratch32 = new Uint32Array(this.scratch64.buffer);
   /** Hashes held by more than one block (P4), for the debug view. */
   private duplicateCount = 0;
   /** Cumulative: blocks cached under a hash another block already held. */
@@ -48,7 +64,15 @@ export class BlockPool {
     this.prev = new Int32Array(numBlocks + 2);
     this.next = new Int32Array(numBlocks + 2);
     this.hashOf = new BigUint64Array(numBlocks);
+    this.hashHalves = new Uint32Array(this.hashOf.buffer);
     this.hashed = new Uint8Array(numBlocks);
+    const bits = Math.max(4, Math.ceil(Math.log2(2 * numBlocks)));
+    this.slotShift = 32 - bits;
+    this.slotMask = (1 << bits) - 1;
+    this.keyLo = new Uint32Array(1 << bits);
+    this.keyHi = new Uint32Array(1 << bits);
+    this.slotBlock = new Int32Array(1 << bits).fill(-1);
+    this.nextSame = new Int32Array(numBlocks).fill(-1);
     this.headSentinel = numBlocks;
     this.tailSentinel = numBlocks + 1;
     // All blocks free in id order, then the null block taken out (vLLM pops it first).
@@ -84,9 +108,9 @@ export class BlockPool {
 
   /** The first block caching `hash`, or -1. */
   lookup(hash: bigint): number {
-    const blocks = this.cached.get(hash);
-    if (blocks === undefined) return -1;
-    return typeof blocks === "number" ? blocks : (blocks.values().next().value as number);
+    this.scratch64[0] = hash;
+    const slot = this.findSlot(this.scratch32[0]!, this.scratch32[1]!);
+    return slot < 0 ? -1 : this.slotBlock[slot]!;
   }
 
   /** Takes a reference on each block, removing free ones from the free queue (prefix hits). */
@@ -135,15 +159,24 @@ export class BlockPool {
     if (this.hashed[block] === 1) return false;
     this.hashed[block] = 1;
     this.hashOf[block] = hash;
-    const holders = this.cached.get(hash);
-    if (holders === undefined) this.cached.set(hash, block);
-    else {
-      if (typeof holders === "number") {
-        this.duplicateCount++;
-        this.cached.set(hash, new Set([holders, block]));
-      } else holders.add(block);
-      this.duplicateStores++;
+    this.cachedCount++;
+    const lo = this.hashHalves[2 * block]!;
+    const hi = this.hashHalves[2 * block + 1]!;
+    const slot = this.findSlot(lo, hi);
+    this.nextSame[block] = -1;
+    if (slot < 0) {
+      const free = ~slot;
+      this.keyLo[free] = lo;
+      this.keyHi[free] = hi;
+      this.slotBlock[free] = block;
+      return true;
     }
+    // Another block holds it already (P4): this one goes last.
+    let last = this.slotBlock[slot]!;
+    if (this.nextSame[last] === -1) this.duplicateCount++;
+    while (this.nextSame[last] !== -1) last = this.nextSame[last]!;
+    this.nextSame[last] = block;
+    this.duplicateStores++;
     return true;
   }
 
@@ -160,7 +193,9 @@ export class BlockPool {
   /** vLLM's `reset_prefix_cache`: only when no block is in use; emits AllBlocksCleared. */
   resetPrefixCache(): boolean {
     if (this.numUsed !== 0) return false;
-    this.cached.clear();
+    this.slotBlock.fill(-1);
+    this.nextSame.fill(-1);
+    this.cachedCount = 0;
     this.hashed.fill(0);
     this.duplicateCount = 0;
     this.pushEvent({ type: "AllBlocksCleared" });
@@ -169,13 +204,16 @@ export class BlockPool {
 
   /** Distinct hashes in the prefix cache. */
   cachedHashes(): bigint[] {
-    return [...this.cached.keys()];
+    const out: bigint[] = [];
+    for (let i = 0; i < this.slotBlock.length; i++) {
+      const b = this.slotBlock[i]!;
+      if (b >= 0) out.push(this.hashOf[b]!);
+    }
+    return out;
   }
 
   get numCachedBlocks(): number {
-    let n = 0;
-    for (const v of this.cached.values()) n += typeof v === "number" ? 1 : v.size;
-    return n;
+    return this.cachedCount;
   }
 
   get numDuplicateHashes(): number {
@@ -188,21 +226,57 @@ export class BlockPool {
 
   private evict(block: number): void {
     if (this.hashed[block] === 0) return;
-    const hash = this.hashOf[block]!;
     this.hashed[block] = 0;
-    const holders = this.cached.get(hash);
-    if (holders === undefined) return;
-    if (typeof holders === "number") {
-      if (holders !== block) return;
-      this.cached.delete(hash);
-    } else {
-      if (!holders.delete(block)) return;
-      if (holders.size === 1) {
-        this.duplicateCount--;
-        this.cached.set(hash, holders.values().next().value as number);
+    const slot = this.findSlot(this.hashHalves[2 * block]!, this.hashHalves[2 * block + 1]!);
+    if (slot < 0) return;
+    const first = this.slotBlock[slot]!;
+    if (first === block) {
+      const next = this.nextSame[block]!;
+      if (next === -1) this.deleteSlot(slot);
+      else {
+        this.slotBlock[slot] = next;
+        if (this.nextSame[next] === -1) this.duplicateCount--;
       }
+    } else {
+      let prev = first;
+      while (this.nextSame[prev] !== -1 && this.nextSame[prev] !== block) prev = this.nextSame[prev]!;
+      if (this.nextSame[prev] !== block) return;
+      this.nextSame[prev] = this.nextSame[block]!;
+      if (this.slotBlock[slot] === prev && this.nextSame[prev] === -1) this.duplicateCount--;
     }
-    this.pushEvent({ type: "BlockRemoved", blockHashes: [hash], medium: MEDIUM_GPU, groupIdx: 0 });
+    this.nextSame[block] = -1;
+    this.cachedCount--;
+    this.pushEvent({ type: "BlockRemoved", blockHashes: [this.hashOf[block]!], medium: MEDIUM_GPU, groupIdx: 0 });
+  }
+
+  /** The hash's home slot: its halves mixed, top bits (Fibonacci hashing). */
+  private home(lo: number, hi: number): number {
+    return (Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> this.slotShift) & this.slotMask;
+  }
+
+  /** The slot holding the hash, or ~(the empty slot where it would go). */
+  private findSlot(lo: number, hi: number): number {
+    const mask = this.slotMask;
+    for (let i = this.home(lo, hi); ; i = (i + 1) & mask) {
+      if (this.slotBlock[i] === -1) return ~i;
+      if (this.keyLo[i] === lo && this.keyHi[i] === hi) return i;
+    }
+  }
+
+  /** Empties a slot, shifting later entries of its probe run back (no tombstones). */
+  private deleteSlot(slot: number): void {
+    const mask = this.slotMask;
+    let i = slot;
+    for (let j = (slot + 1) & mask; this.slotBlock[j] !== -1; j = (j + 1) & mask) {
+      const k = this.home(this.keyLo[j]!, this.keyHi[j]!);
+      // The entry at j may move to i unless its home lies cyclically in (i, j].
+      if (i <= j ? i < k && k <= j : i < k || k <= j) continue;
+      this.keyLo[i] = this.keyLo[j]!;
+      this.keyHi[i] = this.keyHi[j]!;
+      this.slotBlock[i] = this.slotBlock[j]!;
+      i = j;
+    }
+    this.slotBlock[i] = -1;
   }
 
   private unlink(b: number): void {

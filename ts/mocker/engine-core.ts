@@ -13,6 +13,8 @@
  * Clocks: `vclock` is simulated milliseconds. It advances by each step's modelled duration (and
  * over idle gaps, by wall time x speedup); every latency the engine reports (metrics, per-request
  * timings) is simulated time, so it is the same at any speedup, and meaningful with zero time.
+ * Instead of `start()`, a caller may step the core on its own discrete-event clock (`beginStep` /
+ * `endStep`: the virtual-time replay); the loop runs the very same two halves of a step.
  *
  * Invariants:
  * - C1: a request is in exactly one of `waiting`, `running`, `transferring`, or none (finished).
@@ -231,6 +233,8 @@ export class EngineCore {
   private stepStartV = 0;
   private stepStartWall = 0;
   private stepDuration = 0;
+  /** The step in progress (between prepareStep and finishStep). */
+  private plan: Scheduled[] = [];
   private wake: (() => void) | null = null;
   private closed = false;
   private loopDone: Promise<void> = Promise.resolve();
@@ -353,11 +357,8 @@ export class EngineCore {
   private async loop(): Promise<void> {
     const { config } = this;
     while (!this.closed) {
-      this.completeTransfers();
-      const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : [];
-      if (plan.length === 0) {
-        this.flushEvents();
-        this.publishScheduler();
+      const d = this.prepareStep();
+      if (d === null) {
         const next = this.nextTransferAt();
         if (next === null && this.running.length + this.waiting.length > 0) {
           // Everything running was preempted this step: schedule again (maxModelLen fits the pool,
@@ -368,20 +369,62 @@ export class EngineCore {
         await this.idle(next);
         continue;
       }
-      const d = this.modelStep(plan);
       this.stepStartV = this.vclock;
       this.stepStartWall = performance.now();
-      this.stepDuration = d;
       this.inStep = true;
       if (config.zeroTime) await yieldImmediate();
       else await this.sleepWall(d / config.speedup);
       this.inStep = false;
-      this.vclock += d;
-      this.stepsRun++;
-      this.applyStep(plan);
+      this.finishStep();
+    }
+  }
+
+  /**
+   * Manual stepping, for a caller that runs the engine on its own discrete-event clock (the
+   * virtual-time replay) instead of `start()`: schedules one step at simulated time `now` (an idle
+   * core's clock jumps there) and returns its modelled duration, or null when nothing is runnable.
+   * The caller calls `endStep()` once its clock reaches `now` + duration; requests added meanwhile
+   * (with their `arrivalTime`) wait for the next step, as in vLLM. Remote-KV transfers
+   * (disaggregated decode) are not driven in this mode.
+   */
+  beginStep(now: number): number | null {
+    if (now > this.vclock) this.vclock = now;
+    // A step that only preempted schedules again (see loop()); bounded in case of a bug.
+    for (let tries = 0; tries < 64; tries++) {
+      const d = this.prepareStep();
+      if (d !== null || this.running.length + this.waiting.length === 0 || this.transferring.size > 0) return d;
+    }
+    return null;
+  }
+
+  /** Ends the step `beginStep` started: samples tokens, finishes requests, flushes KV events. */
+  endStep(): void {
+    this.finishStep();
+  }
+
+  /** Schedules a step at the current clock: its modelled duration, or null (nothing runnable). */
+  private prepareStep(): number | null {
+    this.completeTransfers();
+    const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : [];
+    if (plan.length === 0) {
       this.flushEvents();
       this.publishScheduler();
+      return null;
     }
+    this.plan = plan;
+    this.stepDuration = this.modelStep(plan);
+    return this.stepDuration;
+  }
+
+  /** The prepared step is over: the clock moves past it and its results come out. */
+  private finishStep(): void {
+    const plan = this.plan;
+    this.plan = [];
+    this.vclock += this.stepDuration;
+    this.stepsRun++;
+    this.applyStep(plan);
+    this.flushEvents();
+    this.publishScheduler();
   }
 
   /** Waits for a new request, or until simulated time `until` (a transfer completing). */
@@ -565,11 +608,37 @@ export class EngineCore {
     return true;
   }
 
+  /**
+   * Makes `req.hashes` cover at least `numBlocks` blocks. Block hashes chain from the first block,
+   * so extending them means hashing from the start: to keep that from happening at every output
+   * block (prompt x output / blockSize work), the hashes run ahead over the tokens the model will
+   * generate next (`modelToken`: the toy model's output is a function of the prompt), up to 1,024
+   * tokens or as many as generated so far beyond what exists. A hash is used only once its block is
+   * full of real tokens, which are those predicted ones.
+   */
   private ensureHashes(req: CoreRequest, numBlocks: number): void {
     if (!this.hasher || req.hashes.length >= numBlocks) return;
     const B = this.config.blockSize;
     const full = Math.floor(req.numTokens / B);
-    req.hashes = this.hasher.hash(req.tokens.subarray(0, Math.max(numBlocks, full) * B), req.extraKeys);
+    const want = Math.max(numBlocks, full) * B;
+    const limit = Math.min(this.config.maxModelLen, req.promptLen + req.maxTokens);
+    const end = req.numOutput > 0 ? Math.max(want, Math.min(limit, req.numTokens + Math.max(1024, req.numOutput))) : want;
+    if (end <= req.numTokens) {
+      req.hashes = this.hasher.hash(req.tokens.subarray(0, end), req.extraKeys);
+      return;
+    }
+    const ahead = new Uint32Array(end);
+    ahead.set(req.tokens.subarray(0, req.numTokens));
+    for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) ahead[i] = this.modelToken(req, k);
+    req.hashes = this.hasher.hash(ahead, req.extraKeys);
+  }
+
+  /** The token the toy model emits at output position `k` (0-based) of `req`: what `sample` appends. */
+  private modelToken(req: CoreRequest, k: number): number {
+    const { init } = req;
+    if (req.fingerprint < 0) req.fingerprint = promptFingerprint(init.promptTokenIds, (this.config.seed ^ init.sampleSeed) | 0);
+    const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
+    return !init.ignoreEos && k + 1 === eosAt ? EOS_TOKEN_ID : sampleToken(req.fingerprint, k);
   }
 
   /** vLLM's cache_full_blocks: caches blocks [numCachedBlocks, numFull), one BlockStored. */
@@ -598,7 +667,7 @@ export class EngineCore {
       type: "BlockStored",
       blockHashes: stored,
       parentBlockHash: start === 0 ? null : req.hashes[start - 1]!,
-      tokenIds: Array.from(req.tokens.subarray(start * B, numFull * B)),
+      tokenIds: req.tokens.slice(start * B, numFull * B),
       blockSize: B,
       loraId: lora ? lora.id : null,
       medium: MEDIUM_GPU,
@@ -671,10 +740,8 @@ export class EngineCore {
   /** Samples the next token; returns true when the request finished. */
   private sample(req: CoreRequest, now: number): boolean {
     const { init } = req;
-    if (req.fingerprint < 0) req.fingerprint = promptFingerprint(init.promptTokenIds, (this.config.seed ^ init.sampleSeed) | 0);
     const k = req.numOutput + 1;
-    const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
-    const token = !init.ignoreEos && k === eosAt ? EOS_TOKEN_ID : sampleToken(req.fingerprint, req.numOutput);
+    const token = this.modelToken(req, req.numOutput);
     req.append(token);
     req.numOutput = k;
     const piece = tokenText(token);

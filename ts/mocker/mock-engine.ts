@@ -40,6 +40,8 @@ export interface GenerateRequest {
   dataParallelRank?: number;
   /** For the `request_params_n` metric; the caller submits one request per choice. */
   n?: number;
+  /** Simulated arrival time (ms on the engine's clock); default: now. For callers that step the core themselves. */
+  arrivalTime?: number;
 }
 
 export interface MockRequestResult {
@@ -152,6 +154,50 @@ export function replayLayoutFor(format: KvEventFormat): ReplayLayout {
   return major > 0 || minor >= 26 ? "v0.26" : "v0.9";
 }
 
+/**
+ * vLLM's input processing for one request (prompt within the context, max_tokens clamped to the
+ * room left, at least 1) and the engine core's request built from it; `lora` is the adapter the
+ * request's model named. Shared by `MockEngine.submit` and callers that drive an `EngineCore`
+ * themselves (the virtual-time replay).
+ */
+export function coreRequestInit(
+  config: ResolvedMockEngineConfig,
+  request: GenerateRequest & { requestId: string; promptTokenIds: Uint32Array },
+  lora: LoraRef | null,
+): CoreRequestInit {
+  const prompt = request.promptTokenIds;
+  const { maxModelLen } = config;
+  if (prompt.length === 0) throw new InvalidInputError("the prompt is empty");
+  if (prompt.length > maxModelLen) {
+    throw new InvalidInputError(
+      `This model's maximum context length is ${maxModelLen} tokens. However, your prompt contains ${prompt.length} input tokens.`,
+    );
+  }
+  const room = maxModelLen - prompt.length;
+  const maxTokens = request.maxTokens == null ? room : Math.min(request.maxTokens, room);
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) {
+    throw new InvalidInputError(`max_tokens must be at least 1, got ${maxTokens}.`);
+  }
+  const init: CoreRequestInit = {
+    requestId: request.requestId,
+    promptTokenIds: prompt,
+    maxTokens,
+    minTokens: request.minTokens ?? 0,
+    ignoreEos: request.ignoreEos ?? false,
+    stopTokenIds: request.stopTokenIds ?? [],
+    stop: request.stop ?? [],
+    includeStopStrInOutput: request.includeStopStrInOutput ?? false,
+    sampleSeed: request.seed ?? 0,
+    lora,
+    cacheSalt: request.cacheSalt ?? null,
+    kvTransferParams: request.kvTransferParams ?? null,
+    maxTokensParam: request.maxTokens ?? null,
+    n: request.n ?? 1,
+  };
+  if (request.arrivalTime !== undefined) init.arrivalTime = request.arrivalTime;
+  return init;
+}
+
 export class MockEngine {
   readonly config: ResolvedMockEngineConfig;
   readonly metrics: VllmMetrics;
@@ -235,38 +281,12 @@ export class MockEngine {
   submit(request: GenerateRequest & { requestId: string }, sink: (out: CoreOutput) => void): number {
     if (this.closed) throw new InvalidInputError("the engine is closed");
     const prompt = toTokenArray(request.promptTokenIds as number[], "promptTokenIds");
-    const { maxModelLen } = this.config;
-    if (prompt.length === 0) throw new InvalidInputError("the prompt is empty");
-    if (prompt.length > maxModelLen) {
-      throw new InvalidInputError(
-        `This model's maximum context length is ${maxModelLen} tokens. However, your prompt contains ${prompt.length} input tokens.`,
-      );
-    }
-    const room = maxModelLen - prompt.length;
-    const maxTokens = request.maxTokens == null ? room : Math.min(request.maxTokens, room);
-    if (!Number.isInteger(maxTokens) || maxTokens < 1) {
-      throw new InvalidInputError(`max_tokens must be at least 1, got ${maxTokens}.`);
-    }
+    const init = coreRequestInit(this.config, { ...request, promptTokenIds: prompt }, null);
     const resolved = this.resolveModel(request.model);
     if (!resolved.ok) throw new InvalidInputError(`The model \`${request.model}\` does not exist.`);
+    init.lora = resolved.lora;
     if (this.owner.has(request.requestId)) throw new InvalidInputError(`request id ${request.requestId} is already in use`);
     const core = this.pickCore(request.dataParallelRank);
-    const init: CoreRequestInit = {
-      requestId: request.requestId,
-      promptTokenIds: prompt,
-      maxTokens,
-      minTokens: request.minTokens ?? 0,
-      ignoreEos: request.ignoreEos ?? false,
-      stopTokenIds: request.stopTokenIds ?? [],
-      stop: request.stop ?? [],
-      includeStopStrInOutput: request.includeStopStrInOutput ?? false,
-      sampleSeed: request.seed ?? 0,
-      lora: resolved.lora,
-      cacheSalt: request.cacheSalt ?? null,
-      kvTransferParams: request.kvTransferParams ?? null,
-      maxTokensParam: request.maxTokens ?? null,
-      n: request.n ?? 1,
-    };
     this.owner.set(request.requestId, core);
     core.add(init, (out) => {
       if (out.finishReason) this.owner.delete(out.requestId);

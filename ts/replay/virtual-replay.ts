@@ -1,0 +1,374 @@
+/**
+ * Virtual-time replay (`kvroute replay --clock virtual`): N simulated vLLM engines (the mocker's
+ * engine core: vLLM's scheduler, block pool with prefix caching and LRU eviction, timing model)
+ * and the library's KvRouter, in this process, on one discrete-event clock. No HTTP, no sleeping:
+ * simulated time jumps from event to event, so an hour of trace replays in seconds.
+ *
+ * Events, in time order (ties in the order they were scheduled):
+ * - arrival: the router decides (`route`, `started`, as the gateway does), the request joins the
+ *   chosen engine's waiting queue, an idle engine starts a step;
+ * - step end: the engine applies the step (`endStep`: tokens sampled, requests finished, KV events
+ *   flushed) and starts the next one if it has work. First tokens and finishes reach the router
+ *   (`firstToken`, `tokens` every block, `finished`) at the step's end, as a stream would;
+ * - KV event delivery: each step's KVEventBatch (the engine's own msgpack bytes) reaches the
+ *   router's event sink `eventDelayMs` later, unless dropped (`eventDropRate`; a dropped batch is
+ *   lost for good: the router's view of that worker drifts, the worst case of a lossy link);
+ * - metrics scrape: every `metricsScrapeIntervalMs` the router gets each engine's running/waiting
+ *   gauges and KV usage, as the gateway's scraper would;
+ * - sample: the timeline (hit rate per interval, each worker's active requests).
+ *
+ * The run yields to the event loop every ~50 ms of wall time, so progress can be drawn and an
+ * abort signal (Ctrl-C) stops it with a partial result.
+ */
+import { setImmediate as yieldImmediate } from "node:timers/promises";
+import type { EngineHashAlgorithm } from "../core/block-hasher.js";
+import type { MockEngineConfig } from "../mocker/config.js";
+import type { CoreOutput } from "../mocker/engine-core.js";
+import type { Family } from "../mocker/metrics.js";
+import { MemoryRegistry } from "../registry/memory-registry.js";
+import type { KvRouterOptions, RouterEventSink } from "../router/kv-router.js";
+import type { RouterMode } from "../router/types.js";
+import type { WorkerRecord } from "../workers/config.js";
+import { EventQueue } from "./event-queue.js";
+import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
+import { VirtualWorker } from "./virtual-worker.js";
+import { TimedRouter } from "./timed-router.js";
+import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
+
+/** Settings shared by both clocks (defaults in `REPLAY_DEFAULTS`). */
+export interface FleetSettings {
+  workers: number;
+  /** Served model name. */
+  model?: string;
+  /** Tokens per KV block (`--block-size`). */
+  blockSize?: number;
+  /** KV blocks per worker (`--num-gpu-blocks-override`). */
+  numGpuBlocks?: number;
+  /** The engines' `--prefix-caching-hash-algo` (no effect on routing: the router keys by tokens). */
+  hashAlgorithm?: EngineHashAlgorithm;
+  /** Engine settings beyond those (timing model, max_num_seqs...). */
+  engine?: Partial<MockEngineConfig>;
+  /** KvRouter options (overlapWeight, temperature, busy thresholds...). */
+  router?: Partial<Omit<KvRouterOptions, "registry" | "mode" | "clock">>;
+  /** How often workers' metrics reach the router, simulated ms. */
+  metricsScrapeIntervalMs?: number;
+  /** Timeline resolution, simulated ms; default: ~400 samples over the trace. */
+  sampleIntervalMs?: number;
+}
+
+export const REPLAY_DEFAULTS = {
+  model: "kvroute-replay",
+  blockSize: 16,
+  numGpuBlocks: 26_000,
+  hashAlgorithm: "xxhash_cbor" as EngineHashAlgorithm,
+  hashSeed: "0",
+  metricsScrapeIntervalMs: 1000,
+  eventDelayMs: 5,
+  seed: 1,
+};
+
+export interface VirtualReplayOptions extends FleetSettings {
+  trace: Trace;
+  policy: RouterMode;
+  /** Simulated delay of KV events from the engine's step to the router. Default 5 ms. */
+  eventDelayMs?: number;
+  /** Fraction of KV event batches lost, 0..1. Default 0. */
+  eventDropRate?: number;
+  /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
+  seed?: number;
+  onProgress?: (progress: ReplayProgress) => void;
+  /** Each completed request. */
+  onRequest?: (record: RequestRecord) => void;
+  /** Aborting stops the replay; the result covers what completed (`partial: true`). */
+  signal?: AbortSignal;
+}
+
+export interface ReplayProgress {
+  policy: RouterMode;
+  sent: number;
+  completed: number;
+  total: number;
+  /** Simulated ms since the first arrival. */
+  simMs: number;
+}
+
+const enum Kind {
+  StepEnd = 0,
+  Deliver = 1,
+  Scrape = 2,
+  Sample = 3,
+}
+
+interface Flight {
+  index: number;
+  id: string;
+  worker: number;
+  arrival: number;
+  first: number;
+  generated: number;
+}
+
+/** Sum of a gauge or counter family's series (one engine, one rank: one series). */
+function total(f: Family): number {
+  let v = 0;
+  for (const s of f.series.values()) v += s.value;
+  return v;
+}
+
+export function sampleIntervalFor(trace: Trace, requested?: number): number {
+  if (requested !== undefined) return requested;
+  const reqs = trace.requests;
+  const span = reqs[reqs.length - 1]!.timestampMs - reqs[0]!.timestampMs;
+  return Math.max(100, Math.ceil(span / 400 / 100) * 100);
+}
+
+export function workerIds(n: number): string[] {
+  return Array.from({ length: n }, (_, i) => `worker-${i}`);
+}
+
+export async function runVirtualReplay(options: VirtualReplayOptions): Promise<PolicyResult> {
+  const wall0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const { trace, policy } = options;
+  const model = options.model ?? REPLAY_DEFAULTS.model;
+  const blockSize = options.blockSize ?? REPLAY_DEFAULTS.blockSize;
+  const numGpuBlocks = options.numGpuBlocks ?? REPLAY_DEFAULTS.numGpuBlocks;
+  const hashAlgorithm = options.hashAlgorithm ?? REPLAY_DEFAULTS.hashAlgorithm;
+  const eventDelay = options.eventDelayMs ?? REPLAY_DEFAULTS.eventDelayMs;
+  const dropRate = options.eventDropRate ?? 0;
+  const scrapeEvery = options.metricsScrapeIntervalMs ?? REPLAY_DEFAULTS.metricsScrapeIntervalMs;
+  const sampleEvery = sampleIntervalFor(trace, options.sampleIntervalMs);
+  const ids = workerIds(options.workers);
+  const indexOf = new Map(ids.map((id, w) => [id, w]));
+  const n = ids.length;
+
+  let now = 0;
+  const registry = new MemoryRegistry();
+  const router = new TimedRouter({
+    ...options.router,
+    registry,
+    mode: policy,
+    seed: options.seed ?? REPLAY_DEFAULTS.seed,
+    clock: () => now,
+    log: () => {},
+  });
+  const queue = new EventQueue<Kind>();
+  const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
+  let sink: RouterEventSink;
+  const publisher = (id: string, w: number) => (payload: Buffer) => {
+    if (dropRate > 0 && drop() < dropRate) return;
+    if (eventDelay <= 0) sink.applyEventBatch(id, payload, 0);
+    else queue.push(now + eventDelay, Kind.Deliver, w, payload);
+  };
+  const engineConfig = {
+    ...options.engine,
+    model,
+    blockSize,
+    numGpuBlocks,
+    hashAlgorithm,
+    hashSeed: REPLAY_DEFAULTS.hashSeed,
+    kvEventsConfig: { enableKvCacheEvents: true },
+  };
+  const engines = ids.map((id, w) => new VirtualWorker(engineConfig, publisher(id, w)));
+  for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
+  sink = router.eventSink(model);
+
+  const collector = new ResultCollector(ids, sampleEvery);
+  const busy = new Uint8Array(n);
+  let stepping = 0;
+  const requests = trace.requests;
+  let next = 0;
+  let inflight = 0;
+
+  const kick = (w: number) => {
+    const d = engines[w]!.core.beginStep(now);
+    stepping -= busy[w]!;
+    busy[w] = d === null ? 0 : 1;
+    stepping += busy[w]!;
+    if (d !== null) queue.push(now + d, Kind.StepEnd, w);
+  };
+
+  const outputSink = (f: Flight) => (out: CoreOutput) => {
+    const k = out.tokenIds.length;
+    if (k > 0) {
+      if (f.first < 0) {
+        f.first = now;
+        router.firstToken(f.id);
+      }
+      const before = f.generated;
+      f.generated += k;
+      if (Math.floor(f.generated / blockSize) !== Math.floor(before / blockSize)) router.tokens(f.id, f.generated);
+    }
+    if (out.finishReason !== null) {
+      inflight--;
+      if (out.finishReason === "abort") {
+        collector.failed++;
+        router.finished(f.id, "cancelled");
+      } else {
+        router.finished(f.id, "ok");
+        const ttft = (f.first < 0 ? now : f.first) - f.arrival;
+        collector.finished(ttft, now - f.arrival, now, f.generated);
+        options.onRequest?.({ index: f.index, worker: ids[f.worker]!, ttftMs: ttft, e2eMs: now - f.arrival, outputTokens: f.generated });
+      }
+    }
+  };
+
+  const arrive = (req: TraceRequest) => {
+    const tokens = promptTokens(req);
+    const id = `r${req.index}`;
+    const maxTokens = req.maxTokens ?? undefined;
+    const decision = router.route({ model, tokens, requestId: id, ...(maxTokens !== undefined ? { maxTokens } : {}) });
+    const w = indexOf.get(decision.workerId)!;
+    router.started(decision);
+    collector.arrived(now, w);
+    const f: Flight = { index: req.index, id, worker: w, arrival: now, first: -1, generated: 0 };
+    try {
+      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f));
+    } catch {
+      // Rejected as vLLM would reject it (e.g. a prompt longer than the context): a failed request.
+      collector.failed++;
+      router.finished(id, "error");
+      return;
+    }
+    inflight++;
+    if (busy[w] === 0) kick(w);
+  };
+
+  const scrape = () => {
+    for (let w = 0; w < n; w++) {
+      const m = engines[w]!.metrics;
+      router.updateMetrics(ids[w]!, { numRequestsWaiting: total(m.waiting), numRequestsRunning: total(m.running), kvCacheUsagePerc: total(m.kvUsage) });
+    }
+  };
+
+  const counters = () => {
+    let queries = 0;
+    let hits = 0;
+    for (const e of engines) {
+      queries += total(e.metrics.prefixQueries);
+      hits += total(e.metrics.prefixHits);
+    }
+    return { queries, hits };
+  };
+  const sample = () => {
+    const { queries, hits } = counters();
+    collector.sample(now, queries, hits, engines.map((e) => e.core.load()));
+  };
+
+  const t0 = requests[0]!.timestampMs;
+  queue.push(t0 + scrapeEvery, Kind.Scrape);
+  queue.push(t0 + sampleEvery, Kind.Sample);
+  const report = () =>
+    options.onProgress?.({ policy, sent: next, completed: collector.completed, total: requests.length, simMs: now - t0 });
+
+  let aborted = false;
+  for (;;) {
+    if (options.signal?.aborted) {
+      aborted = true;
+      break;
+    }
+    const sliceEnd = performance.now() + 50;
+    let done = false;
+    let tick = 0;
+    for (;;) {
+      if ((++tick & 255) === 0 && performance.now() > sliceEnd) break;
+      const tArrival = next < requests.length ? requests[next]!.timestampMs : Infinity;
+      if (tArrival === Infinity && (inflight === 0 || stepping === 0)) {
+        // All done; or (never expected) requests left that no idle engine will schedule.
+        collector.failed += inflight;
+        done = true;
+        break;
+      }
+      if (queue.peekTime() <= tArrival) {
+        const e = queue.pop()!;
+        now = e.t;
+        switch (e.kind) {
+          case Kind.StepEnd:
+            engines[e.worker]!.core.endStep();
+            kick(e.worker);
+            break;
+          case Kind.Deliver:
+            sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
+            break;
+          case Kind.Scrape:
+            scrape();
+            queue.push(now + scrapeEvery, Kind.Scrape);
+            break;
+          case Kind.Sample:
+            sample();
+            queue.push(now + sampleEvery, Kind.Sample);
+            break;
+        }
+      } else {
+        now = tArrival;
+        arrive(requests[next++]!);
+      }
+    }
+    report();
+    if (done) break;
+    await yieldImmediate();
+  }
+  sample();
+  report();
+  // The replay never waits, so wall time it did not get on a CPU was taken by other load on the
+  // machine, evenly over its code: the router's share of it is not the router's cost.
+  const wallMs = performance.now() - wall0;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuShare = Math.min(1, (cpu.user + cpu.system) / 1000 / Math.max(wallMs, 1e-3));
+  collector.routerMs = router.busyMs * cpuShare;
+  router.close();
+  return collector.build({
+    policy,
+    clock: "virtual",
+    trace: trace.file,
+    partial: aborted,
+    wallMs,
+    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits) })),
+  });
+}
+
+/** What a live replay sends, as the engine's request (same fields, same defaults). */
+function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Array, now: number) {
+  if (req.hashIds) return { requestId, promptTokenIds: tokens, maxTokens: req.maxTokens, ignoreEos: true, arrivalTime: now };
+  const body = req.openai!.body;
+  const num = (k: string) => (typeof body[k] === "number" ? (body[k] as number) : undefined);
+  return {
+    requestId,
+    promptTokenIds: tokens,
+    maxTokens: req.maxTokens,
+    minTokens: num("min_tokens"),
+    ignoreEos: body["ignore_eos"] === true,
+    stopTokenIds: Array.isArray(body["stop_token_ids"]) ? (body["stop_token_ids"] as number[]) : undefined,
+    stop: typeof body["stop"] === "string" ? [body["stop"]] : Array.isArray(body["stop"]) ? (body["stop"] as string[]) : undefined,
+    seed: num("seed"),
+    cacheSalt: req.openai!.cacheSalt,
+    arrivalTime: now,
+  };
+}
+
+function virtualRecord(id: string, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
+  return {
+    id,
+    model,
+    role: "aggregated",
+    url: `http://${id}.virtual`,
+    kvEvents: null,
+    blockSize,
+    hashAlgorithm: engine.config.hashAlgorithm,
+    hashSeed: engine.config.hashSeed ?? null,
+    numGpuBlocks: engine.config.numGpuBlocks,
+    dataParallelSize: 1,
+    dpRanks: [0],
+  };
+}
+
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
