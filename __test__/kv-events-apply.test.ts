@@ -50,7 +50,7 @@ describe("KvIndexer.applyEventBatch", () => {
       const ix = new KvIndexer({ blockSize: 16, keying: "engine" });
       expect(ix.keying).toBe("engine");
       // The naive model: "rank|tier" -> keys, from the fixtures' JSON.
-      const held = new Map<string, Set<bigint>>();
+      const held = new Map<string, Map<bigint, number>>();
       for (const c of file.cases) {
         const r = ix.applyEventBatch("w", payload(c));
         expect(r.malformed, `${file.vllm_version} ${c.name}`).toBeUndefined();
@@ -63,11 +63,17 @@ describe("KvIndexer.applyEventBatch", () => {
           if (ev.type === "AllBlocksCleared") {
             for (const k of held.keys()) if (k.startsWith(`${dp}|`)) held.delete(k);
           } else if (ev.type === "BlockStored") {
-            const s = held.get(slot) ?? new Set();
-            for (const k of keys) s.add(k);
+            // vLLM does not de-duplicate blocks: a hash stored twice is held until removed twice.
+            const s = held.get(slot) ?? new Map<bigint, number>();
+            for (const k of keys) s.set(k, (s.get(k) ?? 0) + 1);
             held.set(slot, s);
           } else {
-            for (const k of keys) held.get(slot)?.delete(k);
+            const s = held.get(slot);
+            for (const k of keys) {
+              const n = s?.get(k) ?? 0;
+              if (n <= 1) s?.delete(k);
+              else s!.set(k, n - 1);
+            }
           }
         }
       }
@@ -75,7 +81,7 @@ describe("KvIndexer.applyEventBatch", () => {
       let pairs = 0;
       for (const [slot, keys] of held) {
         const rank = Number(slot.split("|")[0]);
-        for (const k of keys) {
+        for (const k of keys.keys()) {
           pairs++;
           ranksOf.set(k, (ranksOf.get(k) ?? new Set()).add(rank));
         }

@@ -36,17 +36,53 @@
 //! Per batch (`malformed_reasons`, nothing changes): the decoder's batch-level reasons, and
 //! `data_parallel_rank out of range` (not in `0..2^32`).
 //!
+//! # Duplicate blocks (copy counts)
+//!
+//! vLLM does not de-duplicate KV blocks: when a block-aligned prompt repeats, or two requests
+//! generate the same tokens, a second physical block is cached under the same hash and
+//! `BlockStored` is sent for the hash again; evicting *either* copy sends `BlockRemoved` for it
+//! (vLLM's `BlockHashToBlockMap`, NOTE #1; the mocker does the same). The [`Indexer`] keeps a set
+//! of holdings, so the applier counts copies per `(worker, dp_rank, tier, engine hash)`, in both
+//! keyings: a `BlockStored` of a hash the `(worker, rank)` already holds on that tier adds a copy
+//! (`duplicate_stores`), and a `BlockRemoved` takes one copy away, the holding leaving the index
+//! with the last one (`duplicate_removes` counts the removals that left a copy behind). A hash
+//! repeated within one event is one copy per occurrence. `group_idx` is not part of the count's
+//! key (the applier ignores KV cache groups): copies cached by the groups of a hybrid model are
+//! copies of the hash, and the block stays in the index while any group holds one.
+//!
+//! Storage is sparse: one copy is the holding itself (the index bit, or the engine map's tier bit),
+//! and only extra copies are kept, as `(hash, tier) → extra count` in a per-`(worker, rank)` map
+//! that is empty, and costs nothing on the apply path, while no hash is duplicated. Each of its
+//! entries belongs to a live holding (`Engine` keying: the index holds the hash on that tier;
+//! `Tokens` keying: the engine-map entry holds that tier), so it is **bounded by the live
+//! holdings** of the `(worker, rank)` (and with `Tokens` keying by `max_engine_map_entries × tiers`);
+//! the entries go with their holding (last copy removed, map eviction or rekeying, which drop the
+//! holding whatever its count), and `AllBlocksCleared`, [`EventApplier::clear_worker`] and
+//! [`EventApplier::remove_worker`] drop them all. Duplicates are detected without an extra lookup:
+//! from the engine map's tier bits (`Tokens`), or from [`Indexer::apply_stored_with`] (`Engine`).
+//! Once [`EventApplier::indexer_mut`] has been used, an `Engine`-keyed store also drops the stale
+//! count of a holding that was removed behind the applier's back (a lookup per stored key while
+//! the `(worker, rank)` has extra copies, which is why it waits for that).
+//!
+//! Caveat: vLLM ≥ 0.26 re-sends `BlockStored` for prefix-cache *hits* of requests sent with
+//! `extra_args={"kv_cache_report_mode": "full"}` (`emit_cached_block_events`: no new copy). Such a
+//! re-send is indistinguishable on the wire from a real duplicate (a root event of blocks the worker
+//! holds), so it counts as a copy and the block outlives its eviction in the index (until the
+//! worker is cleared or resynced). The default `"incremental"` mode sends no such events.
+//!
 //! # The engine map
 //!
 //! One map per `(worker, dp_rank)`: engine hash → `(router key, tier bitmask, stamp)`. A store sets
-//! the tier's bit, a removal clears it, and the entry goes when no tier holds the block, so the
-//! map tracks exactly the worker's live blocks and shrinks back to empty. `AllBlocksCleared`,
+//! the tier's bit (or, if it is set, adds a copy), a removal takes a copy away and clears the bit
+//! with the last one, and the entry goes when no tier holds the block, so the map tracks exactly the
+//! worker's live blocks and shrinks back to empty. `AllBlocksCleared`,
 //! [`EventApplier::clear_worker`] and [`EventApplier::remove_worker`] empty it.
 //!
 //! **Bound and eviction policy**: at most `max_engine_map_entries` entries per `(worker, rank)`.
 //! When full, the entry stored or refreshed **least recently is evicted and its router key is
 //! removed from the index on every tier it held**, so the index never keeps a block the router
-//! can no longer remove (a false negative at worst, never a false positive). Evicting the oldest
+//! can no longer remove (a false negative at worst, never a false positive), with all its copies.
+//! Evicting the oldest
 //! rather than refusing new entries self-heals when removals were lost (old blocks are the ones
 //! vLLM's LRU dropped first), whereas refusing would freeze the worker's view. The order is a
 //! FIFO of `(hash, stamp)` with lazy deletion, compacted when it exceeds twice the map.
@@ -181,9 +217,10 @@ impl EventApplierConfig {
 pub struct ApplyOutcome {
     /// Events in the batch (including the ones the decoder dropped).
     pub events: u32,
-    /// Blocks stored in the index (on one tier each).
+    /// Blocks stored in the index (on one tier each), duplicate copies included.
     pub stored: u32,
-    /// Blocks removed from the index (resolved ones; the index may still count some as unknown).
+    /// Blocks removed (resolved ones; the index may still count some as unknown). Each takes one
+    /// copy away: a block stored twice leaves the index with its second removal.
     pub removed: u32,
     /// `AllBlocksCleared` events applied.
     pub cleared: u32,
@@ -204,6 +241,8 @@ pub struct WorkerEventStats {
     pub dp_rank: u32,
     /// Entries of its engine map (`Tokens` keying).
     pub map_entries: u64,
+    /// Extra copies of blocks it holds more than once (see "Duplicate blocks" in the module docs).
+    pub extra_copies: u64,
     /// A recomputed block hash differed (`Engine` keying with a configured algorithm).
     pub hash_mismatch: bool,
     /// A `BlockStored` had another block size (or token count) than the model's.
@@ -243,6 +282,14 @@ pub struct EventStats {
     pub map_evictions: u64,
     /// Engine hashes stored again with another router key (the old key left the index).
     pub map_rekeyed: u64,
+    /// `BlockStored` hashes a `(worker, rank)` already held on that tier: one more copy counted
+    /// (vLLM does not de-duplicate blocks; see the module docs).
+    pub duplicate_stores: u64,
+    /// `BlockRemoved` hashes that took away one of several copies: the block stays in the index.
+    pub duplicate_removes: u64,
+    /// Extra copies now counted, over all workers (each `(worker, rank, tier, hash)` held `n > 1`
+    /// times counts `n - 1`).
+    pub extra_copies: u64,
     /// `BlockStored` events with another block size than the model's.
     pub block_size_mismatches: u64,
     /// Engine-map entries over all workers.
@@ -279,13 +326,112 @@ impl Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
+/// An engine hash on a tier (indexer tier id) of one `(worker, rank)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    hash: u64,
+    tier: u8,
+}
+
+impl std::hash::Hash for Held {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash ^ u64::from(self.tier).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+}
+
+/// The extra copies of one `(worker, rank)`: `(hash, tier)` → copies beyond the first (≥ 1). Only
+/// duplicated holdings have an entry; see "Duplicate blocks" in the module docs.
+#[derive(Default)]
+struct CopyCounts {
+    extra: HashMap<Held, u32, BuildHasherDefault<KeyHasher>>,
+    /// Sum of `extra`'s values.
+    total: u64,
+}
+
+impl CopyCounts {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.extra.is_empty()
+    }
+
+    /// One more copy of a holding that exists.
+    fn add(&mut self, hash: u64, tier: usize, c: &mut Counters) {
+        let n = self
+            .extra
+            .entry(Held {
+                hash,
+                tier: tier as u8,
+            })
+            .or_insert(0);
+        *n = n.saturating_add(1);
+        self.total += 1;
+        c.duplicate_stores += 1;
+    }
+
+    /// Takes one extra copy away; false if the holding has only one (remove the holding).
+    #[inline]
+    fn take(&mut self, hash: u64, tier: usize, c: &mut Counters) -> bool {
+        if self.extra.is_empty() {
+            return false;
+        }
+        let h = Held {
+            hash,
+            tier: tier as u8,
+        };
+        let Entry::Occupied(mut o) = self.extra.entry(h) else {
+            return false;
+        };
+        *o.get_mut() -= 1;
+        if *o.get() == 0 {
+            o.remove();
+            self.maybe_shrink();
+        }
+        self.total -= 1;
+        c.duplicate_removes += 1;
+        true
+    }
+
+    /// Drops the extra copies of `hash` on the tiers of `tiers` (its holdings there are gone).
+    #[inline]
+    fn forget(&mut self, hash: u64, tiers: u8) {
+        if self.extra.is_empty() {
+            return;
+        }
+        let mut m = tiers;
+        while m != 0 {
+            let tier = m.trailing_zeros() as u8;
+            if let Some(n) = self.extra.remove(&Held { hash, tier }) {
+                self.total -= u64::from(n);
+            }
+            m &= m - 1;
+        }
+        self.maybe_shrink();
+    }
+
+    fn clear(&mut self) {
+        self.extra.clear();
+        self.total = 0;
+        if self.extra.capacity() > 1024 {
+            self.extra.shrink_to(0);
+        }
+    }
+
+    fn maybe_shrink(&mut self) {
+        if self.extra.capacity() > 4096 && self.extra.len() * 8 < self.extra.capacity() {
+            self.extra.shrink_to(self.extra.len() * 2);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct MapEntry {
     /// Router key.
     key: u64,
     /// Last store/refresh; matches the entry's live item in `order`.
     stamp: u32,
-    /// Tiers (indexer tier ids) holding the block.
+    /// Tiers (indexer tier ids) holding at least one copy of the block (further copies are in
+    /// [`RankState::copies`]).
     tiers: u8,
 }
 
@@ -295,6 +441,8 @@ struct RankState {
     map: KeyMap<MapEntry>,
     /// `(engine hash, stamp)` in store order, with stale items (lazy deletion).
     order: VecDeque<(u64, u32)>,
+    /// Extra copies of duplicated blocks, by engine hash (both keyings).
+    copies: CopyCounts,
     next_stamp: u32,
     block_size_mismatch: bool,
     worker_block_size: Option<u32>,
@@ -316,6 +464,7 @@ impl RankState {
     fn clear_map(&mut self) {
         self.map.clear();
         self.order.clear();
+        self.copies.clear();
         if self.map.capacity() > 1024 {
             self.map.shrink_to(0);
             self.order.shrink_to(0);
@@ -356,10 +505,15 @@ impl RankState {
             Entry::Occupied(mut o) => {
                 let e = o.get_mut();
                 if e.key != key {
+                    // The old key leaves the index on every tier, whatever its copies.
                     drop.push((e.key, e.tiers));
                     c.map_rekeyed += 1;
+                    self.copies.forget(hash, e.tiers);
                     e.key = key;
                     e.tiers = 0;
+                }
+                if e.tiers & bit != 0 {
+                    self.copies.add(hash, tier, c);
                 }
                 e.tiers |= bit;
                 e.stamp = stamp;
@@ -381,12 +535,15 @@ impl RankState {
         self.maybe_compact();
     }
 
-    /// Refreshes `hash` (held on one more tier); false if unknown.
-    fn touch(&mut self, hash: u64, tier: usize) -> bool {
+    /// Refreshes `hash` (one more copy on `tier`); false if unknown.
+    fn touch(&mut self, hash: u64, tier: usize, c: &mut Counters) -> bool {
         let stamp = self.stamp();
         let Some(e) = self.map.get_mut(&hash) else {
             return false;
         };
+        if e.tiers & (1 << tier) != 0 {
+            self.copies.add(hash, tier, c);
+        }
         e.tiers |= 1 << tier;
         e.stamp = stamp;
         self.order.push_back((hash, stamp));
@@ -398,6 +555,7 @@ impl RankState {
             if let Entry::Occupied(o) = self.map.entry(h) {
                 if o.get().stamp == s {
                     let e = o.remove();
+                    self.copies.forget(h, e.tiers);
                     drop.push((e.key, e.tiers));
                     c.map_evictions += 1;
                     return true;
@@ -446,6 +604,8 @@ struct Counters {
     unresolved_hashes: u64,
     map_evictions: u64,
     map_rekeyed: u64,
+    duplicate_stores: u64,
+    duplicate_removes: u64,
     block_size_mismatches: u64,
 }
 
@@ -610,6 +770,10 @@ struct Core {
     c: Counters,
     keys: Vec<u64>,
     drop: Vec<(u64, u8)>,
+    /// `Engine` keying: `(key, held before)` of the keys of a store whose copies need counting.
+    pending: Vec<(u64, bool)>,
+    /// [`EventApplier::indexer_mut`] was called: copy counts may be stale.
+    bypassed: bool,
 }
 
 /// Applies KV event batches to an [`Indexer`]; see the [module documentation](self).
@@ -643,6 +807,8 @@ impl EventApplier {
                 c: Counters::default(),
                 keys: Vec::new(),
                 drop: Vec::new(),
+                pending: Vec::new(),
+                bypassed: false,
             },
             workers: HashMap::new(),
         })
@@ -665,9 +831,10 @@ impl EventApplier {
         &self.core.index
     }
 
-    /// The index, for applying keys directly. Bypasses the engine maps: use it for keys computed
-    /// by the caller, not mixed with token-keyed events of the same worker.
+    /// The index, for applying keys directly. Bypasses the engine maps and the copy counts: use
+    /// it for keys computed by the caller, not mixed with token-keyed events of the same worker.
     pub fn indexer_mut(&mut self) -> &mut Indexer {
+        self.core.bypassed = true;
         &mut self.core.index
     }
 
@@ -839,14 +1006,19 @@ impl EventApplier {
             unresolved_hashes: c.unresolved_hashes,
             map_evictions: c.map_evictions,
             map_rekeyed: c.map_rekeyed,
+            duplicate_stores: c.duplicate_stores,
+            duplicate_removes: c.duplicate_removes,
+            extra_copies: workers.iter().map(|w| w.extra_copies).sum(),
             block_size_mismatches: c.block_size_mismatches,
             map_entries: workers.iter().map(|w| w.map_entries).sum(),
             workers,
         }
     }
 
-    /// Verifies the index's invariants and the engine maps' (every entry held on ≥ 1 tier, with
-    /// exactly one live item in the order queue, within the bound). O(size); for tests.
+    /// Verifies the index's invariants, the engine maps' (every entry held on ≥ 1 tier, with
+    /// exactly one live item in the order queue, within the bound) and the copy counts' (each
+    /// belongs to a live holding: the map entry's tier with `Tokens` keying, the index's with
+    /// `Engine` keying; counts ≥ 1 and their sum kept). O(size); for tests.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         self.core.index.check_invariants()?;
@@ -869,6 +1041,32 @@ impl EventApplier {
                 }
                 if rs.map.values().any(|e| e.tiers == 0) {
                     return Err(format!("{w}#{r}: map entry held on no tier"));
+                }
+                let slot = self.core.index.slot_of(w, *r);
+                let mut total = 0u64;
+                for (h, &n) in &rs.copies.extra {
+                    total += u64::from(n);
+                    let live = match self.core.cfg.keying {
+                        Keying::Tokens => rs
+                            .map
+                            .get(&h.hash)
+                            .is_some_and(|e| e.tiers & (1 << h.tier) != 0),
+                        Keying::Engine => {
+                            slot.is_some_and(|s| self.core.index.holds(s, h.tier.into(), h.hash))
+                        }
+                    };
+                    if n == 0 || !live {
+                        return Err(format!(
+                            "{w}#{r}: {n} extra copies of {:#x} on tier {} without a holding",
+                            h.hash, h.tier
+                        ));
+                    }
+                }
+                if total != rs.copies.total {
+                    return Err(format!(
+                        "{w}#{r}: extra copies {} but the counts sum to {total}",
+                        rs.copies.total
+                    ));
                 }
             }
         }
@@ -900,6 +1098,7 @@ fn worker_stats(worker_id: &str, dp_rank: u32, rs: &RankState) -> WorkerEventSta
         worker_id: worker_id.to_owned(),
         dp_rank,
         map_entries: rs.map.len() as u64,
+        extra_copies: rs.copies.total,
         hash_mismatch: rs.hash_mismatch,
         block_size_mismatch: rs.block_size_mismatch,
         worker_block_size: rs.worker_block_size,
@@ -937,8 +1136,30 @@ impl Core {
                 }
                 let parent = e.parent_block_hash.as_ref().map(BlockHash::to_u64);
                 let keys = e.block_hashes.keys();
-                match self.index.apply_stored(w, rank, medium, parent, keys) {
-                    Ok(()) => self.count_stored(keys.len(), out),
+                // Keys held before are duplicates (rare: noted here, counted below). After a
+                // bypass, a key not held may have a stale count (its holding was removed behind
+                // our back): dropped below too.
+                let heal = self.bypassed && !rs.copies.is_empty();
+                let pending = &mut self.pending;
+                pending.clear();
+                let stored =
+                    self.index
+                        .apply_stored_with(w, rank, medium, parent, keys, |i, held| {
+                            if held || heal {
+                                pending.push((keys[i], held));
+                            }
+                        });
+                match stored {
+                    Ok(tier) => {
+                        for &(k, held) in &self.pending {
+                            if held {
+                                rs.copies.add(k, tier, &mut self.c);
+                            } else {
+                                rs.copies.forget(k, 1 << tier);
+                            }
+                        }
+                        self.count_stored(keys.len(), out);
+                    }
                     Err(_) => self.c.skip("indexer_rejected", out),
                 }
             }
@@ -1073,7 +1294,7 @@ impl Core {
         }
         let tier = self.index.tier_id(medium).unwrap_or(0);
         for h in e.block_hashes.keys() {
-            rs.touch(*h, tier);
+            rs.touch(*h, tier, &mut self.c);
         }
         rs.maybe_compact();
         self.count_stored(self.keys.len(), out);
@@ -1089,17 +1310,40 @@ impl Core {
     ) {
         self.c.events_removed += 1;
         let medium = e.medium.as_ref().map(|m| m.as_str());
-        let keys: &[u64] = match self.cfg.keying {
-            Keying::Engine => e.block_hashes.keys(),
+        // A tier the index never saw holds nothing: no copies, the bits stay as they are.
+        let tier = self.index.tier_id(medium);
+        let (keys, n): (&[u64], usize) = match self.cfg.keying {
+            Keying::Engine => {
+                let keys = e.block_hashes.keys();
+                match tier {
+                    // Some hash is duplicated: the ones with extra copies lose one and stay.
+                    Some(t) if !rs.copies.is_empty() => {
+                        self.keys.clear();
+                        for &k in keys {
+                            if !rs.copies.take(k, t, &mut self.c) {
+                                self.keys.push(k);
+                            }
+                        }
+                        (&self.keys, keys.len())
+                    }
+                    _ => (keys, keys.len()),
+                }
+            }
             Keying::Tokens => {
-                // A tier the index never saw holds nothing: the bits stay as they are.
-                let bit = self.index.tier_id(medium).map_or(0, |t| 1u8 << t);
+                let bit = tier.map_or(0, |t| 1u8 << t);
                 self.keys.clear();
+                let mut resolved = 0;
                 for h in e.block_hashes.keys() {
                     let Entry::Occupied(mut o) = rs.map.entry(*h) else {
                         self.c.unresolved_hashes += 1;
                         continue;
                     };
+                    resolved += 1;
+                    if let Some(t) = tier.filter(|_| o.get().tiers & bit != 0) {
+                        if rs.copies.take(*h, t, &mut self.c) {
+                            continue;
+                        }
+                    }
                     self.keys.push(o.get().key);
                     o.get_mut().tiers &= !bit;
                     if o.get().tiers == 0 {
@@ -1107,17 +1351,17 @@ impl Core {
                     }
                 }
                 rs.maybe_compact();
-                if self.keys.is_empty() && !e.block_hashes.is_empty() {
+                if resolved == 0 && !e.block_hashes.is_empty() {
                     return self.c.skip("unknown_block_hashes", out);
                 }
-                &self.keys
+                (&self.keys, resolved)
             }
         };
-        self.index.apply_removed(w, rank, medium, keys);
-        self.c.blocks_removed += keys.len() as u64;
-        out.removed = out
-            .removed
-            .saturating_add(keys.len().try_into().unwrap_or(u32::MAX));
+        if !keys.is_empty() {
+            self.index.apply_removed(w, rank, medium, keys);
+        }
+        self.c.blocks_removed += n as u64;
+        out.removed = out.removed.saturating_add(n.try_into().unwrap_or(u32::MAX));
     }
 
     /// Removes from the index the router keys of entries that left the map (evicted or rekeyed).

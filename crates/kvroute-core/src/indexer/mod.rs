@@ -13,6 +13,13 @@
 //! Tiers are vLLM's `medium` strings, interned in order of first appearance; tier 0 is `"GPU"`,
 //! which is also what `None` means. At most [`MAX_TIERS`] tiers.
 //!
+//! The index keeps a *set* of `(key, slot, tier)` holdings: storing one twice is still one holding,
+//! and one removal drops it. vLLM does not de-duplicate blocks (two physical copies may share a
+//! hash, and each eviction sends its own `BlockRemoved`), so the copies are counted by the caller,
+//! [`crate::event_applier::EventApplier`], which removes a holding with its last copy; it learns
+//! whether a store repeats a holding from [`Indexer::apply_stored_with`] (no extra lookup), and
+//! [`Indexer::holds`] is the O(1) membership test.
+//!
 //! # Design
 //!
 //! One open-addressing table (see [`table`]) maps a key to an entry that holds, inline, the key and
@@ -37,7 +44,7 @@
 //!   particular the bits of a free slot id (a removed worker's) are zero in every entry.
 //! - I3: `pairs` is the total number of set bits.
 //!
-//! Costs: `apply_*` O(keys); `find_matches` O(walked keys × T × W), no allocation once the
+//! Costs: `apply_*` O(keys); `holds` O(1); `find_matches` O(walked keys × T × W), no allocation once the
 //! [`Matches`] buffer is warm; `clear_worker` and `remove_worker` are O(table) (they are rare:
 //! worker restart or departure), as is a change of `T` or `W` (a new tier, the 65th slot...).
 
@@ -199,6 +206,28 @@ impl Indexer {
         parent: Option<u64>,
         keys: &[u64],
     ) -> Result<()> {
+        self.apply_stored_with(worker_id, dp_rank, medium, parent, keys, |_, _| {})
+            .map(|_| ())
+    }
+
+    /// [`Indexer::apply_stored`], also telling the caller, key by key, whether the slot already
+    /// held it on that tier: `seen(i, held_before)` is called for each `keys[i]` in order, with
+    /// `held_before` true when the holding existed before `keys[i]` was applied (so a key repeated
+    /// within `keys` is "held" from its second occurrence on). This lets a caller that counts
+    /// copies (the index itself keeps a *set* of holdings; see
+    /// [`crate::event_applier`]) tell a duplicate store from a new one at no extra lookup.
+    ///
+    /// Returns the tier id of `medium` (as [`Indexer::tier_id`] would after the call). Same
+    /// errors as [`Indexer::apply_stored`]; on an error nothing changes and `seen` is not called.
+    pub fn apply_stored_with(
+        &mut self,
+        worker_id: &str,
+        dp_rank: u32,
+        medium: Option<&str>,
+        parent: Option<u64>,
+        keys: &[u64],
+        mut seen: impl FnMut(usize, bool),
+    ) -> Result<usize> {
         let _ = parent;
         let tier = self.tier_id(medium);
         if tier.is_none() && self.tiers.len() >= MAX_TIERS {
@@ -233,10 +262,26 @@ impl Indexer {
             }
             let e = self.table.find_or_insert(k);
             let word = self.table.word_mut(e, off);
-            self.pairs += (*word & bit == 0) as u64;
+            let held = *word & bit != 0;
+            self.pairs += !held as u64;
             *word |= bit;
+            seen(j, held);
         }
-        Ok(())
+        Ok(tier)
+    }
+
+    /// Whether slot `slot` holds `key` on tier `tier` (false for an unknown slot, tier or key).
+    /// One table lookup: O(1) expected, no allocation.
+    #[inline]
+    pub fn holds(&self, slot: u32, tier: usize, key: u64) -> bool {
+        let slot = slot as usize;
+        if tier >= self.tiers.len() || slot >= self.w * 64 {
+            return false;
+        }
+        match self.table.find(key) {
+            Some(e) => self.table.bits(e)[tier * self.w + slot / 64] & (1 << (slot % 64)) != 0,
+            None => false,
+        }
     }
 
     /// vLLM BlockRemoved: slot `(worker_id, dp_rank)` no longer holds `keys` on tier `medium`.
@@ -804,6 +849,67 @@ mod tests {
         ix.check_invariants().unwrap();
         ix.find_matches(&[1, 2, 3], &mut m);
         assert_eq!(m.len(), 60);
+    }
+
+    #[test]
+    fn holds_and_apply_stored_with_report_existing_holdings() {
+        let mut ix = Indexer::new();
+        let mut seen = vec![];
+        let t = ix
+            .apply_stored_with("a", 0, None, None, &[1, 2, 1, 0], |i, held| {
+                seen.push((i, held))
+            })
+            .unwrap();
+        assert_eq!(t, 0);
+        assert_eq!(seen, [(0, false), (1, false), (2, true), (3, false)]);
+        let a = ix.slot_of("a", 0).unwrap();
+        assert!(ix.holds(a, 0, 1) && ix.holds(a, 0, 2) && ix.holds(a, 0, 0));
+        assert!(!ix.holds(a, 0, 3), "unknown key");
+        assert!(!ix.holds(a, 1, 1), "unknown tier");
+        assert!(!ix.holds(a + 1, 0, 1), "unknown slot");
+        assert!(!ix.holds(1000, 0, 1), "slot beyond the bitsets");
+        assert_eq!(ix.stats().pairs, 3);
+
+        // Per tier and per slot: another tier or slot holding the key is not "held".
+        seen.clear();
+        let t = ix
+            .apply_stored_with("a", 0, Some("CPU"), None, &[1, 5], |i, held| {
+                seen.push((i, held))
+            })
+            .unwrap();
+        assert_eq!(t, 1);
+        ix.apply_stored_with("b", 0, None, None, &[1], |i, held| seen.push((i, held)))
+            .unwrap();
+        assert_eq!(seen, [(0, false), (1, false), (0, false)]);
+        let cpu = ix.tier_id(Some("CPU")).unwrap();
+        let b = ix.slot_of("b", 0).unwrap();
+        assert!(ix.holds(a, cpu, 1) && ix.holds(a, cpu, 5) && !ix.holds(a, 0, 5));
+        assert!(ix.holds(b, 0, 1) && !ix.holds(b, cpu, 1));
+        seen.clear();
+        ix.apply_stored_with("a", 0, Some("CPU"), None, &[5, 6], |i, held| {
+            seen.push((i, held))
+        })
+        .unwrap();
+        assert_eq!(seen, [(0, true), (1, false)]);
+
+        // Removal and clears are seen at once.
+        ix.apply_removed("a", 0, Some("CPU"), &[5]);
+        assert!(!ix.holds(a, cpu, 5));
+        ix.clear_worker("a", None);
+        assert!(!ix.holds(a, 0, 1) && !ix.holds(a, cpu, 1));
+        assert!(ix.holds(b, 0, 1));
+
+        // Errors: nothing changes and the callback is not called.
+        for t in 2..MAX_TIERS {
+            ix.apply_stored("a", 0, Some(&format!("T{t}")), None, &[])
+                .unwrap();
+        }
+        let mut called = false;
+        assert!(ix
+            .apply_stored_with("a", 0, Some("ninth"), None, &[1], |_, _| called = true)
+            .is_err());
+        assert!(!called);
+        ix.check_invariants().unwrap();
     }
 
     #[test]
