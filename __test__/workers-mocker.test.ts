@@ -1,6 +1,9 @@
 // Worker control against real mocker processes (`node dist/cli.mjs mock`, built by
 // `npm run build:ts`), started through VllmWorker exactly as vLLM would be.
 import { afterEach, describe, expect, it } from "vitest";
+import { KvIndexer } from "../ts/core/kv-indexer.js";
+import { indexerSink, VllmEventSource } from "../ts/events/index.js";
+import { waitUntil } from "./helpers/zmq-peer.js";
 import {
   findFreePortRange,
   groupAlive,
@@ -60,7 +63,55 @@ async function mockWorker(options: { speedup?: number; registry?: WorkerRegistry
   return worker;
 }
 
+/** A sample's value in Prometheus text (first series of the name). */
+function metric(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `));
+  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(" ") + 1));
+}
+
 describe("VllmWorker with the mocker", () => {
+  it("a mocker started through VllmWorker: a repeated prefix gets a lower TTFT, hits rise, and its KV events rebuild its cache", async () => {
+    const worker = await mockWorker();
+    await worker.start();
+    const record = worker.record!;
+    const indexer = new KvIndexer({ blockSize: 16, keying: "engine", hashAlgorithm: "sha256", hashSeed: "0" });
+    const source = new VllmEventSource({
+      workerId: record.id,
+      endpoint: record.kvEvents!.endpoints,
+      replayEndpoint: record.kvEvents!.replayEndpoints,
+      sink: indexerSink(indexer),
+      catchUp: true,
+    }).start();
+    cleanup.push(() => source.close());
+    await waitUntil(() => source.stats().connected, "the KV-event subscription");
+
+    const prefix = Array.from({ length: 2048 }, (_, i) => 1000 + i);
+    const ttft = async (suffix: number) => {
+      const before = await (await fetch(`${worker.url}/metrics`)).text();
+      const res = await fetch(`${worker.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: MODEL, prompt: [...prefix, suffix], max_tokens: 2 }),
+      });
+      expect(res.status).toBe(200);
+      await res.json();
+      const after = await (await fetch(`${worker.url}/metrics`)).text();
+      const sum = "vllm:time_to_first_token_seconds_sum";
+      return { ttft: metric(after, sum) - metric(before, sum), hits: metric(after, "vllm:prefix_cache_hits_total") };
+    };
+    const first = await ttft(1);
+    const second = await ttft(2);
+    expect(first.hits).toBe(0);
+    expect(second.hits).toBeGreaterThanOrEqual(2048);
+    expect(second.ttft).toBeLessThan(first.ttft / 2);
+
+    const view = (await (await fetch(`${worker.url}/debug/kv-cache`)).json()) as { cachedBlocks: string[]; lastEventSeq: number };
+    await waitUntil(() => source.stats().ranks[0]!.lastSeq === BigInt(view.lastEventSeq), "the last KV event batch");
+    expect(view.cachedBlocks.length).toBeGreaterThanOrEqual(128);
+    expect(indexer.stats().blocks).toBe(view.cachedBlocks.length);
+    for (const h of view.cachedBlocks) expect(indexer.findMatches(BigUint64Array.of(BigInt(h)))[0]?.workerId).toBe(record.id);
+  });
+
   it("starts two mockers of a topology together, serves through them, and stops them together", async () => {
     const basePort = await findFreePortRange(2);
     const baseEventPort = await findFreePortRange(4);
