@@ -14,7 +14,7 @@ use napi::bindgen_prelude::{Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, to_napi};
-use crate::indexer::{ApplyEventBatchResult, KvEventStats, WorkerEventStats};
+use crate::indexer::{ApplyEventBatchResult, KvEventStats};
 
 /// Words of the packed decision header (see `route`).
 pub const ROUTE_HEADER: u32 = 8;
@@ -429,44 +429,6 @@ impl KvRouterCore {
     /// `KvIndexer.eventStats`).
     #[napi]
     pub fn event_stats(&self) -> KvEventStats {
-        let a = self.sched.applier();
-        let s = a.stats();
-        let counts = |m: &std::collections::BTreeMap<&'static str, u64>| {
-            m.iter().map(|(k, v)| (k.to_string(), *v as i64)).collect()
-        };
-        KvEventStats {
-            keying: a.keying().as_str().to_owned(),
-            batches: s.batches as i64,
-            events_stored: s.events_stored as i64,
-            events_removed: s.events_removed as i64,
-            events_cleared: s.events_cleared as i64,
-            blocks_stored: s.blocks_stored as i64,
-            blocks_removed: s.blocks_removed as i64,
-            malformed_batches: s.malformed_batches as i64,
-            malformed_reasons: counts(&s.malformed_reasons),
-            skipped_events: s.skipped_events as i64,
-            skipped_reasons: counts(&s.skipped_reasons),
-            unresolved_parents: s.unresolved_parents as i64,
-            unresolved_hashes: s.unresolved_hashes as i64,
-            map_evictions: s.map_evictions as i64,
-            map_rekeyed: s.map_rekeyed as i64,
-            block_size_mismatches: s.block_size_mismatches as i64,
-            map_entries: s.map_entries as i64,
-            workers: s
-                .workers
-                .into_iter()
-                .map(|w| WorkerEventStats {
-                    worker_id: w.worker_id,
-                    dp_rank: w.dp_rank,
-                    map_entries: w.map_entries as i64,
-                    hash_mismatch: w.hash_mismatch,
-                    block_size_mismatch: w.block_size_mismatch,
-                    worker_block_size: w.worker_block_size,
-                    likely_cause: w.likely_cause,
-                    checked: w.checked as i64,
-                    mismatched: w.mismatched as i64,
-                })
-                .collect(),
-        }
+        crate::indexer::event_stats_of(self.sched.applier())
     }
 }
