@@ -191,6 +191,38 @@ pub(crate) fn event_stats_of(applier: &EventApplier) -> KvEventStats {
     }
 }
 
+/// The JS view of one applied payload (shared with `KvRouter.applyEventBatch`).
+pub(crate) fn apply_result(
+    outcome: std::result::Result<
+        kvroute_core::event_applier::ApplyOutcome,
+        kvroute_core::events::DecodeError,
+    >,
+    fallback_rank: u32,
+) -> ApplyEventBatchResult {
+    match outcome {
+        Ok(o) => ApplyEventBatchResult {
+            events: o.events,
+            stored: o.stored,
+            removed: o.removed,
+            cleared: o.cleared,
+            skipped: o.skipped,
+            skipped_known: o.skipped_known,
+            dp_rank: o.dp_rank,
+            malformed: None,
+        },
+        Err(e) => ApplyEventBatchResult {
+            events: 0,
+            stored: 0,
+            removed: 0,
+            cleared: 0,
+            skipped: 0,
+            skipped_known: 0,
+            dp_rank: fallback_rank,
+            malformed: Some(e.reason.to_owned()),
+        },
+    }
+}
+
 fn applier_config(options: KvIndexerOptions) -> napi::Result<EventApplierConfig> {
     if options.block_size == 0 {
         return Err(invalid_config("blockSize must be > 0"));
@@ -262,31 +294,11 @@ impl KvIndexer {
         payload: Uint8ArraySlice,
         dp_rank: Option<u32>,
     ) -> ApplyEventBatchResult {
-        match self
-            .applier
-            .apply_payload_at(&worker_id, &payload, dp_rank.unwrap_or(0))
-        {
-            Ok(o) => ApplyEventBatchResult {
-                events: o.events,
-                stored: o.stored,
-                removed: o.removed,
-                cleared: o.cleared,
-                skipped: o.skipped,
-                skipped_known: o.skipped_known,
-                dp_rank: o.dp_rank,
-                malformed: None,
-            },
-            Err(e) => ApplyEventBatchResult {
-                events: 0,
-                stored: 0,
-                removed: 0,
-                cleared: 0,
-                skipped: 0,
-                skipped_known: 0,
-                dp_rank: 0,
-                malformed: Some(e.reason.to_owned()),
-            },
-        }
+        apply_result(
+            self.applier
+                .apply_payload_at(&worker_id, &payload, dp_rank.unwrap_or(0)),
+            dp_rank.unwrap_or(0),
+        )
     }
 
     /// Counters of `applyEventBatch` and the per-(worker, dpRank) parity flags.

@@ -14,7 +14,7 @@ use napi::bindgen_prelude::{Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, to_napi};
-use crate::indexer::{ApplyEventBatchResult, KvEventStats};
+use crate::indexer::{apply_result, ApplyEventBatchResult, KvEventStats};
 
 /// Words of the packed decision header (see `route`).
 pub const ROUTE_HEADER: u32 = 8;
@@ -344,31 +344,11 @@ impl KvRouterCore {
         payload: Uint8ArraySlice,
         dp_rank: Option<u32>,
     ) -> ApplyEventBatchResult {
-        match self
-            .sched
-            .apply_payload(&worker_id, &payload, dp_rank.unwrap_or(0))
-        {
-            Ok(o) => ApplyEventBatchResult {
-                events: o.events,
-                stored: o.stored,
-                removed: o.removed,
-                cleared: o.cleared,
-                skipped: o.skipped,
-                skipped_known: o.skipped_known,
-                dp_rank: o.dp_rank,
-                malformed: None,
-            },
-            Err(e) => ApplyEventBatchResult {
-                events: 0,
-                stored: 0,
-                removed: 0,
-                cleared: 0,
-                skipped: 0,
-                skipped_known: 0,
-                dp_rank: dp_rank.unwrap_or(0),
-                malformed: Some(e.reason.to_owned()),
-            },
-        }
+        apply_result(
+            self.sched
+                .apply_payload(&worker_id, &payload, dp_rank.unwrap_or(0)),
+            dp_rank.unwrap_or(0),
+        )
     }
 
     /// Drops the worker's blocks (one rank, or all); it is blind until its next batch.
