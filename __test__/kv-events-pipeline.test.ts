@@ -4,6 +4,7 @@
  * PYTHONHASHSEED differs from the router's.
  */
 import { afterEach, describe, expect, it } from "vitest";
+import { waitUntil } from "./helpers/zmq-peer.js";
 import {
   BlockHasher,
   encodeKvEventBatch,
@@ -19,14 +20,6 @@ const closers: (() => Promise<void>)[] = [];
 afterEach(async () => {
   while (closers.length) await closers.pop()!();
 });
-
-async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** A BlockStored batch for `tokens` as a vLLM worker with `seed` would publish it. */
 function storedBatch(tokens: number[], seed: string): Buffer {
@@ -44,7 +37,7 @@ async function pipeline(indexer: KvIndexer, workerId: string, log: (m: string) =
   const sink = indexerSink(indexer, { log });
   const source = new VllmEventSource({ workerId, endpoint: publisher.endpoint, sink }).start();
   closers.push(() => source.close(), () => publisher.close());
-  await until(() => source.stats().connected, "the subscription");
+  await waitUntil(() => source.stats().connected, "the subscription", 10_000);
   // PUB/SUB subscriptions propagate asynchronously: publish until the first batch lands.
   return { publisher, sink, source };
 }
@@ -62,7 +55,7 @@ describe("KV events end to end over ZMQ", () => {
       bad.publisher.publish(storedBatch(prompt(4, i * 1000), "12345"));
       await new Promise((r) => setTimeout(r, 5));
     }
-    await until(() => good.sink.stats().batches >= 30 && bad.sink.stats().batches >= 30, "batches to arrive");
+    await waitUntil(() => good.sink.stats().batches >= 30 && bad.sink.stats().batches >= 30, "batches to arrive", 10_000);
     const flags = new Map(indexer.eventStats().workers.map((w) => [w.workerId, w]));
     expect(flags.get("bad")!.hashMismatch).toBe(true);
     expect(flags.get("bad")!.likelyCause).toMatch(/seed/);
@@ -79,11 +72,11 @@ describe("KV events end to end over ZMQ", () => {
     const a = await pipeline(indexer, "seed-a", () => {});
     const b = await pipeline(indexer, "seed-b", () => {});
     const tokens = prompt(6, 7);
-    await until(() => {
+    await waitUntil(() => {
       a.publisher.publish(storedBatch(tokens, "1"));
       b.publisher.publish(storedBatch(tokens, "2"));
       return a.sink.stats().batches > 0 && b.sink.stats().batches > 0;
-    }, "both workers' events");
+    }, "both workers' events", 10_000);
     const matches = indexer.findMatches(new BlockHasher({ blockSize: BLOCK }).hash(tokens));
     expect(matches.map((m) => [m.workerId, m.blocks]).sort()).toEqual([["seed-a", 6], ["seed-b", 6]]);
     expect(indexer.eventStats().workers.every((w) => !w.hashMismatch && !w.blockSizeMismatch)).toBe(true);

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { KvIndexer } from "../ts/core/kv-indexer.js";
 import { VllmEventSource, type KvEventSink } from "../ts/events/index.js";
-import { startMocker, type MockerProcess } from "./helpers/mocker-process.js";
+import { metric, startMocker, type MockerProcess } from "./helpers/mocker-process.js";
 import { freePorts, waitUntil } from "./helpers/zmq-peer.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -32,11 +32,6 @@ async function post(url: string, path: string, body: unknown, headers: Record<st
 
 async function getJson(url: string, path: string) {
   return (await (await fetch(url + path)).json()) as Record<string, any>;
-}
-
-function metric(text: string, name: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`));
-  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(" ") + 1));
 }
 
 /** mulberry32 */

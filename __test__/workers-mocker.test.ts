@@ -3,6 +3,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { KvIndexer } from "../ts/core/kv-indexer.js";
 import { indexerSink, VllmEventSource } from "../ts/events/index.js";
+import { metric } from "./helpers/mocker-process.js";
 import { waitUntil } from "./helpers/zmq-peer.js";
 import {
   findFreePortRange,
@@ -61,12 +62,6 @@ async function mockWorker(options: { speedup?: number; registry?: WorkerRegistry
   );
   cleanup.push(() => worker.stop({ graceMs: 2000 }));
   return worker;
-}
-
-/** A sample's value in Prometheus text (first series of the name). */
-function metric(text: string, name: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `));
-  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(" ") + 1));
 }
 
 describe("VllmWorker with the mocker", () => {

@@ -39,3 +39,9 @@ export function startMocker(args: string[], env: Record<string, string> = {}): P
     child.once("exit", (code) => reject(new Error(`mock exited with ${code}: ${err}`)));
   });
 }
+
+/** A sample's value in Prometheus text (the first series of `name`). */
+export function metric(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `));
+  return line === undefined ? NaN : Number(line.slice(line.lastIndexOf(" ") + 1));
+}
