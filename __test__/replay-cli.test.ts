@@ -68,6 +68,8 @@ describe("kvroute replay (process)", () => {
     });
     expect(run.status, run.stderr).toBe(0);
     const lines = run.stdout.split("\n");
+    // The fleet first: the default profile, its KV cache and the trace's load on it.
+    expect(lines.shift()).toMatch(/^fleet: 3 x llama-3\.1-70b-h100-tp4 \(Llama-3\.1-70B, .*\), 26,000 KV blocks of 16 tokens each; the prompts' prefill without cache hits takes \d+% of the fleet's time$/);
     expect(lines[0]).toMatch(/^policy\s+hit rate\s+TTFT p50\s+TTFT p90\s+TTFT p99\s+E2E p50\s+E2E p99\s+output tok\/s\s+imbalance\s+router µs\/req$/);
     expect(lines.filter((l) => /^(kv|round-robin|least-loaded)\s+\d+\.\d%/.test(l))).toHaveLength(3);
     expect(run.stdout).toContain(`Report: ${html}`);

@@ -22,7 +22,7 @@ describe("virtual vs real clock", () => {
       turnBlocks: [1, 3],
       outputTokens: [40, 240],
     });
-    const settings = { trace, policy: "kv" as const, workers: 4, numGpuBlocks: 8000 };
+    const settings = { trace, policy: "kv" as const, workers: 4, numGpuBlocks: 8000, profile: "llama-3.1-8b-h100" };
     const virtual = await runVirtualReplay(settings);
     const real = await runLiveReplay({ ...settings, speedup: 3 });
     const summary = (r: typeof real) => `hit ${(r.hitRate * 100).toFixed(2)}%, TTFT p50 ${r.ttftMs.p50.toFixed(1)} ms, completed ${r.completed}`;

@@ -149,5 +149,8 @@ describe("kvroute replay with a malformed trace", () => {
     expect(bad(["--clock", "wall"]).stderr).toMatch(/--clock must be virtual or real/);
     expect(bad(["--workers", "0"]).status).toBe(2);
     expect(bad(["--event-drop-rate", "2"]).stderr).toMatch(/--event-drop-rate must be in \[0, 1\]/);
+    const profile = bad(["--profile", "gpt-5-b200"]);
+    expect(profile.status).toBe(2);
+    expect(profile.stderr).toMatch(/unknown engine profile "gpt-5-b200" \(expected one of llama-3\.1-8b-h100, llama-3\.1-70b-h100-tp4\)/);
   });
 });

@@ -6,6 +6,7 @@
 import { KvrouteError } from "../errors.js";
 import { isPolicyChild, withoutFlags } from "../replay/policy-jobs.js";
 import { chatWorkload } from "../replay/workload.js";
+import { DEFAULT_ENGINE_PROFILE } from "../mocker/profiles.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
 import { parseClock, parsePolicies, positiveNumber, runReplayWithUi, shellQuote } from "./replay.js";
 
@@ -59,6 +60,8 @@ export async function runDemo(argv: string[]): Promise<number> {
         policies: parsePolicies(values.policy ?? "kv,round-robin"),
         clock,
         workers,
+        // The generated workload is sized for 8B workers (the mocker's default profile).
+        profile: DEFAULT_ENGINE_PROFILE,
         speedup: positiveNumber("speedup", values.speedup),
       },
       html: values.html ?? "kvroute-demo.html",

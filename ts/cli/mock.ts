@@ -22,7 +22,7 @@ vLLM flags:
   --host <addr>                         Default 0.0.0.0
   --port <n>                            Default 8000 (0: any free port)
   --block-size <n>                      Tokens per KV block (default 16)
-  --num-gpu-blocks-override <n>         KV blocks per rank (default 26000)
+  --num-gpu-blocks-override <n>         KV blocks per rank (default: the profile's, 26000)
   --enable-prefix-caching | --no-enable-prefix-caching   (default on)
   --prefix-caching-hash-algo <algo>     sha256 (default), sha256_cbor, xxhash, xxhash_cbor
   --kv-events-config <json>             enable_kv_cache_events, publisher, endpoint, replay_endpoint,
@@ -42,6 +42,9 @@ vLLM flags:
   --disable-uvicorn-access-log, --tokenizer, --revision, --download-dir, --load-format
 
 Mocker flags:
+  --profile <name>                      The model on its GPUs the timing model and KV cache size
+                                        stand for: llama-3.1-8b-h100 (default),
+                                        llama-3.1-70b-h100-tp4 (see docs/mocker.md)
   --speedup <x>                         Simulated/wall time (default 1; inf = no sleeping)
   --zero-time                           Same as --speedup inf
   --eos-after-tokens <n>                The toy model emits EOS as its n-th token (default 1024)
@@ -77,6 +80,7 @@ const FLAGS: Record<string, Kind> = {
   "enable-per-request-metrics": "boolean",
   speedup: "string",
   "zero-time": "boolean",
+  profile: "string",
   "eos-after-tokens": "string",
   "kv-events-format": "string",
   "step-base-ms": "string",
@@ -304,6 +308,7 @@ export function mockConfigFromArgs(argv: string[]): {
     timing,
     speedup,
     zeroTime: flag("zero-time") || undefined,
+    profile: str("profile"),
     eosAfterTokens: str("eos-after-tokens") === undefined ? undefined : intFlag("eos-after-tokens", str("eos-after-tokens")!),
   };
   return {

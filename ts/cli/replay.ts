@@ -10,11 +10,12 @@ import { KvRouter, ROUTER_MODES } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
 import { availableParallelism } from "node:os";
 import { isPolicyChild, runPolicyJobs, sendToParent, withoutFlags } from "../replay/policy-jobs.js";
-import { describeSettings, runReplay, writeReports, type ReplayOptions } from "../replay/replay.js";
+import { describeFleet, describeSettings, runReplay, writeReports, type ReplayOptions } from "../replay/replay.js";
 import type { PolicyResult, ReplayClock } from "../replay/result.js";
 import { comparison, formatSimTime, ProgressBar, resultsTable } from "../replay/terminal.js";
 import { readTrace, TraceError, type Trace } from "../replay/trace.js";
-import type { ReplayProgress } from "../replay/virtual-replay.js";
+import { REPLAY_DEFAULTS, type ReplayProgress } from "../replay/virtual-replay.js";
+import { ENGINE_PROFILE_NAMES, engineProfile } from "../mocker/profiles.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
 
 const HELP = `Usage: kvroute replay --trace FILE [options]
@@ -33,8 +34,11 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
   --speedup S             real clock: simulated time runs S times faster than wall time (default 5)
   --event-delay-ms D      virtual clock: KV events reach the router D simulated ms late (default 5)
   --event-drop-rate P     virtual clock: lose this fraction of KV event batches (default 0)
+  --profile NAME          the workers' model and GPUs (timing model, KV cache size):
+                          ${ENGINE_PROFILE_NAMES.join(", ")}
+                          (default ${REPLAY_DEFAULTS.profile})
   --block-size N          tokens per KV block (default 16)
-  --num-gpu-blocks N      KV blocks per worker (default 26000)
+  --num-gpu-blocks N      KV blocks per worker (default: the profile's, 26000)
   --router JSON           KvRouter options for every policy, e.g. '{"overlapWeight": 4}'
                           (overlapWeight, sequenceWeight, temperature, busyThreshold, ...)
   --seed N                router and drop PRNG seed (default 1)
@@ -114,6 +118,7 @@ export async function runReplayWithUi(o: ReplayCliOptions): Promise<number> {
   };
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigint);
+  console.log(describeFleet(o.replay, o.trace));
   const wall0 = performance.now();
   const quiet = o.quiet;
   let results: PolicyResult[] = [];
@@ -176,7 +181,7 @@ export async function runReplayWithUi(o: ReplayCliOptions): Promise<number> {
   }
   const written = writeReports(
     results,
-    { command: o.command, trace: o.trace, clock: o.replay.clock ?? "virtual", workers: o.replay.workers, settings: describeSettings(o.replay), title: o.title },
+    { command: o.command, trace: o.trace, clock: o.replay.clock ?? "virtual", workers: o.replay.workers, settings: describeSettings(o.replay, o.trace), title: o.title },
     { json: o.json, html: o.html },
   );
   if (written.json) console.log(`JSON:   ${written.json}`);
@@ -221,6 +226,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       "event-drop-rate": { type: "string" },
       "block-size": { type: "string" },
       "num-gpu-blocks": { type: "string" },
+      profile: { type: "string" },
       seed: { type: "string" },
       router: { type: "string" },
       json: { type: "string" },
@@ -248,6 +254,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       if (values[flag as keyof typeof values] !== undefined && !isPolicyChild()) console.error(`kvroute replay: --${flag} has no effect with --clock ${clock}`);
     }
     const router = values.router === undefined ? undefined : parseRouterOptions(values.router);
+    if (values.profile !== undefined) engineProfile(values.profile); // an unknown name: exit 2, listing the names
     const trace = readTrace(values.trace, { limit, rate });
     cli = {
       trace,
@@ -260,6 +267,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
         eventDropRate: dropRate,
         blockSize: values["block-size"] === undefined ? undefined : positiveInt("block-size", values["block-size"]),
         numGpuBlocks: values["num-gpu-blocks"] === undefined ? undefined : positiveInt("num-gpu-blocks", values["num-gpu-blocks"]),
+        profile: values.profile,
         seed,
         ...(router ? { router } : {}),
       },

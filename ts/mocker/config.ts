@@ -8,6 +8,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { InvalidConfigError } from "../errors.js";
 import { ENGINE_HASH_ALGORITHMS, type EngineHashAlgorithm } from "../core/block-hasher.js";
 import type { KvEventFormat } from "../events/codec.js";
+import { DEFAULT_ENGINE_PROFILE, engineProfile } from "./profiles.js";
 
 /** Simulated step costs, in simulated milliseconds (see docs/mocker.md for the derivation). */
 export interface TimingModel {
@@ -27,15 +28,8 @@ export interface TimingModel {
   kvTransferPerTokenMs: number;
 }
 
-export const DEFAULT_TIMING: Readonly<TimingModel> = Object.freeze({
-  stepBaseMs: 6.0,
-  prefillPerTokenMs: 0.035,
-  attentionPerTokenPairMs: 1.2e-6,
-  decodePerSeqMs: 0.035,
-  decodePerContextTokenMs: 5.0e-5,
-  kvTransferBaseMs: 2.0,
-  kvTransferPerTokenMs: 0.006,
-});
+/** The default profile's timing (Llama-3.1-8B on one H100). */
+export const DEFAULT_TIMING: Readonly<TimingModel> = engineProfile(DEFAULT_ENGINE_PROFILE).timing;
 
 /** `--kv-events-config`, with vLLM's field names in camelCase. */
 export interface KvEventsConfig {
@@ -78,9 +72,14 @@ export interface MockEngineConfig {
   model: string;
   /** `--served-model-name`: names accepted in requests; the first is reported. Default [model]. */
   servedModelName?: string | string[];
+  /**
+   * A model on its GPUs (`ENGINE_PROFILE_NAMES`): the defaults of `timing` and `numGpuBlocks`.
+   * Default "llama-3.1-8b-h100".
+   */
+  profile?: string;
   /** Tokens per KV block. Default 16. */
   blockSize?: number;
-  /** Blocks in each rank's pool, the null block included, as vLLM counts them. Default 26,000. */
+  /** Blocks in each rank's pool, the null block included, as vLLM counts them. Default: the profile's (26,000). */
   numGpuBlocks?: number;
   /** Default true (vLLM v1). */
   enablePrefixCaching?: boolean;
@@ -192,7 +191,8 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     throw new InvalidConfigError(`hashAlgorithm must be one of ${ENGINE_HASH_ALGORITHMS.join(", ")}: got ${String(hashAlgorithm)}`);
   }
   const blockSize = positiveInt("blockSize", config.blockSize, 16);
-  const numGpuBlocks = positiveInt("numGpuBlocks", config.numGpuBlocks, 26_000);
+  const profile = engineProfile(config.profile ?? DEFAULT_ENGINE_PROFILE);
+  const numGpuBlocks = positiveInt("numGpuBlocks", config.numGpuBlocks, profile.numGpuBlocks);
   if (numGpuBlocks < 2) throw new InvalidConfigError("numGpuBlocks must be at least 2 (block 0 is vLLM's null block)");
   const maxModelLen = positiveInt("maxModelLen", config.maxModelLen, 131_072);
   const maxNumSeqs = positiveInt("maxNumSeqs", config.maxNumSeqs, 1024);
@@ -206,7 +206,7 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     }
     ranks = [r];
   }
-  const timing = { ...DEFAULT_TIMING, ...config.timing };
+  const timing = { ...profile.timing, ...config.timing };
   for (const [k, v] of Object.entries(timing)) nonNegative(k, v as number);
   const speedup = config.speedup ?? 1;
   if (typeof speedup !== "number" || !(speedup > 0)) throw new InvalidConfigError(`speedup must be > 0: got ${String(speedup)}`);

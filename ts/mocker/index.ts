@@ -12,6 +12,7 @@ export {
   type ResolvedMockEngineConfig,
   type TimingModel,
 } from "./config.js";
+export { DEFAULT_ENGINE_PROFILE, ENGINE_PROFILE_NAMES, engineProfile, type EngineProfile, type EngineProfileName } from "./profiles.js";
 export { EngineCore, type CoreOutput, type RequestTimings } from "./engine-core.js";
 export { MockServer, type MockServerOptions } from "./http-server.js";
 export { VllmMetrics } from "./metrics.js";

@@ -23,7 +23,7 @@ import type { WorkerGroup } from "../workers/worker-group.js";
 import { percentiles, ResultCollector, Samples, type PolicyResult, type RequestRecord } from "./result.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
-import { REPLAY_DEFAULTS, sampleIntervalFor, workerIds, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
+import { fleetEngine, REPLAY_DEFAULTS, sampleIntervalFor, workerIds, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
 
 export const DEFAULT_SPEEDUP = 5;
 
@@ -68,7 +68,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 /** The mocker flags for the engine settings a replay may change (as virtual replay applies them). */
 export function engineArgs(settings: FleetSettings): string[] {
   const e = settings.engine ?? {};
-  const out: string[] = ["--enable-per-request-metrics"];
+  const out: string[] = ["--enable-per-request-metrics", "--profile", fleetEngine(settings).profile];
   const flag = (name: string, v: number | undefined) => {
     if (v !== undefined) out.push(`--${name}`, String(v));
   };
@@ -82,6 +82,8 @@ export function engineArgs(settings: FleetSettings): string[] {
   flag("attention-per-token-pair-ms", t.attentionPerTokenPairMs);
   flag("decode-per-seq-ms", t.decodePerSeqMs);
   flag("decode-per-context-token-ms", t.decodePerContextTokenMs);
+  flag("kv-transfer-base-ms", t.kvTransferBaseMs);
+  flag("kv-transfer-per-token-ms", t.kvTransferPerTokenMs);
   return out;
 }
 
@@ -168,7 +170,7 @@ export async function runLiveReplay(options: LiveReplayOptions): Promise<PolicyR
       blockSize: options.blockSize ?? REPLAY_DEFAULTS.blockSize,
       prefixCachingHashAlgo: options.hashAlgorithm ?? REPLAY_DEFAULTS.hashAlgorithm,
       pythonHashSeed: REPLAY_DEFAULTS.hashSeed,
-      numGpuBlocksOverride: options.numGpuBlocks ?? REPLAY_DEFAULTS.numGpuBlocks,
+      numGpuBlocksOverride: fleetEngine(options).numGpuBlocks,
       speedup,
       basePort: base,
       baseEventPort: base + n,

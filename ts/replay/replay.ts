@@ -9,7 +9,8 @@ import { DEFAULT_SPEEDUP, runLiveReplay } from "./live-replay.js";
 import { renderReport } from "./report-html.js";
 import type { PolicyResult, ReplayClock, RequestRecord } from "./result.js";
 import type { Trace } from "./trace.js";
-import { REPLAY_DEFAULTS, runVirtualReplay, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
+import { engineProfile } from "../mocker/profiles.js";
+import { fleetEngine, REPLAY_DEFAULTS, runVirtualReplay, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
 
 export interface ReplayOptions extends FleetSettings {
   trace: Trace;
@@ -85,15 +86,44 @@ export function writeReports(results: readonly PolicyResult[], meta: ReportMeta,
   return out;
 }
 
-/** The settings a report lists, from the replay options. */
-export function describeSettings(o: Omit<ReplayOptions, "trace" | "policies">): Record<string, string | number> {
+/**
+ * The share of the fleet's time the trace's prompts would take to prefill with no cache hit
+ * (the timing model's prefill and attention terms, over the arrival span): how loaded the fleet
+ * is, before caching. Null for a trace without a time span.
+ */
+export function prefillLoad(trace: Trace, o: FleetSettings): number | null {
+  const reqs = trace.requests;
+  if (reqs.length < 2) return null;
+  const span = reqs[reqs.length - 1]!.timestampMs - reqs[0]!.timestampMs;
+  if (!(span > 0)) return null;
+  const t = { ...engineProfile(fleetEngine(o).profile).timing, ...o.engine?.timing };
+  let busyMs = 0;
+  for (const r of reqs) busyMs += r.inputLength * t.prefillPerTokenMs + (t.attentionPerTokenPairMs * r.inputLength * r.inputLength) / 2;
+  return busyMs / (span * o.workers);
+}
+
+/** One line on the fleet a replay runs: workers, their profile and cache, the load before caching. */
+export function describeFleet(o: FleetSettings, trace: Trace): string {
+  const fleet = fleetEngine(o);
+  const load = prefillLoad(trace, o);
+  const blocks = `${fleet.numGpuBlocks.toLocaleString("en-US")} KV blocks of ${o.blockSize ?? REPLAY_DEFAULTS.blockSize} tokens each`;
+  const loadText = load === null ? "" : `; the prompts' prefill without cache hits takes ${(load * 100).toFixed(0)}% of the fleet's time`;
+  return `fleet: ${o.workers} x ${fleet.profile} (${engineProfile(fleet.profile).description}), ${blocks}${loadText}`;
+}
+
+/** The settings a report lists, from the replay options (and the trace, for the load). */
+export function describeSettings(o: Omit<ReplayOptions, "trace" | "policies">, trace?: Trace): Record<string, string | number> {
+  const fleet = fleetEngine(o);
   const s: Record<string, string | number> = {
     clock: o.clock ?? "virtual",
     workers: o.workers,
     "block size": o.blockSize ?? REPLAY_DEFAULTS.blockSize,
-    "KV blocks per worker": o.numGpuBlocks ?? REPLAY_DEFAULTS.numGpuBlocks,
-    "metrics scrape": `${o.metricsScrapeIntervalMs ?? REPLAY_DEFAULTS.metricsScrapeIntervalMs} ms`,
+    "engine profile": `${fleet.profile} (${engineProfile(fleet.profile).description})`,
+    "KV blocks per worker": fleet.numGpuBlocks,
   };
+  const load = trace ? prefillLoad(trace, o) : null;
+  if (load !== null) s["prefill load, no cache hits"] = `${(load * 100).toFixed(0)}% of the fleet's time`;
+  s["metrics scrape"] = `${o.metricsScrapeIntervalMs ?? REPLAY_DEFAULTS.metricsScrapeIntervalMs} ms`;
   if ((o.clock ?? "virtual") === "virtual") {
     s["KV event delay"] = `${o.eventDelayMs ?? REPLAY_DEFAULTS.eventDelayMs} ms`;
     s["KV events dropped"] = `${((o.eventDropRate ?? 0) * 100).toFixed(1)}%`;
@@ -101,7 +131,6 @@ export function describeSettings(o: Omit<ReplayOptions, "trace" | "policies">): 
     s["speedup"] = `${o.speedup ?? DEFAULT_SPEEDUP}x`;
   }
   if (o.router && Object.keys(o.router).length > 0) s["router options"] = JSON.stringify(o.router);
-  s["timing model"] = "mocker defaults (Llama-3.1-8B on one H100)";
   if (o.engine?.timing) s["timing model"] = JSON.stringify(o.engine.timing);
   return s;
 }

@@ -25,6 +25,7 @@ import type { EngineHashAlgorithm } from "../core/block-hasher.js";
 import type { MockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family } from "../mocker/metrics.js";
+import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import type { KvRouterOptions, RouterEventSink } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
@@ -42,7 +43,9 @@ export interface FleetSettings {
   model?: string;
   /** Tokens per KV block (`--block-size`). */
   blockSize?: number;
-  /** KV blocks per worker (`--num-gpu-blocks-override`). */
+  /** The workers' engine profile (a model on its GPUs: timing and KV cache size). */
+  profile?: string;
+  /** KV blocks per worker (`--num-gpu-blocks-override`). Default: the profile's. */
   numGpuBlocks?: number;
   /** The engines' `--prefix-caching-hash-algo` (no effect on routing: the router keys by tokens). */
   hashAlgorithm?: EngineHashAlgorithm;
@@ -59,7 +62,11 @@ export interface FleetSettings {
 export const REPLAY_DEFAULTS = {
   model: "kvroute-replay",
   blockSize: 16,
-  numGpuBlocks: 26_000,
+  /**
+   * Replays default to 70B-class workers: at the Mooncake conversation trace's own arrival rate
+   * 8 of them have work to do, where 8B workers would idle (docs/replay.md, "The fleet").
+   */
+  profile: "llama-3.1-70b-h100-tp4" as EngineProfileName,
   hashAlgorithm: "xxhash_cbor" as EngineHashAlgorithm,
   hashSeed: "0",
   metricsScrapeIntervalMs: 1000,
@@ -126,13 +133,19 @@ export function workerIds(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `worker-${i}`);
 }
 
+/** The engine profile and KV blocks per worker a fleet runs with. */
+export function fleetEngine(s: FleetSettings): { profile: string; numGpuBlocks: number } {
+  const profile = s.profile ?? REPLAY_DEFAULTS.profile;
+  return { profile, numGpuBlocks: s.numGpuBlocks ?? engineProfile(profile).numGpuBlocks };
+}
+
 export async function runVirtualReplay(options: VirtualReplayOptions): Promise<PolicyResult> {
   const wall0 = performance.now();
   const cpu0 = process.cpuUsage();
   const { trace, policy } = options;
   const model = options.model ?? REPLAY_DEFAULTS.model;
   const blockSize = options.blockSize ?? REPLAY_DEFAULTS.blockSize;
-  const numGpuBlocks = options.numGpuBlocks ?? REPLAY_DEFAULTS.numGpuBlocks;
+  const { profile, numGpuBlocks } = fleetEngine(options);
   const hashAlgorithm = options.hashAlgorithm ?? REPLAY_DEFAULTS.hashAlgorithm;
   const eventDelay = options.eventDelayMs ?? REPLAY_DEFAULTS.eventDelayMs;
   const dropRate = options.eventDropRate ?? 0;
@@ -162,6 +175,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   };
   const engineConfig = {
     ...options.engine,
+    profile,
     model,
     blockSize,
     numGpuBlocks,

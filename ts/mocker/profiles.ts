@@ -1,0 +1,58 @@
+/**
+ * Engine profiles: a model on its GPUs, as the mocker's timing model and KV cache size. A profile
+ * sets defaults only; explicit timing fields and `numGpuBlocks` override it. The derivations are
+ * in docs/mocker.md ("Profiles"); they are order-of-magnitude numbers for routing experiments.
+ */
+import { InvalidConfigError } from "../errors.js";
+import type { TimingModel } from "./config.js";
+
+export interface EngineProfile {
+  /** One line: the model, its parallelism and GPUs. */
+  description: string;
+  timing: Readonly<TimingModel>;
+  /** KV blocks of 16 tokens per rank, as vLLM would size them (`gpu_memory_utilization` 0.9). */
+  numGpuBlocks: number;
+}
+
+const PROFILES = {
+  /** The mocker's default. */
+  "llama-3.1-8b-h100": {
+    description: "Llama-3.1-8B, bf16, one H100 SXM",
+    timing: Object.freeze({
+      stepBaseMs: 6.0,
+      prefillPerTokenMs: 0.035,
+      attentionPerTokenPairMs: 1.2e-6,
+      decodePerSeqMs: 0.035,
+      decodePerContextTokenMs: 5.0e-5,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.006,
+    }),
+    numGpuBlocks: 26_000,
+  },
+  "llama-3.1-70b-h100-tp4": {
+    description: "Llama-3.1-70B, bf16, four H100 SXM (tensor parallel 4)",
+    timing: Object.freeze({
+      stepBaseMs: 14.0,
+      prefillPerTokenMs: 0.089,
+      attentionPerTokenPairMs: 1.66e-6,
+      decodePerSeqMs: 0.089,
+      decodePerContextTokenMs: 2.9e-5,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.0037,
+    }),
+    numGpuBlocks: 26_000,
+  },
+} satisfies Record<string, EngineProfile>;
+
+export type EngineProfileName = keyof typeof PROFILES;
+
+export const ENGINE_PROFILE_NAMES = Object.keys(PROFILES) as EngineProfileName[];
+export const DEFAULT_ENGINE_PROFILE: EngineProfileName = "llama-3.1-8b-h100";
+
+/** The named profile; a clear `KVR_INVALID_CONFIG` listing the names otherwise. */
+export function engineProfile(name: string): EngineProfile {
+  if (!Object.hasOwn(PROFILES, name)) {
+    throw new InvalidConfigError(`unknown engine profile ${JSON.stringify(name)} (expected one of ${ENGINE_PROFILE_NAMES.join(", ")})`);
+  }
+  return PROFILES[name as EngineProfileName];
+}
