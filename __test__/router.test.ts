@@ -218,7 +218,8 @@ describe("KvRouter decisions", () => {
     // The starvation this guards against: a scrape shows the router's own two requests on w0;
     // they finish; comparing that scrape with the bookkeeping *afterwards* read them as two
     // external requests and priced w0 (the prefix holder) out until the next scrape.
-    const { router, advance } = setup(2, { sequenceWeight: 0 });
+    // Weights that make the arithmetic plain: a prefill block and a decode block cost 1.
+    const { router, advance } = setup(2, { overlapWeight: 1, sequenceWeight: 0 });
     const p = prompt(0, 8);
     store(router, "w0", p, 8);
     const w0 = () => router.route({ model: "m", tokens: p, explain: true, dryRun: true });

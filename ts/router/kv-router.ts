@@ -53,9 +53,9 @@ export interface KvRouterOptions {
   registry: Registry;
   /** Default `"kv"`. */
   mode?: RouterMode;
-  /** Weight of the prefill terms against the decode term. Default 1. */
+  /** Weight of the prefill terms against the decode term. Default 16 (docs/router.md, "Tuning"). */
   overlapWeight?: number;
-  /** Weight of the per-sequence context term (docs/router.md). Default 0.1. */
+  /** Weight of the per-sequence context term (docs/router.md). Default 1.6. */
   sequenceWeight?: number;
   /** 0 (default): the minimum cost; > 0: softmax sampling over costs normalized to [0, 1]. */
   temperature?: number;

@@ -32,9 +32,9 @@ pub struct KvRouterCoreOptions {
     /// The workers' PYTHONHASHSEED (unset when absent).
     pub hash_seed: Option<String>,
     pub max_engine_map_entries: Option<u32>,
-    /// Default 1.
+    /// Default 16.
     pub overlap_weight: Option<f64>,
-    /// Default 0.1.
+    /// Default 1.6.
     pub sequence_weight: Option<f64>,
     /// Default 0 (argmin).
     pub temperature: Option<f64>,

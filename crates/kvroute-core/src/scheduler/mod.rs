@@ -201,8 +201,8 @@ impl SchedulerConfig {
     pub fn new(events: EventApplierConfig) -> Self {
         SchedulerConfig {
             events,
-            overlap_weight: 1.0,
-            sequence_weight: 0.1,
+            overlap_weight: 16.0,
+            sequence_weight: 1.6,
             temperature: 0.0,
             busy_kv_usage: None,
             busy_queue_depth: None,

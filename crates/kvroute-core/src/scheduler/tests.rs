@@ -8,6 +8,8 @@ const BS: u32 = 4;
 fn sched(f: impl FnOnce(&mut SchedulerConfig)) -> Scheduler {
     let mut cfg = SchedulerConfig::new(EventApplierConfig::new(BS));
     cfg.seed = 42;
+    // The cost arithmetic below is written with w = 1 (the default, 16, only scales it).
+    cfg.overlap_weight = 1.0;
     f(&mut cfg);
     Scheduler::new(cfg).unwrap()
 }
