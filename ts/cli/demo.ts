@@ -51,7 +51,7 @@ export async function runDemo(argv: string[]): Promise<number> {
     const clock = parseClock(values.clock);
     if (!isPolicyChild()) {
       console.log(
-        `kvroute demo: ${trace.requests.length.toLocaleString("en-US")} chat requests (multi-turn conversations, shared system prompts) on ${workers} simulated vLLM workers (Llama-3.1-8B on H100 timing), ${clock} clock\n`,
+        `kvroute demo: ${trace.requests.length.toLocaleString("en-US")} chat requests (multi-turn conversations, shared system prompts) on ${workers} simulated vLLM workers, ${clock} clock`,
       );
     }
     return await runReplayWithUi({
