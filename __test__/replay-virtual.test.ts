@@ -95,9 +95,11 @@ describe("virtual-time replay", () => {
 });
 
 describe("the virtual workers' KV event batches", () => {
-  it("are byte for byte what encodeKvEventBatch writes (vLLM 0.33), removals merged", () => {
+  /** The raw event batches of a virtual worker's engine core over a small workload. */
+  function engineBatches(mergeInPool: boolean): KvEvent[][] {
     const batches: KvEvent[][] = [];
     const worker = new VirtualWorker({ model: "m", numGpuBlocks: 120, hashAlgorithm: "sha256", kvEventsConfig: { enableKvCacheEvents: true } }, () => {});
+    worker.core.pool.mergeRemovals = mergeInPool;
     // Capture the raw events the engine core hands over.
     (worker.core as unknown as { onEvents: (rank: number, events: KvEvent[]) => void }).onEvents = (_rank, events) => batches.push(events);
     let t = 0;
@@ -110,6 +112,11 @@ describe("the virtual workers' KV event batches", () => {
       }
     }
     expect(worker.core.resetPrefixCache()).toBe(true);
+    return batches;
+  }
+
+  it("are byte for byte what encodeKvEventBatch writes (vLLM 0.33), removals merged", () => {
+    const batches = engineBatches(false);
     const merged = batches.map(mergeRemovals);
     const kinds = new Set(merged.flat().map((e) => e.type));
     expect(kinds).toEqual(new Set(["BlockStored", "BlockRemoved", "AllBlocksCleared"]));
@@ -118,6 +125,17 @@ describe("the virtual workers' KV event batches", () => {
     for (const events of merged) {
       expect(writeKvEventBatch(1767225600.375, 3, events)).toEqual(encodeKvEventBatch({ ts: 1767225600.375, dataParallelRank: 3, events }, "current"));
     }
+    // A virtual worker's block pool merges them itself, as mergeRemovals would.
+    expect(engineBatches(true)).toEqual(merged);
+  });
+
+  it("write token ids of every width as encodeKvEventBatch does", () => {
+    const widths = [0, 5, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0xffff, 0x1_0000, 0x1f3f8, 0x7fff_ffff, 0xffff_ffff];
+    const tokenIds = Uint32Array.from({ length: 64 }, (_, i) => widths[(i * 5) % widths.length]!);
+    const events: KvEvent[] = [
+      { type: "BlockStored", blockHashes: [1n, 2n ** 63n, 3n, 4n], parentBlockHash: 7n, tokenIds, blockSize: 16, medium: "GPU" },
+    ];
+    expect(writeKvEventBatch(1.5, 0, events)).toEqual(encodeKvEventBatch({ ts: 1.5, dataParallelRank: 0, events }, "current"));
   });
 
   it("hashes output blocks as vLLM hashes the whole sequence (the engine hashes ahead of its output)", () => {

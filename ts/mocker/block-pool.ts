@@ -14,7 +14,7 @@
  *   too (and `BlockStored` is emitted again); evicting either copy emits `BlockRemoved` for it.
  * - P5: a block holds at most one hash (`hashOf`), set when it is cached and cleared on eviction.
  */
-import type { KvEvent } from "../events/codec.js";
+import type { BlockRemovedEvent, KvEvent } from "../events/codec.js";
 
 export const MEDIUM_GPU = "GPU";
 
@@ -31,28 +31,38 @@ export class BlockPool {
   private readonly tailSentinel: number;
   private free = 0;
   /** `hashOf` as 32-bit halves (the table's keys), without allocating bigints. */
-  private readonly hashHalves: Uint32Array;
+  private readonly hashHalves: Int32Array;
   /**
    * The cache index (P4): linear probing with backward-shift deletion, a power-of-two number of
    * slots >= 2 x blocks (a block holds at most one hash, P5). A slot holds a hash's halves and its
    * first block (-1: empty); the hash's other blocks follow through `nextSame`, oldest first.
+   * Slot i is `table[4i .. 4i + 3]`: low half, high half, block, unused (one cache line holds all
+   * of a slot: see `warm`).
    */
-  private readonly keyLo: Uint32Array;
-  private readonly keyHi: Uint32Array;
-  private readonly slotBlock: Int32Array;
+  private readonly table: Int32Array;
   private readonly nextSame: Int32Array;
   private readonly slotShift: number;
   private readonly slotMask: number;
   /** Blocks in the index. */
   private cachedCount = 0;
   private readonly scratch64 = new BigUint64Array(1);
-  private readonly scratch32 = new Uint32Array(this.scratch64.buffer);
+  private readonly scratch32 = new Int32Array(this.scratch64.buffer);
   /** Hashes held by more than one block (P4), for the debug view. */
   private duplicateCount = 0;
   /** Cumulative: blocks cached under a hash another block already held. */
   private duplicateStores = 0;
   /** Events since the last `takeEvents`, in the order they happened. */
   private events: KvEvent[] = [];
+  /**
+   * Evictions extend a BlockRemoved that is the latest event instead of each sending its own (one
+   * event listing the blocks in eviction order, as the virtual replay's batches carry them), saving
+   * an event object per evicted block. Off by default: vLLM sends one event per block.
+   */
+  mergeRemovals = false;
+  /** The latest event, when it is a BlockRemoved of evictions (`mergeRemovals`). */
+  private openRemoval: BlockRemovedEvent | null = null;
+  /** What the warming loads read (kept so that they are not optimized away). */
+  private warmSink = 0;
 
   constructor(
     numBlocks: number,
@@ -64,14 +74,12 @@ export class BlockPool {
     this.prev = new Int32Array(numBlocks + 2);
     this.next = new Int32Array(numBlocks + 2);
     this.hashOf = new BigUint64Array(numBlocks);
-    this.hashHalves = new Uint32Array(this.hashOf.buffer);
+    this.hashHalves = new Int32Array(this.hashOf.buffer);
     this.hashed = new Uint8Array(numBlocks);
     const bits = Math.max(4, Math.ceil(Math.log2(2 * numBlocks)));
     this.slotShift = 32 - bits;
     this.slotMask = (1 << bits) - 1;
-    this.keyLo = new Uint32Array(1 << bits);
-    this.keyHi = new Uint32Array(1 << bits);
-    this.slotBlock = new Int32Array(1 << bits).fill(-1);
+    this.table = new Int32Array(4 << bits).fill(-1);
     this.nextSame = new Int32Array(numBlocks).fill(-1);
     this.headSentinel = numBlocks;
     this.tailSentinel = numBlocks + 1;
@@ -110,7 +118,7 @@ export class BlockPool {
   lookup(hash: bigint): number {
     this.scratch64[0] = hash;
     const slot = this.findSlot(this.scratch32[0]!, this.scratch32[1]!);
-    return slot < 0 ? -1 : this.slotBlock[slot]!;
+    return slot < 0 ? -1 : this.table[4 * slot + 2]!;
   }
 
   /** Takes a reference on each block, removing free ones from the free queue (prefix hits). */
@@ -126,15 +134,38 @@ export class BlockPool {
    * that was cached is evicted from the prefix cache first (BlockRemoved).
    */
   allocate(n: number): number[] {
+    if (n <= 0) return [];
     const out: number[] = new Array(n);
-    for (let i = 0; i < n; i++) {
-      const b = this.next[this.headSentinel]!;
-      this.unlink(b);
-      if (this.enableCaching) this.evict(b);
-      this.refCnt[b] = 1;
-      out[i] = b;
+    // The queue's first n blocks leave it at once; then their index slots are read in one pass
+    // (see `warm`) before they are evicted.
+    let last = this.headSentinel;
+    for (let i = 0; i < n; i++) out[i] = last = this.next[last]!;
+    const rest = this.next[last]!;
+    this.next[this.headSentinel] = rest;
+    this.prev[rest] = this.headSentinel;
+    this.free -= n;
+    if (this.enableCaching) {
+      let sink = 0;
+      for (const b of out) {
+        if (this.hashed[b] === 1) sink ^= this.nextSame[b]! ^ this.table[4 * this.home(this.hashHalves[2 * b]!, this.hashHalves[2 * b + 1]!) + 2]!;
+      }
+      this.warmSink = sink;
+      for (const b of out) this.evict(b);
     }
+    for (const b of out) this.refCnt[b] = 1;
     return out;
+  }
+
+  /**
+   * Reads the index slots where `hashes[from..to)` go, before they are cached: the index is
+   * megabytes per engine and each access misses the CPU caches; in a loop of independent loads
+   * the misses overlap instead of coming one after the other.
+   */
+  warm(hashes: BigUint64Array, from: number, to: number): void {
+    const halves = new Int32Array(hashes.buffer, hashes.byteOffset, 2 * hashes.length);
+    let sink = 0;
+    for (let i = from; i < to; i++) sink ^= this.table[4 * this.home(halves[2 * i]!, halves[2 * i + 1]!) + 2]!;
+    this.warmSink = sink;
   }
 
   /**
@@ -165,14 +196,14 @@ export class BlockPool {
     const slot = this.findSlot(lo, hi);
     this.nextSame[block] = -1;
     if (slot < 0) {
-      const free = ~slot;
-      this.keyLo[free] = lo;
-      this.keyHi[free] = hi;
-      this.slotBlock[free] = block;
+      const at = 4 * ~slot;
+      this.table[at] = lo;
+      this.table[at + 1] = hi;
+      this.table[at + 2] = block;
       return true;
     }
     // Another block holds it already (P4): this one goes last.
-    let last = this.slotBlock[slot]!;
+    let last = this.table[4 * slot + 2]!;
     if (this.nextSame[last] === -1) this.duplicateCount++;
     while (this.nextSame[last] !== -1) last = this.nextSame[last]!;
     this.nextSame[last] = block;
@@ -181,19 +212,22 @@ export class BlockPool {
   }
 
   pushEvent(event: KvEvent): void {
-    if (this.enableEvents) this.events.push(event);
+    if (!this.enableEvents) return;
+    this.events.push(event);
+    this.openRemoval = null;
   }
 
   takeEvents(): KvEvent[] {
     const ev = this.events;
     this.events = [];
+    this.openRemoval = null;
     return ev;
   }
 
   /** vLLM's `reset_prefix_cache`: only when no block is in use; emits AllBlocksCleared. */
   resetPrefixCache(): boolean {
     if (this.numUsed !== 0) return false;
-    this.slotBlock.fill(-1);
+    this.table.fill(-1);
     this.nextSame.fill(-1);
     this.cachedCount = 0;
     this.hashed.fill(0);
@@ -205,8 +239,8 @@ export class BlockPool {
   /** Distinct hashes in the prefix cache. */
   cachedHashes(): bigint[] {
     const out: bigint[] = [];
-    for (let i = 0; i < this.slotBlock.length; i++) {
-      const b = this.slotBlock[i]!;
+    for (let i = 2; i < this.table.length; i += 4) {
+      const b = this.table[i]!;
       if (b >= 0) out.push(this.hashOf[b]!);
     }
     return out;
@@ -229,12 +263,12 @@ export class BlockPool {
     this.hashed[block] = 0;
     const slot = this.findSlot(this.hashHalves[2 * block]!, this.hashHalves[2 * block + 1]!);
     if (slot < 0) return;
-    const first = this.slotBlock[slot]!;
+    const first = this.table[4 * slot + 2]!;
     if (first === block) {
       const next = this.nextSame[block]!;
       if (next === -1) this.deleteSlot(slot);
       else {
-        this.slotBlock[slot] = next;
+        this.table[4 * slot + 2] = next;
         if (this.nextSame[next] === -1) this.duplicateCount--;
       }
     } else {
@@ -242,11 +276,16 @@ export class BlockPool {
       while (this.nextSame[prev] !== -1 && this.nextSame[prev] !== block) prev = this.nextSame[prev]!;
       if (this.nextSame[prev] !== block) return;
       this.nextSame[prev] = this.nextSame[block]!;
-      if (this.slotBlock[slot] === prev && this.nextSame[prev] === -1) this.duplicateCount--;
+      if (this.table[4 * slot + 2] === prev && this.nextSame[prev] === -1) this.duplicateCount--;
     }
     this.nextSame[block] = -1;
     this.cachedCount--;
-    this.pushEvent({ type: "BlockRemoved", blockHashes: [this.hashOf[block]!], medium: MEDIUM_GPU, groupIdx: 0 });
+    if (this.openRemoval !== null) this.openRemoval.blockHashes.push(this.hashOf[block]!);
+    else {
+      const removed: BlockRemovedEvent = { type: "BlockRemoved", blockHashes: [this.hashOf[block]!], medium: MEDIUM_GPU, groupIdx: 0 };
+      this.pushEvent(removed);
+      if (this.mergeRemovals && this.enableEvents) this.openRemoval = removed;
+    }
   }
 
   /** The hash's home slot: its halves mixed, top bits (Fibonacci hashing). */
@@ -257,26 +296,29 @@ export class BlockPool {
   /** The slot holding the hash, or ~(the empty slot where it would go). */
   private findSlot(lo: number, hi: number): number {
     const mask = this.slotMask;
+    const t = this.table;
     for (let i = this.home(lo, hi); ; i = (i + 1) & mask) {
-      if (this.slotBlock[i] === -1) return ~i;
-      if (this.keyLo[i] === lo && this.keyHi[i] === hi) return i;
+      const at = 4 * i;
+      if (t[at + 2] === -1) return ~i;
+      if (t[at] === lo && t[at + 1] === hi) return i;
     }
   }
 
   /** Empties a slot, shifting later entries of its probe run back (no tombstones). */
   private deleteSlot(slot: number): void {
     const mask = this.slotMask;
+    const t = this.table;
     let i = slot;
-    for (let j = (slot + 1) & mask; this.slotBlock[j] !== -1; j = (j + 1) & mask) {
-      const k = this.home(this.keyLo[j]!, this.keyHi[j]!);
+    for (let j = (slot + 1) & mask; t[4 * j + 2] !== -1; j = (j + 1) & mask) {
+      const k = this.home(t[4 * j]!, t[4 * j + 1]!);
       // The entry at j may move to i unless its home lies cyclically in (i, j].
       if (i <= j ? i < k && k <= j : i < k || k <= j) continue;
-      this.keyLo[i] = this.keyLo[j]!;
-      this.keyHi[i] = this.keyHi[j]!;
-      this.slotBlock[i] = this.slotBlock[j]!;
+      t[4 * i] = t[4 * j]!;
+      t[4 * i + 1] = t[4 * j + 1]!;
+      t[4 * i + 2] = t[4 * j + 2]!;
       i = j;
     }
-    this.slotBlock[i] = -1;
+    t[4 * i + 2] = -1;
   }
 
   private unlink(b: number): void {

@@ -48,6 +48,11 @@ export interface CoreRequestInit {
   stopTokenIds: readonly number[];
   stop: readonly string[];
   includeStopStrInOutput: boolean;
+  /**
+   * vLLM's `SamplingParams.detokenize`: false skips the output text (outputs carry tokens only),
+   * for callers that never read it (the virtual replay). Requires no stop strings.
+   */
+  detokenize: boolean;
   /** Mixed into the sampled tokens (request `seed`, choice index for n > 1). */
   sampleSeed: number;
   lora: LoraRef | null;
@@ -89,10 +94,16 @@ export type OutputSink = (out: CoreOutput) => void;
 
 type Status = "waiting" | "running" | "transferring" | "finished";
 
+/** Output tokens the block hashes run ahead of a request's tokens (see `ensureHashes`). */
+const HASH_AHEAD = 1024;
+
 class CoreRequest {
   readonly id: string;
   readonly promptLen: number;
-  /** Prompt then output tokens; capacity grows by doubling. */
+  /**
+   * Prompt then output tokens; capacity grows by doubling. Past `numTokens` it may hold the toy
+   * model's next tokens (hashed ahead), which sampling then appends.
+   */
   tokens: Uint32Array;
   numTokens: number;
   numComputed = 0;
@@ -129,7 +140,7 @@ class CoreRequest {
   ) {
     this.id = init.requestId;
     this.promptLen = init.promptTokenIds.length;
-    this.tokens = new Uint32Array(Math.max(16, this.promptLen + Math.min(init.maxTokens, 64)));
+    this.tokens = new Uint32Array(Math.max(16, this.promptLen + Math.min(init.maxTokens, HASH_AHEAD)));
     this.tokens.set(init.promptTokenIds);
     this.numTokens = this.promptLen;
     this.maxStop = init.stop.length > 0 ? Math.max(...init.stop.map((s) => s.length)) : 0;
@@ -140,12 +151,16 @@ class CoreRequest {
   }
 
   append(token: number): void {
-    if (this.numTokens === this.tokens.length) {
-      const grown = new Uint32Array(this.tokens.length * 2);
-      grown.set(this.tokens);
-      this.tokens = grown;
-    }
+    if (this.numTokens === this.tokens.length) this.reserve(this.numTokens + 1);
     this.tokens[this.numTokens++] = token;
+  }
+
+  /** Capacity for at least `n` tokens. */
+  reserve(n: number): void {
+    if (n <= this.tokens.length) return;
+    const grown = new Uint32Array(Math.max(n, this.tokens.length * 2));
+    grown.set(this.tokens);
+    this.tokens = grown;
   }
 }
 
@@ -314,7 +329,9 @@ export class EngineCore {
       const complete = ["remote_engine_id", "remote_request_id", "remote_host", "remote_port"].every((k) => k in kt);
       if (Array.isArray(ids) && ids.flat().length > 0 && complete) req.remotePrefill = kt;
     }
-    if (this.hasher) req.hashes = this.hasher.hash(req.tokens.subarray(0, req.promptLen), extra);
+    // The prompt and the first output tokens in one go (see ensureHashes): the request's first
+    // output blocks then do not hash its whole prompt again.
+    if (this.hasher) this.hashAhead(req, Math.max(req.promptLen, Math.min(this.hashLimit(req), req.promptLen + HASH_AHEAD)));
     this.requests.set(req.id, req);
     this.waiting.push(req);
     this.adds++;
@@ -613,24 +630,31 @@ export class EngineCore {
    * so extending them means hashing from the start: to keep that from happening at every output
    * block (prompt x output / blockSize work), the hashes run ahead over the tokens the model will
    * generate next (`modelToken`: the toy model's output is a function of the prompt), up to 1,024
-   * tokens or as many as generated so far beyond what exists. A hash is used only once its block is
-   * full of real tokens, which are those predicted ones.
+   * tokens or as many as generated so far beyond what exists (from the request's arrival on). A
+   * hash is used only once its block is full of real tokens, which are those predicted ones.
    */
   private ensureHashes(req: CoreRequest, numBlocks: number): void {
     if (!this.hasher || req.hashes.length >= numBlocks) return;
     const B = this.config.blockSize;
     const full = Math.floor(req.numTokens / B);
     const want = Math.max(numBlocks, full) * B;
-    const limit = Math.min(this.config.maxModelLen, req.promptLen + req.maxTokens);
-    const end = req.numOutput > 0 ? Math.max(want, Math.min(limit, req.numTokens + Math.max(1024, req.numOutput))) : want;
-    if (end <= req.numTokens) {
-      req.hashes = this.hasher.hash(req.tokens.subarray(0, end), req.extraKeys);
-      return;
-    }
-    const ahead = new Uint32Array(end);
-    ahead.set(req.tokens.subarray(0, req.numTokens));
-    for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) ahead[i] = this.modelToken(req, k);
-    req.hashes = this.hasher.hash(ahead, req.extraKeys);
+    const end = req.numOutput > 0 ? Math.max(want, Math.min(this.hashLimit(req), req.numTokens + Math.max(HASH_AHEAD, req.numOutput))) : want;
+    this.hashAhead(req, end);
+  }
+
+  /** The most tokens `req` can have. */
+  private hashLimit(req: CoreRequest): number {
+    return Math.min(this.config.maxModelLen, req.promptLen + req.maxTokens);
+  }
+
+  /**
+   * Sets `req.hashes` to the hashes of its first `end` tokens: its own, then the toy model's next
+   * ones, written past its tokens (where sampling appends the very same ones: no copy).
+   */
+  private hashAhead(req: CoreRequest, end: number): void {
+    req.reserve(end);
+    for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) req.tokens[i] = this.modelToken(req, k);
+    req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
   }
 
   /** The token the toy model emits at output position `k` (0-based) of `req`: what `sample` appends. */
@@ -648,6 +672,7 @@ export class EngineCore {
     const B = this.config.blockSize;
     const start = req.numCachedBlocks;
     const stored: bigint[] = [];
+    this.pool.warm(req.hashes, start, numFull);
     for (let i = start; i < numFull; i++) {
       const h = req.hashes[i]!;
       if (this.pool.cacheBlock(req.blocks[i]!, h)) stored.push(h);
@@ -658,16 +683,23 @@ export class EngineCore {
     const salt = req.init.cacheSalt;
     const extraKeys: (string[] | null)[] = [];
     for (let i = start; i < numFull; i++) {
+      const salted = i === 0 && salt;
+      // Most blocks have no extra keys: no array for them.
+      if (!lora && !salted) {
+        extraKeys.push(null);
+        continue;
+      }
       const keys: string[] = [];
       if (lora) keys.push(lora.name);
-      if (i === 0 && salt) keys.push(salt);
-      extraKeys.push(keys.length > 0 ? keys : null);
+      if (salted) keys.push(salt);
+      extraKeys.push(keys);
     }
     const event: BlockStoredEvent = {
       type: "BlockStored",
       blockHashes: stored,
       parentBlockHash: start === 0 ? null : req.hashes[start - 1]!,
-      tokenIds: req.tokens.slice(start * B, numFull * B),
+      // A view, not a copy: tokens below `numTokens` never change (a grown array keeps the old one).
+      tokenIds: req.tokens.subarray(start * B, numFull * B),
       blockSize: B,
       loraId: lora ? lora.id : null,
       medium: MEDIUM_GPU,
@@ -744,8 +776,9 @@ export class EngineCore {
     const token = this.modelToken(req, req.numOutput);
     req.append(token);
     req.numOutput = k;
-    const piece = tokenText(token);
-    req.unsent += piece;
+    // Without detokenization no text is built: the per-token string work is most of a decode step.
+    const piece = init.detokenize ? tokenText(token) : "";
+    if (piece.length > 0) req.unsent += piece;
 
     const first = req.timings.firstToken === null;
     if (first) {

@@ -30,6 +30,8 @@ export interface GenerateRequest {
   stopTokenIds?: readonly number[];
   stop?: readonly string[];
   includeStopStrInOutput?: boolean;
+  /** vLLM's `detokenize` (default true): false, outputs carry no text (no stop strings then). */
+  detokenize?: boolean;
   /** Sampling seed: requests with the same prompt and seed generate the same tokens. */
   seed?: number;
   /** A served model name or a LoRA module name; default the base model. */
@@ -178,6 +180,11 @@ export function coreRequestInit(
   if (!Number.isInteger(maxTokens) || maxTokens < 1) {
     throw new InvalidInputError(`max_tokens must be at least 1, got ${maxTokens}.`);
   }
+  const detokenize = request.detokenize ?? true;
+  // As vLLM's SamplingParams: stop strings are matched in the detokenized text.
+  if (!detokenize && (request.stop?.length ?? 0) > 0) {
+    throw new InvalidInputError("stop strings are only supported when detokenize is True. Set detokenize=True to use stop.");
+  }
   const init: CoreRequestInit = {
     requestId: request.requestId,
     promptTokenIds: prompt,
@@ -187,6 +194,7 @@ export function coreRequestInit(
     stopTokenIds: request.stopTokenIds ?? [],
     stop: request.stop ?? [],
     includeStopStrInOutput: request.includeStopStrInOutput ?? false,
+    detokenize,
     sampleSeed: request.seed ?? 0,
     lora,
     cacheSalt: request.cacheSalt ?? null,

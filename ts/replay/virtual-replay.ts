@@ -168,10 +168,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const queue = new EventQueue<Kind>();
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
+  // A batch's buffer goes back to its worker once applied or dropped (VirtualWorker.release).
   const publisher = (id: string, w: number) => (payload: Buffer) => {
-    if (dropRate > 0 && drop() < dropRate) return;
-    if (eventDelay <= 0) sink.applyEventBatch(id, payload, 0);
-    else queue.push(now + eventDelay, Kind.Deliver, w, payload);
+    if (dropRate > 0 && drop() < dropRate) engines[w]!.release(payload);
+    else if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
+    else {
+      sink.applyEventBatch(id, payload, 0);
+      engines[w]!.release(payload);
+    }
   };
   const engineConfig = {
     ...options.engine,
@@ -303,6 +307,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
             break;
           case Kind.Deliver:
             sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
+            engines[e.worker]!.release(e.payload!);
             break;
           case Kind.Scrape:
             scrape();
@@ -341,11 +346,16 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   });
 }
 
-/** What a live replay sends, as the engine's request (same fields, same defaults). */
+/**
+ * What a live replay sends, as the engine's request (same fields, same defaults). Nobody reads the
+ * output text here, so it is not detokenized (as vLLM's `detokenize=False`), unless stop strings
+ * need it.
+ */
 function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Array, now: number) {
-  if (req.hashIds) return { requestId, promptTokenIds: tokens, maxTokens: req.maxTokens, ignoreEos: true, arrivalTime: now };
+  if (req.hashIds) return { requestId, promptTokenIds: tokens, maxTokens: req.maxTokens, ignoreEos: true, detokenize: false, arrivalTime: now };
   const body = req.openai!.body;
   const num = (k: string) => (typeof body[k] === "number" ? (body[k] as number) : undefined);
+  const stop = typeof body["stop"] === "string" ? [body["stop"]] : Array.isArray(body["stop"]) ? (body["stop"] as string[]) : undefined;
   return {
     requestId,
     promptTokenIds: tokens,
@@ -353,7 +363,8 @@ function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Arr
     minTokens: num("min_tokens"),
     ignoreEos: body["ignore_eos"] === true,
     stopTokenIds: Array.isArray(body["stop_token_ids"]) ? (body["stop_token_ids"] as number[]) : undefined,
-    stop: typeof body["stop"] === "string" ? [body["stop"]] : Array.isArray(body["stop"]) ? (body["stop"] as string[]) : undefined,
+    stop,
+    detokenize: stop !== undefined && stop.length > 0,
     seed: num("seed"),
     cacheSalt: req.openai!.cacheSalt,
     arrivalTime: now,

@@ -6,8 +6,9 @@
  * by `writeKvEventBatch`).
  *
  * One difference from the live wire, for speed: a step's consecutive single-block BlockRemoved
- * events (vLLM sends one per evicted block) are merged into one BlockRemoved listing those blocks.
- * The router applies the same removals in the same order; it just decodes fewer events.
+ * events (vLLM sends one per evicted block) are merged into one BlockRemoved listing those blocks
+ * (by the block pool, `mergeRemovals`, as `mergeRemovals` below would). The router applies the
+ * same removals in the same order; it just decodes fewer events.
  */
 import type { BlockRemovedEvent, KvEvent } from "../events/codec.js";
 import { resolveMockEngineConfig, type MockEngineConfig, type ResolvedMockEngineConfig } from "../mocker/config.js";
@@ -16,12 +17,19 @@ import { VllmMetrics } from "../mocker/metrics.js";
 import { coreRequestInit, type GenerateRequest } from "../mocker/mock-engine.js";
 import { writeKvEventBatch } from "./kv-batch-writer.js";
 
+/** Bytes of a spare batch buffer (a large prefill's batch fits). */
+const SPARE_BYTES = 1 << 17;
+/** Spare batch buffers kept at most. */
+const MAX_SPARES = 64;
+
 export class VirtualWorker {
   readonly config: ResolvedMockEngineConfig;
   readonly metrics: VllmMetrics;
   readonly core: EngineCore;
+  /** Buffers of batches handed back (`release`), to write later batches into. */
+  private readonly spares: Buffer[] = [];
 
-  /** `publish` gets each step's KV event batch (msgpack bytes), when the step ends. */
+  /** `publish` gets each step's KV event batch (msgpack bytes), when the step ends (see `release`). */
   constructor(config: MockEngineConfig, publish: (payload: Buffer) => void) {
     const resolved = resolveMockEngineConfig({ ...config, zeroTime: true });
     // As MockEngine.start: an unspecified max_model_len is fitted to the KV cache (vLLM 0.33).
@@ -30,8 +38,22 @@ export class VirtualWorker {
     this.config = resolved;
     this.metrics = new VllmMetrics(resolved.maxModelLen);
     this.core = new EngineCore(resolved, 0, this.metrics.engine(resolved.servedModelNames[0]!, 0), (rank, events) =>
-      publish(writeKvEventBatch(0, rank, mergeRemovals(events))),
+      publish(writeKvEventBatch(0, rank, events, this.spares.pop())),
     );
+    this.core.pool.mergeRemovals = true;
+  }
+
+  /**
+   * Takes back a batch `publish` got, once nothing reads it any more (applied or dropped): a spare
+   * buffer (its own, if large enough) that a later batch is written into. Batches come at a high
+   * rate (the prompts' token ids), and a fresh buffer for each costs allocations and garbage
+   * collections (of memory outside the JS heap).
+   */
+  release(payload: Buffer): void {
+    if (this.spares.length >= MAX_SPARES) return;
+    // Only a whole buffer of its own (not a slice of a shared one) can be written over.
+    const own = payload.byteOffset === 0 && payload.buffer.byteLength >= SPARE_BYTES;
+    this.spares.push(own ? Buffer.from(payload.buffer) : Buffer.allocUnsafeSlow(SPARE_BYTES));
   }
 
   /** Validates and queues a request as `MockEngine.submit` does (throws InvalidInputError as vLLM would refuse it). */

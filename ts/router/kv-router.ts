@@ -402,9 +402,21 @@ export class KvRouter implements RequestLifecycle {
         );
       }
     };
+    // The outcome comes back packed (a native object's properties cost more than applying a small batch).
+    const packed = new Uint32Array(7);
     const apply = (workerId: string, payload: Uint8Array, dpRank: number | undefined): ApplyEventBatchResult => {
       const m = state();
-      const result = m.core.applyEventBatch(workerId, payload, dpRank ?? null);
+      const malformed = m.core.applyEventBatchInto(workerId, payload, dpRank ?? null, packed);
+      const result: ApplyEventBatchResult = {
+        events: packed[0]!,
+        stored: packed[1]!,
+        removed: packed[2]!,
+        cleared: packed[3]!,
+        skipped: packed[4]!,
+        skippedKnown: packed[5]!,
+        dpRank: packed[6]!,
+      };
+      if (malformed !== null) result.malformed = malformed;
       counts.batches++;
       fed.add(workerId);
       if (result.malformed !== undefined && result.malformed !== null) counts.malformed++;

@@ -310,6 +310,42 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `n` values read as [`Reader::read_u32`] would (the caller checked `n` against the bytes
+    /// left). Token ids are most of a batch's bytes, and their width varies at random (uint16 or
+    /// uint32 for a 128k vocabulary): while 8 bytes remain, each value's length comes from its
+    /// marker by arithmetic and its bits from one big-endian 8-byte load, with no branch on the
+    /// width; other forms go through `read_u32`.
+    pub fn read_u32s(&mut self, n: usize) -> MpResult<Vec<u32>> {
+        let mut out = Vec::with_capacity(n);
+        let buf = self.buf;
+        let mut pos = self.pos;
+        while out.len() < n && pos + 8 <= buf.len() {
+            let m = buf[pos];
+            // positive fixint: 1 byte; 0xcc, 0xcd, 0xce (uint8/16/32): 2, 3, 5 bytes.
+            let fix = m < 0x80;
+            if !fix && !(0xcc..=0xce).contains(&m) {
+                break;
+            }
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&buf[pos..pos + 8]);
+            let w = u64::from_be_bytes(word);
+            let bytes = if fix { 0 } else { 1u32 << (m - 0xcc) };
+            let v = if fix {
+                m as u32
+            } else {
+                // The value's `bytes` bytes follow the marker (top byte of `w`).
+                ((w << 8) >> (64 - 8 * bytes)) as u32
+            };
+            out.push(v);
+            pos += 1 + bytes as usize;
+        }
+        self.pos = pos;
+        while out.len() < n {
+            out.push(self.read_u32()?);
+        }
+        Ok(out)
+    }
+
     #[cold]
     fn read_u32_slow(&mut self) -> MpResult<u32> {
         let start = self.pos;
@@ -882,6 +918,52 @@ mod tests {
         let mut r = Reader::new(&deep);
         r.skip_value().unwrap();
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn read_u32s_reads_as_read_u32() {
+        // Every width, at every distance from the end, then forms only the slow path reads.
+        let values = [
+            0u64,
+            5,
+            0x7f,
+            0x80,
+            0xff,
+            0x100,
+            0xffff,
+            0x1_0000,
+            0x1f3f8,
+            0xffff_ffff,
+        ];
+        let mut w = Writer::new();
+        for i in 0..40 {
+            w.uint(values[(i * 7) % values.len()]);
+        }
+        let mut bytes = w.into_inner();
+        bytes.extend([0xcf, 0, 0, 0, 0, 0, 0, 0, 9, 0xd0, 5, 0x2a, 0xcd, 1, 2]);
+        for skip in 0..45 {
+            for n in 0..(45 - skip) {
+                let mut a = Reader::new(&bytes);
+                let mut b = Reader::new(&bytes);
+                for _ in 0..skip {
+                    a.read_u32().unwrap();
+                    b.read_u32().unwrap();
+                }
+                let want: Vec<u32> = (0..n).map(|_| a.read_u32().unwrap()).collect();
+                assert_eq!(b.read_u32s(n).unwrap(), want);
+                assert_eq!(b.pos(), a.pos());
+            }
+        }
+        // Out of range or negative: the same error at the same offset.
+        for bad in [
+            &[0x01, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0][..],
+            &[0x01, 0xff, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let mut a = Reader::new(bad);
+            a.read_u32().unwrap();
+            let want = a.read_u32().unwrap_err();
+            assert_eq!(Reader::new(bad).read_u32s(2).unwrap_err(), want);
+        }
     }
 
     #[test]

@@ -467,11 +467,7 @@ fn read_hashes(r: &mut Reader<'_>) -> MpResult<BlockHashes> {
 #[inline]
 fn read_u32_list(r: &mut Reader<'_>) -> MpResult<Vec<u32>> {
     let n = r.read_array_len()?;
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        v.push(r.read_u32()?);
-    }
-    Ok(v)
+    r.read_u32s(n)
 }
 
 fn read_extra_keys(r: &mut Reader<'_>) -> MpResult<ExtraKeys> {
