@@ -23,21 +23,10 @@ import {
   type EventBus,
 } from "../ts/index.js";
 import { NatsServer } from "./helpers/nats-server.js";
+import { mulberry32 as rng } from "../ts/util/prng.js";
 
 const BLOCK = 16;
 const BLOCKS_PER_PROMPT = 8;
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Step =
   | { kind: "batch"; workerId: string; dpRank: number; seq: bigint; payload: Buffer }

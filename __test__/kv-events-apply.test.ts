@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { decodeKvEventBatch, encodeKvEventBatch, type KvEventBatch } from "../ts/events/codec.js";
 import { BlockHasher, InvalidConfigError, InvalidInputError, KvIndexer } from "../ts/index.js";
+import { mulberry32 as rng } from "../ts/util/prng.js";
 
 interface GoldenCase {
   name: string;
@@ -30,18 +31,6 @@ const golden: GoldenFile[] = readdirSync(dir)
 const byVersion = (v: string) => golden.find((g) => g.vllm_version === v)!;
 const payload = (c: GoldenCase) => Buffer.from(c.payload_hex, "hex");
 const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("KvIndexer.applyEventBatch", () => {
   it("applies vLLM's golden frames of every release (engine keying) to the expected state", () => {

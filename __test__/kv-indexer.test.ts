@@ -1,17 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { BlockHasher, KvIndexer } from "../ts/index.js";
-
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from "../ts/util/prng.js";
 
 /** The definition, naively: per (worker, rank), the set of (key, tier) it holds. */
 class ReferenceIndex {

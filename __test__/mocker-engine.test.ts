@@ -8,23 +8,12 @@ import { BlockHasher } from "../ts/core/block-hasher.js";
 import { decodeKvEventBatch, type DecodedKvEventBatch } from "../ts/events/codec.js";
 import { floatToGoString, pyFloatRepr } from "../ts/mocker/metrics.js";
 import { MockEngine, resolveHashSeed, toyTokenizer, type MockEngineConfig } from "../ts/mocker/index.js";
+import { mulberry32 as rng } from "../ts/util/prng.js";
 
 const engines: MockEngine[] = [];
 afterEach(async () => {
   await Promise.all(engines.splice(0).map((e) => e.close()));
 });
-
-/** mulberry32 */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const tokens = (n: number, start = 1) => Array.from({ length: n }, (_, i) => start + i);
 

@@ -11,6 +11,7 @@ import { KvIndexer } from "../ts/core/kv-indexer.js";
 import { VllmEventSource, type KvEventSink } from "../ts/events/index.js";
 import { metric, startMocker, type MockerProcess } from "./helpers/mocker-process.js";
 import { freePorts, waitUntil } from "./helpers/zmq-peer.js";
+import { mulberry32 as rng } from "../ts/util/prng.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const cli = `${root}dist/cli.mjs`;
@@ -32,18 +33,6 @@ async function post(url: string, path: string, body: unknown, headers: Record<st
 
 async function getJson(url: string, path: string) {
   return (await (await fetch(url + path)).json()) as Record<string, any>;
-}
-
-/** mulberry32 */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** A KvIndexer fed by a VllmEventSource; remembers the last seq applied per rank. */

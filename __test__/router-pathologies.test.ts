@@ -7,10 +7,10 @@
  */
 import { describe, expect, it } from "vitest";
 import { KvRouter, MemoryRegistry, type KvRouterOptions, type WorkerRecord } from "../ts/index.js";
+import { mulberry32 } from "../ts/util/prng.js";
 import {
   affinityPolicy,
   FleetSim,
-  mulberry32,
   roundRobinPolicy,
   routerPolicy,
   sharedPrefixWorkload,

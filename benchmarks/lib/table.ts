@@ -1,5 +1,6 @@
 /** Tiny helpers shared by the benchmarks: timing, percentiles, a deterministic PRNG, tables. */
 import os from "node:os";
+export { mulberry32 as rng } from "../../ts/util/prng.js";
 
 export function percentile(sorted: number[], p: number): number {
   return sorted[Math.round((sorted.length - 1) * p)] ?? NaN;
@@ -29,18 +30,6 @@ export function latencies(iterations: number, fn: (i: number) => void): number[]
     out[i] = Number(process.hrtime.bigint() - t) / 1000;
   }
   return out.sort((a, b) => a - b);
-}
-
-/** splitmix64-style PRNG over BigInt-free 32-bit math (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface Row {

@@ -35,6 +35,7 @@ import { ResultCollector, type PolicyResult, type RequestRecord } from "./result
 import { VirtualWorker } from "./virtual-worker.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
+import { mulberry32 } from "../util/prng.js";
 
 /** Settings shared by both clocks (defaults in `REPLAY_DEFAULTS`). */
 export interface FleetSettings {
@@ -387,13 +388,3 @@ function virtualRecord(id: string, model: string, blockSize: number, engine: Vir
   };
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -12,7 +12,7 @@
  */
 import type { Trace, TraceRequest } from "./trace.js";
 import { MOONCAKE_BLOCK_TOKENS } from "./trace.js";
-import { mulberry32 } from "./virtual-replay.js";
+import { mulberry32 } from "../util/prng.js";
 
 export interface ChatWorkloadOptions {
   /** Conversations. Default 300. */

@@ -17,6 +17,7 @@ import { BlockHasher } from "../../core/block-hasher.js";
 import { encodeKvEventBatch, type KvEvent } from "../../events/codec.js";
 import type { KvEventSink } from "../../events/types.js";
 import type { KvRouter } from "../kv-router.js";
+import { mulberry32 } from "../../util/prng.js";
 
 export interface SimRequest {
   id: string;
@@ -356,13 +357,3 @@ export function sharedPrefixWorkload(options: {
   });
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

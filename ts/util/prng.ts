@@ -1,0 +1,15 @@
+/**
+ * mulberry32: a small, fast, seeded PRNG over 32-bit integer math (no BigInt). Everything that
+ * must reproduce from a seed — the router simulator, replay event drops, generated workloads,
+ * benchmarks and tests — draws from this one definition.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
