@@ -19,6 +19,9 @@ use kvroute_core::extra_keys::{BlockExtraKeys, ExtraKeys, MmFeature};
 use kvroute_core::indexer::Matches;
 use serde_json::Value;
 
+mod common;
+use common::XorShift;
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -779,20 +782,6 @@ fn bytes_parents_and_dp_ranks() {
 // Garbage
 // ---------------------------------------------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn garbage_payloads_are_counted_and_leave_the_index_sound() {
     let seeds: Vec<Vec<u8>> = fixtures()
@@ -814,7 +803,7 @@ fn garbage_payloads_are_counted_and_leave_the_index_sound() {
             cfg.hash_algorithm = Some(HashAlgorithm::Sha256);
         }
         let mut ap = EventApplier::new(cfg).unwrap();
-        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut rng = XorShift(0x9e3779b97f4a7c15);
         let (mut ok, mut bad) = (0u64, 0u64);
         for i in 0..6000 {
             let mut p = seeds[rng.below(seeds.len())].clone();

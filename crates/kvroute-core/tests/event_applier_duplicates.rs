@@ -16,6 +16,9 @@ use kvroute_core::events::{
 use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::indexer::{Matches, MAX_TIERS};
 
+mod common;
+use common::XorShift;
+
 const BS: usize = 4;
 const KEYINGS: [Keying; 2] = [Keying::Tokens, Keying::Engine];
 
@@ -429,23 +432,6 @@ fn engine_keying_forgets_a_count_whose_holding_was_removed_directly() {
 // Against a reference multiset
 // ---------------------------------------------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 const WORKERS: [&str; 2] = ["a", "b"];
 const RANKS: u32 = 2;
 const TIERS: [&str; 2] = ["GPU", "CPU"];
@@ -533,7 +519,7 @@ fn random_run(keying: Keying, seed: u64, steps: usize) {
     let all_hashes: Vec<u64> = prompts.iter().flat_map(|p| p.hashes.clone()).collect();
     let mut ap = applier(keying);
     let mut reference = Reference::default();
-    let mut rng = Rng(seed);
+    let mut rng = XorShift(seed);
     let mut dups = 0u64;
     for step in 0..steps {
         let w = WORKERS[rng.below(WORKERS.len())];

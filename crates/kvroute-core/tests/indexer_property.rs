@@ -4,24 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kvroute_core::indexer::{Indexer, Matches, MAX_TIERS};
 
-/// splitmix64: a tiny, good-enough PRNG (no dependencies).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+mod common;
+use common::Rng;
 
 type SlotKey = (String, u32);
 /// A match: (slot, blocks, tier_blocks), the slot named by the model or by the indexer.
