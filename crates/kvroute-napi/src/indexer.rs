@@ -223,24 +223,42 @@ pub(crate) fn apply_result(
     }
 }
 
-fn applier_config(options: KvIndexerOptions) -> napi::Result<EventApplierConfig> {
-    if options.block_size == 0 {
+/// The event-applier settings the indexer and the router share, checked.
+pub(crate) fn event_applier_config(
+    block_size: u32,
+    keying: Option<&str>,
+    hash_algorithm: Option<&str>,
+    hash_seed: Option<String>,
+    max_engine_map_entries: Option<u32>,
+) -> napi::Result<EventApplierConfig> {
+    if block_size == 0 {
         return Err(invalid_config("blockSize must be > 0"));
     }
-    let mut cfg = EventApplierConfig::new(options.block_size);
-    if let Some(k) = options.keying.as_deref() {
+    let mut cfg = EventApplierConfig::new(block_size);
+    if let Some(k) = keying {
         cfg.keying = k.parse::<Keying>().map_err(to_napi)?;
     }
-    if let Some(a) = options.hash_algorithm.as_deref() {
+    if let Some(a) = hash_algorithm {
         cfg.hash_algorithm = Some(a.parse::<HashAlgorithm>().map_err(to_napi)?);
     }
-    cfg.hash_seed = options.hash_seed;
-    if let Some(n) = options.max_engine_map_entries {
+    cfg.hash_seed = hash_seed;
+    if let Some(n) = max_engine_map_entries {
         if n == 0 {
             return Err(invalid_config("maxEngineMapEntries must be > 0"));
         }
         cfg.max_engine_map_entries = n as usize;
     }
+    Ok(cfg)
+}
+
+fn applier_config(options: KvIndexerOptions) -> napi::Result<EventApplierConfig> {
+    let mut cfg = event_applier_config(
+        options.block_size,
+        options.keying.as_deref(),
+        options.hash_algorithm.as_deref(),
+        options.hash_seed,
+        options.max_engine_map_entries,
+    )?;
     if let Some(n) = options.parity_first {
         cfg.parity_first = n;
     }

@@ -4,8 +4,6 @@
 //! the caller's reused `Float64Array`, so the JS side never loops over blocks and allocates
 //! nothing per decision but the decision object it builds.
 
-use kvroute_core::engine_hash::HashAlgorithm;
-use kvroute_core::event_applier::{EventApplierConfig, Keying};
 use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::scheduler::{
     Decision, Mode, Role, RouteRequest, Scheduler, SchedulerConfig, WorkerMetrics,
@@ -14,7 +12,7 @@ use napi::bindgen_prelude::{Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, to_napi};
-use crate::indexer::{apply_result, ApplyEventBatchResult, KvEventStats};
+use crate::indexer::{apply_result, event_applier_config, ApplyEventBatchResult, KvEventStats};
 
 /// Words of the packed decision header (see `route`).
 pub const ROUTE_HEADER: u32 = 8;
@@ -92,23 +90,13 @@ pub struct KvRouterCoreStats {
 }
 
 fn config(o: KvRouterCoreOptions) -> napi::Result<SchedulerConfig> {
-    if o.block_size == 0 {
-        return Err(invalid_config("blockSize must be > 0"));
-    }
-    let mut ev = EventApplierConfig::new(o.block_size);
-    if let Some(k) = o.keying.as_deref() {
-        ev.keying = k.parse::<Keying>().map_err(to_napi)?;
-    }
-    if let Some(a) = o.hash_algorithm.as_deref() {
-        ev.hash_algorithm = Some(a.parse::<HashAlgorithm>().map_err(to_napi)?);
-    }
-    ev.hash_seed = o.hash_seed;
-    if let Some(n) = o.max_engine_map_entries {
-        if n == 0 {
-            return Err(invalid_config("maxEngineMapEntries must be > 0"));
-        }
-        ev.max_engine_map_entries = n as usize;
-    }
+    let ev = event_applier_config(
+        o.block_size,
+        o.keying.as_deref(),
+        o.hash_algorithm.as_deref(),
+        o.hash_seed,
+        o.max_engine_map_entries,
+    )?;
     let mut c = SchedulerConfig::new(ev);
     if let Some(v) = o.overlap_weight {
         c.overlap_weight = v;
