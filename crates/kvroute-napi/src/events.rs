@@ -159,8 +159,13 @@ unsafe fn elements(
     Ok(out)
 }
 
-/// The bytes of a Buffer or Uint8Array, `None` for anything else.
-unsafe fn bytes_of<'a>(env: sys::napi_env, v: sys::napi_value) -> Result<Option<&'a [u8]>> {
+/// `(data, length in elements)` of a typed array of type `want`, `None` for anything else
+/// (`data` is null when it is empty).
+unsafe fn typed_array_of(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    want: sys::napi_typedarray_type,
+) -> Result<Option<(*const std::ffi::c_void, usize)>> {
     let mut is = false;
     check(
         unsafe { sys::napi_is_typedarray(env, v, &mut is) },
@@ -177,45 +182,43 @@ unsafe fn bytes_of<'a>(env: sys::napi_env, v: sys::napi_value) -> Result<Option<
         },
         "typedarray info",
     )?;
-    if t != sys::TypedarrayType::uint8_array {
+    if t != want {
         return Ok(None);
     }
-    Ok(Some(if len == 0 || data.is_null() {
-        &[]
-    } else {
-        // SAFETY: napi reports `len` bytes at `data`, alive while the value is.
-        unsafe { std::slice::from_raw_parts(data as *const u8, len) }
+    Ok(Some((
+        if len == 0 {
+            ptr::null()
+        } else {
+            data as *const _
+        },
+        len,
+    )))
+}
+
+/// The bytes of a Buffer or Uint8Array, `None` for anything else.
+unsafe fn bytes_of<'a>(env: sys::napi_env, v: sys::napi_value) -> Result<Option<&'a [u8]>> {
+    let found = unsafe { typed_array_of(env, v, sys::TypedarrayType::uint8_array) }?;
+    Ok(found.map(|(data, len)| {
+        if data.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: napi reports `len` bytes at `data`, alive while the value is.
+            unsafe { std::slice::from_raw_parts(data as *const u8, len) }
+        }
     }))
 }
 
 /// `Some(u32 array)` for a Uint32Array, `None` for anything else.
 unsafe fn u32s_of(env: sys::napi_env, v: sys::napi_value) -> Result<Option<Vec<u32>>> {
-    let mut is = false;
-    check(
-        unsafe { sys::napi_is_typedarray(env, v, &mut is) },
-        "is_typedarray",
-    )?;
-    if !is {
-        return Ok(None);
-    }
-    let (mut t, mut len, mut data) = (0, 0usize, ptr::null_mut());
-    let (mut ab, mut off) = (ptr::null_mut(), 0usize);
-    check(
-        unsafe {
-            sys::napi_get_typedarray_info(env, v, &mut t, &mut len, &mut data, &mut ab, &mut off)
-        },
-        "typedarray info",
-    )?;
-    if t != sys::TypedarrayType::uint32_array {
-        return Ok(None);
-    }
-    if len == 0 || data.is_null() {
-        return Ok(Some(Vec::new()));
-    }
-    // SAFETY: a Uint32Array's data is `len` aligned u32s.
-    Ok(Some(
-        unsafe { std::slice::from_raw_parts(data as *const u32, len) }.to_vec(),
-    ))
+    let found = unsafe { typed_array_of(env, v, sys::TypedarrayType::uint32_array) }?;
+    Ok(found.map(|(data, len)| {
+        if data.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a Uint32Array's data is `len` aligned u32s.
+            unsafe { std::slice::from_raw_parts(data as *const u32, len) }.to_vec()
+        }
+    }))
 }
 
 unsafe fn number(env: sys::napi_env, v: sys::napi_value, field: &CStr) -> Result<f64> {
