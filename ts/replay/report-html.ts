@@ -7,6 +7,7 @@
  * a group of `<rect>`s.
  */
 import type { PolicyResult } from "./result.js";
+import { ms, pct } from "./terminal.js";
 
 export interface ReportInput {
   title?: string;
@@ -35,8 +36,6 @@ const color = (policy: string) => COLORS[policy] ?? "#475569";
 
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 const f1 = (x: number) => (Math.round(x * 10) / 10).toString();
-const fmtMs = (x: number) => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${Math.round(x)} ms`);
-const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 interface Series {
   name: string;
@@ -275,12 +274,12 @@ function summaryTable(results: readonly PolicyResult[]): string {
     [
       `<span class="dot" style="background:${color(r.policy)}"></span>${esc(r.policy)}${r.partial ? " <em>(partial)</em>" : ""}`,
       pct(r.hitRate),
-      fmtMs(r.ttftMs.p50),
-      fmtMs(r.ttftMs.p90),
-      fmtMs(r.ttftMs.p99),
-      fmtMs(r.e2eMs.p50),
-      fmtMs(r.e2eMs.p90),
-      fmtMs(r.e2eMs.p99),
+      ms(r.ttftMs.p50),
+      ms(r.ttftMs.p90),
+      ms(r.ttftMs.p99),
+      ms(r.e2eMs.p50),
+      ms(r.e2eMs.p90),
+      ms(r.e2eMs.p99),
       Math.round(r.throughput).toLocaleString("en-US"),
       r.imbalance.toFixed(2),
       r.routerCpuUsPerRequest.toFixed(1),
@@ -298,7 +297,7 @@ function cards(results: readonly PolicyResult[]): string {
       if (kv && r !== kv && r.ttftMs.p50 > 0) {
         delta = `<p class="delta">kv: ${r.hitRate > 0 ? `${(kv.hitRate / r.hitRate).toFixed(1)}× the hit rate, ` : ""}${Math.round((1 - kv.ttftMs.p50 / r.ttftMs.p50) * 100)}% lower TTFT p50</p>`;
       }
-      return `<div class="card" style="border-top-color:${color(r.policy)}"><h3>${esc(r.policy)}</h3><div class="big"><div><b>${pct(r.hitRate)}</b><span>prefix-cache hit rate</span></div><div><b>${fmtMs(r.ttftMs.p50)}</b><span>TTFT p50</span></div><div><b>${fmtMs(r.ttftMs.p99)}</b><span>TTFT p99</span></div></div>${delta}</div>`;
+      return `<div class="card" style="border-top-color:${color(r.policy)}"><h3>${esc(r.policy)}</h3><div class="big"><div><b>${pct(r.hitRate)}</b><span>prefix-cache hit rate</span></div><div><b>${ms(r.ttftMs.p50)}</b><span>TTFT p50</span></div><div><b>${ms(r.ttftMs.p99)}</b><span>TTFT p99</span></div></div>${delta}</div>`;
     })
     .join("");
 }

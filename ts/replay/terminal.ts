@@ -1,8 +1,10 @@
 /** The replay's terminal output: the results table and a one-line progress bar. */
 import type { PolicyResult } from "./result.js";
 
-const ms = (x: number) => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${Math.round(x)} ms`);
-const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+/** Simulated milliseconds as the tables show them: "413 ms", "14.4 s" from 10 s on. */
+export const ms = (x: number) => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${Math.round(x)} ms`);
+/** A fraction as a percentage with one decimal. */
+export const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 /** The results as an aligned text table, one row per policy. */
 export function resultsTable(results: readonly PolicyResult[]): string {
