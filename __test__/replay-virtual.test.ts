@@ -8,12 +8,12 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { BlockHasher } from "../ts/core/block-hasher.js";
-import { encodeKvEventBatch, type KvEvent } from "../ts/events/codec.js";
+import { encodeKvEventBatch, type BlockRemovedEvent, type KvEvent } from "../ts/events/codec.js";
 import { writeKvEventBatch } from "../ts/replay/kv-batch-writer.js";
 import type { PolicyResult } from "../ts/replay/result.js";
 import { readTrace } from "../ts/replay/trace.js";
 import { runVirtualReplay } from "../ts/replay/virtual-replay.js";
-import { mergeRemovals, VirtualWorker } from "../ts/replay/virtual-worker.js";
+import { VirtualWorker } from "../ts/replay/virtual-worker.js";
 import { chatWorkload } from "../ts/replay/workload.js";
 
 const MOONCAKE = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "shared", "traces", "mooncake_conversation.jsonl");
@@ -168,3 +168,29 @@ describe("the virtual workers' KV event batches", () => {
     expect(mergeRemovals(untouched)).toBe(untouched);
   });
 });
+
+/**
+ * The reference for the block pool's `mergeRemovals`: runs of BlockRemoved events (same medium
+ * and group) merged into one event each.
+ */
+function mergeRemovals(events: KvEvent[]): KvEvent[] {
+  let out: KvEvent[] | null = null;
+  let run: BlockRemovedEvent | null = null;
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    if (e.type === "BlockRemoved" && run !== null && run.medium === e.medium && run.groupIdx === e.groupIdx) {
+      if (out === null) out = events.slice(0, i);
+      run.blockHashes.push(...e.blockHashes);
+      continue;
+    }
+    if (e.type === "BlockRemoved") {
+      run = { ...e, blockHashes: [...e.blockHashes] };
+      if (out === null) out = events.slice(0, i);
+      out.push(run);
+      continue;
+    }
+    run = null;
+    out?.push(e);
+  }
+  return out ?? events;
+}

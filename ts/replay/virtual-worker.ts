@@ -7,10 +7,9 @@
  *
  * One difference from the live wire, for speed: a step's consecutive single-block BlockRemoved
  * events (vLLM sends one per evicted block) are merged into one BlockRemoved listing those blocks
- * (by the block pool, `mergeRemovals`, as `mergeRemovals` below would). The router applies the
- * same removals in the same order; it just decodes fewer events.
+ * (by the block pool, `BlockPool.mergeRemovals`). The router applies the same removals in the
+ * same order; it just decodes fewer events.
  */
-import type { BlockRemovedEvent, KvEvent } from "../events/codec.js";
 import { resolveMockEngineConfig, type MockEngineConfig, type ResolvedMockEngineConfig } from "../mocker/config.js";
 import { EngineCore, type CoreOutput } from "../mocker/engine-core.js";
 import { VllmMetrics } from "../mocker/metrics.js";
@@ -60,27 +59,4 @@ export class VirtualWorker {
   submit(request: GenerateRequest & { requestId: string; promptTokenIds: Uint32Array; arrivalTime: number }, sink: (out: CoreOutput) => void): void {
     this.core.add(coreRequestInit(this.config, request, null), sink);
   }
-}
-
-/** Merges runs of BlockRemoved events (same medium and group) into one event each. */
-export function mergeRemovals(events: KvEvent[]): KvEvent[] {
-  let out: KvEvent[] | null = null;
-  let run: BlockRemovedEvent | null = null;
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i]!;
-    if (e.type === "BlockRemoved" && run !== null && run.medium === e.medium && run.groupIdx === e.groupIdx) {
-      if (out === null) out = events.slice(0, i);
-      run.blockHashes.push(...e.blockHashes);
-      continue;
-    }
-    if (e.type === "BlockRemoved") {
-      run = { ...e, blockHashes: [...e.blockHashes] };
-      if (out === null) out = events.slice(0, i);
-      out.push(run);
-      continue;
-    }
-    run = null;
-    out?.push(e);
-  }
-  return out ?? events;
 }
