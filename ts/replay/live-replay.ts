@@ -21,9 +21,8 @@ import { findFreePortRange } from "../workers/ports.js";
 import { launchTopology } from "../workers/topology.js";
 import type { WorkerGroup } from "../workers/worker-group.js";
 import { percentiles, ResultCollector, Samples, type PolicyResult, type RequestRecord } from "./result.js";
-import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
-import { fleetEngine, REPLAY_DEFAULTS, sampleIntervalFor, workerIds, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
+import { fleetEngine, REPLAY_DEFAULTS, replayRouter, sampleIntervalFor, workerIds, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
 
 export const DEFAULT_SPEEDUP = 5;
 
@@ -130,14 +129,7 @@ export async function runLiveReplay(options: LiveReplayOptions): Promise<PolicyR
   const registry = new MemoryRegistry();
   // The router's clock is simulated time too, so its TTLs (speculative credit, metrics) mean what
   // they mean in a virtual replay.
-  const router = new TimedRouter({
-    ...options.router,
-    registry,
-    mode: policy,
-    seed: options.seed ?? REPLAY_DEFAULTS.seed,
-    clock: () => performance.now() * speedup,
-    log: () => {},
-  });
+  const router = replayRouter(options, policy, registry, () => performance.now() * speedup);
   const agent = new Agent({ connections: 256, keepAliveTimeout: 30_000, headersTimeout: 0, bodyTimeout: 0 });
   const abort = new AbortController();
   // Every request in flight listens to it.

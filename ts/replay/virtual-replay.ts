@@ -134,6 +134,11 @@ export function workerIds(n: number): string[] {
   return Array.from({ length: n }, (_, i) => `worker-${i}`);
 }
 
+/** The router a replay (either clock) routes with: the fleet's options, quiet, on `clock`. */
+export function replayRouter(o: FleetSettings & { seed?: number }, policy: RouterMode, registry: MemoryRegistry, clock: () => number): TimedRouter {
+  return new TimedRouter({ ...o.router, registry, mode: policy, seed: o.seed ?? REPLAY_DEFAULTS.seed, clock, log: () => {} });
+}
+
 /** The engine profile and KV blocks per worker a fleet runs with. */
 export function fleetEngine(s: FleetSettings): { profile: string; numGpuBlocks: number } {
   const profile = s.profile ?? REPLAY_DEFAULTS.profile;
@@ -158,14 +163,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
 
   let now = 0;
   const registry = new MemoryRegistry();
-  const router = new TimedRouter({
-    ...options.router,
-    registry,
-    mode: policy,
-    seed: options.seed ?? REPLAY_DEFAULTS.seed,
-    clock: () => now,
-    log: () => {},
-  });
+  const router = replayRouter(options, policy, registry, () => now);
   const queue = new EventQueue<Kind>();
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
