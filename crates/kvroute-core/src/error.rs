@@ -8,6 +8,9 @@ pub enum ErrorCode {
     InvalidConfig,
     /// An input value is malformed (bad token id, bad hash length...).
     InvalidInput,
+    /// A tokenizer folder cannot be used (a file missing or malformed, a chat template that does
+    /// not compile); the message names the file and the cause.
+    TokenizerLoad,
 }
 
 impl ErrorCode {
@@ -15,6 +18,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidConfig => "KVR_INVALID_CONFIG",
             ErrorCode::InvalidInput => "KVR_INVALID_INPUT",
+            ErrorCode::TokenizerLoad => "KVR_TOKENIZER_LOAD",
         }
     }
 }
@@ -29,6 +33,12 @@ impl Error {
     pub fn config(message: impl Into<String>) -> Self {
         Error {
             code: ErrorCode::InvalidConfig,
+            message: message.into(),
+        }
+    }
+    pub fn tokenizer_load(message: impl Into<String>) -> Self {
+        Error {
+            code: ErrorCode::TokenizerLoad,
             message: message.into(),
         }
     }

@@ -1,0 +1,23 @@
+//! vLLM-exact prompt tokenization for kvroute: a Hugging Face model folder's tokenizer and chat
+//! template, applied as vLLM 0.33's OpenAI server applies them, so the router keys a request by
+//! the very token ids the engine will hash (docs/tokenization.md).
+//!
+//! - [`model_dir`]: which files of the folder say what (tokenizer, special tokens, templates).
+//! - [`template`]: the chat template, rendered as transformers' Jinja2 environment does.
+//! - [`pyjson`]: Python's `json.dumps` and `str()` forms of template values.
+//! - [`conversation`]: the request body rewritten as vLLM rewrites it before rendering.
+//! - [`pretokenize`] and `fast_encoder`: the fast path for GPT-4-style byte-level BPE.
+//! - [`segments`]: incremental encoding of rendered chats, piece by piece through a bounded LRU.
+//! - [`tokenizer`]: [`ModelTokenizer`], which ties them together.
+
+mod clock;
+pub mod conversation;
+mod fast_encoder;
+pub mod model_dir;
+pub mod pretokenize;
+pub mod pyjson;
+pub mod segments;
+pub mod template;
+pub mod tokenizer;
+
+pub use tokenizer::{CacheStats, ModelTokenizer, DEFAULT_CACHE_TOKENS};

@@ -1,0 +1,395 @@
+//! [`ModelTokenizer`]: one model's tokenizer and chat template, encoding prompts into exactly the
+//! token ids vLLM 0.33 computes: `/v1/completions` text with special tokens (BOS where the
+//! tokenizer adds one), `/v1/chat/completions` rendered through the template and encoded without
+//! them. Chat encoding goes through the segment cache (src/segments.rs) when the tokenizer allows
+//! it, and is always equal to a full encode.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kvroute_core::Error;
+use minijinja::value::Value;
+use serde_json::{Map, Value as Json};
+use tokenizers::Tokenizer;
+
+use crate::conversation::{self, ContentFormat, TemplateInput};
+use crate::fast_encoder::FastEncoder;
+use crate::model_dir;
+use crate::segments::{Piece, SegmentCache, Splitter};
+use crate::template::ChatTemplate;
+
+/// Token ids the segment cache holds by default (~16 MiB of ids).
+pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
+
+struct LoadedTemplate {
+    template: ChatTemplate,
+    format: ContentFormat,
+    developer_role: bool,
+    /// The template's text names "content" (transformers requires it for continue_final_message).
+    mentions_content: bool,
+}
+
+pub struct ModelTokenizer {
+    inner: Tokenizer,
+    special_tokens: Map<String, Json>,
+    default_template: Option<LoadedTemplate>,
+    tool_use_template: Option<LoadedTemplate>,
+    splitter: Option<Splitter>,
+    /// Present only with `splitter` (it encodes text free of added tokens).
+    fast: Option<FastEncoder>,
+    /// What `add_special_tokens` puts around a sequence (BOS for Llama 3), when that does not
+    /// depend on the sequence.
+    special_affixes: Option<(Vec<u32>, Vec<u32>)>,
+    cache: Mutex<SegmentCache>,
+}
+
+/// Counters of the segment cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub pieces: usize,
+    pub tokens: usize,
+}
+
+impl ModelTokenizer {
+    /// Loads a Hugging Face model folder; see src/model_dir.rs for the files read.
+    pub fn from_dir(dir: &Path) -> Result<Self, Error> {
+        Self::from_dir_with_cache(dir, DEFAULT_CACHE_TOKENS)
+    }
+
+    pub fn from_dir_with_cache(dir: &Path, cache_tokens: usize) -> Result<Self, Error> {
+        let files = model_dir::read(dir)?;
+        let mut inner = Tokenizer::from_file(&files.tokenizer_json).map_err(|e| {
+            Error::tokenizer_load(format!("{}: {e}", files.tokenizer_json.display()))
+        })?;
+        // transformers resets the file's truncation and padding on every call; so does vLLM's
+        // encode (it truncates, if at all, by its own parameters).
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::tokenizer_load(e.to_string()))?;
+        inner.with_padding(None);
+        let load =
+            |t: &Option<(String, std::path::PathBuf)>| -> Result<Option<LoadedTemplate>, Error> {
+                let Some((source, path)) = t else {
+                    return Ok(None);
+                };
+                let template = ChatTemplate::compile(source).map_err(|e| {
+                    Error::tokenizer_load(format!("{}: chat template: {e}", path.display()))
+                })?;
+                Ok(Some(LoadedTemplate {
+                    template,
+                    format: conversation::detect_content_format(source),
+                    developer_role: conversation::supports_developer_role(source),
+                    mentions_content: source.contains("content"),
+                }))
+            };
+        let default_template = load(&files.chat_template)?;
+        let tool_use_template = load(&files.tool_use_template)?;
+        let mut special_tokens = Map::new();
+        for (name, text) in files.special_tokens {
+            special_tokens.insert(name, Json::String(text));
+        }
+        let splitter = Splitter::for_tokenizer(&inner);
+        let fast = splitter
+            .as_ref()
+            .and_then(|_| FastEncoder::for_tokenizer(&inner));
+        let special_affixes = special_affixes(&inner);
+        Ok(ModelTokenizer {
+            inner,
+            special_tokens,
+            default_template,
+            tool_use_template,
+            splitter,
+            fast,
+            special_affixes,
+            cache: Mutex::new(SegmentCache::new(cache_tokens)),
+        })
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.default_template.is_some() || self.tool_use_template.is_some()
+    }
+
+    /// Whether chat prompts are encoded piece by piece through the cache.
+    pub fn incremental(&self) -> bool {
+        self.splitter.is_some()
+    }
+
+    /// Whether the fast byte-level BPE path (src/fast_encoder.rs) encodes this model's text.
+    pub fn fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// `text` as `tokenizer.encode(text, add_special_tokens=...)`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
+        let affixes = if add_special_tokens {
+            self.special_affixes.as_ref()
+        } else {
+            Some(&NO_AFFIXES)
+        };
+        let (Some(fast), Some(splitter), Some((prefix, suffix))) =
+            (&self.fast, &self.splitter, affixes)
+        else {
+            return self.encode_general(text, add_special_tokens);
+        };
+        let mut ids = Vec::with_capacity(text.len() / 3 + prefix.len() + suffix.len());
+        ids.extend_from_slice(prefix);
+        for piece in splitter.split(text) {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => fast
+                    .encode_piece(&self.inner, t, &mut ids)
+                    .map_err(tokenizer_error)?,
+            }
+        }
+        ids.extend_from_slice(suffix);
+        Ok(ids)
+    }
+
+    /// The `tokenizers` crate's own encode (the reference the fast path is tested against).
+    pub fn encode_general(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
+        self.inner
+            .encode_fast(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(tokenizer_error)
+    }
+
+    /// Ids of text free of added tokens (one piece of a rendered chat).
+    fn encode_piece(&self, text: &str) -> Result<Vec<u32>, Error> {
+        match &self.fast {
+            Some(fast) => {
+                let mut ids = Vec::with_capacity(text.len() / 3);
+                fast.encode_piece(&self.inner, text, &mut ids)
+                    .map_err(tokenizer_error)?;
+                Ok(ids)
+            }
+            None => self.encode_general(text, false),
+        }
+    }
+
+    /// The prompt text vLLM renders for a chat request body (an OpenAI `/v1/chat/completions`
+    /// JSON object), with the request's `add_special_tokens`.
+    pub fn render_chat(&self, request: &Json) -> Result<(String, bool), Error> {
+        let has_tools = matches!(request.get("tools"), Some(Json::Array(t)) if !t.is_empty());
+        let loaded = match (&self.tool_use_template, &self.default_template, has_tools) {
+            (Some(t), _, true) => t,
+            (_, Some(t), _) => t,
+            (Some(t), None, false) => t,
+            (None, None, _) => {
+                return Err(Error::input(
+                    "this model's tokenizer folder has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)",
+                ))
+            }
+        };
+        let input = conversation::from_request(
+            request,
+            loaded.format,
+            loaded.template.variables(),
+            loaded.developer_role,
+        )
+        .map_err(Error::input)?;
+        let rendered = self.render(loaded, &input)?;
+        Ok((rendered, input.add_special_tokens))
+    }
+
+    fn render(&self, loaded: &LoadedTemplate, input: &TemplateInput) -> Result<String, Error> {
+        let mut context = self.special_tokens.clone();
+        for (k, v) in &input.kwargs {
+            context.insert(k.clone(), v.clone());
+        }
+        let mut messages = input.messages.clone();
+        if input.continue_final_message {
+            mark_final_message(&mut messages, loaded.mentions_content)?;
+        }
+        context.insert("messages".into(), Json::Array(messages));
+        let rendered = loaded
+            .template
+            .render(&Value::from_serialize(&context))
+            .map_err(|e| Error::input(format!("chat template: {e}")))?;
+        if input.continue_final_message {
+            return cut_at_final_mark(rendered, input.messages.last());
+        }
+        Ok(rendered)
+    }
+
+    /// A chat request's token ids, as vLLM computes them.
+    pub fn encode_chat(&self, request: &Json) -> Result<Vec<u32>, Error> {
+        let (rendered, add_special_tokens) = self.render_chat(request)?;
+        if add_special_tokens {
+            return self.encode(&rendered, true);
+        }
+        self.encode_pieces(&rendered)
+    }
+
+    /// `encode(text, false)`, piece by piece through the cache where that is exact.
+    pub fn encode_pieces(&self, text: &str) -> Result<Vec<u32>, Error> {
+        let Some(splitter) = &self.splitter else {
+            return self.encode(text, false);
+        };
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        for piece in splitter.split(text) {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => {
+                    let key = SegmentCache::key(t);
+                    let cached = self
+                        .cache
+                        .lock()
+                        .map_err(|_| Error::input("segment cache poisoned"))?
+                        .get(key);
+                    let piece_ids = match cached {
+                        Some(p) => p,
+                        None => {
+                            let p: Arc<[u32]> = Arc::from(self.encode_piece(t)?);
+                            if let Ok(mut cache) = self.cache.lock() {
+                                cache.insert(key, p.clone());
+                            }
+                            p
+                        }
+                    };
+                    ids.extend_from_slice(&piece_ids);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        match self.cache.lock() {
+            Ok(c) => CacheStats {
+                hits: c.hits,
+                misses: c.misses,
+                pieces: c.len(),
+                tokens: c.held(),
+            },
+            Err(_) => CacheStats::default(),
+        }
+    }
+
+    /// Forgets every cached piece (benchmarks measure cold encodes with it).
+    pub fn clear_cache(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            let capacity = c.capacity();
+            *c = SegmentCache::new(capacity);
+        }
+    }
+
+    /// The id of a token's text, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Token ids back to text, special tokens kept (for the parity check's log lines).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_default()
+    }
+}
+
+static NO_AFFIXES: (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+
+fn tokenizer_error(e: impl std::fmt::Display) -> Error {
+    Error::input(format!("tokenizer: {e}"))
+}
+
+/// The ids the post-processor adds around a sequence with `add_special_tokens`, found by encoding
+/// two probes both ways; None when they differ between the probes (content-dependent).
+fn special_affixes(tokenizer: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    let mut found: Option<(Vec<u32>, Vec<u32>)> = None;
+    for probe in ["a", "Hello world 42"] {
+        let with = tokenizer.encode_fast(probe, true).ok()?.get_ids().to_vec();
+        let without = tokenizer.encode_fast(probe, false).ok()?.get_ids().to_vec();
+        let at = (0..=with.len().checked_sub(without.len())?)
+            .find(|&i| with[i..i + without.len()] == without[..])?;
+        let affixes = (with[..at].to_vec(), with[at + without.len()..].to_vec());
+        match &found {
+            Some(f) if *f != affixes => return None,
+            _ => found = Some(affixes),
+        }
+    }
+    found
+}
+
+/// transformers' `continue_final_message`: a tag is appended to the final message's text (its
+/// last text part when content is a list), the template rendered, and the prompt cut at the tag,
+/// so the model continues that message.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+
+fn mark_final_message(messages: &mut [Json], template_mentions_content: bool) -> Result<(), Error> {
+    let final_message = messages.last_mut().and_then(|m| m.get_mut("content"));
+    let Some(content) = final_message.filter(|c| !c.is_null()) else {
+        return Err(Error::input(
+            "continue_final_message is set but the final message has no \"content\" to continue!",
+        ));
+    };
+    if !template_mentions_content {
+        return Err(Error::input(
+            "continue_final_message is set to \"content\" but this is not an accepted field in the chat_template",
+        ));
+    }
+    match content {
+        Json::String(s) => s.push_str(CONTINUE_TAG),
+        Json::Array(parts) => {
+            let text = parts
+                .iter_mut()
+                .rev()
+                .find_map(|p| match p.get_mut("text") {
+                    Some(Json::String(t)) => Some(t),
+                    _ => None,
+                });
+            match text {
+                Some(t) => t.push_str(CONTINUE_TAG),
+                None => {
+                    return Err(Error::input(
+                        "continue_final_message is set but we could not find any text to continue in the final message!",
+                    ))
+                }
+            }
+        }
+        _ => {
+            return Err(Error::input(
+                "continue_final_message: the final message's content is not text",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn cut_at_final_mark(rendered: String, last: Option<&Json>) -> Result<String, Error> {
+    let final_text = match last.and_then(|m| m.get("content")) {
+        Some(Json::String(s)) => s.as_str(),
+        Some(Json::Array(parts)) => parts
+            .iter()
+            .rev()
+            .find_map(|p| p.get("text").and_then(Json::as_str))
+            .unwrap_or(""),
+        _ => "",
+    };
+    let tag = CONTINUE_TAG.trim_end();
+    if !rendered.contains(python_strip(final_text)) || !rendered.contains(tag) {
+        return Err(Error::input(
+            "continue_final_message is set but the final message does not appear in the chat after applying the chat template! This can happen if the chat template deletes portions of the final message. Please verify the chat template and final message in your chat to ensure they are compatible.",
+        ));
+    }
+    let at = rendered.rfind(tag).unwrap_or(rendered.len());
+    if rendered[at..].starts_with(CONTINUE_TAG) {
+        Ok(rendered[..at].to_string())
+    } else {
+        // The template trimmed the tag's space: trailing whitespace of the message is gone too.
+        Ok(python_rstrip(&rendered[..at]).to_string())
+    }
+}
+
+/// Python's `str.isspace` (Unicode White_Space plus the ASCII separators 0x1c-0x1f).
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()`.
+pub fn python_strip(s: &str) -> &str {
+    s.trim_matches(python_space)
+}
+
+fn python_rstrip(s: &str) -> &str {
+    s.trim_end_matches(python_space)
+}
