@@ -33,6 +33,13 @@ export class InvalidInputError extends KvrouteError {
   }
 }
 
+/** A tokenizer folder cannot be used: the message names the file and the cause. */
+export class TokenizerLoadError extends KvrouteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("KVR_TOKENIZER_LOAD", message, options);
+  }
+}
+
 const NATIVE_CODE = /^(KVR_[A-Z_]+): ([\s\S]*)$/;
 
 /** Converts an error thrown by the native addon into the matching typed error. */
@@ -42,6 +49,7 @@ export function fromNative(err: unknown): KvrouteError {
   const match = NATIVE_CODE.exec(message);
   if (match?.[1] === "KVR_INVALID_CONFIG") return new InvalidConfigError(match[2] ?? "", { cause: err });
   if (match?.[1] === "KVR_INVALID_INPUT") return new InvalidInputError(match[2] ?? "", { cause: err });
+  if (match?.[1] === "KVR_TOKENIZER_LOAD") return new TokenizerLoadError(match[2] ?? "", { cause: err });
   return new KvrouteError("KVR_INTERNAL", message, { cause: err });
 }
 

@@ -24,6 +24,7 @@ export {
   fromNative,
   InvalidConfigError,
   InvalidInputError,
+  TokenizerLoadError,
   KvrouteError,
   type KvrouteErrorCode,
 } from "./errors.js";
@@ -106,6 +107,15 @@ export type {
   RouterMode,
   WorkerTarget,
 } from "./router/types.js";
+export {
+  Tokenizer,
+  type ChatRequest,
+  type ChatRequestMessage,
+  type ChatTemplateOptions,
+  type EncodeOptions,
+  type TokenizerCacheStats,
+  type TokenizerOptions,
+} from "./tokenizer/index.js";
 export { MemoryRegistry, validateRecord, type RegistryChange } from "./registry/memory-registry.js";
 export {
   BadRequestError,

@@ -7,6 +7,7 @@ pub mod events;
 mod hasher;
 mod indexer;
 mod router;
+mod tokenizer;
 
 use napi_derive::napi;
 

@@ -1,0 +1,127 @@
+//! `NativeTokenizer`: a model folder's tokenizer and chat template (kvroute-tokenizer), one call
+//! per prompt. Chat requests cross as JSON text or the request body's bytes, so the gateway never
+//! builds a JS object graph for Rust to walk.
+
+use std::path::Path;
+
+use kvroute_tokenizer::{ModelTokenizer, DEFAULT_CACHE_TOKENS};
+use napi::bindgen_prelude::{Buffer, Uint32Array, Uint32ArraySlice};
+use napi_derive::napi;
+
+use crate::convert::{invalid_input, to_napi};
+
+#[napi(object)]
+pub struct NativeTokenizerOptions {
+    /// Token ids the chat segment cache holds at most (default 4,194,304).
+    pub cache_tokens: Option<u32>,
+}
+
+#[napi(object)]
+pub struct TokenizerCacheStats {
+    pub hits: f64,
+    pub misses: f64,
+    pub pieces: u32,
+    pub tokens: u32,
+}
+
+#[napi]
+pub struct NativeTokenizer {
+    inner: ModelTokenizer,
+}
+
+fn parse_request(bytes: &[u8]) -> napi::Result<serde_json::Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| invalid_input(format!("chat request is not valid JSON: {e}")))
+}
+
+#[napi]
+impl NativeTokenizer {
+    #[napi(factory)]
+    pub fn from_dir(dir: String, options: Option<NativeTokenizerOptions>) -> napi::Result<Self> {
+        let cache = options
+            .and_then(|o| o.cache_tokens)
+            .map_or(DEFAULT_CACHE_TOKENS, |n| n as usize);
+        let inner = ModelTokenizer::from_dir_with_cache(Path::new(&dir), cache).map_err(to_napi)?;
+        Ok(NativeTokenizer { inner })
+    }
+
+    #[napi(getter)]
+    pub fn has_chat_template(&self) -> bool {
+        self.inner.has_chat_template()
+    }
+
+    /// Whether the fast byte-level BPE path encodes this model's text.
+    #[napi(getter)]
+    pub fn fast_path(&self) -> bool {
+        self.inner.fast_path()
+    }
+
+    /// Whether chat prompts are encoded incrementally through the segment cache.
+    #[napi(getter)]
+    pub fn incremental(&self) -> bool {
+        self.inner.incremental()
+    }
+
+    #[napi]
+    pub fn encode(&self, text: String, add_special_tokens: bool) -> napi::Result<Uint32Array> {
+        let ids = self
+            .inner
+            .encode(&text, add_special_tokens)
+            .map_err(to_napi)?;
+        Ok(Uint32Array::new(ids))
+    }
+
+    /// The `tokenizers` crate's own path, without the fast encoder (benchmarks, parity checks).
+    #[napi]
+    pub fn encode_general(
+        &self,
+        text: String,
+        add_special_tokens: bool,
+    ) -> napi::Result<Uint32Array> {
+        let ids = self
+            .inner
+            .encode_general(&text, add_special_tokens)
+            .map_err(to_napi)?;
+        Ok(Uint32Array::new(ids))
+    }
+
+    /// A chat request (JSON text of an OpenAI `/v1/chat/completions` body) to its prompt text.
+    #[napi]
+    pub fn render_chat(&self, request_json: String) -> napi::Result<String> {
+        let request = parse_request(request_json.as_bytes())?;
+        Ok(self.inner.render_chat(&request).map_err(to_napi)?.0)
+    }
+
+    /// A chat request (JSON text, or the body's bytes) to the token ids vLLM computes for it.
+    #[napi]
+    pub fn encode_chat(&self, request: napi::Either<String, Buffer>) -> napi::Result<Uint32Array> {
+        let parsed = match &request {
+            napi::Either::A(text) => parse_request(text.as_bytes())?,
+            napi::Either::B(bytes) => parse_request(bytes)?,
+        };
+        let ids = self.inner.encode_chat(&parsed).map_err(to_napi)?;
+        Ok(Uint32Array::new(ids))
+    }
+
+    /// Token ids back to text, special tokens kept.
+    #[napi]
+    pub fn decode(&self, ids: Uint32ArraySlice) -> String {
+        self.inner.decode(&ids)
+    }
+
+    #[napi]
+    pub fn cache_stats(&self) -> TokenizerCacheStats {
+        let s = self.inner.cache_stats();
+        TokenizerCacheStats {
+            hits: s.hits as f64,
+            misses: s.misses as f64,
+            pieces: s.pieces as u32,
+            tokens: s.tokens as u32,
+        }
+    }
+
+    #[napi]
+    pub fn clear_cache(&self) {
+        self.inner.clear_cache();
+    }
+}

@@ -1,0 +1,9 @@
+export {
+  Tokenizer,
+  type ChatRequest,
+  type ChatRequestMessage,
+  type ChatTemplateOptions,
+  type EncodeOptions,
+  type TokenizerCacheStats,
+  type TokenizerOptions,
+} from "./tokenizer.js";
