@@ -7,6 +7,7 @@ import { runHash } from "./hash.js";
 import { runMock } from "./mock.js";
 import { runReplayCommand } from "./replay.js";
 import { runServe } from "./serve.js";
+import { runTokenize } from "./tokenize.js";
 import { runUp } from "./up.js";
 import { runWorker } from "./worker.js";
 
@@ -18,6 +19,7 @@ Commands:
   demo      See what kvroute is for: KV-aware routing vs round-robin on a simulated fleet (~15 s)
   replay    Replay a workload trace against simulated workers and compare routing policies
   hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
+  tokenize  Token ids exactly as vLLM computes them for a tokenizer folder (JSON lines in and out)
   serve     The KV-aware OpenAI gateway in front of a configured fleet (file, env, flags)
   up        A whole deployment: gateway + workers of a preset (agg, agg-router, disagg, disagg-router, dp)
   mock      A simulated vLLM server (vllm serve flags; KV events, metrics, timing model)
@@ -32,6 +34,7 @@ const COMMANDS: Record<string, Command> = {
   demo: runDemo,
   replay: runReplayCommand,
   hash: runHash,
+  tokenize: runTokenize,
   mock: runMock,
   serve: runServe,
   up: runUp,
