@@ -3,63 +3,19 @@
  * workers: config file + flags, KV events and metrics followed, disaggregated prefill/decode,
  * data-parallel ranks, and everything stopped on a signal.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
+import { kvroute, portOpen, stopCliProcesses } from "./helpers/cli-process.js";
 import { get, metricValue, post, sleep, sseData, startMockWorker } from "./helpers/gateway-fleet.js";
 import type { VllmWorker } from "../ts/workers/index.js";
 
-const CLI = fileURLToPath(new URL("../dist/cli.mjs", import.meta.url));
-
-interface Running {
-  child: ChildProcess;
-  ready: any;
-  stderr: () => string;
-  exit: Promise<number | null>;
-}
-
-function kvroute(args: string[], env: NodeJS.ProcessEnv = {}): Running & { readyPromise: Promise<any> } {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d) => (err += d));
-  const exit = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const readyPromise = new Promise<any>((resolve, reject) => {
-    child.stdout!.on("data", (d) => {
-      out += d;
-      const m = /ready (\{.*\})\n/.exec(out);
-      if (m) resolve(JSON.parse(m[1]!));
-    });
-    void exit.then((code) => reject(new Error(`exited ${code} before ready:\n${err}`)));
-  });
-  readyPromise.catch(() => {});
-  const r = { child, ready: null, stderr: () => err, exit, readyPromise };
-  children.push(r);
-  return r;
-}
-
-const children: Running[] = [];
 const workers: VllmWorker[] = [];
 afterEach(async () => {
-  for (const c of children.splice(0)) if (c.child.exitCode === null) c.child.kill("SIGKILL");
+  stopCliProcesses();
   await Promise.all(workers.splice(0).map((w) => w.stop()));
 });
-
-function portOpen(url: string): Promise<boolean> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const s = connect({ host: hostname, port: Number(port) });
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 describe("kvroute serve", () => {
   it("serves the workers of a YAML config, following their KV events; flags beat the file", async () => {

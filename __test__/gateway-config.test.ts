@@ -110,3 +110,22 @@ describe("docs/gateway.md", () => {
     }
   });
 });
+
+describe("models[].tokenizer", () => {
+  it("is an optional non-empty path; null or absent means no tokenizer", () => {
+    const c = validateGatewayConfig({ models: [{ name: "a", tokenizer: "/models/a" }, { name: "b" }, { name: "c", tokenizer: null }] });
+    expect(c.models.map((m) => m.tokenizer)).toEqual(["/models/a", null, null]);
+    expect(() => validateGatewayConfig({ models: [{ name: "a", tokenizer: 3 }] }, "f.yaml")).toThrow("f.yaml: 'models[0].tokenizer' must be a string: got 3");
+    expect(() => validateGatewayConfig({ models: [{ name: "a", tokenizer: "" }] }, "f.yaml")).toThrow("'models[0].tokenizer' must not be empty");
+  });
+
+  it("a folder that does not load stops startGateway with an error naming the file, leaving nothing running", async () => {
+    const { startGateway } = await import("../ts/gateway/index.js");
+    const { TokenizerLoadError } = await import("../ts/errors.js");
+    const bad = mkdtempSync(join(tmpdir(), "kvroute-badtok-"));
+    writeFileSync(join(bad, "tokenizer.json"), "not json");
+    const start = startGateway({ host: "127.0.0.1", port: 0, models: [{ name: "m", tokenizer: bad }] }, { log: null });
+    await expect(start).rejects.toBeInstanceOf(TokenizerLoadError);
+    await expect(start).rejects.toThrow(`${join(bad, "tokenizer.json")}: `);
+  });
+});

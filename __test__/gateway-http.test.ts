@@ -10,13 +10,15 @@ import { validateGatewayConfig } from "../ts/config/index.js";
 import { createGateway, startGateway, workerRecordFromConfig, type RunningGateway } from "../ts/gateway/index.js";
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
 import { KvRouter } from "../ts/router/kv-router.js";
+import { loadTokenizationGolden, tokenizerDir } from "./helpers/tokenization-golden.js";
 import { get, metricValue, MODEL, post, rawSocket, sleep, sseData, startFleet, startMockWorker, type Fleet } from "./helpers/gateway-fleet.js";
 
 let fleet: Fleet;
 let url: string;
 
 beforeAll(async () => {
-  fleet = await startFleet(2, { maxBodyBytes: 64 * 1024, clientTimeoutMs: 1000, migrationLimit: 1 }, { speedup: 50 });
+  // The mockers and the gateway tokenize text and chat with the same real tokenizer (Qwen3).
+  fleet = await startFleet(2, { maxBodyBytes: 64 * 1024, clientTimeoutMs: 1000, migrationLimit: 1 }, { speedup: 50, tokenizer: tokenizerDir(loadTokenizationGolden(), "qwen3") });
   url = fleet.gateway.url;
 });
 afterAll(async () => {

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { toyTokenizer } from "../ts/gateway/context.js";
+import { toyTraceTokenizer as toyTokenizer } from "../ts/replay/trace.js";
 import { FIRST_WORD_ID, WORD_END_ID } from "../ts/mocker/toy-tokenizer.js";
 import { expandHashIds, parseTrace, promptTokens, TraceError } from "../ts/replay/trace.js";
 import { kvrouteCliPath } from "../ts/workers/index.js";

@@ -132,7 +132,7 @@ export {
   RouteNotFoundError,
   routerOptionsFromConfig,
   startGateway,
-  toyPromptTokenizer,
+  ModelTokenizers,
   UnsupportedMediaTypeError,
   UpstreamFailedError,
   UpstreamTimeoutError,

@@ -7,6 +7,7 @@ import { connect, type Socket } from "node:net";
 import { Agent, request } from "undici";
 import { findFreePortRange, mockerCommand, VllmWorker, type VllmWorkerConfig, type WorkerRegistryHook, type WorkerRole } from "../../ts/workers/index.js";
 import { startGateway, type RunningGateway } from "../../ts/gateway/index.js";
+import { Tokenizer } from "../../ts/tokenizer/index.js";
 import type { GatewayConfig } from "../../ts/config/index.js";
 
 export const MODEL = "toy";
@@ -21,6 +22,8 @@ export interface MockWorkerOptions {
   dataParallelSize?: number;
   blockSize?: number;
   extraArgs?: string[];
+  /** A tokenizer folder: the mocker tokenizes with it (`--tokenizer`), and so does the fleet's gateway. */
+  tokenizer?: string;
 }
 
 /**
@@ -50,7 +53,7 @@ async function startMockWorkerOnce(options: MockWorkerOptions, registry: WorkerR
     pythonHashSeed: "0",
     numGpuBlocksOverride: options.numGpuBlocks ?? 4000,
     blockSize: options.blockSize ?? 16,
-    extraArgs: ["--speedup", String(options.speedup ?? 20), ...(options.extraArgs ?? [])],
+    extraArgs: ["--speedup", String(options.speedup ?? 20), ...(options.tokenizer ? ["--tokenizer", options.tokenizer] : []), ...(options.extraArgs ?? [])],
   };
   if (dp > 1) config.dataParallel = { size: dp };
   if (options.kvEvents !== false) config.kvEvents = { endpoint: `tcp://*:${base + 1}`, replayEndpoint: `tcp://*:${base + 1 + dp}` };
@@ -68,7 +71,8 @@ export interface Fleet {
 
 /** A gateway (in this process) and `n` mocker workers registering in its registry. */
 export async function startFleet(n: number, gatewayConfig: Partial<GatewayConfig> = {}, worker: Partial<MockWorkerOptions> = {}): Promise<Fleet> {
-  const gateway = await startGateway({ host: "127.0.0.1", port: 0, metricsScrapeIntervalMs: 200, ...gatewayConfig }, { log: null });
+  const tokenizers: Record<string, Tokenizer> = worker.tokenizer ? { [MODEL]: Tokenizer.fromDir(worker.tokenizer) } : {};
+  const gateway = await startGateway({ host: "127.0.0.1", port: 0, metricsScrapeIntervalMs: 200, ...gatewayConfig }, { log: null, tokenizers });
   const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startMockWorker({ id: `w${i}`, ...worker }, gateway.registry)));
   const workers = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
   const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");

@@ -4,7 +4,7 @@
  * follows their KV events and metrics, serves the OpenAI API until SIGINT/SIGTERM.
  */
 import { describeSchema, loadGatewayConfig } from "../config/index.js";
-import { KvrouteError } from "../errors.js";
+import { KvrouteError, TokenizerLoadError } from "../errors.js";
 import { startGateway } from "../gateway/server.js";
 import { parseCommandArgs, UsageError } from "./args.js";
 
@@ -41,7 +41,12 @@ ${describeSchema()
   .map((d) => `  ${d.env.padEnd(40)} ${d.path}${d.default ? ` (default ${d.default})` : ""}`)
   .join("\n")}
 
-Exit codes: 0 stopped by a signal, 1 could not start, 2 bad usage or configuration.`;
+A model's tokenizer folder (models[].tokenizer: a Hugging Face folder with tokenizer.json,
+tokenizer_config.json...) keys its text and chat requests by the token ids vLLM computes; a model
+without one has them routed by load only (one warning at start).
+
+Exit codes: 0 stopped by a signal, 1 could not start, 2 bad usage or configuration (including a
+tokenizer folder that does not load).`;
 
 export async function runServe(argv: string[]): Promise<number> {
   let config;
@@ -76,8 +81,9 @@ export async function runServe(argv: string[]): Promise<number> {
     running = await startGateway(config);
   } catch (err) {
     console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);
-    return 1;
+    return err instanceof TokenizerLoadError ? 2 : 1;
   }
+  warnUntokenized("kvroute serve", running.gateway.tokenizers.missing(config.models.map((m) => m.name)));
   const workers = config.models.reduce((n, m) => n + m.workers.length, 0);
   console.log(
     `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers })}`,
@@ -86,6 +92,15 @@ export async function runServe(argv: string[]): Promise<number> {
   console.error("kvroute serve: stopping");
   await running.close();
   return 0;
+}
+
+/** One warning at start naming the models whose text and chat requests cannot be keyed. */
+export function warnUntokenized(command: string, models: readonly string[]): void {
+  if (models.length === 0) return;
+  console.error(
+    `${command}: warning: no tokenizer for model${models.length > 1 ? "s" : ""} ${models.join(", ")} (models[].tokenizer, or --tokenizer DIR): ` +
+      "text and chat requests are routed by load only, without KV-cache overlap (counted in kvroute_requests_untokenized_total); token-id prompts are keyed as usual",
+  );
 }
 
 export function waitForSignal(): Promise<NodeJS.Signals> {

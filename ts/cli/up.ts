@@ -7,10 +7,12 @@
 import { loadGatewayConfig } from "../config/index.js";
 import { KvrouteError } from "../errors.js";
 import { startGateway, type RunningGateway } from "../gateway/server.js";
-import { findFreePortRange, launchTopology, planTopology, TOPOLOGY_PRESETS, type EngineKind, type TopologyOptions, type TopologyPreset, type WorkerGroup } from "../workers/index.js";
+import { resolve } from "node:path";
+import { Tokenizer } from "../tokenizer/tokenizer.js";
+import { DEFAULT_TOPOLOGY_MODEL, findFreePortRange, launchTopology, planTopology, TOPOLOGY_PRESETS, type EngineKind, type TopologyOptions, type TopologyPreset, type WorkerGroup } from "../workers/index.js";
 import { parseArgs } from "node:util";
 import { positiveInt, UsageError } from "./args.js";
-import { waitForSignal } from "./serve.js";
+import { waitForSignal, warnUntokenized } from "./serve.js";
 
 const HELP = `Usage: kvroute up <preset> [options] [-- <engine args>]
 
@@ -30,6 +32,9 @@ launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
   --router-mode M         kv | round-robin | random | least-loaded (default kv)
   --migration-limit N     default 0
   --model M               default Qwen/Qwen3-0.6B
+  --tokenizer DIR         the model's tokenizer folder (Hugging Face: tokenizer.json...): the
+                          gateway keys text and chat requests with it, and the workers get
+                          --tokenizer DIR (vLLM's flag; the mocker tokenizes like vLLM with it)
   --base-port N           first worker HTTP port (default: free ports)
   --event-port N          first KV-event port (default: free ports)
   --block-size N          --block-size of every worker
@@ -49,6 +54,8 @@ export async function runUp(argv: string[]): Promise<number> {
   let topology: TopologyOptions;
   let gatewayInput;
   let quiet: boolean;
+  let tokenizer: Tokenizer | null = null;
+  let model: string;
   try {
     let parsed;
     try {
@@ -65,6 +72,7 @@ export async function runUp(argv: string[]): Promise<number> {
           "router-mode": { type: "string" },
           "migration-limit": { type: "string" },
           model: { type: "string" },
+          tokenizer: { type: "string" },
           "base-port": { type: "string" },
           "event-port": { type: "string" },
           "block-size": { type: "string" },
@@ -109,7 +117,14 @@ export async function runUp(argv: string[]): Promise<number> {
       if (!(x > 0)) throw new UsageError(`--speedup must be > 0 or inf: got '${values.speedup}'`);
       topology.speedup = x;
     }
-    if (passthrough.length > 0) topology.extraArgs = passthrough;
+    model = topology.model ?? DEFAULT_TOPOLOGY_MODEL;
+    const extraArgs = [...passthrough];
+    if (values.tokenizer !== undefined) {
+      const dir = resolve(values.tokenizer);
+      tokenizer = Tokenizer.fromDir(dir);
+      extraArgs.push("--tokenizer", dir);
+    }
+    if (extraArgs.length > 0) topology.extraArgs = extraArgs;
     topology.basePort = values["base-port"] !== undefined ? int("base-port") : undefined;
     topology.baseEventPort = values["event-port"] !== undefined ? int("event-port") : undefined;
   } catch (err) {
@@ -130,7 +145,8 @@ export async function runUp(argv: string[]): Promise<number> {
   let interrupted = false;
   void signal.then(() => (interrupted = true));
   try {
-    running = await startGateway(gatewayInput);
+    running = await startGateway(gatewayInput, tokenizer ? { tokenizers: { [model]: tokenizer } } : {});
+    warnUntokenized("kvroute up", running.gateway.tokenizers.missing([model]));
     // One range of free ports: HTTP per process, then PUB + replay per DP rank, then NIXL side channels.
     const plan = planTopology(preset, { ...topology, basePort: 1, baseEventPort: 1 });
     const processes = plan.length;

@@ -48,6 +48,12 @@ export interface ModelEntry {
   hashSeed: string | null;
   /** Block keys: `tokens` (router keys from token ids, the default) or `engine` (vLLM's own hashes). */
   keying: "tokens" | "engine";
+  /**
+   * The model's tokenizer folder (Hugging Face: `tokenizer.json`, `tokenizer_config.json`...):
+   * text and chat requests are keyed by the token ids vLLM computes with it. Null: only token-id
+   * prompts are keyed; text and chat are routed by load (`kvroute_requests_untokenized_total`).
+   */
+  tokenizer: string | null;
   workers: WorkerEntry[];
 }
 
@@ -88,6 +94,8 @@ export interface GatewayConfig {
   connectRetries: number;
   /** A worker that failed a request is avoided this long (unless no other is left); 0: never. */
   failureCooldownMs: number;
+  /** The tokenization parity check runs on one tokenized request in this many (0: never). */
+  tokenizationCheckEvery: number;
   queue: QueueConfig;
   /** How often each worker's /metrics is scraped into the router (0: never). */
   metricsScrapeIntervalMs: number;
@@ -118,6 +126,7 @@ export interface ModelEntryInput {
   hashAlgorithm?: EngineHashAlgorithm;
   hashSeed?: string | number | null;
   keying?: "tokens" | "engine";
+  tokenizer?: string | null;
   workers?: WorkerEntryInput[];
 }
 
@@ -134,6 +143,7 @@ export interface GatewayConfigInput {
   connectionsPerWorker?: number;
   connectRetries?: number;
   failureCooldownMs?: number;
+  tokenizationCheckEvery?: number;
   queue?: Partial<QueueConfig>;
   metricsScrapeIntervalMs?: number;
   disagg?: Partial<DisaggConfig>;
@@ -164,6 +174,13 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
   connectionsPerWorker: { kind: "int", min: 1, default: 128, env: true, doc: "Keep-alive connections per worker." },
   connectRetries: { kind: "int", min: 0, max: 100, default: 2, env: true, doc: "Other workers tried when one refuses the connection." },
   failureCooldownMs: { kind: "int", min: 0, default: 2000, env: true, doc: "A worker that failed a request is avoided this long, unless no other is left; 0: never." },
+  tokenizationCheckEvery: {
+    kind: "int",
+    min: 0,
+    default: 1,
+    env: true,
+    doc: "Compare the worker's prompt_token_ids with the router's own tokens on one tokenized request in N (1: every one; 0: never).",
+  },
   queue: {
     kind: "object",
     doc: "Admission when every worker is busy (DESIGN.md, Request life).",
@@ -303,7 +320,7 @@ function validateFields(source: ConfigSource, prefix: string, fields: Record<str
   return out;
 }
 
-const MODEL_KEYS = ["name", "blockSize", "hashAlgorithm", "hashSeed", "keying", "workers"];
+const MODEL_KEYS = ["name", "blockSize", "hashAlgorithm", "hashSeed", "keying", "tokenizer", "workers"];
 const WORKER_KEYS = ["id", "url", "kvEvents", "kvEventsReplay", "kvEventsTopic", "dpRanks", "dataParallelSize", "role", "numGpuBlocks"];
 
 function validateModels(source: ConfigSource, path: string, value: unknown): ModelEntry[] {
@@ -327,10 +344,11 @@ function validateModels(source: ConfigSource, path: string, value: unknown): Mod
     else if (typeof seed === "string") hashSeed = seed;
     else if (seed !== undefined && seed !== null) fail(source, `${mp}.hashSeed`, `must be a string or a non-negative integer (PYTHONHASHSEED): got ${describe(seed)}`);
     const keying = (m["keying"] === undefined ? "tokens" : checkString(source, `${mp}.keying`, m["keying"], { enum: ["tokens", "engine"] })) as "tokens" | "engine";
+    const tokenizer = m["tokenizer"] === undefined || m["tokenizer"] === null ? null : checkString(source, `${mp}.tokenizer`, m["tokenizer"], { nonEmpty: true });
     const workersValue = m["workers"] ?? [];
     if (!Array.isArray(workersValue)) fail(source, `${mp}.workers`, `must be an array: got ${describe(workersValue)}`);
     const workers = workersValue.map((w, j) => validateWorker(source, `${mp}.workers[${j}]`, w, workerIds));
-    return { name, blockSize, hashAlgorithm, hashSeed, keying, workers };
+    return { name, blockSize, hashAlgorithm, hashSeed, keying, tokenizer, workers };
   });
 }
 

@@ -1,15 +1,17 @@
 /**
  * What every part of the gateway shares: the router it asks, the registry it reads workers from,
- * the validated config, metrics, connections, admission and the prompt tokenizer. Built once by
+ * the validated config, metrics, connections, admission and the models' tokenizers. Built once by
  * createGateway().
  */
 import type { GatewayConfig } from "../config/schema.js";
-import { applyChatTemplate, encode } from "../mocker/toy-tokenizer.js";
 import type { Registry, RequestLifecycle, RouteDecision, RouteRequest, WorkerTarget } from "../router/types.js";
 import type { WorkerRecord, WorkerRole } from "../workers/config.js";
 import type { Admission } from "./admission.js";
 import type { GatewayMetrics } from "./metrics.js";
-import type { ChatMessage } from "./openai-request.js";
+import type { TokenIds } from "../core/block-hasher.js";
+import type { ChatRequest } from "../tokenizer/tokenizer.js";
+import type { TokenizationCheck } from "./tokenization-check.js";
+import type { ModelTokenizers } from "./tokenizers.js";
 import type { UpstreamPool } from "./upstream.js";
 
 /**
@@ -21,22 +23,17 @@ export interface GatewayRouter extends RequestLifecycle {
 }
 
 /**
- * Text and chat messages to the token ids the engine will see, so routing keys match the engine's
- * blocks. Default: the mocker's deterministic toy tokenizer and chat template (a real model's
- * tokenizer is a later issue).
+ * Text and chat requests to the token ids the engine will compute, so routing keys match the
+ * engine's blocks. `Tokenizer` (a model folder, vLLM-exact) implements it.
  */
 export interface PromptTokenizer {
-  encode(text: string): number[];
-  encodeChat(messages: readonly ChatMessage[]): number[];
+  /** A `/v1/completions` text prompt; `addSpecialTokens` defaults to true, as vLLM's. */
+  encode(text: string, options?: { addSpecialTokens?: boolean }): TokenIds;
+  /** A `/v1/chat/completions` body, as an object or its bytes. */
+  encodeChat(request: ChatRequest | Uint8Array): TokenIds;
+  /** Ids to text, for the parity check's log line. */
+  decode?(ids: readonly number[]): string;
 }
-
-export const toyPromptTokenizer: PromptTokenizer = {
-  encode: (text) => encode(text),
-  encodeChat: (messages) => encode(applyChatTemplate(messages.map((m) => ({ role: m.role, content: m.text })))),
-};
-
-/** The same; the name ts/replay imports (the package exports `toyPromptTokenizer`, since `toyTokenizer` names the mocker's module). */
-export const toyTokenizer = toyPromptTokenizer;
 
 /** What the gateway needs to know about one model's workers, derived from the registry. */
 export interface ModelFleet {
@@ -140,7 +137,8 @@ export interface GatewayContext {
   metrics: GatewayMetrics;
   upstream: UpstreamPool;
   admission: Admission;
-  tokenizer: PromptTokenizer;
+  tokenizers: ModelTokenizers;
+  tokenizationCheck: TokenizationCheck;
   log: (message: string) => void;
 }
 

@@ -28,7 +28,9 @@ import { randomUUID } from "node:crypto";
 import type { Dispatcher } from "undici";
 import type { RouteDecision, WorkerTarget } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
+import type { TokenIds } from "../core/block-hasher.js";
 import type { GatewayContext } from "./context.js";
+import type { PromptKey } from "./gateway.js";
 import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeoutError, toGatewayError } from "./errors.js";
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, SseSplitter, sseEvent } from "./sse.js";
@@ -139,6 +141,10 @@ export class Exchange {
   private wroteBody = false;
   /** Ask workers for token ids (migration on and the request can be continued). */
   private readonly trackIds: boolean;
+  /** Compare the worker's prompt ids with the router's (the tokenization parity check). */
+  private readonly checkIds: boolean;
+  private checkedIds = false;
+  private readonly tokens: TokenIds;
 
   constructor(
     private readonly ctx: GatewayContext,
@@ -146,13 +152,15 @@ export class Exchange {
     private readonly res: ServerResponse,
     private readonly parsed: ParsedRequest,
     private readonly model: string,
-    private readonly tokens: number[],
+    private readonly key: PromptKey,
     /** The client's body bytes when they can be forwarded unchanged. */
     private readonly raw: Buffer | null,
   ) {
     const given = req.headers["x-request-id"];
     this.baseId = typeof given === "string" && given.length > 0 && given.length <= 128 ? given : randomUUID();
     this.trackIds = ctx.config.migrationLimit > 0 && parsed.stream && parsed.n === 1 && !parsed.batched && !parsed.echo;
+    this.tokens = key.tokens;
+    this.checkIds = key.tokenizer !== null && !parsed.batched && !parsed.echo && ctx.tokenizationCheck.sample();
     res.on("close", () => {
       if (!this.done) this.onClientGone();
     });
@@ -234,7 +242,9 @@ export class Exchange {
    */
   private async remotePrefill(decode: RouteDecision): Promise<void> {
     const blockSize = this.ctx.fleet.record(decode.workerId)?.blockSize ?? 16;
-    const uncached = this.tokens.length - decode.overlapBlocks * blockSize;
+    // Untokenized prompts: about four characters a token, so long prompts still prefill remotely.
+    const promptLength = this.key.untokenized ? estimatedTokens(this.parsed) : this.tokens.length;
+    const uncached = promptLength - decode.overlapBlocks * blockSize;
     const local = this.ctx.config.disagg.localPrefillMaxTokens;
     if (local > 0 && uncached <= local) {
       this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local" });
@@ -372,7 +382,7 @@ export class Exchange {
       requestId: decision.requestId,
       record: this.ctx.fleet.record(decision.workerId),
       format,
-      rewrite: continuing || (this.trackIds && !this.parsed.returnTokenIds),
+      rewrite: continuing || (this.asksIds && !this.parsed.returnTokenIds),
       baseTokens: this.sentTokens,
       controller: null,
       status: 0,
@@ -405,10 +415,44 @@ export class Exchange {
   private wholeBody(): Buffer {
     const changes: Record<string, unknown> = {};
     if (this.parsed.model === null) changes["model"] = this.model;
-    if (this.trackIds && !this.parsed.returnTokenIds) changes["return_token_ids"] = true;
+    if (this.asksIds && !this.parsed.returnTokenIds) changes["return_token_ids"] = true;
     if (this.kvTransferParams) changes["kv_transfer_params"] = this.kvTransferParams;
     if (this.raw && Object.keys(changes).length === 0) return this.raw;
     return Buffer.from(JSON.stringify({ ...this.parsed.body, ...changes }));
+  }
+
+  /** The gateway asks workers for token ids (migration or the parity check needs them). */
+  private get asksIds(): boolean {
+    return this.trackIds || this.checkIds;
+  }
+
+  /** The parity check, once per request, on the first prompt ids a worker reports. */
+  private checkPromptIds(attempt: Attempt, ids: readonly number[]): void {
+    if (!this.checkIds || this.checkedIds) return;
+    this.checkedIds = true;
+    this.ctx.tokenizationCheck.compare(this.model, attempt.decision.workerId, this.tokens, ids, this.key.tokenizer);
+  }
+
+  /**
+   * A whole (non-streamed) response of a checked request: compares its prompt ids, and drops the
+   * ids the client did not ask for (they read null, as the engine would have sent them).
+   */
+  private checkWholeResponse(attempt: Attempt, body: Buffer): Buffer {
+    let obj: StreamChunk;
+    try {
+      obj = JSON.parse(body.toString("utf8")) as StreamChunk;
+    } catch {
+      return body;
+    }
+    const ids = obj.prompt_token_ids ?? obj.choices?.[0]?.prompt_token_ids;
+    if (Array.isArray(ids)) this.checkPromptIds(attempt, ids);
+    if (this.parsed.returnTokenIds) return body;
+    if (obj.prompt_token_ids !== undefined) obj.prompt_token_ids = null;
+    for (const c of obj.choices ?? []) {
+      if (c.prompt_token_ids !== undefined) c.prompt_token_ids = null;
+      if (c.token_ids !== undefined) c.token_ids = null;
+    }
+    return Buffer.from(JSON.stringify(obj));
   }
 
   /** A completions request continuing the stream: prompt = engine prompt ids + ids sent so far. */
@@ -535,7 +579,10 @@ export class Exchange {
     }
     if (this.enginePromptIds === null) {
       const p = obj.prompt_token_ids ?? obj.choices?.[0]?.prompt_token_ids;
-      if (Array.isArray(p)) this.enginePromptIds = p;
+      if (Array.isArray(p)) {
+        this.enginePromptIds = p;
+        this.checkPromptIds(attempt, p);
+      }
     }
     let tokens = 0;
     const choices = obj.choices;
@@ -665,8 +712,9 @@ export class Exchange {
       }
       return this.onFailure(attempt, "broken", new Error("the stream ended without [DONE]"));
     }
-    const body = attempt.chunks.length === 1 ? attempt.chunks[0]! : Buffer.concat(attempt.chunks);
+    let body = attempt.chunks.length === 1 ? attempt.chunks[0]! : Buffer.concat(attempt.chunks);
     attempt.chunks = [];
+    if (attempt.status === 200 && this.checkIds && !this.checkedIds && !this.headersSent) body = this.checkWholeResponse(attempt, body);
     if (attempt.status === 502 || attempt.status === 503) {
       // The worker is shutting down or overloaded: nothing was done, try another one.
       if (!this.headersSent) return this.onFailure(attempt, "not_started", new Error(`HTTP ${attempt.status}`));
@@ -837,6 +885,13 @@ function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const code = (err as { code?: string }).code;
   return code ? `${code}: ${err.message}` : err.message;
+}
+
+/** About how many tokens an untokenized prompt has (four characters a token). */
+function estimatedTokens(parsed: ParsedRequest): number {
+  let chars = parsed.promptText?.length ?? 0;
+  for (const m of parsed.messages ?? []) chars += m.text.length;
+  return Math.ceil(chars / 4);
 }
 
 /** `usage.completion_tokens` of a non-streamed response, without parsing the whole body. */

@@ -13,10 +13,11 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type GatewayConfigInput } from "../config/schema.js";
+import type { TokenIds } from "../core/block-hasher.js";
 import type { Registry, RouteDecision } from "../router/types.js";
 import { Admission } from "./admission.js";
 import { readBody } from "./body.js";
-import { FleetView, Suspects, toyPromptTokenizer, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
+import { FleetView, Suspects, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
 import {
   BadRequestError,
   GatewayError,
@@ -30,6 +31,8 @@ import {
 import { Exchange, sendJsonError } from "./exchange.js";
 import { GatewayMetrics } from "./metrics.js";
 import { parseChatRequest, parseCompletionRequest, parseJsonObject, parseRouteRequest, type ParsedRequest } from "./openai-request.js";
+import { TokenizationCheck } from "./tokenization-check.js";
+import { ModelTokenizers } from "./tokenizers.js";
 import { UpstreamPool } from "./upstream.js";
 
 export interface CreateGatewayOptions {
@@ -40,7 +43,13 @@ export interface CreateGatewayOptions {
    * served, with 503 until a worker registers); workers come from the registry.
    */
   config?: GatewayConfigInput | GatewayConfig;
-  /** Default: the mocker's toy tokenizer (what `kvroute mock` engines tokenize with). */
+  /**
+   * Tokenizers given in code, per model; they win over `models[].tokenizer` folders and the
+   * folders worker records name. Without any, a model's text and chat requests are routed by
+   * load only.
+   */
+  tokenizers?: Readonly<Record<string, PromptTokenizer>>;
+  /** A tokenizer for every model that has none of its own. */
   tokenizer?: PromptTokenizer;
   /** Default: a fresh GatewayMetrics (its registry is `gateway.metrics.registry`). */
   metrics?: GatewayMetrics;
@@ -53,6 +62,8 @@ export interface Gateway {
   (req: IncomingMessage, res: ServerResponse): void;
   readonly metrics: GatewayMetrics;
   readonly config: GatewayConfig;
+  /** Which tokenizer keys each model's text and chat requests. */
+  readonly tokenizers: ModelTokenizers;
   /** Requests waiting for a worker. */
   readonly queued: number;
   /** Closes worker connections and rejects queued requests. */
@@ -87,6 +98,15 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
   const log = options.log === undefined ? (m: string) => process.stderr.write(`kvroute gateway: ${m}\n`) : (options.log ?? (() => {}));
   const fleet = new FleetView(options.registry);
   const suspects = new Suspects(config.failureCooldownMs);
+  const configuredTokenizers = new Map<string, string>();
+  for (const m of options.config?.models ?? []) if (m.tokenizer) configuredTokenizers.set(m.name, m.tokenizer);
+  const tokenizers = new ModelTokenizers({
+    byModel: options.tokenizers,
+    ...(options.tokenizer ? { all: options.tokenizer } : {}),
+    configured: configuredTokenizers,
+    fleet,
+    log,
+  });
   const ctx: GatewayContext = {
     router: options.router,
     registry: options.registry,
@@ -96,11 +116,13 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
     metrics,
     upstream,
     admission,
-    tokenizer: options.tokenizer ?? toyPromptTokenizer,
+    tokenizers,
+    tokenizationCheck: new TokenizationCheck(config.tokenizationCheckEvery, metrics, log),
     log,
   };
   const unwatch = options.registry.watch((change) => {
     if (change.type === "added") suspects.forgive(change.record.id);
+    tokenizers.invalidate();
     if (change.type === "removed") {
       upstream.forget(change.record.url);
       metrics.forgetWorker(change.record.id, change.record.dpRanks);
@@ -133,6 +155,7 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
   }) as Gateway;
   Object.defineProperties(handler, {
     metrics: { value: metrics },
+    tokenizers: { value: tokenizers },
     config: { value: config },
     queued: { get: () => admission.waiting },
     close: {
@@ -193,10 +216,50 @@ function resolveModel(ctx: GatewayContext, configured: ReadonlySet<string>, name
   throw new BadRequestError("'model' is required (this gateway serves several models)", "model");
 }
 
-function promptTokens(ctx: GatewayContext, p: Pick<ParsedRequest, "promptIds" | "promptText" | "messages">): number[] {
-  if (p.promptIds) return p.promptIds;
-  if (p.messages) return ctx.tokenizer.encodeChat(p.messages);
-  return ctx.tokenizer.encode(p.promptText ?? "");
+/** A request's prompt as the router keys it. */
+export interface PromptKey {
+  tokens: TokenIds;
+  /** The tokenizer that made `tokens` from text or chat (null: the client sent token ids, or none). */
+  tokenizer: PromptTokenizer | null;
+  /** Text or chat that no tokenizer keyed: routed by load only. */
+  untokenized: boolean;
+}
+
+const NO_TOKENS: TokenIds = new Uint32Array(0);
+const refusalsLogged = new WeakMap<GatewayContext, Set<string>>();
+
+/**
+ * Token ids as the engine will compute them: the client's own ids unchanged; text and chat through
+ * the model's tokenizer (vLLM's flags: completions add special tokens unless the body says
+ * otherwise, chat does not). Without a tokenizer, or when it refuses the prompt (a media part, a
+ * template that raises), nothing is keyed: the request is routed by load and the worker answers.
+ */
+function promptKey(
+  ctx: GatewayContext,
+  model: string,
+  p: Pick<ParsedRequest, "promptIds" | "promptText" | "messages" | "body">,
+  raw: Buffer | null,
+): PromptKey {
+  if (p.promptIds) return { tokens: p.promptIds, tokenizer: null, untokenized: false };
+  const tokenizer = ctx.tokenizers.for(model);
+  if (!tokenizer) {
+    ctx.metrics.untokenized.labels(model, "no_tokenizer").inc();
+    return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
+  }
+  try {
+    if (p.messages) return { tokens: tokenizer.encodeChat(raw ?? (p.body as never)), tokenizer, untokenized: false };
+    const addSpecialTokens = p.body["add_special_tokens"] !== false;
+    return { tokens: tokenizer.encode(p.promptText ?? "", { addSpecialTokens }), tokenizer, untokenized: false };
+  } catch (err) {
+    ctx.metrics.untokenized.labels(model, "refused").inc();
+    let logged = refusalsLogged.get(ctx);
+    if (!logged) refusalsLogged.set(ctx, (logged = new Set()));
+    if (!logged.has(model)) {
+      logged.add(model);
+      ctx.log(`model ${model}: the tokenizer refused a prompt (${(err as Error).message}); such requests are routed by load and the worker answers them (logged once per model)`);
+    }
+    return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
+  }
 }
 
 async function handleGenerate(ctx: GatewayContext, configured: ReadonlySet<string>, route: "completions" | "chat", req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -204,16 +267,16 @@ async function handleGenerate(ctx: GatewayContext, configured: ReadonlySet<strin
   if (!read) return;
   let parsed: ParsedRequest;
   let model: string;
-  let tokens: number[];
+  let key: PromptKey;
   try {
     parsed = route === "chat" ? parseChatRequest(read.body) : parseCompletionRequest(read.body);
     model = resolveModel(ctx, configured, parsed.model);
-    tokens = promptTokens(ctx, parsed);
+    key = promptKey(ctx, model, parsed, read.raw);
   } catch (err) {
     return sendJsonError(res, toGatewayError(err));
   }
   if (res.destroyed || res.writableEnded) return;
-  await new Exchange(ctx, req, res, parsed, model, tokens, read.raw).run();
+  await new Exchange(ctx, req, res, parsed, model, key, read.raw).run();
 }
 
 async function handleRoute(ctx: GatewayContext, configured: ReadonlySet<string>, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -224,7 +287,8 @@ async function handleRoute(ctx: GatewayContext, configured: ReadonlySet<string>,
     const model = resolveModel(ctx, configured, r.model);
     const fleet = ctx.fleet.of(model);
     if (fleet.serving.length === 0) throw new NoHealthyWorkerError(model);
-    const tokens = promptTokens(ctx, r);
+    const key = promptKey(ctx, model, { ...r, body: read.body }, read.raw);
+    const tokens = key.tokens;
     const decision: RouteDecision = ctx.router.route({ model, tokens, explain: true, dryRun: true, exclude: fleet.nonServing });
     const candidates = (decision.candidates ?? []).map((c) => {
       const base: Record<string, unknown> = { worker: c.workerId, dpRank: c.dpRank, overlapBlocks: c.overlapBlocks, cost: c.cost };
@@ -232,7 +296,16 @@ async function handleRoute(ctx: GatewayContext, configured: ReadonlySet<string>,
       return base;
     });
     const out: Record<string, unknown> = { worker: decision.workerId, dpRank: decision.dpRank, overlapBlocks: decision.overlapBlocks, candidates };
-    if (r.explain) Object.assign(out, { promptBlocks: decision.promptBlocks, bestOverlapBlocks: decision.bestOverlapBlocks, blind: decision.blind, mode: decision.mode, promptTokens: tokens.length });
+    if (r.explain) {
+      Object.assign(out, {
+        promptBlocks: decision.promptBlocks,
+        bestOverlapBlocks: decision.bestOverlapBlocks,
+        blind: decision.blind,
+        mode: decision.mode,
+        promptTokens: tokens.length,
+        tokenized: !key.untokenized,
+      });
+    }
     sendJson(res, 200, out, { "x-kvroute-worker": decision.workerId, "x-kvroute-overlap-blocks": String(decision.overlapBlocks) });
   } catch (err) {
     sendJsonError(res, toGatewayError(err));

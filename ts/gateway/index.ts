@@ -1,6 +1,8 @@
 /** The OpenAI gateway: createGateway() (a request handler) and startGateway() (a node:http server). */
 export { Admission, type AdmissionOptions } from "./admission.js";
-export { toyPromptTokenizer, type GatewayRouter, type PromptTokenizer } from "./context.js";
+export { type GatewayRouter, type PromptTokenizer } from "./context.js";
+export { ModelTokenizers } from "./tokenizers.js";
+export { findMismatch, TokenizationCheck, type Mismatch } from "./tokenization-check.js";
 export {
   BadRequestError,
   BodyTooLargeError,

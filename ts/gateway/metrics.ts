@@ -35,6 +35,9 @@ export class GatewayMetrics {
   readonly queueDepth: Gauge<"model">;
   readonly upstreamErrors: Counter<"worker" | "kind">;
   readonly remotePrefills: Counter<"model" | "where">;
+  readonly untokenized: Counter<"model" | "reason">;
+  readonly tokenizationChecks: Counter<"model" | "worker">;
+  readonly tokenizationMismatches: Counter<"model" | "worker">;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registry = (this.registry = new Registry());
@@ -90,6 +93,24 @@ export class GatewayMetrics {
       name: "kvroute_disagg_prefills_total",
       help: "Disaggregated requests by where their prefill ran (remote, local)",
       labelNames: ["model", "where"],
+      registers: r,
+    });
+    this.untokenized = new Counter({
+      name: "kvroute_requests_untokenized_total",
+      help: "Text or chat requests routed by load only: no tokenizer for the model (reason no_tokenizer), or it refused the prompt (reason refused)",
+      labelNames: ["model", "reason"],
+      registers: r,
+    });
+    this.tokenizationChecks = new Counter({
+      name: "kvroute_tokenization_checks_total",
+      help: "Responses whose prompt_token_ids were compared with the router's own tokens",
+      labelNames: ["model", "worker"],
+      registers: r,
+    });
+    this.tokenizationMismatches = new Counter({
+      name: "kvroute_tokenization_mismatch_total",
+      help: "Compared responses whose prompt_token_ids differ from the router's tokens (wrong tokenizer folder, template or special-token flags)",
+      labelNames: ["model", "worker"],
       registers: r,
     });
   }

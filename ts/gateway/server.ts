@@ -24,6 +24,9 @@ export interface StartGatewayOptions {
   registry?: Registry;
   /** Default: a KvRouter over the registry with `config.routerMode` and `config.router`. */
   router?: KvRouter;
+  /** Per-model tokenizers given in code (they win over `models[].tokenizer` folders). */
+  tokenizers?: Readonly<Record<string, PromptTokenizer>>;
+  /** A tokenizer for every model without one of its own. */
   tokenizer?: PromptTokenizer;
   /** Default: stderr; null: nowhere. */
   log?: ((message: string) => void) | null;
@@ -60,6 +63,7 @@ export function workerRecordFromConfig(model: ModelEntry, w: WorkerEntry): Worke
     numGpuBlocks: w.numGpuBlocks,
     dataParallelSize: w.dataParallelSize,
     dpRanks: w.dpRanks,
+    tokenizer: model.tokenizer,
   };
 }
 
@@ -99,7 +103,22 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     scrapeIntervalMs: config.metricsScrapeIntervalMs,
     log,
   }).start();
-  const gateway = createGateway({ router, registry, config, tokenizer: options.tokenizer, log });
+  let gateway: Gateway;
+  try {
+    gateway = createGateway({
+      router,
+      registry,
+      config,
+      ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}),
+      ...(options.tokenizers ? { tokenizers: options.tokenizers } : {}),
+      log,
+    });
+  } catch (err) {
+    // A configured tokenizer folder that does not load: nothing is left running.
+    await feeds.close();
+    if (ownRouter) router.close();
+    throw err;
+  }
   const server = http.createServer(
     {
       requestTimeout: config.clientTimeoutMs,

@@ -98,6 +98,7 @@ export function validateRecord(r: WorkerRecord): void {
   if (!ENGINE_HASH_ALGORITHMS.includes(r.hashAlgorithm)) bad("hashAlgorithm", `must be one of ${ENGINE_HASH_ALGORITHMS.join(", ")}`);
   if (r.hashSeed !== null && typeof r.hashSeed !== "string") bad("hashSeed", "must be a string or null");
   if (r.numGpuBlocks !== null && !(Number.isInteger(r.numGpuBlocks) && r.numGpuBlocks > 0)) bad("numGpuBlocks", "must be a positive integer or null");
+  if (r.tokenizer !== undefined && r.tokenizer !== null && (typeof r.tokenizer !== "string" || r.tokenizer.length === 0)) bad("tokenizer", "must be a non-empty path or null");
   if (!Number.isInteger(r.dataParallelSize) || r.dataParallelSize < 1) bad("dataParallelSize", "must be an integer ≥ 1");
   if (!Array.isArray(r.dpRanks) || r.dpRanks.length === 0) bad("dpRanks", "must be a non-empty array");
   const seen = new Set<number>();

@@ -18,9 +18,9 @@
  */
 import { readFileSync } from "node:fs";
 import { InvalidInputError } from "../errors.js";
-import { toyTokenizer, type PromptTokenizer } from "../gateway/context.js";
 import { parseChatRequest, parseCompletionRequest, type ParsedRequest } from "../gateway/openai-request.js";
-import { FIRST_WORD_ID, WORD_END_ID } from "../mocker/toy-tokenizer.js";
+import { applyChatTemplate, encode, FIRST_WORD_ID, WORD_END_ID } from "../mocker/toy-tokenizer.js";
+import type { ChatMessage } from "../gateway/openai-request.js";
 
 /** Tokens per Mooncake hash id. */
 export const MOONCAKE_BLOCK_TOKENS = 512;
@@ -53,6 +53,20 @@ export interface Trace {
   requests: TraceRequest[];
 }
 
+/**
+ * Turns an OpenAI trace's prompts into the tokens the replayed engines see. The replay's engines
+ * are mockers, so the default is the mocker's own toy tokenizer and chat template.
+ */
+export interface TraceTokenizer {
+  encode(text: string): number[];
+  encodeChat(messages: readonly ChatMessage[]): number[];
+}
+
+export const toyTraceTokenizer: TraceTokenizer = {
+  encode: (text) => encode(text),
+  encodeChat: (messages) => encode(applyChatTemplate(messages.map((m) => ({ role: m.role, content: m.text })))),
+};
+
 export interface ReadTraceOptions {
   /** Only the first N requests. */
   limit?: number;
@@ -61,7 +75,7 @@ export interface ReadTraceOptions {
    * average rate (its shape, bursts and gaps kept).
    */
   rate?: number;
-  tokenizer?: PromptTokenizer;
+  tokenizer?: TraceTokenizer;
 }
 
 /** A trace line that cannot be replayed: `line` (1-based) and the `reason`. */
@@ -88,7 +102,7 @@ export function readTrace(file: string, options: ReadTraceOptions = {}): Trace {
 /** Parses trace text (see the file comment); `file` only names it in errors. */
 export function parseTrace(text: string, file: string, options: ReadTraceOptions = {}): Trace {
   const limit = options.limit ?? Infinity;
-  const tokenizer = options.tokenizer ?? toyTokenizer;
+  const tokenizer = options.tokenizer ?? toyTraceTokenizer;
   const requests: TraceRequest[] = [];
   let format: TraceFormat | null = null;
   let lineNo = 0;

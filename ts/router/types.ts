@@ -15,7 +15,7 @@ export interface WorkerTarget {
 
 export interface RouteRequest {
   model: string;
-  /** Prompt token ids (text/messages are tokenized by the caller until the tokenizer issue lands). */
+  /** Prompt token ids (the gateway makes them from text and chat with the model's `Tokenizer`). */
   tokens: TokenIds;
   loraName?: string;
   cacheSalt?: string;

@@ -139,6 +139,11 @@ export interface WorkerRecord {
   dataParallelSize: number;
   /** The DP ranks this process hosts: all of 0..size-1 (internal), or one (external). */
   dpRanks: number[];
+  /**
+   * The model's tokenizer folder (a Hugging Face folder: `tokenizer.json`...) as the gateway can
+   * reach it, when the worker announces one; the gateway then keys text and chat requests with it.
+   */
+  tokenizer?: string | null;
 }
 
 /**

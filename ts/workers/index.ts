@@ -35,6 +35,7 @@ export {
   type EngineKind,
   type TopologyOptions,
   type TopologyPreset,
+  DEFAULT_TOPOLOGY_MODEL,
 } from "./topology.js";
 export {
   VllmWorker,

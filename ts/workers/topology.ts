@@ -27,6 +27,9 @@ import { mockerCommand } from "./command-line.js";
 import type { ConnectorName, VllmWorkerConfig, WorkerRole } from "./config.js";
 import { WorkerGroup, type WorkerGroupOptions } from "./worker-group.js";
 
+
+/** The model Dynamo's launch scripts serve, and `kvroute up`'s default. */
+export const DEFAULT_TOPOLOGY_MODEL = "Qwen/Qwen3-0.6B";
 export type TopologyPreset = "agg" | "agg-router" | "disagg" | "disagg-router" | "dp";
 export const TOPOLOGY_PRESETS: readonly TopologyPreset[] = ["agg", "agg-router", "disagg", "disagg-router", "dp"];
 
@@ -35,7 +38,7 @@ export type EngineKind = "mock" | "vllm";
 export interface TopologyOptions {
   /** Default "vllm". "mock" runs `kvroute mock` (mockerCommand()) with the same flags. */
   engine?: EngineKind;
-  /** Default "Qwen/Qwen3-0.6B" (the model of Dynamo's scripts). */
+  /** Default "Qwen/Qwen3-0.6B" (the model of Dynamo's scripts): DEFAULT_TOPOLOGY_MODEL. */
   model?: string;
   servedModelName?: string;
   /** Aggregated workers (agg, agg-router), or the DP size (dp). */
@@ -177,7 +180,7 @@ export function planTopology(preset: TopologyPreset, options: TopologyOptions = 
     }
     const config: VllmWorkerConfig = {
       id: s.id,
-      model: options.model ?? "Qwen/Qwen3-0.6B",
+      model: options.model ?? DEFAULT_TOPOLOGY_MODEL,
       host,
       port: basePort + k,
       role: s.role,
