@@ -8,6 +8,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { InvalidConfigError } from "../errors.js";
 import { ENGINE_HASH_ALGORITHMS, type EngineHashAlgorithm } from "../core/block-hasher.js";
 import type { KvEventFormat } from "../events/codec.js";
+import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { DEFAULT_ENGINE_PROFILE, engineProfile } from "./profiles.js";
 
 /** Simulated step costs, in simulated milliseconds (see docs/mocker.md for the derivation). */
@@ -125,6 +126,12 @@ export interface MockEngineConfig {
   nixlSideChannelHost?: string;
   nixlSideChannelPort?: number;
   loraModules?: LoraModule[];
+  /**
+   * `--tokenizer`: a Hugging Face tokenizer folder (or a loaded `Tokenizer`). Prompts are then
+   * tokenized exactly as vLLM does, and generated ids and text come from that vocabulary.
+   * Default: the toy tokenizer (docs/mocker.md). A bad folder throws `TokenizerLoadError`.
+   */
+  tokenizer?: string | Tokenizer | null;
 }
 
 export interface ResolvedMockEngineConfig {
@@ -154,6 +161,8 @@ export interface ResolvedMockEngineConfig {
   nixlSideChannelHost: string;
   nixlSideChannelPort: number;
   loraModules: LoraModule[];
+  /** The real tokenizer, or null for the toy one. */
+  tokenizer: Tokenizer | null;
 }
 
 function positiveInt(name: string, value: number | undefined, fallback: number): number {
@@ -280,5 +289,6 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     nixlSideChannelHost: config.nixlSideChannelHost ?? process.env.VLLM_NIXL_SIDE_CHANNEL_HOST ?? "localhost",
     nixlSideChannelPort: config.nixlSideChannelPort ?? Number(process.env.VLLM_NIXL_SIDE_CHANNEL_PORT ?? 5600),
     loraModules,
+    tokenizer: typeof config.tokenizer === "string" ? Tokenizer.fromDir(config.tokenizer) : (config.tokenizer ?? null),
   };
 }

@@ -28,7 +28,8 @@ import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
 import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
-import { EOS_TOKEN_ID, promptFingerprint, sampleToken, tokenText } from "./toy-tokenizer.js";
+import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
+import { promptFingerprint } from "./toy-tokenizer.js";
 
 export interface LoraRef {
   name: string;
@@ -101,7 +102,7 @@ class CoreRequest {
   readonly id: string;
   readonly promptLen: number;
   /**
-   * Prompt then output tokens; capacity grows by doubling. Past `numTokens` it may hold the toy
+   * Prompt then output tokens; capacity grows by doubling. Past `numTokens` it may hold the simulated
    * model's next tokens (hashed ahead), which sampling then appends.
    */
   tokens: Uint32Array;
@@ -259,6 +260,8 @@ export class EngineCore {
   private idleStartWall = 0;
   private idleCap = Infinity;
   private readonly engineId: string | null;
+  /** What the simulated model emits: toy words, or a real vocabulary's ids and text. */
+  private readonly vocab: ModelTokenizer;
 
   constructor(
     readonly config: ResolvedMockEngineConfig,
@@ -274,6 +277,7 @@ export class EngineCore {
       : null;
     const kt = config.kvTransfer;
     this.engineId = kt ? (config.dataParallelSize > 1 ? `${kt.engineId}_dp${rank}` : kt.engineId) : null;
+    this.vocab = modelTokenizerFor(config.tokenizer);
     this.metrics.scheduler(0, 0, 0, 0);
   }
 
@@ -629,7 +633,7 @@ export class EngineCore {
    * Makes `req.hashes` cover at least `numBlocks` blocks. Block hashes chain from the first block,
    * so extending them means hashing from the start: to keep that from happening at every output
    * block (prompt x output / blockSize work), the hashes run ahead over the tokens the model will
-   * generate next (`modelToken`: the toy model's output is a function of the prompt), up to 1,024
+   * generate next (`modelToken`: the simulated model's output is a function of the prompt), up to 1,024
    * tokens or as many as generated so far beyond what exists (from the request's arrival on). A
    * hash is used only once its block is full of real tokens, which are those predicted ones.
    */
@@ -648,7 +652,7 @@ export class EngineCore {
   }
 
   /**
-   * Sets `req.hashes` to the hashes of its first `end` tokens: its own, then the toy model's next
+   * Sets `req.hashes` to the hashes of its first `end` tokens: its own, then the simulated model's next
    * ones, written past its tokens (where sampling appends the very same ones: no copy).
    */
   private hashAhead(req: CoreRequest, end: number): void {
@@ -657,12 +661,13 @@ export class EngineCore {
     req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
   }
 
-  /** The token the toy model emits at output position `k` (0-based) of `req`: what `sample` appends. */
+  /** The token the model emits at output position `k` (0-based) of `req`: what `sample` appends. */
   private modelToken(req: CoreRequest, k: number): number {
     const { init } = req;
     if (req.fingerprint < 0) req.fingerprint = promptFingerprint(init.promptTokenIds, (this.config.seed ^ init.sampleSeed) | 0);
+    const eos = this.vocab.eosTokenId;
     const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
-    return !init.ignoreEos && k + 1 === eosAt ? EOS_TOKEN_ID : sampleToken(req.fingerprint, k);
+    return eos !== null && !init.ignoreEos && k + 1 === eosAt ? eos : this.vocab.sampleToken(req.fingerprint, k);
   }
 
   /** vLLM's cache_full_blocks: caches blocks [numCachedBlocks, numFull), one BlockStored. */
@@ -777,7 +782,7 @@ export class EngineCore {
     req.append(token);
     req.numOutput = k;
     // Without detokenization no text is built: the per-token string work is most of a decode step.
-    const piece = init.detokenize ? tokenText(token) : "";
+    const piece = init.detokenize ? this.vocab.tokenText(token) : "";
     if (piece.length > 0) req.unsent += piece;
 
     const first = req.timings.firstToken === null;
@@ -793,7 +798,7 @@ export class EngineCore {
     // vLLM's check_stop order: EOS, stop token ids, length; stop strings in the detokenizer.
     let finish: "stop" | "length" | null = null;
     let stopReason: string | number | null = null;
-    if (token === EOS_TOKEN_ID) finish = "stop";
+    if (token === this.vocab.eosTokenId) finish = "stop";
     else if (init.stopTokenIds.includes(token)) {
       finish = "stop";
       stopReason = token;

@@ -34,7 +34,7 @@ import {
   type ChoiceResult,
   type SamplingRequest,
 } from "./openai-protocol.js";
-import { applyChatTemplate, decode, encode } from "./toy-tokenizer.js";
+import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
 
 export interface MockServerOptions {
   engine: MockEngine;
@@ -107,6 +107,8 @@ export class MockServer {
   private readonly permIds = new Map<string, string>();
   private _port = 0;
   private readonly host: string;
+  /** The engine's tokenizer (toy, or the real one of `--tokenizer`). */
+  private readonly tokenizer: ModelTokenizer;
   /** Backpressure counters: times a stream's socket was full, deltas merged meanwhile. */
   readonly stats = { streamsBlocked: 0, mergedDeltas: 0, aborted: 0 };
 
@@ -123,6 +125,7 @@ export class MockServer {
         : `vllm-${VLLM_VERSION}${cfg.dataParallelSize > 1 ? `-dp${cfg.dataParallelSize}` : ""}-${hash8}`;
     this.maxBody = options.maxBodyBytes ?? 64 * 2 ** 20;
     this.host = options.host ?? "127.0.0.1";
+    this.tokenizer = modelTokenizerFor(cfg.tokenizer);
     this.server = http.createServer((req, res) => this.handle(req, res));
     this.server.keepAliveTimeout = 65_000;
   }
@@ -184,7 +187,7 @@ export class MockServer {
         }
         const body = parseJsonBody(raw, req.headers["content-type"]);
         if (path === "/v1/completions") this.completion(req, res, body);
-        else this.chat(req, res, body);
+        else this.chat(req, res, body, raw);
       } catch (err) {
         this.fail(res, err);
       }
@@ -407,12 +410,13 @@ export class MockServer {
 
   private completion(req: http.IncomingMessage, res: http.ServerResponse, body: Record<string, unknown>): void {
     const r = parseCompletionRequest(body);
-    const prompts = r.prompts.map((p) => Uint32Array.from(typeof p === "string" ? encode(p) : p));
+    // Token-id prompts are used verbatim (no tokenizing, no BOS), as vLLM does.
+    const prompts = r.prompts.map((p) => (typeof p === "string" ? this.tokenizer.encodeText(p, r.addSpecialTokens) : Uint32Array.from(p)));
     const { maxTokens, rank } = this.prepare(req, r, prompts);
     const id = `cmpl-${this.requestId(req, r)}`;
     const created = Math.floor(Date.now() / 1000);
     const model = this.responseModel(r.model);
-    const promptTexts = r.prompts.map((p) => (typeof p === "string" ? p : decode(p)));
+    const promptTexts = r.prompts.map((p) => (typeof p === "string" ? p : this.tokenizer.decode(p)));
     const details = this.options.enablePromptTokensDetails === true;
     const perMetrics = this.options.enablePerRequestMetrics === true;
 
@@ -503,10 +507,10 @@ export class MockServer {
   // ---------------------------------------------------------------------------------------------
   // /v1/chat/completions
 
-  private chat(req: http.IncomingMessage, res: http.ServerResponse, body: Record<string, unknown>): void {
-    const r = parseChatRequest(body);
-    const promptText = applyChatTemplate(r.messages, r.addGenerationPrompt);
-    const prompt = Uint32Array.from(encode(promptText));
+  private chat(req: http.IncomingMessage, res: http.ServerResponse, body: Record<string, unknown>, raw: Buffer): void {
+    // A real tokenizer validates and renders the messages itself (its refusals: 400).
+    const r = parseChatRequest(body, { checkMessages: this.options.engine.config.tokenizer === null });
+    const prompt = this.tokenizer.encodeChat(body, raw, r.messages, r.addGenerationPrompt);
     const { maxTokens, rank } = this.prepare(req, r, [prompt]);
     const id = `chatcmpl-${this.requestId(req, r)}`;
     const created = Math.floor(Date.now() / 1000);

@@ -291,6 +291,8 @@ export interface CompletionRequest extends SamplingRequest {
   /** Text or token ids, one entry per prompt. */
   prompts: (string | number[])[];
   echo: boolean;
+  /** For text prompts; default true, as vLLM's `/v1/completions`. */
+  addSpecialTokens: boolean;
 }
 
 export interface ChatMessage {
@@ -419,18 +421,27 @@ export function parseCompletionRequest(body: Body): CompletionRequest {
   const c = new Checker(body);
   const prompts = emptyPrompt ? undefined : c.prompts("prompt");
   const echo = c.bool("echo") ?? false;
+  const addSpecialTokens = c.bool("add_special_tokens") ?? true;
   // CompletionRequest.max_tokens defaults to 16 (null is normalized to the default too).
   const s = sampling(c, 16);
   if (emptyPrompt) throw servingError(400, "BadRequestError", "You must set --enable-prompt-embeds to input prompt_embeds.", null);
   if (prompts!.some((p) => p.length === 0)) {
     throw servingError(400, "BadRequestError", "The decoder prompt cannot be empty", null);
   }
-  return { ...s, prompts: prompts!, echo };
+  return { ...s, prompts: prompts!, echo, addSpecialTokens };
 }
 
-export function parseChatRequest(body: Body): ChatRequest {
+/**
+ * `checkMessages: false` leaves the messages' content to a real tokenizer (which validates and
+ * renders them as vLLM does); `messages` then holds what could be read of them (for `echo`).
+ */
+export function parseChatRequest(body: Body, options: { checkMessages?: boolean } = {}): ChatRequest {
   beforeValidators(body);
   const c = new Checker(body);
+  const checkMessages = options.checkMessages ?? true;
+  const messageError = (e: PydanticError) => {
+    if (checkMessages) c.errors.push(e);
+  };
   const messages: ChatMessage[] = [];
   const raw = body.messages;
   if (raw === undefined) c.missing("messages");
@@ -439,13 +450,13 @@ export function parseChatRequest(body: Body): ChatRequest {
     raw.forEach((m, i) => {
       const at = `body.messages.${i}`;
       if (m === null || typeof m !== "object" || Array.isArray(m)) {
-        c.errors.push({ type: "dict_type", loc: at, msg: "Input should be a valid dictionary", input: m });
+        messageError({ type: "dict_type", loc: at, msg: "Input should be a valid dictionary", input: m });
         return;
       }
       const msg = m as Record<string, unknown>;
       if (typeof msg.role !== "string") {
-        if (msg.role === undefined) c.errors.push({ type: "missing", loc: `${at}.role`, msg: "Field required", input: m });
-        else c.errors.push({ type: "string_type", loc: `${at}.role`, msg: "Input should be a valid string", input: msg.role });
+        if (msg.role === undefined) messageError({ type: "missing", loc: `${at}.role`, msg: "Field required", input: m });
+        else messageError({ type: "string_type", loc: `${at}.role`, msg: "Input should be a valid string", input: msg.role });
         return;
       }
       let content = "";
@@ -456,10 +467,10 @@ export function parseChatRequest(body: Body): ChatRequest {
           const p = part as Record<string, unknown> | null;
           if (p && typeof p === "object" && p.type === "text" && typeof p.text === "string") content += p.text;
           else if (typeof part === "string") content += part;
-          else c.errors.push({ type: "union_tag_invalid", loc: `${at}.content.${j}`, msg: "Input tag does not match any of the expected tags", input: part });
+          else messageError({ type: "union_tag_invalid", loc: `${at}.content.${j}`, msg: "Input tag does not match any of the expected tags", input: part });
         }
       } else if (ct !== null && ct !== undefined) {
-        c.errors.push({ type: "string_type", loc: `${at}.content`, msg: "Input should be a valid string", input: ct });
+        messageError({ type: "string_type", loc: `${at}.content`, msg: "Input should be a valid string", input: ct });
       }
       messages.push({ role: msg.role, content });
     });
