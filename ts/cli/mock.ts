@@ -36,10 +36,13 @@ vLLM flags:
   --seed <n>                            Sampling seed (default 0)
   --enable-lora, --lora-modules <name=path|json>...
   --enable-prompt-tokens-details, --enable-force-include-usage, --enable-per-request-metrics
+  --tokenizer <dir>                     A Hugging Face tokenizer folder: prompts are tokenized
+                                        exactly as vLLM does, outputs are ids of that vocabulary
+                                        (default: the mocker's toy tokenizer)
   Accepted and ignored: --tensor-parallel-size/-tp, --pipeline-parallel-size/-pp,
   --gpu-memory-utilization, --dtype, --trust-remote-code, --enforce-eager, --disable-log-requests,
   --enable-log-requests, --disable-log-stats, --uvicorn-log-level, --max-loras, --max-lora-rank,
-  --disable-uvicorn-access-log, --tokenizer, --revision, --download-dir, --load-format
+  --disable-uvicorn-access-log, --revision, --download-dir, --load-format
 
 Mocker flags:
   --profile <name>                      The model on its GPUs the timing model and KV cache size
@@ -47,7 +50,7 @@ Mocker flags:
                                         llama-3.1-70b-h100-tp4 (see docs/mocker.md)
   --speedup <x>                         Simulated/wall time (default 1; inf = no sleeping)
   --zero-time                           Same as --speedup inf
-  --eos-after-tokens <n>                The toy model emits EOS as its n-th token (default 1024)
+  --eos-after-tokens <n>                The model emits EOS as its n-th token (default 1024)
   --kv-events-format <v>                current (default, vLLM 0.33), legacy (0.9.0) or a version
   --step-base-ms, --prefill-per-token-ms, --attention-per-token-pair-ms, --decode-per-seq-ms,
   --decode-per-context-token-ms, --kv-transfer-base-ms, --kv-transfer-per-token-ms <ms>
@@ -78,6 +81,7 @@ const FLAGS: Record<string, Kind> = {
   "enable-prompt-tokens-details": "boolean",
   "enable-force-include-usage": "boolean",
   "enable-per-request-metrics": "boolean",
+  tokenizer: "string",
   speedup: "string",
   "zero-time": "boolean",
   profile: "string",
@@ -94,7 +98,6 @@ const FLAGS: Record<string, Kind> = {
   "pipeline-parallel-size": "ignored-value",
   "gpu-memory-utilization": "ignored-value",
   dtype: "ignored-value",
-  tokenizer: "ignored-value",
   revision: "ignored-value",
   "download-dir": "ignored-value",
   "load-format": "ignored-value",
@@ -310,6 +313,7 @@ export function mockConfigFromArgs(argv: string[]): {
     zeroTime: flag("zero-time") || undefined,
     profile: str("profile"),
     eosAfterTokens: str("eos-after-tokens") === undefined ? undefined : intFlag("eos-after-tokens", str("eos-after-tokens")!),
+    tokenizer: str("tokenizer"),
   };
   return {
     engine,
@@ -367,6 +371,7 @@ export async function runMock(argv: string[]): Promise<number> {
       numGpuBlocks: cfg.numGpuBlocks,
       maxModelLen: cfg.maxModelLen,
       hashAlgorithm: cfg.hashAlgorithm,
+      tokenizer: cfg.tokenizer?.dir ?? null,
       kvEvents: engine.kvEventEndpoints(),
       speedup: cfg.zeroTime ? "inf" : cfg.speedup,
       pid: process.pid,
