@@ -27,15 +27,16 @@ afterAll(async () => {
 
 describe("gateway: OpenAI routes", () => {
   it("serves completions and chat, streamed or not, with the kvroute headers", async () => {
-    const prompt = "the quick brown fox jumps over the lazy dog ".repeat(8);
+    const prompt = "the quick brown fox jumps over the lazy dog ".repeat(30);
     const a = await post(url, "/v1/completions", { model: MODEL, prompt, max_tokens: 7, ignore_eos: true });
     expect(a.status).toBe(200);
     expect(a.json.usage.completion_tokens).toBe(7);
     expect(a.json.object).toBe("text_completion");
     expect(["w0", "w1"]).toContain(a.headers["x-kvroute-worker"]);
     expect(a.headers["x-kvroute-overlap-blocks"]).toBe("0");
-    // Same prompt again: the router sends it where its blocks are, and says how many it found.
-    await sleep(300);
+    // Same prompt again, once the worker's KV events have reached the router: it sends it where its
+    // blocks are, and says how many it found.
+    while ((await post(url, "/v1/kvroute/route", { model: MODEL, prompt })).json.overlapBlocks <= 10) await sleep(20);
     const b = await post(url, "/v1/completions", { model: MODEL, prompt, max_tokens: 7, stream: true, stream_options: { include_usage: true } });
     expect(b.status).toBe(200);
     expect(b.headers["content-type"]).toContain("text/event-stream");
