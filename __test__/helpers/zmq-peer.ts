@@ -116,8 +116,8 @@ export class ZmqPeer {
   }
 }
 
-/** Polls `cond` until it holds (or throws after `timeoutMs`, naming `what`). */
-export async function waitUntil(cond: () => boolean, what: string, timeoutMs = 8000): Promise<void> {
+/** Polls `cond`; the deadline only turns a hang into a clear message (the test timeout is 60 s). */
+export async function waitUntil(cond: () => boolean, what: string, timeoutMs = 50_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

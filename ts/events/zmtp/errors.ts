@@ -15,6 +15,8 @@ export type ZmtpErrorReason =
   | "incompatible"
   /** A message exceeded `maxMessageSize`. */
   | "too-large"
+  /** A message had more than `maxFramesPerMessage` frames. */
+  | "too-many-frames"
   /** The handshake or a heartbeat did not complete in time. */
   | "timeout"
   /** The peer sent an ERROR command. */

@@ -37,7 +37,10 @@ export interface PipeOptions {
   /** ZMTP minor version we announce: 1 (3.1, default) or 0 (3.0). */
   zmtpMinor: number;
   handshakeTimeoutMs: number;
+  /** Bound of a message's bodies plus FRAME_OVERHEAD per frame; past it the pipe closes. */
   maxMessageSize: number;
+  /** Bound of a message's frame count; past it the pipe closes. */
+  maxFramesPerMessage: number;
   sndHwm: number;
   /** Send a PING this often once connected; 0 disables heartbeats. */
   heartbeatIvlMs: number;
@@ -54,6 +57,12 @@ export interface PipeHandler {
 }
 
 type State = "greeting" | "handshake" | "ready" | "closed";
+
+/**
+ * What a received frame costs beyond its body (the Buffer view and its slot in the message):
+ * charged against maxMessageSize, so empty frames cannot grow a message for free.
+ */
+export const FRAME_OVERHEAD = 64;
 
 export class ZmtpPipe {
   /** The endpoint this pipe was connected to, or bound at. */
@@ -238,9 +247,12 @@ export class ZmtpPipe {
 
   private onMessageFrame(flags: number, body: Buffer): void {
     if (this.state !== "ready") throw new ZmtpError("protocol", "message frame before the handshake completed");
-    this.partsSize += body.length;
+    this.partsSize += body.length + FRAME_OVERHEAD;
     if (this.partsSize > this.options.maxMessageSize) {
-      throw new ZmtpError("too-large", `message exceeds maxMessageSize ${this.options.maxMessageSize}`);
+      throw new ZmtpError("too-large", `message exceeds maxMessageSize ${this.options.maxMessageSize} (bodies + ${FRAME_OVERHEAD} bytes a frame)`);
+    }
+    if (this.parts.length >= this.options.maxFramesPerMessage) {
+      throw new ZmtpError("too-many-frames", `message exceeds maxFramesPerMessage ${this.options.maxFramesPerMessage}`);
     }
     this.parts.push(body);
     if (flags & FLAG_MORE) return;

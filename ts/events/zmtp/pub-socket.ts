@@ -7,7 +7,9 @@
  * Subscriptions arrive as ZMTP 3.0 messages (`0x01` + prefix to subscribe, `0x00` + prefix to
  * cancel) or ZMTP 3.1 SUBSCRIBE / CANCEL commands; both are understood whatever the version.
  */
-import type { ZmtpPipe } from "./pipe.js";
+import { InvalidConfigError } from "../../errors.js";
+import { ZmtpError } from "./errors.js";
+import { FRAME_OVERHEAD, type ZmtpPipe } from "./pipe.js";
 import { ZmtpSocket, type ZmtpSocketOptions } from "./socket.js";
 import { encodeMessage, hasPrefix } from "./wire.js";
 
@@ -28,18 +30,26 @@ export interface PubSocketStats {
 /** A multiset of prefixes (libzmq counts duplicate subscriptions; CANCEL removes one). */
 class Subscriptions {
   private readonly counts = new Map<string, { prefix: Buffer; count: number }>();
+  /** Bytes held: prefixes plus FRAME_OVERHEAD each (bounded like a message). */
+  bytes = 0;
 
   add(prefix: Buffer): void {
     const key = prefix.toString("latin1");
     const entry = this.counts.get(key);
     if (entry) entry.count++;
-    else this.counts.set(key, { prefix: Buffer.from(prefix), count: 1 });
+    else {
+      this.counts.set(key, { prefix: Buffer.from(prefix), count: 1 });
+      this.bytes += prefix.length + FRAME_OVERHEAD;
+    }
   }
 
   remove(prefix: Buffer): void {
     const key = prefix.toString("latin1");
     const entry = this.counts.get(key);
-    if (entry && --entry.count === 0) this.counts.delete(key);
+    if (entry && --entry.count === 0) {
+      this.counts.delete(key);
+      this.bytes -= prefix.length + FRAME_OVERHEAD;
+    }
   }
 
   get size(): number {
@@ -56,9 +66,13 @@ export class PubSocket extends ZmtpSocket {
   private readonly subscriptions = new Map<ZmtpPipe, Subscriptions>();
   private sent = 0;
   private dropped = 0;
+  private readonly maxSubscriptions: number;
 
   constructor(options?: ZmtpSocketOptions) {
     super("PUB", options);
+    const max = options?.maxSubscriptions ?? 10_000;
+    if (!Number.isInteger(max) || max < 1) throw new InvalidConfigError(`maxSubscriptions must be an integer >= 1, got ${max}`);
+    this.maxSubscriptions = max;
   }
 
   /**
@@ -106,12 +120,22 @@ export class PubSocket extends ZmtpSocket {
     // ZMTP 3.0 subscriptions: single-frame messages whose first byte is 1 (subscribe) or 0 (cancel).
     const first = frames[0];
     if (frames.length !== 1 || !first || first.length === 0) return;
-    if (first[0] === 1) this.subscriptions.get(pipe)?.add(first.subarray(1));
+    if (first[0] === 1) this.subscribe(pipe, first.subarray(1));
     else if (first[0] === 0) this.subscriptions.get(pipe)?.remove(first.subarray(1));
   }
 
   protected override onCommand(pipe: ZmtpPipe, name: string, data: Buffer): void {
-    if (name === "SUBSCRIBE") this.subscriptions.get(pipe)?.add(data);
+    if (name === "SUBSCRIBE") this.subscribe(pipe, data);
     else if (name === "CANCEL") this.subscriptions.get(pipe)?.remove(data);
+  }
+
+  /** A peer's subscriptions are bounded in count and bytes: past either, it is disconnected. */
+  private subscribe(pipe: ZmtpPipe, prefix: Buffer): void {
+    const subs = this.subscriptions.get(pipe);
+    if (!subs) return;
+    subs.add(prefix);
+    if (subs.size > this.maxSubscriptions || subs.bytes > this.pipeOptions.maxMessageSize) {
+      pipe.close(new ZmtpError("too-large", `peer holds more than ${this.maxSubscriptions} subscriptions or ${this.pipeOptions.maxMessageSize} bytes of them`));
+    }
   }
 }

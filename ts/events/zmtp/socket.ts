@@ -18,8 +18,15 @@ export interface ZmtpSocketOptions {
   sndHwm?: number;
   /** Incoming messages held before the socket stops reading from the network. Default 1000. */
   rcvHwm?: number;
-  /** Largest message accepted from a peer, in bytes; a larger one closes the pipe. Default 64 MiB. */
+  /**
+   * Largest message accepted from a peer, in bytes: its bodies plus FRAME_OVERHEAD (64) a frame.
+   * A larger one is dropped and closes the pipe (a connecting socket redials). Default 64 MiB.
+   */
   maxMessageSize?: number;
+  /** Most frames in one message from a peer; more drops it and closes the pipe. Default 1024. */
+  maxFramesPerMessage?: number;
+  /** PUB: most distinct subscriptions one peer may hold (their bytes count against maxMessageSize too). Default 10000. */
+  maxSubscriptions?: number;
   /** Default 10 s. */
   handshakeTimeoutMs?: number;
   /** First redial delay after a connection fails or drops. Default 100 ms. */
@@ -87,6 +94,8 @@ export abstract class ZmtpSocket extends EventEmitter<ZmtpSocketEvents> {
   private readonly reconnectIvlMaxMs: number;
   private receivePaused = false;
   private isClosed = false;
+  /** Pipes closed on a ZmtpError (limit, protocol, timeout), by its reason. */
+  private readonly peerErrors = new Map<string, number>();
 
   protected constructor(
     readonly type: SocketType,
@@ -104,6 +113,7 @@ export abstract class ZmtpSocket extends EventEmitter<ZmtpSocketEvents> {
       zmtpMinor: options.zmtpMinor ?? 1,
       handshakeTimeoutMs: nonNegative("handshakeTimeoutMs", options.handshakeTimeoutMs, 10_000),
       maxMessageSize: nonNegative("maxMessageSize", options.maxMessageSize, 64 * 1024 * 1024),
+      maxFramesPerMessage: atLeastOne("maxFramesPerMessage", options.maxFramesPerMessage, 1024),
       sndHwm: atLeastOne("sndHwm", options.sndHwm, 1000),
       heartbeatIvlMs,
       heartbeatTimeoutMs: nonNegative("heartbeatTimeoutMs", options.heartbeatTimeoutMs, 3 * heartbeatIvlMs),
@@ -119,6 +129,14 @@ export abstract class ZmtpSocket extends EventEmitter<ZmtpSocketEvents> {
   /** Peers with a completed handshake. */
   get peerCount(): number {
     return this.pipes.size;
+  }
+
+  /**
+   * Connections closed because of the peer, by ZmtpError reason (`too-large`, `too-many-frames`,
+   * `protocol`, `timeout`, ...): what it sent was dropped and it was disconnected.
+   */
+  peerErrorCounts(): Record<string, number> {
+    return Object.fromEntries(this.peerErrors);
   }
 
   /**
@@ -250,6 +268,9 @@ export abstract class ZmtpSocket extends EventEmitter<ZmtpSocketEvents> {
       onCommand: (pipe, name, data) => this.onCommand(pipe, name, data),
       onClose: (pipe, error) => {
         this.everyPipe.delete(pipe);
+        if (error instanceof ZmtpError && error.reason !== "closed") {
+          this.peerErrors.set(error.reason, (this.peerErrors.get(error.reason) ?? 0) + 1);
+        }
         if (this.pipes.delete(pipe)) {
           this.detach(pipe);
           this.emit("disconnected", { endpoint, error });
