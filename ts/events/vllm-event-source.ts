@@ -60,6 +60,11 @@ export interface VllmEventSourceOptions {
   maxPendingBatches?: number;
   /** Transport tuning for the SUB and DEALER sockets (reconnect backoff, heartbeats, limits). */
   socket?: ZmtpSocketOptions;
+  /**
+   * The SUB binds the endpoints and the worker's PUB connects to them: vLLM's connect mode, for
+   * an endpoint without `*` or `::` (`tcp://127.0.0.1:5557`). Default false (the SUB connects).
+   */
+  bind?: boolean;
 }
 
 export interface RankEvent {
@@ -99,8 +104,19 @@ export interface VllmEventSourceStats {
   delivered: number;
   /** Held live batches dropped because a replay had already applied them. */
   duplicates: number;
-  /** Messages that were not [topic, 8-byte seq, payload] (or bad replay replies). */
+  /** Messages that were not [topic, 8-byte seq, payload] (or bad replay replies): the next two summed. */
   malformed: number;
+  /** Live messages that were not [topic, 8-byte seq, payload]. */
+  badFrames: number;
+  /** Replay replies that were not `["", (topic,) seq, payload]`. */
+  badReplayReplies: number;
+  /** Connections of the SUBs that completed their handshake and then dropped. */
+  disconnects: number;
+  /**
+   * Connections (SUB and replay DEALER) closed because of what the peer sent or did not send, by
+   * ZmtpError reason: `too-large`, `too-many-frames`, `protocol`, `timeout`...
+   */
+  peerErrors: Record<string, number>;
   gaps: number;
   replays: { ok: number; failed: number };
   restarts: number;
@@ -176,11 +192,16 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
   private readonly pumps: Promise<void>[] = [];
   private started = false;
   private closed = false;
+  private readonly bindMode: boolean;
+  /** peerErrorCounts() of the replay DEALERs already closed. */
+  private readonly replayPeerErrors = new Map<string, number>();
   private readonly counters = {
     received: 0,
     delivered: 0,
     duplicates: 0,
-    malformed: 0,
+    badFrames: 0,
+    badReplayReplies: 0,
+    disconnects: 0,
     gaps: 0,
     replaysOk: 0,
     replaysFailed: 0,
@@ -201,6 +222,7 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
     this.catchUp = options.catchUp ?? false;
     this.replayTimeoutMs = options.replayTimeoutMs ?? 5000;
     this.maxPending = options.maxPendingBatches ?? 10_000;
+    this.bindMode = options.bind ?? false;
     // Heartbeats by default: an idle worker whose host vanished would otherwise look connected.
     this.socketOptions = { heartbeatIvlMs: 5000, heartbeatTimeoutMs: 15_000, ...options.socket };
     const endpoints = perRank(options.endpoint, size, "endpoint");
@@ -234,11 +256,16 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
       });
       sub.on("disconnected", ({ endpoint, error }) => {
         rank.connected = false;
+        this.counters.disconnects++;
         if (rank.replayEndpoint && rank.lastSeq !== null) rank.verifyNext = true;
         if (!this.closed) this.notify("disconnected", { workerId: this.workerId, dpRank, endpoint, error });
       });
       sub.subscribe(this.topic);
-      sub.connect(rank.endpoint);
+      if (this.bindMode) {
+        this.bindRank(rank, 0);
+      } else {
+        sub.connect(rank.endpoint);
+      }
       this.pumps.push(this.pump(rank));
     }
     return this;
@@ -257,7 +284,11 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
       received: c.received,
       delivered: c.delivered,
       duplicates: c.duplicates,
-      malformed: c.malformed,
+      malformed: c.badFrames + c.badReplayReplies,
+      badFrames: c.badFrames,
+      badReplayReplies: c.badReplayReplies,
+      disconnects: c.disconnects,
+      peerErrors: this.peerErrors(),
       gaps: c.gaps,
       replays: { ok: c.replaysOk, failed: c.replaysFailed },
       restarts: c.restarts,
@@ -277,12 +308,32 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
     };
   }
 
+  /** Binds a rank's SUB, retrying with backoff while the port is taken (a previous source still closing). */
+  private bindRank(rank: Rank, attempt: number): void {
+    rank.sub.bind(rank.endpoint).catch((err: unknown) => {
+      if (this.closed) return;
+      const error = err instanceof Error ? err : new Error(String(err));
+      if (attempt === 0) this.notify("disconnected", { workerId: this.workerId, dpRank: rank.dpRank, endpoint: rank.endpoint, error });
+      setTimeout(() => this.closed || this.bindRank(rank, attempt + 1), Math.min(5000, 100 * 2 ** Math.min(attempt, 6))).unref();
+    });
+  }
+
+  private peerErrors(): Record<string, number> {
+    const total = new Map(this.replayPeerErrors);
+    const add = (counts: Record<string, number>) => {
+      for (const [reason, n] of Object.entries(counts)) total.set(reason, (total.get(reason) ?? 0) + n);
+    };
+    for (const r of this.ranks) add(r.sub.peerErrorCounts());
+    for (const d of this.replays) add(d.peerErrorCounts());
+    return Object.fromEntries(total);
+  }
+
   private async pump(rank: Rank): Promise<void> {
     for await (const frames of rank.sub) {
       this.counters.received++;
       const seq = frames[1];
       if (frames.length !== 3 || seq?.length !== 8) {
-        this.counters.malformed++;
+        this.counters.badFrames++;
         continue;
       }
       const batch: Batch = { seq: seq.readBigUInt64BE(0), payload: frames[2] as Buffer };
@@ -377,7 +428,7 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
         }
         const reply = parseReplayReply(frames);
         if (reply === null) {
-          this.counters.malformed++;
+          this.counters.badReplayReplies++;
           continue;
         }
         if (reply === "end") {
@@ -415,6 +466,9 @@ export class VllmEventSource extends EventEmitter<VllmEventSourceEvents> {
       failure = `replay failed: ${err instanceof Error ? err.message : String(err)}`;
     } finally {
       this.replays.delete(dealer);
+      for (const [reason, n] of Object.entries(dealer.peerErrorCounts())) {
+        this.replayPeerErrors.set(reason, (this.replayPeerErrors.get(reason) ?? 0) + n);
+      }
       await dealer.close();
     }
     if (this.closed) return;

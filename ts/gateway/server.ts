@@ -17,6 +17,7 @@ import type { Registry } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
 import type { PromptTokenizer } from "./context.js";
 import { createGateway, type Gateway } from "./gateway.js";
+import { registerKvEventMetrics } from "./kv-event-metrics.js";
 import { WorkerFeeds } from "./worker-feeds.js";
 
 export interface StartGatewayOptions {
@@ -99,6 +100,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
       if (!sink) sinks.set(record.model, (sink = router.eventSink(record.model)));
       return sink;
     },
+    eventStatsFor: (model) => router.eventStats(model),
     onMetrics: (record, text) => void router.updateMetricsFromPrometheus(record.id, text),
     scrapeIntervalMs: config.metricsScrapeIntervalMs,
     log,
@@ -119,6 +121,8 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     if (ownRouter) router.close();
     throw err;
   }
+  // Read at scrape time from the feeds and the router (a caller's own metrics registry included).
+  registerKvEventMetrics(gateway.metrics.registry, { workers: () => feeds.kvEventStats(), eventStats: (model) => router.eventStats(model) });
   const server = http.createServer(
     {
       requestTimeout: config.clientTimeoutMs,

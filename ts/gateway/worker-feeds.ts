@@ -7,15 +7,22 @@
  *
  * Invariant: exactly one source and one scrape slot per registered worker id.
  */
+import type { KvEventStats } from "../core/kv-indexer.js";
 import type { KvEventSink } from "../events/types.js";
-import { VllmEventSource } from "../events/vllm-event-source.js";
+import { VllmEventSource, type VllmEventSourceStats } from "../events/vllm-event-source.js";
 import type { Registry } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
+import { countingSink, emptyApplyCounts, SkipReasonTracker, type ReportingSink, type WorkerApplyCounts } from "./kv-event-counts.js";
 
 export interface WorkerFeedsOptions {
   registry: Registry;
-  /** The sink for a worker's events (the router's sink for its model); null: no KV view. */
-  sinkFor(record: WorkerRecord): KvEventSink | null;
+  /**
+   * The sink for a worker's events (the router's sink for its model); null: no KV view. A sink
+   * with `applyEventBatch` (the router's) gets its batches counted per worker (kvEventStats()).
+   */
+  sinkFor(record: WorkerRecord): ReportingSink | null;
+  /** A model's event counters (router.eventStats): the reasons of skipped events, per worker. */
+  eventStatsFor?(model: string): KvEventStats | undefined;
   /** A worker's /metrics text, every scrape. */
   onMetrics?(record: WorkerRecord, text: string): void;
   /** A worker left the registry (after its source was closed). */
@@ -27,9 +34,20 @@ export interface WorkerFeedsOptions {
   log?: (message: string) => void;
 }
 
+/** One worker's KV-event path, for /metrics (kv-event-metrics.ts). */
+export interface WorkerKvEventStats {
+  workerId: string;
+  model: string;
+  /** Transport and sequencing (null: the worker publishes no events). */
+  source: VllmEventSourceStats | null;
+  /** What the router's sink did with the batches. */
+  applied: WorkerApplyCounts;
+}
+
 interface Feed {
   record: WorkerRecord;
   source: VllmEventSource | null;
+  applied: WorkerApplyCounts;
   scraping: boolean;
   scrapeFailures: number;
 }
@@ -39,8 +57,12 @@ export class WorkerFeeds {
   private timer: NodeJS.Timeout | null = null;
   private unwatch: (() => void) | null = null;
   private closed = false;
+  private readonly skips: SkipReasonTracker | null;
 
-  constructor(private readonly options: WorkerFeedsOptions) {}
+  constructor(private readonly options: WorkerFeedsOptions) {
+    const statsOf = options.eventStatsFor;
+    this.skips = statsOf ? new SkipReasonTracker((model) => statsOf(model)) : null;
+  }
 
   start(): this {
     this.unwatch = this.options.registry.watch((change) => {
@@ -59,6 +81,16 @@ export class WorkerFeeds {
   /** Event-source stats per worker (for diagnostics). */
   sources(): { workerId: string; source: VllmEventSource | null }[] {
     return [...this.feeds.values()].map((f) => ({ workerId: f.record.id, source: f.source }));
+  }
+
+  /** Per worker: its event source's counters and what the sink applied (read at scrape time). */
+  kvEventStats(): WorkerKvEventStats[] {
+    return [...this.feeds.values()].map((f) => ({
+      workerId: f.record.id,
+      model: f.record.model,
+      source: f.source?.stats() ?? null,
+      applied: f.applied,
+    }));
   }
 
   /** Scrapes every worker now (tests, and the first round at start). */
@@ -80,9 +112,10 @@ export class WorkerFeeds {
     if (this.closed) return;
     const old = this.feeds.get(record.id);
     if (old) this.detach(record.id, null);
-    const feed: Feed = { record, source: null, scraping: false, scrapeFailures: 0 };
-    const sink = record.kvEvents && record.kvEvents.endpoints.length > 0 ? this.options.sinkFor(record) : null;
-    if (sink && record.kvEvents) {
+    const feed: Feed = { record, source: null, applied: emptyApplyCounts(), scraping: false, scrapeFailures: 0 };
+    const reporting = record.kvEvents && record.kvEvents.endpoints.length > 0 ? this.options.sinkFor(record) : null;
+    if (reporting && record.kvEvents) {
+      const sink = countingSink(reporting, record.model, feed.applied, this.skips);
       const ranks = record.dpRanks;
       // VllmEventSource numbers ranks by endpoint position; the record says which rank each is.
       const mapped: KvEventSink = {
@@ -97,6 +130,7 @@ export class WorkerFeeds {
         dataParallelSize: record.kvEvents.endpoints.length,
         catchUp: record.kvEvents.replayEndpoints !== null,
         sink: mapped,
+        ...(record.kvEvents.subscriberBinds ? { bind: true } : {}),
       });
       source.on("sinkError", (e) => this.options.log?.(`KV events of ${e.workerId} rank ${e.dpRank}: the router rejected a batch (${String(e.error)})`));
       source.on("stale", (e) => this.options.log?.(`KV events of ${e.workerId} rank ${e.dpRank}: view dropped (${e.reason}); rebuilding`));
