@@ -261,13 +261,16 @@ describe("planTopology", () => {
   it("agg-router: KV events on consecutive PUB ports, replay ports after them", () => {
     const configs = planTopology("agg-router", { ...opts, workers: 3, topic: "kv" });
     expect(configs.map((c) => c.kvEvents)).toEqual([
-      { endpoint: "tcp://*:6000", replayEndpoint: "tcp://*:6003", topic: "kv" },
-      { endpoint: "tcp://*:6001", replayEndpoint: "tcp://*:6004", topic: "kv" },
-      { endpoint: "tcp://*:6002", replayEndpoint: "tcp://*:6005", topic: "kv" },
+      { endpoint: "tcp://127.0.0.1:6000", replayEndpoint: "tcp://127.0.0.1:6003", topic: "kv" },
+      { endpoint: "tcp://127.0.0.1:6001", replayEndpoint: "tcp://127.0.0.1:6004", topic: "kv" },
+      { endpoint: "tcp://127.0.0.1:6002", replayEndpoint: "tcp://127.0.0.1:6005", topic: "kv" },
     ]);
   });
 
   it("disagg-router: prefill then decode workers, NIXL, distinct side-channel ports, KV events", () => {
+    // Event sockets follow the workers' HTTP host: every interface only for a wildcard host.
+    expect(planTopology("agg-router", { ...opts, workers: 1, host: "0.0.0.0" })[0]!.kvEvents).toMatchObject({ endpoint: "tcp://*:6000", replayEndpoint: "tcp://*:6001" });
+    expect(planTopology("agg-router", { ...opts, workers: 1, host: "::1" })[0]!.kvEvents).toMatchObject({ endpoint: "tcp://[::1]:6000", replayEndpoint: "tcp://[::1]:6001" });
     const configs = planTopology("disagg-router", { ...opts, prefillWorkers: 2, decodeWorkers: 1 });
     expect(configs.map((c) => [c.id, c.role, c.port, c.nixlSideChannelPort])).toEqual([
       ["prefill-0", "prefill", 9000, 20096],
@@ -287,10 +290,10 @@ describe("planTopology", () => {
   it("dp: external layout for vLLM (one process per rank, as dep.sh), internal for the mocker", () => {
     const ext = planTopology("dp", { ...opts, workers: 4 });
     expect(ext.map((c) => [c.id, c.port, c.dataParallel, c.kvEvents!.endpoint, c.env?.["CUDA_VISIBLE_DEVICES"]])).toEqual([
-      ["dp-rank0", 9000, { size: 4, rank: 0 }, "tcp://*:6000", "0"],
-      ["dp-rank1", 9001, { size: 4, rank: 1 }, "tcp://*:6000", "1"],
-      ["dp-rank2", 9002, { size: 4, rank: 2 }, "tcp://*:6000", "2"],
-      ["dp-rank3", 9003, { size: 4, rank: 3 }, "tcp://*:6000", "3"],
+      ["dp-rank0", 9000, { size: 4, rank: 0 }, "tcp://127.0.0.1:6000", "0"],
+      ["dp-rank1", 9001, { size: 4, rank: 1 }, "tcp://127.0.0.1:6000", "1"],
+      ["dp-rank2", 9002, { size: 4, rank: 2 }, "tcp://127.0.0.1:6000", "2"],
+      ["dp-rank3", 9003, { size: 4, rank: 3 }, "tcp://127.0.0.1:6000", "3"],
     ]);
     // vLLM offsets each rank's port: the records do too, without collisions with the replay block.
     const records = ext.map((c) => workerRecordFor(c));
@@ -307,8 +310,8 @@ describe("planTopology", () => {
   it("DP groups in agg presets take as many event ports and GPUs as they have ranks", () => {
     const configs = planTopology("agg-router", { ...opts, workers: 2, dataParallelSize: 2, dpLayout: "internal" });
     expect(configs.map((c) => [c.kvEvents!.endpoint, c.kvEvents!.replayEndpoint, c.env?.["CUDA_VISIBLE_DEVICES"]])).toEqual([
-      ["tcp://*:6000", "tcp://*:6004", "0,1"],
-      ["tcp://*:6002", "tcp://*:6006", "2,3"],
+      ["tcp://127.0.0.1:6000", "tcp://127.0.0.1:6004", "0,1"],
+      ["tcp://127.0.0.1:6002", "tcp://127.0.0.1:6006", "2,3"],
     ]);
   });
 

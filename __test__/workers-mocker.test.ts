@@ -126,9 +126,10 @@ describe("VllmWorker with the mocker", () => {
       ["worker-0", `http://127.0.0.1:${basePort}`, "aggregated", 16, 2048, "0"],
       ["worker-1", `http://127.0.0.1:${basePort + 1}`, "aggregated", 16, 2048, "0"],
     ]);
+    // Events on the workers' host (127.0.0.1): vLLM's PUB connects there, so the subscriber binds.
     expect(records.map((r) => r.kvEvents)).toEqual([
-      { endpoints: [`tcp://127.0.0.1:${baseEventPort}`], replayEndpoints: [`tcp://127.0.0.1:${baseEventPort + 2}`], topic: "" },
-      { endpoints: [`tcp://127.0.0.1:${baseEventPort + 1}`], replayEndpoints: [`tcp://127.0.0.1:${baseEventPort + 3}`], topic: "" },
+      { endpoints: [`tcp://127.0.0.1:${baseEventPort}`], replayEndpoints: [`tcp://127.0.0.1:${baseEventPort + 2}`], topic: "", subscriberBinds: true },
+      { endpoints: [`tcp://127.0.0.1:${baseEventPort + 1}`], replayEndpoints: [`tcp://127.0.0.1:${baseEventPort + 3}`], topic: "", subscriberBinds: true },
     ]);
     for (const r of records) {
       const models = (await (await fetch(`${r.url}/v1/models`)).json()) as { data: { id: string }[] };

@@ -28,6 +28,9 @@ launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
   --prefill-workers N     disagg presets
   --decode-workers N      disagg presets
   --port P                gateway port (default 8000)
+  --host H                where the gateway, the workers' HTTP and their KV-event and replay
+                          sockets listen (default: workers and their events on 127.0.0.1, the
+                          gateway on its configured host, 0.0.0.0 unless set)
   --engine E              mock | vllm (default mock)
   --router-mode M         kv | round-robin | random | least-loaded (default kv)
   --migration-limit N     default 0
@@ -68,6 +71,7 @@ export async function runUp(argv: string[]): Promise<number> {
           "prefill-workers": { type: "string" },
           "decode-workers": { type: "string" },
           port: { type: "string" },
+          host: { type: "string" },
           engine: { type: "string" },
           "router-mode": { type: "string" },
           "migration-limit": { type: "string" },
@@ -97,14 +101,15 @@ export async function runUp(argv: string[]): Promise<number> {
     const engine = (values.engine ?? "mock") as EngineKind;
     if (engine !== "mock" && engine !== "vllm") throw new UsageError(`--engine must be mock or vllm: got '${engine}'`);
     quiet = values.quiet === true;
-    const overrides: Record<string, string | undefined> = { port: values.port ?? "8000", routerMode: values["router-mode"], migrationLimit: values["migration-limit"] };
+    const overrides: Record<string, string | undefined> = { port: values.port ?? "8000", host: values.host, routerMode: values["router-mode"], migrationLimit: values["migration-limit"] };
     gatewayInput = loadGatewayConfig({
       file: values.config,
       overrides,
-      overrideSources: { port: "--port", routerMode: "--router-mode", migrationLimit: "--migration-limit" },
+      overrideSources: { port: "--port", host: "--host", routerMode: "--router-mode", migrationLimit: "--migration-limit" },
     });
     gatewayInput = { ...gatewayInput, models: [] };
     topology = { engine };
+    if (values.host !== undefined) topology.host = values.host;
     const int = (flag: string) => (values[flag as keyof typeof values] === undefined ? undefined : positiveInt(flag, values[flag as keyof typeof values] as string));
     if (values.workers !== undefined) topology.workers = int("workers");
     if (values["prefill-workers"] !== undefined) topology.prefillWorkers = int("prefill-workers");

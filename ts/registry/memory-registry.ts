@@ -116,5 +116,6 @@ export function validateRecord(r: WorkerRecord): void {
       bad("kvEvents.replayEndpoints", "must be null or match endpoints one to one");
     }
     if (typeof k.topic !== "string") bad("kvEvents.topic", "must be a string");
+    if (k.subscriberBinds !== undefined && typeof k.subscriberBinds !== "boolean") bad("kvEvents.subscriberBinds", "must be a boolean");
   }
 }

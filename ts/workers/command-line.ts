@@ -18,7 +18,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { InvalidConfigError } from "../errors.js";
-import { endpointForRank } from "../events/vllm-event-publisher.js";
+import { endpointForRank, isBindEndpoint } from "../events/vllm-event-publisher.js";
 import {
   VLLM_DEFAULT_BLOCK_SIZE,
   VLLM_DEFAULT_HASH_ALGORITHM,
@@ -258,6 +258,8 @@ export function workerRecordFor(
           ? c.dpRanks.map((r) => connectableEndpoint(endpointForRank(c.kvEvents!.replayEndpoint!, r), c.advertiseHost))
           : null,
         topic: c.kvEvents.topic ?? "",
+        // vLLM connects its PUB to such an endpoint: whoever subscribes must listen there.
+        ...(isBindEndpoint(c.kvEvents.endpoint) ? {} : { subscriberBinds: true }),
       }
     : null;
   const engineAlgo = runtime.engine?.hashAlgorithm;

@@ -117,6 +117,11 @@ export interface KvEventsRecord {
   /** Same order; null without replay. */
   replayEndpoints: string[] | null;
   topic: string;
+  /**
+   * The worker's PUB connects to `endpoints` (vLLM's rule for an endpoint without `*` or `::`), so
+   * the subscriber binds them. Absent or false: the worker binds and the subscriber connects.
+   */
+  subscriberBinds?: boolean;
 }
 
 /**

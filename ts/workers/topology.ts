@@ -11,10 +11,14 @@
  * | `dp`            | one DP group of size N (dep.sh: 4)        | none      | on        |
  *
  * Ports, in group order (prefill workers before decode workers): HTTP `basePort`, +1, ...;
- * KV-event PUB endpoints `tcp://*:<baseEventPort + k>` where each worker (DP group) takes as many
+ * KV-event PUB endpoints `tcp://<host>:<baseEventPort + k>` (`tcp://*:...` for a wildcard host)
+ * where each worker (DP group) takes as many
  * ports as it has DP ranks, since vLLM offsets each rank's port by its rank; replay endpoints the
  * same, from `baseReplayPort` (default: right after the PUB ports). NIXL side-channel ports
- * likewise from `baseSideChannelPort`. With `engine: "vllm"` each process gets its GPUs through
+ * likewise from `baseSideChannelPort`. Event sockets live where the workers' HTTP binds (`host`):
+ * with a wildcard host vLLM binds its PUB on every interface; with a specific one its rule makes the
+ * PUB connect, so the router's SUB binds `host:port` (the record's `subscriberBinds`) and nothing
+ * listens on another address. The replay ROUTER always binds, at `host`. With `engine: "vllm"` each process gets its GPUs through
  * CUDA_VISIBLE_DEVICES (as the scripts do), unless `assignGpus` is false.
  *
  * DP layout: `internal` (one process, `--data-parallel-size N`, one HTTP port) or `external` (N
@@ -23,7 +27,7 @@
  */
 import { InvalidConfigError } from "../errors.js";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
-import { mockerCommand } from "./command-line.js";
+import { formatHost, isWildcardHost, mockerCommand } from "./command-line.js";
 import type { ConnectorName, VllmWorkerConfig, WorkerRole } from "./config.js";
 import { WorkerGroup, type WorkerGroupOptions } from "./worker-group.js";
 
@@ -201,9 +205,10 @@ export function planTopology(preset: TopologyPreset, options: TopologyOptions = 
     if (s.dpSize > 1) config.dataParallel = s.dpRank === undefined ? { size: s.dpSize } : { size: s.dpSize, rank: s.dpRank };
     if (events) {
       // The endpoint is the group's base: vLLM adds the rank (external ranks share it).
+      const eventHost = isWildcardHost(host) ? "*" : formatHost(host);
       config.kvEvents = {
-        endpoint: `tcp://*:${baseEventPort + groupOffset}`,
-        replayEndpoint: `tcp://*:${baseReplayPort + groupOffset}`,
+        endpoint: `tcp://${eventHost}:${baseEventPort + groupOffset}`,
+        replayEndpoint: `tcp://${eventHost}:${baseReplayPort + groupOffset}`,
         topic: options.topic ?? "",
       };
       if (options.bufferSteps !== undefined) config.kvEvents.bufferSteps = options.bufferSteps;
