@@ -29,7 +29,7 @@ import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
-import { promptFingerprint } from "./toy-tokenizer.js";
+import { contextFingerprint } from "./toy-tokenizer.js";
 
 export interface LoraRef {
   name: string;
@@ -118,7 +118,6 @@ class CoreRequest {
   /** Set at the first admission. */
   numLocalCached = -1;
   numExternalCached = 0;
-  fingerprint = -1;
   /** Text sampled but not delivered yet (the stop-string holdback). */
   unsent = "";
   /** The last (longest stop - 1) delivered characters: a stop string may start in them. */
@@ -661,13 +660,18 @@ export class EngineCore {
     req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
   }
 
-  /** The token the model emits at output position `k` (0-based) of `req`: what `sample` appends. */
+  /**
+   * The token the model emits at output position `k` (0-based) of `req`: what `sample` appends. A
+   * function of the tokens before it (`req.tokens` holds them, real or hashed ahead in order), as
+   * greedy decoding is: a migrated stream continues exactly as the unbroken run. Only the EOS
+   * position (`eosAfterTokens`) counts output tokens.
+   */
   private modelToken(req: CoreRequest, k: number): number {
     const { init } = req;
-    if (req.fingerprint < 0) req.fingerprint = promptFingerprint(init.promptTokenIds, (this.config.seed ^ init.sampleSeed) | 0);
     const eos = this.vocab.eosTokenId;
     const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
-    return eos !== null && !init.ignoreEos && k + 1 === eosAt ? eos : this.vocab.sampleToken(req.fingerprint, k);
+    if (eos !== null && !init.ignoreEos && k + 1 === eosAt) return eos;
+    return this.vocab.sampleToken(contextFingerprint(req.tokens, req.promptLen + k, (this.config.seed ^ init.sampleSeed) | 0), 0);
   }
 
   /** vLLM's cache_full_blocks: caches blocks [numCachedBlocks, numFull), one BlockStored. */

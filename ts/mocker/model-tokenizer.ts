@@ -23,7 +23,7 @@ export interface ModelTokenizer {
    */
   encodeChat(body: Record<string, unknown>, raw: Uint8Array, messages: readonly toy.ChatMessageLike[], addGenerationPrompt: boolean): Uint32Array;
   decode(ids: ArrayLike<number>): string;
-  /** The token the model emits at output position `index` for a prompt's fingerprint (never EOS). */
+  /** The token the model emits for a context's fingerprint (`index` varies it further; never EOS). */
   sampleToken(fingerprint: number, index: number): number;
   /** The text a generated token adds to the output ("" for EOS). */
   tokenText(id: number): string;

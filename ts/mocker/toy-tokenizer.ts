@@ -12,8 +12,10 @@
  * tokens) and a multi-turn conversation re-tokenizes the assistant's earlier answers to the very
  * tokens the engine generated, which keeps their KV blocks reusable, as with a real tokenizer.
  *
- * Output tokens are words chosen by a hash of (prompt fingerprint, position): the same request
- * always produces the same text, and tests can count tokens exactly.
+ * Output tokens are words chosen by a hash of the context (the last CONTEXT_WINDOW tokens before
+ * them, and the sampling seed), as a real model's greedy decoding is a function of the tokens so
+ * far: the same request always produces the same text, and a request continued elsewhere from
+ * its prompt plus the tokens already generated (migration) produces what the unbroken run would.
  */
 
 export const VOCAB_SIZE = 128_256;
@@ -125,10 +127,16 @@ export function applyChatTemplate(messages: readonly ChatMessageLike[], addGener
   return text;
 }
 
-/** A 32-bit fingerprint of a prompt and sampling seed: what output tokens derive from. */
-export function promptFingerprint(tokens: ArrayLike<number>, seed: number): number {
+/** Tokens before a position that the simulated model's next token depends on. */
+export const CONTEXT_WINDOW = 8;
+
+/**
+ * A 32-bit fingerprint of the context of position `end` in `tokens` (its last CONTEXT_WINDOW
+ * tokens, fewer at the start) and the sampling seed: what the token at `end` derives from.
+ */
+export function contextFingerprint(tokens: ArrayLike<number>, end: number, seed: number): number {
   let h = 0x811c9dc5 ^ Math.imul(seed | 0, 0x9e3779b1);
-  for (let i = 0; i < tokens.length; i++) {
+  for (let i = Math.max(0, end - CONTEXT_WINDOW); i < end; i++) {
     h = Math.imul(h ^ tokens[i]!, 0x01000193);
     h ^= h >>> 15;
   }
