@@ -1,8 +1,8 @@
 //! An OpenAI `/v1/chat/completions` body to the variables vLLM 0.33 gives the chat template,
 //! rewritten as vLLM rewrites them (docs/tokenization.md lists each rule and its source):
 //!
-//! - content: a string, null (`""`) or a list of parts; the non-empty texts of `text` parts (and
-//!   `refusal` parts of assistants) are joined with "\n" when the template takes content as a
+//! - content: a string, null (`""`) or a list of parts; the non-empty texts of `text` and
+//!   `refusal` parts and bare strings are joined with "\n" when the template takes content as a
 //!   string, or kept as `{"type": "text", "text"}` dicts when it loops over content ("openai"
 //!   format); other part types are refused (media cannot be keyed by text).
 //! - system messages lose a leading `x-anthropic-billing-header` line.
@@ -227,12 +227,7 @@ fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
     let parts: Vec<Json> = match content {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::String(s)) => vec![Json::String(s.clone())],
-        Some(Json::Array(parts)) => {
-            if matches!(parts.first(), Some(Json::String(_))) {
-                return Err("a list of content parts must start with a part object".into());
-            }
-            parts.clone()
-        }
+        Some(Json::Array(parts)) => parts.clone(),
         Some(_) => return Err("'content' must be a string, a list of parts or null".into()),
     };
     let parts = if role == "system" {
@@ -248,7 +243,7 @@ fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
                 let kind = p.get("type").and_then(Json::as_str).unwrap_or("");
                 let field = match kind {
                     "text" => "text",
-                    "refusal" if role == "assistant" => "refusal",
+                    "refusal" => "refusal",
                     "tool_reference" => "name",
                     _ => {
                         return Err(format!(
