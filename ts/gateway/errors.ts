@@ -9,6 +9,10 @@ import { NoWorkerError } from "../router/errors.js";
 export type GatewayErrorCode =
   /** 400: the body is not JSON, or a field is missing or has the wrong type; `param` names it. */
   | "KVR_BAD_REQUEST"
+  /** 401: no API key, or not one of the configured ones. */
+  | "KVR_UNAUTHORIZED"
+  /** 403: an admin route while API keys are on and no admin key is configured. */
+  | "KVR_FORBIDDEN"
   /** 404: no route at this path, or no such model. */
   | "KVR_NOT_FOUND"
   | "KVR_MODEL_NOT_FOUND"
@@ -20,6 +24,8 @@ export type GatewayErrorCode =
   | "KVR_BODY_TOO_LARGE"
   /** 415 */
   | "KVR_UNSUPPORTED_MEDIA_TYPE"
+  /** 431: the request's headers are larger than node:http's limit (maxHeaderSize). */
+  | "KVR_HEADERS_TOO_LARGE"
   /** 503: no healthy worker serves the model. */
   | "KVR_NO_HEALTHY_WORKER"
   /** 503: every worker is busy and the admission queue is full. */
@@ -29,20 +35,34 @@ export type GatewayErrorCode =
   /** 502: the worker failed (connection refused or reset, broken response) and no retry was left. */
   | "KVR_UPSTREAM_FAILED"
   /** 504: the worker did not answer in time. */
-  | "KVR_UPSTREAM_TIMEOUT";
+  | "KVR_UPSTREAM_TIMEOUT"
+  /** 500: a bug; the message says what failed. */
+  | "KVR_INTERNAL";
 
 
 const TYPES: Record<number, string> = {
   400: "BadRequestError",
+  401: "AuthenticationError",
+  403: "PermissionDeniedError",
   404: "NotFoundError",
   405: "MethodNotAllowedError",
   408: "RequestTimeoutError",
   413: "RequestEntityTooLargeError",
   415: "UnsupportedMediaTypeError",
+  431: "RequestHeaderFieldsTooLargeError",
+  500: "InternalServerError",
   502: "BadGatewayError",
   503: "ServiceUnavailableError",
   504: "GatewayTimeoutError",
 };
+
+/** Longest piece of client input echoed in an error message. */
+export const MAX_ECHOED_CHARS = 256;
+
+/** Client input as quoted in error messages: at most MAX_ECHOED_CHARS characters. */
+export function clip(text: string, max = MAX_ECHOED_CHARS): string {
+  return text.length <= max ? text : `${text.slice(0, max)}... (${text.length} characters)`;
+}
 
 export class GatewayError extends KvrouteError {
   readonly status: number;
@@ -71,21 +91,21 @@ export class BadRequestError extends GatewayError {
 export class ModelNotFoundError extends GatewayError {
   readonly model: string;
   constructor(model: string) {
-    super("KVR_MODEL_NOT_FOUND", 404, `The model \`${model}\` does not exist.`, { param: "model" });
+    super("KVR_MODEL_NOT_FOUND", 404, `The model \`${clip(model)}\` does not exist.`, { param: "model" });
     this.model = model;
   }
 }
 
 export class RouteNotFoundError extends GatewayError {
   constructor(method: string, path: string) {
-    super("KVR_NOT_FOUND", 404, `No route for ${method} ${path}`);
+    super("KVR_NOT_FOUND", 404, `No route for ${clip(method)} ${clip(path)}`);
   }
 }
 
 export class MethodNotAllowedError extends GatewayError {
   readonly allow: string;
   constructor(method: string, path: string, allow: string) {
-    super("KVR_METHOD_NOT_ALLOWED", 405, `${method} is not allowed on ${path} (allowed: ${allow})`);
+    super("KVR_METHOD_NOT_ALLOWED", 405, `${clip(method)} is not allowed on ${clip(path)} (allowed: ${allow})`);
     this.allow = allow;
   }
 }
@@ -106,7 +126,25 @@ export class BodyTooLargeError extends GatewayError {
 
 export class UnsupportedMediaTypeError extends GatewayError {
   constructor(contentType: string) {
-    super("KVR_UNSUPPORTED_MEDIA_TYPE", 415, `Unsupported Content-Type ${JSON.stringify(contentType)}: send application/json`);
+    super("KVR_UNSUPPORTED_MEDIA_TYPE", 415, `Unsupported Content-Type ${JSON.stringify(clip(contentType))}: send application/json`);
+  }
+}
+
+export class UnauthorizedError extends GatewayError {
+  constructor(message = "Missing or invalid API key: send 'Authorization: Bearer <key>'") {
+    super("KVR_UNAUTHORIZED", 401, message);
+  }
+}
+
+export class ForbiddenError extends GatewayError {
+  constructor(message: string) {
+    super("KVR_FORBIDDEN", 403, message);
+  }
+}
+
+export class HeadersTooLargeError extends GatewayError {
+  constructor() {
+    super("KVR_HEADERS_TOO_LARGE", 431, "The request's headers are too large");
   }
 }
 
@@ -157,6 +195,6 @@ export function toGatewayError(err: unknown): GatewayError {
   if (err instanceof KvrouteError && (err.code === "KVR_INVALID_INPUT" || err.code === "KVR_INVALID_CONFIG")) {
     return new BadRequestError(err.message);
   }
-  const e = new GatewayError("KVR_INTERNAL" as GatewayErrorCode, 500, err instanceof Error ? err.message : String(err), { cause: err });
+  const e = new GatewayError("KVR_INTERNAL", 500, err instanceof Error ? err.message : String(err), { cause: err });
   return e;
 }

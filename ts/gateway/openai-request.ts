@@ -4,7 +4,8 @@
  * caching) are checked here with a 400 naming the field; everything else is forwarded untouched
  * for the engine to judge (it answers its own vLLM-shaped 400s).
  */
-import { BadRequestError } from "./errors.js";
+import { BadRequestError, clip } from "./errors.js";
+import { MAX_JSON_DEPTH, tooDeepField } from "./json-depth.js";
 
 export type Endpoint = "completions" | "chat";
 
@@ -62,10 +63,12 @@ export function parseJsonObject(bytes: Buffer | unknown): Record<string, unknown
     try {
       value = JSON.parse(bytes.toString("utf8"));
     } catch (err) {
-      throw new BadRequestError(`The request body is not valid JSON: ${err instanceof Error ? err.message : String(err)}`);
+      throw new BadRequestError(`The request body is not valid JSON: ${clip(err instanceof Error ? err.message : String(err))}`);
     }
   }
   if (!isObject(value)) throw new BadRequestError(`The request body must be a JSON object: got ${typeName(value)}`);
+  const deep = tooDeepField(value);
+  if (deep !== null) throw new BadRequestError(`'${clip(deep, 64)}' is nested deeper than ${MAX_JSON_DEPTH} levels`, clip(deep, 64));
   return value;
 }
 
@@ -93,11 +96,18 @@ function optionalString(body: Record<string, unknown>, field: string): string | 
 
 const MAX_TOKEN_ID = 0xffff_ffff;
 
+/** A value as quoted in an error message: numbers and short strings whole, anything else by type. */
+function shortValue(v: unknown): string {
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  if (typeof v === "string") return JSON.stringify(clip(v, 64));
+  return typeName(v);
+}
+
 function tokenArray(v: unknown[], field: string): number[] {
   for (let i = 0; i < v.length; i++) {
     const t = v[i];
     if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t > MAX_TOKEN_ID) {
-      throw new BadRequestError(`'${field}[${i}]' must be a token id (an integer in [0, 2^32)): got ${JSON.stringify(t)}`, field);
+      throw new BadRequestError(`'${field}[${i}]' must be a token id (an integer in [0, 2^32)): got ${shortValue(t)}`, field);
     }
   }
   return v as number[];
