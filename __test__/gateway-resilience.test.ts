@@ -132,14 +132,15 @@ describe("gateway: migration", () => {
     expect(chunks.some((c) => "token_ids" in c.choices[0] && c.choices[0].token_ids !== null)).toBe(false);
     expect(chunks.filter((c) => c.choices[0]?.finish_reason).map((c) => c.choices[0].finish_reason)).toEqual(["length"]);
 
-    // Non-stream: find the worker holding the request, kill it, get the whole answer from another.
+    // Non-stream: find the worker holding the request (the only one in flight; engines know it by
+    // the gateway's id, not the client's), kill it, get the whole answer from another.
     const pending = post(f.gateway.url, "/v1/completions", { model: MODEL, prompt: "once upon a time", max_tokens: 200, ignore_eos: true }, { "x-request-id": "whole-1" });
     let victim: string | null = null;
     for (let i = 0; i < 100 && victim === null; i++) {
       await sleep(10);
       for (const w of f.workers) {
         if (w.state !== "healthy") continue;
-        if ((await workerRequests(w.url)).some((id) => id.includes("whole-1"))) victim = w.id;
+        if ((await workerRequests(w.url)).length > 0) victim = w.id;
       }
     }
     expect(victim).not.toBeNull();
@@ -191,21 +192,28 @@ describe("gateway: cancellation", () => {
       req.on("error", () => {});
       const gotHeaders = new Promise<http.IncomingMessage>((resolve) => req.on("response", resolve));
       req.end(JSON.stringify({ model: MODEL, prompt: c.prompt, max_tokens: 1000, ignore_eos: true, stream: true }));
-      const engineId = `cmpl-${c.id}-0`;
+      // Engines know a request by the gateway's id (x-kvroute-request-id), not the client's.
+      let engineId: string;
       let worker: (typeof f.workers)[number];
       if (c.afterTokens) {
         const res = await gotHeaders;
         worker = workerOf(f, res.headers["x-kvroute-worker"] as string);
+        engineId = `cmpl-${res.headers["x-kvroute-request-id"]}-0`;
         await new Promise((r) => res.once("data", r));
       } else {
-        // Still prefilling (the mocker answers with its first token): find it on the workers.
-        let found: (typeof f.workers)[number] | undefined;
+        // Still prefilling (the mocker answers with its first token): find it on the workers, the
+        // only request in flight.
+        let found: { w: (typeof f.workers)[number]; id: string } | undefined;
         for (let i = 0; i < 50 && !found; i++) {
           await sleep(5);
-          for (const w of f.workers) if ((await workerRequests(w.url)).includes(engineId)) found = w;
+          for (const w of f.workers) {
+            const ids = await workerRequests(w.url);
+            if (ids.length > 0) found = { w, id: ids[0]! };
+          }
         }
         expect(found).toBeDefined();
-        worker = found!;
+        worker = found!.w;
+        engineId = found!.id;
       }
       expect(await workerRequests(worker.url)).toContain(engineId);
       const t0 = performance.now();

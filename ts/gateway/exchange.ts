@@ -12,7 +12,17 @@
  *   to the client, `max_tokens` shrinks by as many, and the new worker's chunks are rewritten
  *   into the first one's stream (same id, same object type, usage adding up), so the client
  *   sees one stream with no token missing or repeated.
+ * - aborted by the engine (`finish_reason: "abort"` in a 200 answer; the gateway itself only ever
+ *   aborts by closing the connection, so such an abort is someone else's: an engine shutting down,
+ *   or before the ids below, a second request under the same id): handled as broken, never
+ *   forwarded as a short answer that looks complete.
  * - timed out waiting for headers: 504, not retried.
+ *
+ * Request ids. The client's `x-request-id` is echoed back and logged, never sent to an engine:
+ * vLLM refuses a second request under an id in use and aborts the first, so a client retry (or
+ * anyone who learns an id) could cut another's answer. Each attempt goes to its engine under the
+ * gateway's own id (`kvg-<random>-<n>~<attempt>`, also the router's id), unique per gateway; the
+ * response's `x-kvroute-request-id` and the log lines map one to the other.
  *
  * Token ids for continuation come from vLLM's `return_token_ids` (the first chunk carries
  * `prompt_token_ids`, every chunk its `token_ids`); the gateway asks for them when migration is on
@@ -24,7 +34,7 @@
  * aborted.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import type { Dispatcher } from "undici";
 import type { RouteDecision, WorkerTarget } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
@@ -73,10 +83,11 @@ const CONTINUATION_FIELDS = [
 /** Headers not copied from a worker's response. */
 const HOP_HEADERS = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "upgrade", "proxy-connection", "te", "trailer"]);
 
-type FailureKind = "not_started" | "broken" | "timeout";
+type FailureKind = "not_started" | "broken" | "aborted" | "timeout";
 
 let nextExchange = 0;
-const ROUTER_ID_PREFIX = `kvg-${Math.floor(Math.random() * 2 ** 32).toString(36)}-`;
+/** 64 random bits: gateways sharing workers do not collide on engine request ids. */
+const ROUTER_ID_PREFIX = `kvg-${randomBytes(8).toString("hex")}-`;
 
 interface Attempt {
   n: number;
@@ -103,13 +114,15 @@ interface Attempt {
   closed: boolean;
   /** The request was aborted by us (cancellation). */
   aborted: boolean;
+  /** The engine answered `finish_reason: "abort"`, which the gateway did not ask for. */
+  engineAbort: boolean;
 }
 
 export class Exchange {
   private readonly t0 = performance.now();
-  /** The client's x-request-id, or a fresh UUID: what the client and the workers see. */
+  /** The client's x-request-id, or a fresh UUID: echoed to the client and logged, never sent to engines. */
   private readonly baseId: string;
-  /** Unique in this gateway: the prefix of the router's request ids. */
+  /** Unique in this gateway: the prefix of the router's and the engines' request ids. */
   private readonly routerBase = `${ROUTER_ID_PREFIX}${(nextExchange++).toString(36)}`;
   private attempt: Attempt | null = null;
   private attempts = 0;
@@ -296,7 +309,7 @@ export class Exchange {
         PATHS[this.parsed.endpoint],
         Buffer.from(JSON.stringify(body)),
         (c) => (this.prefillController = c),
-        `${this.baseId}~prefill`,
+        pDecision.requestId,
         pDecision,
       );
       if (this.clientGone) {
@@ -396,6 +409,7 @@ export class Exchange {
       firstToken: false,
       closed: false,
       aborted: false,
+      engineAbort: false,
     };
     this.attempt = attempt;
     const body = canContinueIds ? this.continuationBody() : this.wholeBody();
@@ -408,7 +422,7 @@ export class Exchange {
       onData: (chunk) => this.onData(attempt, chunk),
       onEnd: () => this.onEnd(attempt),
       onError: (err) => this.onError(attempt, err),
-    }, upstreamHeaders(attempt.n === 0 ? this.baseId : `${this.baseId}~${attempt.n}`, decision, attempt.record));
+    }, upstreamHeaders(attempt.requestId, decision, attempt.record));
   }
 
   /** The request as the client sent it, with what the gateway adds (model, token ids, KV params). */
@@ -486,6 +500,7 @@ export class Exchange {
       "x-kvroute-dp-rank": String(attempt.decision.dpRank),
       "x-kvroute-overlap-blocks": String(attempt.decision.overlapBlocks),
       "x-request-id": this.baseId,
+      "x-kvroute-request-id": attempt.requestId,
     };
     if (this.prefillWorker) h["x-kvroute-prefill-worker"] = this.prefillWorker;
     return h;
@@ -530,19 +545,31 @@ export class Exchange {
     if (!whole) return;
     let out: string | Buffer = "";
     let tokens = 0;
+    // Events after an engine abort (the abort's own chunk, [DONE]) are not the client's.
+    let kept = 0;
     if (attempt.rewrite) {
       forEachData(whole, (data) => {
+        if (attempt.engineAbort) return;
         const r = this.rewriteEvent(attempt, data);
+        if (attempt.engineAbort) return;
         tokens += r.tokens;
         if (r.text !== null) out += r.text;
       });
     } else {
       forEachData(whole, (data) => {
-        tokens += this.inspectEvent(attempt, data);
+        if (attempt.engineAbort) return;
+        const n = this.inspectEvent(attempt, data);
+        if (attempt.engineAbort) return;
+        tokens += n;
+        kept++;
       });
-      out = whole;
+      out = attempt.engineAbort ? firstEvents(whole, kept) : whole;
     }
     if (tokens > 0) this.onTokens(attempt, tokens);
+    if (attempt.engineAbort) {
+      if (out.length > 0) this.write(attempt, out);
+      return this.onEngineAbort(attempt);
+    }
     if (attempt.sawDone && !attempt.errorEvent && this.attempt === attempt) {
       // The stream is complete: the last events and the end of the response in one write.
       this.done = true;
@@ -571,6 +598,10 @@ export class Exchange {
   private noteChunk(attempt: Attempt, obj: StreamChunk): number {
     if (obj.error !== undefined) {
       attempt.errorEvent = true;
+      return 0;
+    }
+    if (isEngineAbort(obj)) {
+      attempt.engineAbort = true;
       return 0;
     }
     if (this.streamId === null && typeof obj.id === "string") {
@@ -617,6 +648,10 @@ export class Exchange {
     if (obj.error !== undefined) {
       attempt.errorEvent = true;
       return { text: sseEvent(data), tokens: 0 };
+    }
+    if (isEngineAbort(obj)) {
+      attempt.engineAbort = true;
+      return { text: null, tokens: 0 };
     }
     const continuing = attempt.baseTokens > 0 || attempt.n > 0;
     const hadRole = this.roleSent;
@@ -719,6 +754,9 @@ export class Exchange {
       // The worker is shutting down or overloaded: nothing was done, try another one.
       if (!this.headersSent) return this.onFailure(attempt, "not_started", new Error(`HTTP ${attempt.status}`));
     }
+    if (attempt.status === 200 && !this.headersSent && isAbortedResponse(body)) {
+      return this.onFailure(attempt, "aborted", new Error('the engine aborted the request (finish_reason "abort")'));
+    }
     if (attempt.status === 200) {
       const completion = usageCompletionTokens(body);
       if (completion !== null) this.ctx.router.tokens(attempt.requestId, completion);
@@ -751,6 +789,13 @@ export class Exchange {
     this.onFailure(attempt, kind, err);
   }
 
+  /** A stream the engine aborted: a failure like a broken stream; the rest of it is not read. */
+  private onEngineAbort(attempt: Attempt): void {
+    if (this.attempt !== attempt || attempt.closed) return;
+    this.onFailure(attempt, "aborted", new Error('the engine aborted the request (finish_reason "abort")'));
+    attempt.controller?.abort(new Error("aborted by the engine"));
+  }
+
   private onFailure(attempt: Attempt, kind: FailureKind, err: Error): void {
     const worker = attempt.decision.workerId;
     this.ctx.metrics.upstreamErrors.inc({ worker, kind });
@@ -773,10 +818,6 @@ export class Exchange {
     }
     const failure = new UpstreamFailedError(worker, `${describe(err)}`, err);
     if (!retry) return streaming ? this.streamError(failure) : this.fail(failure);
-    this.ctx.log(
-      `${kind === "not_started" ? "retrying" : "migrating"} request ${this.baseId} from ${worker} (${describe(err)})` +
-        (streaming ? ` after ${this.sentTokens} token(s)` : ""),
-    );
     let decision: RouteDecision;
     try {
       decision = this.route(this.ctx.admission.full(this.ctx.fleet.of(this.model).serving));
@@ -784,6 +825,11 @@ export class Exchange {
       const ge = toGatewayError(e);
       return streaming ? this.streamError(ge) : this.fail(ge);
     }
+    this.ctx.log(
+      `${kind === "not_started" ? "retrying" : "migrating"} request ${this.baseId} (engine id ${attempt.requestId}) from ${worker} (${describe(err)})` +
+        (streaming ? ` after ${this.sentTokens} token(s)` : "") +
+        ` to ${decision.workerId} as ${decision.requestId}`,
+    );
     // The KV blocks a prefill worker sent belong to the failed decode worker.
     this.kvTransferParams = null;
     this.prefillWorker = null;
@@ -869,6 +915,40 @@ function upstreamHeaders(requestId: string, target: WorkerTarget, record: Worker
   const h: Record<string, string> = { "x-request-id": requestId };
   if (record && record.dpRanks.length > 1) h["x-data-parallel-rank"] = String(target.dpRank);
   return h;
+}
+
+const ABORT_MARK = Buffer.from('"finish_reason":"abort"');
+
+/** A chunk or response some choice of which the engine aborted. */
+function isEngineAbort(obj: StreamChunk): boolean {
+  const choices = obj.choices;
+  if (!Array.isArray(choices)) return false;
+  for (const c of choices) if (c && c.finish_reason === "abort") return true;
+  return false;
+}
+
+/**
+ * A whole 200 response with `finish_reason: "abort"`. The byte match is exact on vLLM's compact
+ * JSON (that sequence cannot occur inside a JSON string, whose quotes are escaped); it only
+ * decides whether to parse.
+ */
+function isAbortedResponse(body: Buffer): boolean {
+  if (body.indexOf(ABORT_MARK) < 0) return false;
+  try {
+    return isEngineAbort(JSON.parse(body.toString("utf8")) as StreamChunk);
+  } catch {
+    return false;
+  }
+}
+
+/** The first `count` events of `whole` (vLLM's one `data:` line per event), re-framed. */
+function firstEvents(whole: Buffer, count: number): string {
+  let out = "";
+  let i = 0;
+  forEachData(whole, (data) => {
+    if (i++ < count) out += sseEvent(data);
+  });
+  return out;
 }
 
 /** Errors that prove the request never reached the worker. */
