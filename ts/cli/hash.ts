@@ -12,6 +12,8 @@ const HELP = `Usage: kvroute hash [--algorithm A] [--seed S] [--block-size N] [-
 
 Reads JSON lines {"tokens":[...],"lora_name"?:"...","lora_path"?:"...","cache_salt"?:"..."} on
 stdin (vLLM >= 0.33 hashes a LoRA's path with its name) and writes one JSON line per input with the 64-bit block hashes as decimal strings (and hex digests with --digest).
+A line may also set "algorithm", "block_size" and "seed" (a string, or null for unset) for itself,
+overriding the options: many settings in one run.
 
   --algorithm A   router | ${ENGINE_HASH_ALGORITHMS.join(" | ")}   (default sha256, vLLM's default)
   --seed S        the engine's PYTHONHASHSEED (default: $PYTHONHASHSEED, else unset)
@@ -25,7 +27,13 @@ const ALGORITHMS: readonly string[] = ["router", ...ENGINE_HASH_ALGORITHMS];
 interface HashRequest {
   tokens: number[];
   extra: ExtraKeys;
+  /** Per-line settings (absent: the options'). */
+  algorithm?: string;
+  blockSize?: number;
+  seed?: string | null;
 }
+
+const FIELDS = ["tokens", "lora_name", "lora_path", "cache_salt", "algorithm", "block_size", "seed"];
 
 /** Parses and validates one input line; throws with a message that names what is wrong. */
 function parseLine(text: string): HashRequest {
@@ -58,9 +66,23 @@ function parseLine(text: string): HashRequest {
     extra[key] = v;
   }
   for (const field of Object.keys(obj)) {
-    if (!["tokens", "lora_name", "lora_path", "cache_salt"].includes(field)) throw new Error(`unknown field '${field}'`);
+    if (!FIELDS.includes(field)) throw new Error(`unknown field '${field}'`);
   }
-  return { tokens: tokens as number[], extra };
+  const request: HashRequest = { tokens: tokens as number[], extra };
+  const { algorithm, block_size: blockSize, seed } = obj;
+  if (algorithm !== undefined) {
+    if (typeof algorithm !== "string" || !ALGORITHMS.includes(algorithm)) throw new Error(`'algorithm' must be one of ${ALGORITHMS.join(", ")}`);
+    request.algorithm = algorithm;
+  }
+  if (blockSize !== undefined) {
+    if (typeof blockSize !== "number" || !Number.isInteger(blockSize) || blockSize < 1) throw new Error("'block_size' must be a positive integer");
+    request.blockSize = blockSize;
+  }
+  if (seed !== undefined) {
+    if (seed !== null && typeof seed !== "string") throw new Error("'seed' must be a string or null (unset)");
+    request.seed = seed;
+  }
+  return request;
 }
 
 export async function runHash(argv: string[]): Promise<number> {
@@ -80,11 +102,22 @@ export async function runHash(argv: string[]): Promise<number> {
     if (!ALGORITHMS.includes(algorithm)) {
       throw new UsageError(`--algorithm must be one of ${ALGORITHMS.join(", ")}: got '${algorithm}'`);
     }
-    const hasher = new BlockHasher({
+    const defaults = {
       blockSize: positiveInt("block-size", values["block-size"], 16),
-      algorithm: algorithm as HashAlgorithm,
-      seed: values.seed ?? process.env["PYTHONHASHSEED"],
-    });
+      algorithm,
+      seed: values.seed ?? process.env["PYTHONHASHSEED"] ?? null,
+    };
+    // One hasher per setting seen (lines may choose their own).
+    const hashers = new Map<string, BlockHasher>();
+    const hasherFor = (r: HashRequest): BlockHasher => {
+      const blockSize = r.blockSize ?? defaults.blockSize;
+      const algo = (r.algorithm ?? defaults.algorithm) as HashAlgorithm;
+      const seed = r.seed === undefined ? defaults.seed : r.seed;
+      const key = JSON.stringify([blockSize, algo, seed]);
+      let h = hashers.get(key);
+      if (!h) hashers.set(key, (h = new BlockHasher({ blockSize, algorithm: algo, seed: seed ?? undefined })));
+      return h;
+    };
 
     const lines = (await readStdin()).split("\n");
     const out: string[] = [];
@@ -92,8 +125,10 @@ export async function runHash(argv: string[]): Promise<number> {
       const text = lines[i]!.trim();
       if (text === "") continue;
       let request: HashRequest;
+      let hasher: BlockHasher;
       try {
         request = parseLine(text);
+        hasher = hasherFor(request);
       } catch (err) {
         console.error(`kvroute hash: line ${i + 1}: ${err instanceof Error ? err.message : String(err)}`);
         return 2;
