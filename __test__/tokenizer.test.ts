@@ -1,9 +1,9 @@
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { InvalidInputError, Tokenizer, TokenizerLoadError } from "../ts/index.js";
-import { loadTokenizationGolden, tokenizerDir } from "./helpers/tokenization-golden.js";
+import { loadTokenizationGolden, repoRoot, tokenizerDir } from "./helpers/tokenization-golden.js";
 
 const golden = loadTokenizationGolden();
 const tokenizers = new Map(Object.keys(golden.tokenizers).map((name) => [name, Tokenizer.fromDir(tokenizerDir(golden, name))]));
@@ -26,6 +26,21 @@ describe("Tokenizer (vLLM-exact, via N-API)", () => {
     }
     expect(checked).toBe(golden.cases.length);
     expect(tokenizers.get("qwen3")!.fastPath && tokenizers.get("llama3_1")!.fastPath).toBe(true);
+  });
+
+  it("equals vLLM on 400 random chat requests (fixtures/golden/tokenization-random.json), refusals included", () => {
+    const random = JSON.parse(readFileSync(join(repoRoot, "fixtures/golden/tokenization-random.json"), "utf8")) as {
+      cases: { name: string; tokenizer: string; request: Record<string, unknown>; rendered?: string; ids?: number[]; rejected?: string }[];
+    };
+    expect(random.cases.length).toBeGreaterThanOrEqual(400);
+    for (const c of random.cases) {
+      const tk = tokenizers.get(c.tokenizer)!;
+      if (c.rejected !== undefined) {
+        expect(() => tk.encodeChat(c.request as never), c.name).toThrow(InvalidInputError);
+      } else {
+        expect(Array.from(tk.encodeChat(Buffer.from(JSON.stringify(c.request)))), c.name).toEqual(c.ids);
+      }
+    }
   });
 
   it("applyChatTemplate(messages, opts) is encodeChat of the same request", () => {

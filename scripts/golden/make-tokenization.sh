@@ -61,3 +61,4 @@ fi
 
 "$venv/bin/python" "$here/make_tokenization.py" --vllm-src "$src" --root "$root" --out "$out"
 ls -l "$out"
+"$venv/bin/python" "$here/make_tokenization_random.py" --vllm-src "$src" --root "$root" --out "$root/fixtures/golden/tokenization-random.json"

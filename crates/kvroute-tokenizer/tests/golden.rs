@@ -109,3 +109,42 @@ fn every_case_matches_vllm() {
         failures.join("\n")
     );
 }
+
+/// Random chat requests rendered by vLLM's own code (fixtures/golden/tokenization-random.json):
+/// the same prompt text and ids, and a refusal wherever vLLM refused.
+#[test]
+fn random_chat_requests_match_vllm() {
+    let path = repo_root().join("fixtures/golden/tokenization-random.json");
+    let random: Value = serde_json::from_slice(&std::fs::read(&path).expect("fixture present"))
+        .expect("fixture is JSON");
+    let tokenizers = tokenizers(&fixture());
+    let cases = random["cases"].as_array().expect("cases");
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let tk = &tokenizers[case["tokenizer"].as_str().expect("tokenizer")];
+        let request = &case["request"];
+        match (tk.render_chat(request), case.get("rejected")) {
+            (Err(_), Some(_)) => {}
+            (Ok((rendered, _)), None) => {
+                if rendered != case["rendered"].as_str().unwrap_or_default() {
+                    failures.push(format!("{name}: rendered differs"));
+                } else if tk.encode_chat(request).expect("encodes") != ids(case) {
+                    failures.push(format!("{name}: ids differ"));
+                }
+            }
+            (Ok(_), Some(reason)) => {
+                failures.push(format!("{name}: vLLM refused it ({reason}), we did not"))
+            }
+            (Err(e), None) => failures.push(format!("{name}: we refused it: {e}")),
+        }
+    }
+    assert!(cases.len() >= 400, "{} cases", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
