@@ -6,6 +6,7 @@
 import { describeSchema, loadGatewayConfig } from "../config/index.js";
 import { KvrouteError, TokenizerLoadError } from "../errors.js";
 import { startGateway } from "../gateway/server.js";
+import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { parseCommandArgs, UsageError } from "./args.js";
 
 /** Flag -> schema path. */
@@ -35,6 +36,7 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
   --queue-max-size N          requests held while every worker is busy
   --queue-timeout-ms N        longest wait in that queue
   --max-active-per-worker N   in-flight requests per worker DP rank before it counts as busy
+${accessHelp(30)}
 
 Precedence: flags > environment > file > defaults. Environment variables:
 ${describeSchema()
@@ -51,9 +53,13 @@ tokenizer folder that does not load).`;
 export async function runServe(argv: string[]): Promise<number> {
   let config;
   try {
-    const options: Record<string, { type: "string" | "boolean"; short?: string }> = { config: { type: "string" }, help: { type: "boolean", short: "h" } };
+    const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
+      config: { type: "string" },
+      help: { type: "boolean", short: "h" },
+      ...ACCESS_OPTIONS,
+    };
     for (const f of Object.keys(FLAGS)) options[f] = { type: "string" };
-    const values = parseCommandArgs(argv, options).values as Record<string, string | boolean | undefined>;
+    const values = parseCommandArgs(argv, options).values as Record<string, string | boolean | string[] | undefined>;
     if (values["help"]) {
       console.log(HELP);
       return 0;
@@ -67,7 +73,10 @@ export async function runServe(argv: string[]): Promise<number> {
         overrideSources[path] = `--${flag}`;
       }
     }
-    config = loadGatewayConfig({ file: values["config"] as string | undefined, overrides, overrideSources });
+    config = withAccessFlags(loadGatewayConfig({ file: values["config"] as string | undefined, overrides, overrideSources }), {
+      "api-key": values["api-key"] as string[] | undefined,
+      "admin-api-key": values["admin-api-key"] as string | undefined,
+    });
   } catch (err) {
     if (err instanceof UsageError || err instanceof KvrouteError) {
       console.error(`kvroute serve: ${err.message}\n\nRun 'kvroute serve --help' for usage.`);

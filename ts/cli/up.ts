@@ -11,6 +11,7 @@ import { resolve } from "node:path";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { DEFAULT_TOPOLOGY_MODEL, findFreePortRange, launchTopology, planTopology, TOPOLOGY_PRESETS, type EngineKind, type TopologyOptions, type TopologyPreset, type WorkerGroup } from "../workers/index.js";
 import { parseArgs } from "node:util";
+import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { positiveInt, UsageError } from "./args.js";
 import { waitForSignal, warnUntokenized } from "./serve.js";
 
@@ -44,6 +45,7 @@ launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
   --num-gpu-blocks N      --num-gpu-blocks-override
   --speedup X             mock: simulated time runs X times faster
   --config FILE           gateway settings (JSON/YAML, as kvroute serve; its models are ignored)
+${accessHelp(26)}
   --quiet                 do not print engine output
 
 Prints 'kvroute up: ready {json}' once every worker is healthy. Exit codes: 0 stopped by a
@@ -83,6 +85,7 @@ export async function runUp(argv: string[]): Promise<number> {
           "num-gpu-blocks": { type: "string" },
           speedup: { type: "string" },
           config: { type: "string" },
+          ...ACCESS_OPTIONS,
           quiet: { type: "boolean" },
           help: { type: "boolean", short: "h" },
         },
@@ -107,7 +110,7 @@ export async function runUp(argv: string[]): Promise<number> {
       overrides,
       overrideSources: { port: "--port", host: "--host", routerMode: "--router-mode", migrationLimit: "--migration-limit" },
     });
-    gatewayInput = { ...gatewayInput, models: [] };
+    gatewayInput = { ...withAccessFlags(gatewayInput, values), models: [] };
     topology = { engine };
     if (values.host !== undefined) topology.host = values.host;
     const int = (flag: string) => (values[flag as keyof typeof values] === undefined ? undefined : positiveInt(flag, values[flag as keyof typeof values] as string));
@@ -150,7 +153,8 @@ export async function runUp(argv: string[]): Promise<number> {
   let interrupted = false;
   void signal.then(() => (interrupted = true));
   try {
-    running = await startGateway(gatewayInput, tokenizer ? { tokenizers: { [model]: tokenizer } } : {});
+    // The launched model is served for good: 503 (retry), not 404, while its workers restart.
+    running = await startGateway(gatewayInput, { servedModels: [model], ...(tokenizer ? { tokenizers: { [model]: tokenizer } } : {}) });
     warnUntokenized("kvroute up", running.gateway.tokenizers.missing([model]));
     // One range of free ports: HTTP per process, then PUB + replay per DP rank, then NIXL side channels.
     const plan = planTopology(preset, { ...topology, basePort: 1, baseEventPort: 1 });

@@ -18,8 +18,8 @@ export interface LoadConfigOptions {
   file?: string;
   /** Default: process.env. */
   env?: NodeJS.ProcessEnv;
-  /** Scalar settings from flags, by schema path (`port`, `routerMode`, `queue.maxSize`...). */
-  overrides?: Record<string, string | number | undefined>;
+  /** Settings from flags, by schema path (`port`, `routerMode`, `queue.maxSize`, `apiKeys`...). */
+  overrides?: Record<string, string | number | readonly string[] | undefined>;
   /** Label of the overrides in error messages, per path (default `--<path>`). */
   overrideSources?: Record<string, string>;
 }
@@ -88,9 +88,11 @@ function setAt(target: Record<string, unknown>, path: string, value: unknown): v
 }
 
 /** A string from env/flags to the field's type; integers must be written as integers. */
-function coerce(path: string, raw: string | number, source: string): unknown {
+function coerce(path: string, raw: string | number | readonly string[], source: string): unknown {
   const field = fieldAt(path);
   if (!field) throw new InvalidConfigError(`${source}: '${path}' is not a known setting`);
+  if (field.kind === "strings") return typeof raw === "object" ? [...raw] : [String(raw)];
+  if (typeof raw === "object") throw new InvalidConfigError(`${source}: '${path}' takes one value`);
   if (field.kind === "int") {
     if (typeof raw === "number") return raw;
     const text = raw.trim();

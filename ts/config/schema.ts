@@ -96,6 +96,12 @@ export interface GatewayConfig {
   failureCooldownMs: number;
   /** The tokenization parity check runs on one tokenized request in this many (0: never). */
   tokenizationCheckEvery: number;
+  /** A model whose workers all left is still served (503, not 404) this long. */
+  modelGraceMs: number;
+  /** Keys clients send as `Authorization: Bearer <key>`; empty: no key needed. */
+  apiKeys: string[];
+  /** The key of /metrics and /v1/kvroute/route; empty: open without API keys, off with them. */
+  adminApiKey: string;
   queue: QueueConfig;
   /** How often each worker's /metrics is scraped into the router (0: never). */
   metricsScrapeIntervalMs: number;
@@ -144,6 +150,10 @@ export interface GatewayConfigInput {
   connectRetries?: number;
   failureCooldownMs?: number;
   tokenizationCheckEvery?: number;
+  modelGraceMs?: number;
+  /** One key or several. */
+  apiKeys?: string | string[];
+  adminApiKey?: string;
   queue?: Partial<QueueConfig>;
   metricsScrapeIntervalMs?: number;
   disagg?: Partial<DisaggConfig>;
@@ -155,6 +165,8 @@ export interface GatewayConfigInput {
 type Field =
   | { kind: "int"; min: number; max?: number; default?: number; env?: boolean; doc: string }
   | { kind: "string"; enum?: readonly string[]; default?: string; env?: boolean; nonEmpty?: boolean; doc: string }
+  /** A list of non-empty strings (one string reads as a list of one); its variable holds one. */
+  | { kind: "strings"; default: readonly string[]; envVar?: string; env?: undefined; doc: string }
   | { kind: "object"; fields: Record<string, Field>; doc: string; default?: undefined }
   | { kind: "opaque"; doc: string; default?: Record<string, unknown> }
   | { kind: "models"; doc: string; default?: undefined };
@@ -180,6 +192,25 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
     default: 1,
     env: true,
     doc: "Compare the worker's prompt_token_ids with the router's own tokens on one tokenized request in N (1: every one; 0: never).",
+  },
+  modelGraceMs: {
+    kind: "int",
+    min: 0,
+    default: 600_000,
+    env: true,
+    doc: "A model whose workers all left the registry still gets 503 (retry later), not 404, this long; configured models and up's always do.",
+  },
+  apiKeys: {
+    kind: "strings",
+    default: [],
+    envVar: "KVROUTE_API_KEY",
+    doc: "Keys clients must send as 'Authorization: Bearer <key>' (the file may list several; the variable and --api-key give them); none: no key needed.",
+  },
+  adminApiKey: {
+    kind: "string",
+    default: "",
+    env: true,
+    doc: "Key of /metrics and /v1/kvroute/route; unset: they are open when apiKeys is empty, off (403) when it is not.",
   },
   queue: {
     kind: "object",
@@ -215,6 +246,7 @@ export function envFields(): { path: string; env: string; field: Field }[] {
       const path = prefix ? `${prefix}.${name}` : name;
       if (field.kind === "object") walk(field.fields, path);
       else if ((field.kind === "int" || field.kind === "string") && field.env) out.push({ path, env: envName(path), field });
+      else if (field.kind === "strings" && field.envVar) out.push({ path, env: field.envVar, field });
     }
   };
   walk(GATEWAY_SCHEMA, "");
@@ -291,6 +323,17 @@ function checkString(source: ConfigSource, path: string, value: unknown, options
   return value;
 }
 
+function checkStrings(source: ConfigSource, path: string, value: unknown): string[] {
+  const list = typeof value === "string" ? [value] : value;
+  if (!Array.isArray(list)) fail(source, path, `must be a string or an array of strings: got ${describe(value)}`);
+  return list.map((v, i) => {
+    // Never quote the value: these are secrets.
+    if (typeof v !== "string") fail(source, `${path}[${i}]`, `must be a string: got ${v === null ? "null" : typeof v}`);
+    if (v.length === 0) fail(source, `${path}[${i}]`, "must not be empty");
+    return v;
+  });
+}
+
 function validateFields(source: ConfigSource, prefix: string, fields: Record<string, Field>, input: Record<string, unknown>): Record<string, unknown> {
   rejectUnknown(source, prefix, input, Object.keys(fields));
   const out: Record<string, unknown> = {};
@@ -303,6 +346,9 @@ function validateFields(source: ConfigSource, prefix: string, fields: Record<str
         break;
       case "string":
         out[name] = value === undefined ? field.default : checkString(source, path, value, field);
+        break;
+      case "strings":
+        out[name] = checkStrings(source, path, value ?? field.default);
         break;
       case "object":
         if (value !== undefined && !isPlainObject(value)) fail(source, path, `must be an object: got ${describe(value)}`);
@@ -421,7 +467,7 @@ export function describeSchema(): { path: string; env: string; default: string; 
   return envFields().map(({ path, env, field }) => ({
     path,
     env,
-    default: field.default === undefined ? "" : String(field.default),
+    default: field.default === undefined ? "" : Array.isArray(field.default) ? field.default.join(",") : String(field.default),
     doc: field.doc,
   }));
 }

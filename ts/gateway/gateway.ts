@@ -10,24 +10,32 @@
  * | POST /v1/kvroute/route        | the routing decision only, nothing forwarded              |
  * | GET  /health                  | 200 while some worker is registered, else 503             |
  * | GET  /metrics                 | Prometheus text (metrics.ts)                              |
+ *
+ * Access: with `apiKeys` the OpenAI routes need one of them; /metrics and /v1/kvroute/route need
+ * `adminApiKey` (off without one while `apiKeys` is set); /health is always open.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type GatewayConfigInput } from "../config/schema.js";
 import type { TokenIds } from "../core/block-hasher.js";
 import type { Registry, RouteDecision } from "../router/types.js";
 import { Admission } from "./admission.js";
+import { ApiKeys } from "./api-keys.js";
 import { readBody } from "./body.js";
 import { FleetView, Suspects, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
 import {
   BadRequestError,
+  ForbiddenError,
   GatewayError,
   MethodNotAllowedError,
   ModelNotFoundError,
   NoHealthyWorkerError,
   RouteNotFoundError,
+  UnauthorizedError,
   UnsupportedMediaTypeError,
   toGatewayError,
 } from "./errors.js";
+import { refuseBody } from "./linger.js";
+import { ServedModels } from "./served-models.js";
 import { Exchange, sendJsonError } from "./exchange.js";
 import { GatewayMetrics } from "./metrics.js";
 import { parseChatRequest, parseCompletionRequest, parseJsonObject, parseRouteRequest, type ParsedRequest } from "./openai-request.js";
@@ -55,6 +63,11 @@ export interface CreateGatewayOptions {
   metrics?: GatewayMetrics;
   /** Where the gateway logs migrations, failed prefills... Default: stderr. null: nowhere. */
   log?: ((message: string) => void) | null;
+  /**
+   * Models served for good besides the configured ones (as `kvroute up` serves the model it
+   * launches): with no worker registered they get 503 and retry-after, not 404.
+   */
+  servedModels?: readonly string[];
 }
 
 /** The handler, with what an embedding application may want to reach. */
@@ -72,19 +85,20 @@ export interface Gateway {
 
 type Route = "completions" | "chat" | "models" | "route" | "health" | "metrics";
 
-const ROUTES: Record<string, { route: Route; method: "GET" | "POST" }> = {
-  "/v1/completions": { route: "completions", method: "POST" },
-  "/v1/chat/completions": { route: "chat", method: "POST" },
-  "/v1/models": { route: "models", method: "GET" },
-  "/v1/kvroute/route": { route: "route", method: "POST" },
-  "/health": { route: "health", method: "GET" },
-  "/metrics": { route: "metrics", method: "GET" },
+/** Who may call a route: anyone, holders of an API key, holders of the admin key. */
+type Access = "open" | "api" | "admin";
+
+const ROUTES: Record<string, { route: Route; method: "GET" | "POST"; access: Access }> = {
+  "/v1/completions": { route: "completions", method: "POST", access: "api" },
+  "/v1/chat/completions": { route: "chat", method: "POST", access: "api" },
+  "/v1/models": { route: "models", method: "GET", access: "api" },
+  "/v1/kvroute/route": { route: "route", method: "POST", access: "admin" },
+  "/health": { route: "health", method: "GET", access: "open" },
+  "/metrics": { route: "metrics", method: "GET", access: "admin" },
 };
 
 export function createGateway(options: CreateGatewayOptions): Gateway {
   const config = validateGatewayConfig({ ...stripModels(options.config ?? {}) });
-  // Models from the config are served even before their workers register (503, not 404).
-  const configured = new Set((options.config?.models ?? []).map((m) => m.name));
   const metrics = options.metrics ?? new GatewayMetrics();
   const upstream = new UpstreamPool({
     connectionsPerWorker: config.connectionsPerWorker,
@@ -97,6 +111,11 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
   );
   const log = options.log === undefined ? (m: string) => process.stderr.write(`kvroute gateway: ${m}\n`) : (options.log ?? (() => {}));
   const fleet = new FleetView(options.registry);
+  // Models from the config (and up's) are served even while they have no worker (503, not 404).
+  const permanent = [...(options.config?.models ?? []).map((m) => m.name), ...(options.servedModels ?? [])];
+  const served = new ServedModels(options.registry, fleet, permanent, config.modelGraceMs);
+  const apiKeys = new ApiKeys(config.apiKeys);
+  const adminKeys = new ApiKeys(config.adminApiKey ? [config.adminApiKey] : []);
   const suspects = new Suspects(config.failureCooldownMs);
   const configuredTokenizers = new Map<string, string>();
   for (const m of options.config?.models ?? []) if (m.tokenizer) configuredTokenizers.set(m.name, m.tokenizer);
@@ -139,12 +158,14 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
     if (req.method !== entry.method && !(entry.method === "GET" && req.method === "HEAD")) {
       return sendJsonError(res, new MethodNotAllowedError(req.method ?? "?", path, entry.method));
     }
+    const denied = accessError(entry.access, path, req, apiKeys, adminKeys);
+    if (denied) return refuse(ctx, req, res, denied);
     switch (entry.route) {
       case "completions":
       case "chat":
-        return void handleGenerate(ctx, configured, entry.route, req, res);
+        return void handleGenerate(ctx, served, entry.route, req, res);
       case "route":
-        return void handleRoute(ctx, configured, req, res);
+        return void handleRoute(ctx, served, req, res);
       case "models":
         return handleModels(ctx, res);
       case "health":
@@ -161,6 +182,7 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
     close: {
       value: async () => {
         unwatch();
+        served.close();
         fleet.close();
         admission.close(new NoHealthyWorkerError("*", "the gateway is shutting down"));
         await upstream.close();
@@ -181,6 +203,25 @@ function pathOf(url: string | undefined): string {
   return q < 0 ? url : url.slice(0, q);
 }
 
+/** Why the request may not use a route of `access`, or null when it may. */
+function accessError(access: Access, path: string, req: IncomingMessage, apiKeys: ApiKeys, adminKeys: ApiKeys): GatewayError | null {
+  if (access === "open") return null;
+  if (access === "api") return !apiKeys.enabled || apiKeys.allows(req) ? null : new UnauthorizedError();
+  if (adminKeys.enabled) return adminKeys.allows(req) ? null : new UnauthorizedError("Missing or invalid admin API key: send 'Authorization: Bearer <adminApiKey>'");
+  return apiKeys.enabled ? new ForbiddenError(`${path} is off: API keys are on and no adminApiKey is configured`) : null;
+}
+
+/** An error answer to a request whose body may still be arriving. */
+function refuse(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, err: GatewayError): void {
+  if (err.status === 401) res.setHeader("www-authenticate", "Bearer");
+  refuseBody(req, res, err, lingerLimits(ctx));
+}
+
+/** How much of a refused body is read after the answer, so the client can read it (linger.ts). */
+function lingerLimits(ctx: GatewayContext): { maxBytes: number; maxMs: number } {
+  return { maxBytes: Math.max(2 * ctx.config.maxBodyBytes, 32 * 1024 * 1024), maxMs: Math.min(ctx.config.clientTimeoutMs, 10_000) };
+}
+
 function checkJson(req: IncomingMessage): void {
   const type = req.headers["content-type"];
   if (type === undefined) return;
@@ -197,22 +238,37 @@ async function readJson(ctx: GatewayContext, req: IncomingMessage, res: ServerRe
     return { body: parseJsonObject(read.value), raw: null };
   } catch (err) {
     const ge = err instanceof GatewayError ? err : new BadRequestError(err instanceof Error ? err.message : String(err));
-    // The rest of the body was not read: do not reuse the connection.
-    const close = ge.status === 413 || ge.status === 408 || !req.readableEnded;
-    if (!res.writableEnded && !res.destroyed) sendJsonError(res, ge, close);
-    if (close) res.once("finish", () => req.socket?.destroySoon?.());
+    if (ge.status === 408) {
+      // A slow client: not waited for any longer.
+      if (!res.writableEnded && !res.destroyed) sendJsonError(res, ge, true);
+      res.once("finish", () => req.socket?.destroySoon?.());
+    } else if (ge.status === 413 || !req.readableEnded) {
+      // The rest of the body was not read: answer, drain a bounded amount, close.
+      refuseBody(req, res, ge, lingerLimits(ctx));
+    } else if (!res.writableEnded && !res.destroyed) {
+      sendJsonError(res, ge);
+    }
     return null;
   }
 }
 
-/** The model a request names (or the only one served), or throws 400/404. */
-function resolveModel(ctx: GatewayContext, configured: ReadonlySet<string>, name: string | null): string {
+/**
+ * The model a request names (or the only one served), or throws 400, 404 (never served) or 503
+ * (served, but no worker now: SDKs retry a 503 with retry-after, not a 404).
+ */
+function resolveModel(served: ServedModels, name: string | null): string {
   if (name !== null) {
-    if (configured.has(name) || ctx.fleet.of(name).records.length > 0) return name;
+    const status = served.status(name);
+    if (status === "serving") return name;
+    if (status === "unavailable") throw new NoHealthyWorkerError(name, "no worker is registered right now");
     throw new ModelNotFoundError(name);
   }
-  const names = new Set([...configured, ...ctx.fleet.list().map((r) => r.model)]);
-  if (names.size === 1) return [...names][0]!;
+  const names = served.names();
+  if (names.size === 1) {
+    const only = [...names][0]!;
+    if (served.status(only) !== "serving") throw new NoHealthyWorkerError(only, "no worker is registered right now");
+    return only;
+  }
   throw new BadRequestError("'model' is required (this gateway serves several models)", "model");
 }
 
@@ -262,7 +318,7 @@ function promptKey(
   }
 }
 
-async function handleGenerate(ctx: GatewayContext, configured: ReadonlySet<string>, route: "completions" | "chat", req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handleGenerate(ctx: GatewayContext, served: ServedModels, route: "completions" | "chat", req: IncomingMessage, res: ServerResponse): Promise<void> {
   const read = await readJson(ctx, req, res);
   if (!read) return;
   let parsed: ParsedRequest;
@@ -270,21 +326,22 @@ async function handleGenerate(ctx: GatewayContext, configured: ReadonlySet<strin
   let key: PromptKey;
   try {
     parsed = route === "chat" ? parseChatRequest(read.body) : parseCompletionRequest(read.body);
-    model = resolveModel(ctx, configured, parsed.model);
+    model = resolveModel(served, parsed.model);
     key = promptKey(ctx, model, parsed, read.raw);
   } catch (err) {
+    if (err instanceof NoHealthyWorkerError) ctx.metrics.rejections.inc({ reason: "no_worker" });
     return sendJsonError(res, toGatewayError(err));
   }
   if (res.destroyed || res.writableEnded) return;
   await new Exchange(ctx, req, res, parsed, model, key, read.raw).run();
 }
 
-async function handleRoute(ctx: GatewayContext, configured: ReadonlySet<string>, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handleRoute(ctx: GatewayContext, served: ServedModels, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const read = await readJson(ctx, req, res);
   if (!read) return;
   try {
     const r = parseRouteRequest(read.body);
-    const model = resolveModel(ctx, configured, r.model);
+    const model = resolveModel(served, r.model);
     const fleet = ctx.fleet.of(model);
     if (fleet.serving.length === 0) throw new NoHealthyWorkerError(model);
     const key = promptKey(ctx, model, { ...r, body: read.body }, read.raw);

@@ -1,5 +1,8 @@
 /** The OpenAI gateway: createGateway() (a request handler) and startGateway() (a node:http server). */
 export { Admission, type AdmissionOptions } from "./admission.js";
+export { ApiKeys } from "./api-keys.js";
+export { answerClientError } from "./client-errors.js";
+export { MAX_JSON_DEPTH } from "./json-depth.js";
 export { type GatewayRouter, type PromptTokenizer } from "./context.js";
 export { ModelTokenizers } from "./tokenizers.js";
 export { findMismatch, TokenizationCheck, type Mismatch } from "./tokenization-check.js";
@@ -7,13 +10,17 @@ export {
   BadRequestError,
   BodyTooLargeError,
   ClientTimeoutError,
+  ForbiddenError,
   GatewayError,
+  HeadersTooLargeError,
+  MAX_ECHOED_CHARS,
   MethodNotAllowedError,
   ModelNotFoundError,
   NoHealthyWorkerError,
   QueueFullError,
   QueueTimeoutError,
   RouteNotFoundError,
+  UnauthorizedError,
   UnsupportedMediaTypeError,
   UpstreamFailedError,
   UpstreamTimeoutError,

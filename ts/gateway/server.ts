@@ -6,15 +6,18 @@
  *
  * Slow clients are bounded by node:http itself: `headersTimeout` and `requestTimeout` are
  * `clientTimeoutMs`, so a client trickling its headers or body is answered 408 and disconnected.
+ * Requests node:http refuses itself (408, 431, malformed) are answered in the OpenAI error shape
+ * (client-errors.ts).
  */
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { validateGatewayConfig, type GatewayConfig, type GatewayConfigInput, type ModelEntry, type WorkerEntry } from "../config/schema.js";
 import { endpointForRank } from "../events/vllm-event-publisher.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import { KvRouter, type KvRouterOptions, type ModelRoutingConfig, type RouterEventSink } from "../router/kv-router.js";
 import type { Registry } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
+import { answerClientError } from "./client-errors.js";
 import type { PromptTokenizer } from "./context.js";
 import { createGateway, type Gateway } from "./gateway.js";
 import { registerKvEventMetrics } from "./kv-event-metrics.js";
@@ -31,6 +34,8 @@ export interface StartGatewayOptions {
   tokenizer?: PromptTokenizer;
   /** Default: stderr; null: nowhere. */
   log?: ((message: string) => void) | null;
+  /** Models served for good besides the configured ones (503, not 404, while they have no worker). */
+  servedModels?: readonly string[];
 }
 
 export interface RunningGateway {
@@ -113,6 +118,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
       config,
       ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}),
       ...(options.tokenizers ? { tokenizers: options.tokenizers } : {}),
+      ...(options.servedModels ? { servedModels: options.servedModels } : {}),
       log,
     });
   } catch (err) {
@@ -133,6 +139,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     },
     gateway,
   );
+  server.on("clientError", (err: Error, socket) => answerClientError(err, socket as Socket, config.clientTimeoutMs));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(config.port, config.host, () => {
