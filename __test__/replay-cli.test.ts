@@ -55,7 +55,15 @@ function collect(child: ChildProcess): { out: () => string; err: () => string; e
   return { out: () => out, err: () => err, exit: new Promise((resolve) => child.on("exit", (code) => resolve(code))) };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Polls `cond` every 50 ms (a poll interval: the wait is for the condition, the test timeout bounds it). */
+async function waitFor(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 50));
+}
+
+/** The plain progress lines (stderr is not a terminal) once some request completed. */
+function progressLines(err: string): string[] {
+  return err.split("\n").filter((l) => /: [1-9][\d,]*\/[\d,]+ done/.test(l));
+}
 
 describe("kvroute replay (process)", () => {
   it("prints the table and writes the JSON contract and the HTML report", () => {
@@ -95,14 +103,10 @@ describe("kvroute replay (process)", () => {
       stdio: ["ignore", "pipe", "pipe"],
     });
     const io = collect(child);
-    // Wait for both mocker processes, then let some requests complete.
-    let workers: number[] = [];
-    for (let i = 0; i < 600 && workers.length < 2; i++) {
-      await sleep(100);
-      workers = children(child.pid!);
-    }
+    // Wait until some request completed (the first progress line), with both mockers running.
+    await waitFor(() => progressLines(io.err()).length > 0 || child.exitCode !== null);
+    const workers = children(child.pid!);
     expect(workers.length, io.err()).toBe(2);
-    await sleep(6000);
     child.kill("SIGINT");
     const code = await io.exit;
     expect(code, io.err()).toBe(130);
@@ -122,7 +126,12 @@ describe("kvroute replay (process)", () => {
     const json = join(dir, "vpartial.json");
     const child = spawn(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--workers", "4", "--json", json], { stdio: ["ignore", "pipe", "pipe"] });
     const io = collect(child);
-    await sleep(4000);
+    // Wait for progress on every policy running: side by side the line lists each one's percentage.
+    await waitFor(
+      () =>
+        child.exitCode !== null ||
+        progressLines(io.err()).some((l) => [...l.matchAll(/(\S+) (\d+)%/g)].every((m) => Number(m[2]) >= 1)),
+    );
     child.kill("SIGINT");
     expect(await io.exit, io.err()).toBe(130);
     const results = JSON.parse(readFileSync(json, "utf8")) as PolicyResult[];

@@ -46,7 +46,17 @@ async function fakeWorker(env: Record<string, string>, options: SupervisionOptio
   return worker;
 }
 
-async function waitFor(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
+/** Waits until the fake engine's /metrics shows `n` open /slow requests. */
+async function engineRunning(url: string, n: number): Promise<void> {
+  for (;;) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    if (new RegExp(`vllm:num_requests_running\\{[^}]*\\} ${n}\\.0`).test(text)) return;
+    await new Promise((r) => setTimeout(r, 20)); // poll interval
+  }
+}
+
+/** Polls `predicate`; the deadline only names a hang (the test timeout is 60 s). */
+async function waitFor(predicate: () => boolean, timeoutMs = 50_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error("condition not met in time");
@@ -89,8 +99,8 @@ describe("VllmWorker start", () => {
     expect(err.message).toContain("last health check: HTTP 503");
     expect(err.message).toMatch(/fake-engine listening on/);
     expect(err.lastLogLines.some((l) => l.includes("fake-engine listening"))).toBe(true);
+    // A timer's lower bound holds on any machine; no upper bound (a loaded machine is slow).
     expect(elapsed).toBeGreaterThanOrEqual(1400);
-    expect(elapsed).toBeLessThan(4000);
     expect(worker.state).toBe("failed");
     expect(failed).toEqual([err]);
     // Nothing left behind: not the engine, not what it forked.
@@ -101,14 +111,13 @@ describe("VllmWorker start", () => {
 
   it("fails at once with the exit status and the engine's last words when it exits early", async () => {
     const worker = await fakeWorker({ FAKE_ENGINE_MODE: "exit-early" }, { startTimeoutMs: 20_000 });
-    const t0 = Date.now();
     const err = (await worker.start().catch((e: unknown) => e)) as WorkerStartError;
     expect(err).toBeInstanceOf(WorkerStartError);
     expect(err.reason).toBe("exited");
     expect(err.exitCode).toBe(3);
     expect(err.message).toContain("exited (exit code 3) before becoming healthy");
     expect(err.message).toContain("RuntimeError: CUDA out of memory (fake)");
-    expect(Date.now() - t0).toBeLessThan(5000);
+    // "At once" is the reason: the exit, not the 20 s start timeout (no wall-clock bound).
   });
 
   it("names the binary when it cannot be spawned", async () => {
@@ -217,7 +226,7 @@ describe("VllmWorker supervision", () => {
     const worker = await fakeWorker({}, { registry });
     await worker.start();
     const request = fetch(`${worker.url}/slow?ms=800`).then((r) => r.text());
-    await new Promise((r) => setTimeout(r, 100)); // let the request reach the engine
+    await engineRunning(worker.url, 1); // the request reached the engine
     const t0 = Date.now();
     const result = await worker.drain({ deadlineMs: 5000, pollMs: 50 });
     expect(result.drained).toBe(true);
@@ -234,7 +243,7 @@ describe("VllmWorker supervision", () => {
     const worker = await fakeWorker({});
     await worker.start();
     const request = fetch(`${worker.url}/slow?ms=1500`).then((r) => r.text()).catch(() => "cut");
-    await new Promise((r) => setTimeout(r, 100));
+    await engineRunning(worker.url, 1);
     const result = await worker.drain({ deadlineMs: 300, pollMs: 50 });
     expect(result).toMatchObject({ drained: false, inFlight: 1 });
     await worker.stop({ graceMs: 200 });

@@ -156,7 +156,8 @@ describe("DEALER / ROUTER", () => {
     const b = track(new DealerSocket({ identity: "same", reconnectIvlMs: 1000 }));
     b.connect(endpoint);
     await waitUntil(() => router.peerCount === 1, "one peer");
-    await new Promise((r) => setTimeout(r, 100));
+    // The second one completes its handshake and is refused (counted as a protocol error).
+    await waitUntil(() => (router.peerErrorCounts()["protocol"] ?? 0) >= 1, "the second peer refused");
     expect(router.peerCount).toBe(1);
   });
 });
@@ -184,14 +185,14 @@ describe("misbehaving peers", () => {
     const errors: (Error | undefined)[] = [];
     sub.on("disconnected", (d) => errors.push(d.error));
     sub.connect(garbage);
-    await new Promise((r) => setTimeout(r, 200));
+    await waitUntil(() => (sub.peerErrorCounts()["protocol"] ?? 0) >= 2, "the garbage refused, twice (redialled)");
     expect(sub.peerCount).toBe(0);
 
     const otherSub = track(new SubSocket());
     const endpoint = await otherSub.bind("tcp://127.0.0.1:0");
     const sub2 = track(new SubSocket({ reconnectIvlMs: 10 }));
     sub2.connect(endpoint);
-    await new Promise((r) => setTimeout(r, 200));
+    await waitUntil(() => (sub2.peerErrorCounts()["incompatible"] ?? 0) >= 1, "SUB to SUB refused");
     expect(sub2.peerCount).toBe(0);
     expect(otherSub.peerCount).toBe(0);
   });
@@ -207,7 +208,7 @@ describe("misbehaving peers", () => {
     const a = track(new SubSocket({ handshakeTimeoutMs: 150, reconnectIvlMs: 5000 }));
     let attempts = 0;
     a.connect(silent);
-    await new Promise((r) => setTimeout(r, 400));
+    await waitUntil(() => (a.peerErrorCounts()["timeout"] ?? 0) >= 1, "the handshake timed out");
     expect(a.peerCount).toBe(0);
 
     const b = track(new SubSocket({ heartbeatIvlMs: 50, heartbeatTimeoutMs: 200, reconnectIvlMs: 5000 }));

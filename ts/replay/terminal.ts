@@ -41,7 +41,10 @@ export function comparison(results: readonly PolicyResult[]): string[] {
   return out;
 }
 
-/** A progress line redrawn in place on a TTY stream. */
+/** Between two plain progress lines on a stream that is not a terminal. */
+const PLAIN_INTERVAL_MS = 5000;
+
+/** A progress line redrawn in place on a TTY stream (a plain line now and then on others). */
 export class ProgressBar {
   private last = 0;
   private drawn = false;
@@ -53,8 +56,15 @@ export class ProgressBar {
   }
 
   update(label: string, done: number, total: number, detail: string, force = false): void {
-    if (!this.enabled) return;
     const now = performance.now();
+    if (!this.enabled) {
+      // Not a terminal (CI logs, pipes): a plain line now and then, the first once something
+      // completed, so a long run shows signs of life (and a caller can wait for progress).
+      if (done === 0 || (!force && this.last > 0 && now - this.last < PLAIN_INTERVAL_MS)) return;
+      this.last = now;
+      this.stream.write(`${label}: ${done.toLocaleString("en-US")}/${total.toLocaleString("en-US")} done  ${detail}\n`);
+      return;
+    }
     if (!force && now - this.last < 100) return;
     this.last = now;
     const width = 28;
