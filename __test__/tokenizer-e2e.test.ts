@@ -30,7 +30,7 @@ afterEach(async () => {
 });
 
 async function until<T>(what: string, probe: () => Promise<T | null>): Promise<T> {
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 55_000; // names a hang before the 60 s test timeout
   for (;;) {
     const v = await probe();
     if (v !== null) return v;
