@@ -86,7 +86,8 @@ describe("gateway: OpenAI routes", () => {
   it("POST /v1/kvroute/route answers the decision without forwarding", async () => {
     const prompt = Array.from({ length: 160 }, (_, i) => 5000 + i);
     await post(url, "/v1/completions", { model: MODEL, prompt, max_tokens: 1 });
-    await sleep(300);
+    // Wait for the KV events of those 10 blocks (polled; the test timeout bounds it).
+    while ((await post(url, "/v1/kvroute/route", { model: MODEL, prompt })).json.overlapBlocks < 10) await sleep(20);
     const before = (await get(url, "/metrics")).text;
     const r = await post(url, "/v1/kvroute/route", { model: MODEL, prompt, explain: true });
     expect(r.status).toBe(200);

@@ -267,25 +267,30 @@ describe("gateway: workers added and removed under traffic", () => {
       }
     };
     const loops = Array.from({ length: 8 }, (_, k) => loop(k));
-    await sleep(300);
+    // Between steps, let traffic answer `n` more requests (not a fixed time: a loaded machine is slow).
+    const traffic = async (n: number) => {
+      const target = results.length + n;
+      while (results.length < target) await sleep(10);
+    };
+    await traffic(16);
     // Add a worker: it takes traffic from the next requests on.
     const added = await startMockWorker({ id: "w3", speedup: 10 }, f.gateway.registry);
     f.workers.push(added);
     const addedAt = performance.now() - t0;
-    await sleep(400);
+    await traffic(24);
     // Remove one gracefully: deregistered at once, drained, then stopped.
     const drainAt = performance.now() - t0;
     const w0 = workerOf(f, "w0");
     const drained = await w0.drain({ deadlineMs: 5000, pollMs: 20 });
     expect(drained.drained).toBe(true);
     await w0.stop();
-    await sleep(300);
+    await traffic(16);
     // Remove one abruptly: deregistered and killed with requests in flight.
     const active = await f.gateway.gateway.metrics.activeRequests.get();
     await f.gateway.registry.deregister("w1");
     const inFlight = active.values.filter((v) => v.labels.worker === "w1").reduce((n, v) => n + v.value, 0);
     process.kill(workerOf(f, "w1").pid!, "SIGKILL");
-    await sleep(400);
+    await traffic(16);
     running = false;
     await Promise.all(loops);
 
