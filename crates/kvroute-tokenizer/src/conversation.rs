@@ -17,6 +17,8 @@
 //!   `enable_thinking` from it), `tools` re-dumped as vLLM's pydantic models dump them, and the
 //!   request's `chat_template_kwargs` that the template reads (null and "auto" values dropped).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value as Json};
 
 /// How the template reads message content (vLLM's `--chat-template-content-format auto`).
@@ -224,21 +226,22 @@ fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
         .and_then(Json::as_str)
         .ok_or("'role' must be a string")?;
     let content = obj.get("content");
-    let parts: Vec<Json> = match content {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::String(s)) => vec![Json::String(s.clone())],
-        Some(Json::Array(parts)) => parts.clone(),
+    // Borrowed unless a system message loses its billing header: one copy of the text in all.
+    let parts: Cow<[Json]> = match content {
+        None | Some(Json::Null) => Cow::Owned(Vec::new()),
+        Some(s @ Json::String(_)) => Cow::Borrowed(std::slice::from_ref(s)),
+        Some(Json::Array(parts)) => Cow::Borrowed(parts.as_slice()),
         Some(_) => return Err("'content' must be a string, a list of parts or null".into()),
     };
-    let parts = if role == "system" {
-        without_billing_header(parts)
+    let parts = if role == "system" && has_billing_header(&parts) {
+        Cow::Owned(without_billing_header(parts.into_owned()))
     } else {
         parts
     };
-    let mut texts: Vec<String> = Vec::new();
-    for part in &parts {
+    let mut texts: Vec<&str> = Vec::new();
+    for part in parts.iter() {
         let text = match part {
-            Json::String(s) => Some(s.clone()),
+            Json::String(s) => Some(s.as_str()),
             Json::Object(p) => {
                 let kind = p.get("type").and_then(Json::as_str).unwrap_or("");
                 let field = match kind {
@@ -253,7 +256,7 @@ fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
                 };
                 match p.get(field) {
                     None | Some(Json::Null) => None,
-                    Some(Json::String(s)) => Some(s.clone()),
+                    Some(Json::String(s)) => Some(s.as_str()),
                     Some(_) => {
                         return Err(format!("content part '{kind}': '{field}' must be a string"))
                     }
@@ -278,7 +281,7 @@ fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
                 .map(|t| {
                     let mut d = Map::new();
                     d.insert("type".into(), Json::String("text".into()));
-                    d.insert("text".into(), Json::String(t));
+                    d.insert("text".into(), Json::String(t.to_string()));
                     Json::Object(d)
                 })
                 .collect(),
@@ -369,6 +372,17 @@ fn tool_call(call: &Json) -> Result<Json, String> {
         }
     }
     Ok(Json::Object(out))
+}
+
+fn has_billing_header(parts: &[Json]) -> bool {
+    parts.iter().any(|part| {
+        let text = match part {
+            Json::String(s) => Some(s.as_str()),
+            Json::Object(p) => p.get("text").and_then(Json::as_str),
+            _ => None,
+        };
+        text.is_some_and(|t| t.starts_with(BILLING_HEADER))
+    })
 }
 
 fn without_billing_header(parts: Vec<Json>) -> Vec<Json> {

@@ -189,16 +189,18 @@ impl ModelTokenizer {
             loaded.developer_role,
         )
         .map_err(Error::input)?;
-        let rendered = self.render(loaded, &input)?;
-        Ok((rendered, input.add_special_tokens))
+        let add_special_tokens = input.add_special_tokens;
+        Ok((self.render(loaded, input)?, add_special_tokens))
     }
 
-    fn render(&self, loaded: &LoadedTemplate, input: &TemplateInput) -> Result<String, Error> {
+    fn render(&self, loaded: &LoadedTemplate, input: TemplateInput) -> Result<String, Error> {
         let mut context = self.special_tokens.clone();
-        for (k, v) in &input.kwargs {
-            context.insert(k.clone(), v.clone());
-        }
-        let mut messages = input.messages.clone();
+        context.extend(input.kwargs);
+        let mut messages = input.messages;
+        // continue_final_message needs the final message as it was, before its tag.
+        let final_message = input
+            .continue_final_message
+            .then(|| messages.last().cloned());
         if input.continue_final_message {
             mark_final_message(&mut messages, loaded.mentions_content)?;
         }
@@ -207,10 +209,10 @@ impl ModelTokenizer {
             .template
             .render(&Value::from_serialize(&context))
             .map_err(|e| Error::input(format!("chat template: {e}")))?;
-        if input.continue_final_message {
-            return cut_at_final_mark(rendered, input.messages.last());
+        match final_message {
+            Some(last) => cut_at_final_mark(rendered, last.as_ref()),
+            None => Ok(rendered),
         }
-        Ok(rendered)
     }
 
     /// A chat request's token ids, as vLLM computes them.
