@@ -6,7 +6,8 @@
  */
 import { BlockHasher, ENGINE_HASH_ALGORITHMS, type ExtraKeys, type HashAlgorithm } from "../core/block-hasher.js";
 import { KvrouteError } from "../errors.js";
-import { parseCommandArgs, positiveInt, readStdin, UsageError } from "./args.js";
+import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
+import { mapStdinLines, parseObjectLine } from "./json-lines.js";
 
 const HELP = `Usage: kvroute hash [--algorithm A] [--seed S] [--block-size N] [--digest]
 
@@ -37,16 +38,7 @@ const FIELDS = ["tokens", "lora_name", "lora_path", "cache_salt", "algorithm", "
 
 /** Parses and validates one input line; throws with a message that names what is wrong. */
 function parseLine(text: string): HashRequest {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`invalid JSON (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new Error("expected a JSON object with a 'tokens' array");
-  }
-  const obj = value as Record<string, unknown>;
+  const obj = parseObjectLine(text, "a JSON object with a 'tokens' array");
   const tokens = obj["tokens"];
   if (!Array.isArray(tokens)) throw new Error("'tokens' must be an array of token ids");
   tokens.forEach((t, i) => {
@@ -119,28 +111,15 @@ export async function runHash(argv: string[]): Promise<number> {
       return h;
     };
 
-    const lines = (await readStdin()).split("\n");
-    const out: string[] = [];
-    for (let i = 0; i < lines.length; i++) {
-      const text = lines[i]!.trim();
-      if (text === "") continue;
-      let request: HashRequest;
-      let hasher: BlockHasher;
-      try {
-        request = parseLine(text);
-        hasher = hasherFor(request);
-      } catch (err) {
-        console.error(`kvroute hash: line ${i + 1}: ${err instanceof Error ? err.message : String(err)}`);
-        return 2;
-      }
+    return await mapStdinLines("kvroute hash", (text) => {
+      const request = parseLine(text);
+      const hasher = hasherFor(request);
       const record: { hashes: string[]; digests?: string[] } = {
         hashes: Array.from(hasher.hash(request.tokens, request.extra), (h) => h.toString()),
       };
       if (values.digest) record.digests = hasher.digests(request.tokens, request.extra).map((d) => d.toString("hex"));
-      out.push(JSON.stringify(record));
-    }
-    if (out.length > 0) process.stdout.write(out.join("\n") + "\n");
-    return 0;
+      return JSON.stringify(record);
+    });
   } catch (err) {
     if (err instanceof UsageError || err instanceof KvrouteError) {
       console.error(`kvroute hash: ${err.message}\n\n${HELP}`);

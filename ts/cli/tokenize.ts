@@ -7,7 +7,8 @@
  */
 import { KvrouteError, TokenizerLoadError } from "../errors.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
-import { parseCommandArgs, readStdin, UsageError } from "./args.js";
+import { parseCommandArgs, UsageError } from "./args.js";
+import { mapStdinLines, parseObjectLine } from "./json-lines.js";
 
 const HELP = `Usage: kvroute tokenize --tokenizer DIR
 
@@ -26,16 +27,7 @@ Exit codes: 0 ok, 2 bad usage, a bad tokenizer folder or bad input (the message 
 
 /** Tokenizes one input line; throws with a message that says what is wrong with it. */
 function tokenizeLine(tokenizer: Tokenizer, text: string): Uint32Array {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`invalid JSON (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new Error("expected a JSON object with 'prompt' (text) or 'messages' (a chat request)");
-  }
-  const obj = value as Record<string, unknown>;
+  const obj = parseObjectLine(text, "a JSON object with 'prompt' (text) or 'messages' (a chat request)");
   const hasPrompt = obj["prompt"] !== undefined;
   const hasMessages = obj["messages"] !== undefined;
   if (hasPrompt && hasMessages) throw new Error("a line has 'prompt' or 'messages', not both");
@@ -78,20 +70,5 @@ export async function runTokenize(argv: string[]): Promise<number> {
     throw err;
   }
 
-  const lines = (await readStdin()).split("\n");
-  const out: string[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const text = lines[i]!.trim();
-    if (text === "") continue;
-    let ids: Uint32Array;
-    try {
-      ids = tokenizeLine(tokenizer, text);
-    } catch (err) {
-      console.error(`kvroute tokenize: line ${i + 1}: ${err instanceof Error ? err.message : String(err)}`);
-      return 2;
-    }
-    out.push(`{"ids":[${ids.join(",")}]}`);
-  }
-  if (out.length > 0) process.stdout.write(out.join("\n") + "\n");
-  return 0;
+  return mapStdinLines("kvroute tokenize", (text) => `{"ids":[${tokenizeLine(tokenizer, text).join(",")}]}`);
 }
