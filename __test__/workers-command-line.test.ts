@@ -1,3 +1,4 @@
+import { loadTokenizationGolden, tokenizerDir } from "./helpers/tokenization-golden.js";
 import { describe, expect, it } from "vitest";
 import { InvalidConfigError } from "../ts/errors.js";
 import {
@@ -210,7 +211,19 @@ describe("workerRecordFor", () => {
       numGpuBlocks: 1000,
       dataParallelSize: 1,
       dpRanks: [0],
+      tokenizer: null,
     });
+  });
+
+  it("names the tokenizer folder vLLM loads when the gateway can load it too (--tokenizer, or a model folder)", () => {
+    const golden = loadTokenizationGolden();
+    const qwen = tokenizerDir(golden, "qwen3");
+    const llama = tokenizerDir(golden, "llama3_1");
+    expect(workerRecordFor({ ...base, extraArgs: ["--tokenizer", qwen] }).tokenizer).toBe(qwen);
+    expect(workerRecordFor({ ...base, extraArgs: [`--tokenizer=${qwen}`] }).tokenizer).toBe(qwen);
+    expect(workerRecordFor({ ...base, model: llama }).tokenizer).toBe(llama);
+    // A hub name is vLLM's to fetch: the gateway cannot load it.
+    expect(workerRecordFor({ ...base, model: "Qwen/Qwen3-0.6B", extraArgs: ["--tokenizer", "Qwen/Qwen3-0.6B"] }).tokenizer).toBeNull();
   });
 
   it("lists one endpoint per DP rank at vLLM's port offsets", () => {

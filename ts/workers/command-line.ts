@@ -279,7 +279,24 @@ export function workerRecordFor(
     numGpuBlocks: c.numGpuBlocksOverride ?? runtime.engine?.numGpuBlocks ?? null,
     dataParallelSize: c.dataParallelSize,
     dpRanks: c.dpRanks,
+    tokenizer: tokenizerFolderOf(c.model, c.extraArgs ?? []),
   };
+}
+
+/**
+ * The tokenizer folder vLLM will load, when it is a local folder the gateway can load too: the
+ * `--tokenizer` argument, else the model itself when it is a folder with a tokenizer.json (vLLM's
+ * default). Hub names are left out (null): the gateway cannot fetch them.
+ */
+export function tokenizerFolderOf(model: string, args: readonly string[]): string | null {
+  let flag: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--tokenizer") flag = args[i + 1];
+    else if (a.startsWith("--tokenizer=")) flag = a.slice("--tokenizer=".length);
+  }
+  const candidate = flag ?? model;
+  return candidate && existsSync(join(candidate, "tokenizer.json")) ? candidate : null;
 }
 
 /** The base URL's host part (IPv6 in brackets). */
