@@ -95,11 +95,11 @@ impl NativeTokenizer {
     /// A chat request (JSON text, or the body's bytes) to the token ids vLLM computes for it.
     #[napi]
     pub fn encode_chat(&self, request: napi::Either<String, Buffer>) -> napi::Result<Uint32Array> {
-        let parsed = match &request {
-            napi::Either::A(text) => parse_request(text.as_bytes())?,
-            napi::Either::B(bytes) => parse_request(bytes)?,
+        let bytes: &[u8] = match &request {
+            napi::Either::A(text) => text.as_bytes(),
+            napi::Either::B(bytes) => bytes,
         };
-        let ids = self.inner.encode_chat(&parsed).map_err(to_napi)?;
+        let ids = self.inner.encode_chat_bytes(bytes).map_err(to_napi)?;
         Ok(Uint32Array::new(ids))
     }
 

@@ -80,10 +80,29 @@ pub fn from_request(
     for (i, m) in raw_messages.iter().enumerate() {
         messages.push(message(m, format).map_err(|e| format!("messages[{i}]: {e}"))?);
     }
-    if !developer_role && messages.iter().any(|m| role_of(m) == "developer") {
+    if needs_developer_rewrite(&messages, developer_role) {
         messages = developer_as_system(messages);
     }
+    let (kwargs, continue_final_message, add_special_tokens) = request_kwargs(obj, template_vars)?;
+    Ok(TemplateInput {
+        messages,
+        kwargs,
+        continue_final_message,
+        add_special_tokens,
+    })
+}
 
+/// Whether developer messages must become system messages (the template does not name the role).
+pub fn needs_developer_rewrite(messages: &[Json], developer_role: bool) -> bool {
+    !developer_role && messages.iter().any(|m| role_of(m) == "developer")
+}
+
+/// The template variables other than `messages`, from the request's other fields, with
+/// `continue_final_message` and `add_special_tokens`.
+pub fn request_kwargs(
+    obj: &Map<String, Json>,
+    template_vars: &std::collections::BTreeSet<String>,
+) -> Result<(Map<String, Json>, bool, bool), String> {
     let flag = |name: &str, default: bool| match obj.get(name) {
         None | Some(Json::Null) => Ok(default),
         Some(Json::Bool(b)) => Ok(*b),
@@ -151,12 +170,11 @@ pub fn from_request(
         "add_generation_prompt".into(),
         Json::Bool(add_generation_prompt),
     );
-    Ok(TemplateInput {
-        messages,
+    Ok((
         kwargs,
         continue_final_message,
-        add_special_tokens: flag("add_special_tokens", false)?,
-    })
+        flag("add_special_tokens", false)?,
+    ))
 }
 
 /// merge_kwargs's unset values.
@@ -219,7 +237,8 @@ fn role_of(m: &Json) -> &str {
     m.get("role").and_then(Json::as_str).unwrap_or("")
 }
 
-fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
+/// One message rewritten as vLLM rewrites it (see the module comment).
+pub fn message(m: &Json, format: ContentFormat) -> Result<Json, String> {
     let obj = m.as_object().ok_or("a message must be an object")?;
     let role = obj
         .get("role")
@@ -419,7 +438,7 @@ fn without_billing_header(parts: Vec<Json>) -> Vec<Json> {
 }
 
 /// vLLM's `_convert_developer_to_system` + `_consolidate_system_messages`.
-fn developer_as_system(messages: Vec<Json>) -> Vec<Json> {
+pub fn developer_as_system(messages: Vec<Json>) -> Vec<Json> {
     let mut system_texts: Vec<String> = Vec::new();
     let mut rest = Vec::new();
     let mut needs_merge = false;

@@ -4,11 +4,14 @@
 //! them. Chat encoding goes through the segment cache (src/segments.rs) when the tokenizer allows
 //! it, and is always equal to a full encode.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kvroute_core::Error;
 use minijinja::value::Value;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
 
@@ -41,7 +44,24 @@ pub struct ModelTokenizer {
     /// depend on the sequence.
     special_affixes: Option<(Vec<u32>, Vec<u32>)>,
     cache: Mutex<SegmentCache>,
+    messages: Mutex<MessageCache>,
 }
+
+/// Rewritten messages by their raw JSON text (and the template's content format).
+#[derive(Default)]
+struct MessageCache {
+    entries: HashMap<u128, CachedMessage>,
+    /// About what `entries` holds, in bytes; never above MESSAGE_CACHE_BYTES.
+    bytes: usize,
+}
+
+#[derive(Clone)]
+struct CachedMessage {
+    json: Arc<Json>,
+    value: Value,
+}
+
+const MESSAGE_CACHE_BYTES: usize = 32 << 20;
 
 /// Counters of the segment cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,6 +124,7 @@ impl ModelTokenizer {
             fast,
             special_affixes,
             cache: Mutex::new(SegmentCache::new(cache_tokens)),
+            messages: Mutex::new(MessageCache::default()),
         })
     }
 
@@ -171,17 +192,7 @@ impl ModelTokenizer {
     /// The prompt text vLLM renders for a chat request body (an OpenAI `/v1/chat/completions`
     /// JSON object), with the request's `add_special_tokens`.
     pub fn render_chat(&self, request: &Json) -> Result<(String, bool), Error> {
-        let has_tools = matches!(request.get("tools"), Some(Json::Array(t)) if !t.is_empty());
-        let loaded = match (&self.tool_use_template, &self.default_template, has_tools) {
-            (Some(t), _, true) => t,
-            (_, Some(t), _) => t,
-            (Some(t), None, false) => t,
-            (None, None, _) => {
-                return Err(Error::input(
-                    "this model's tokenizer folder has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)",
-                ))
-            }
-        };
+        let loaded = self.template_for(request.get("tools"))?;
         let input = conversation::from_request(
             request,
             loaded.format,
@@ -191,6 +202,135 @@ impl ModelTokenizer {
         .map_err(Error::input)?;
         let add_special_tokens = input.add_special_tokens;
         Ok((self.render(loaded, input)?, add_special_tokens))
+    }
+
+    /// The template for a request: `tool_use` when it has tools and the folder names one.
+    fn template_for(&self, tools: Option<&Json>) -> Result<&LoadedTemplate, Error> {
+        let has_tools = matches!(tools, Some(Json::Array(t)) if !t.is_empty());
+        match (&self.tool_use_template, &self.default_template, has_tools) {
+            (Some(t), _, true) => Ok(t),
+            (_, Some(t), _) => Ok(t),
+            (Some(t), None, false) => Ok(t),
+            (None, None, _) => Err(Error::input(
+                "this model's tokenizer folder has no chat template (chat_template.jinja or tokenizer_config.json's chat_template)",
+            )),
+        }
+    }
+
+    /// A chat request's token ids from its JSON bytes (what the gateway has). The same ids as
+    /// [`Self::encode_chat`]; a conversation's earlier messages are parsed, rewritten and
+    /// converted for the template once, then found by their raw JSON text.
+    pub fn encode_chat_bytes(&self, body: &[u8]) -> Result<Vec<u32>, Error> {
+        let not_json =
+            |e: serde_json::Error| Error::input(format!("chat request is not valid JSON: {e}"));
+        let top: HashMap<Cow<str>, &RawValue> = serde_json::from_slice(body).map_err(not_json)?;
+        let mut rest = Map::new();
+        let mut raw_messages: Option<Vec<&RawValue>> = None;
+        for (key, raw) in &top {
+            if key == "messages" {
+                let list = serde_json::from_str(raw.get())
+                    .map_err(|_| Error::input("'messages' must be a list of messages"))?;
+                raw_messages = Some(list);
+            } else {
+                rest.insert(
+                    key.to_string(),
+                    serde_json::from_str(raw.get()).map_err(not_json)?,
+                );
+            }
+        }
+        let raw_messages =
+            raw_messages.ok_or_else(|| Error::input("'messages' must be a list of messages"))?;
+        let loaded = self.template_for(rest.get("tools"))?;
+        let mut messages = Vec::with_capacity(raw_messages.len());
+        for (i, raw) in raw_messages.iter().enumerate() {
+            messages.push(self.cached_message(raw, loaded.format, i)?);
+        }
+        let (kwargs, continue_final_message, add_special_tokens) =
+            conversation::request_kwargs(&rest, loaded.template.variables())
+                .map_err(Error::input)?;
+        let jsons = || {
+            messages
+                .iter()
+                .map(|m| m.json.as_ref().clone())
+                .collect::<Vec<_>>()
+        };
+        let rendered = if continue_final_message
+            || conversation::needs_developer_rewrite(&jsons(), loaded.developer_role)
+        {
+            // Rewrites across messages: the general path.
+            let mut all = jsons();
+            if conversation::needs_developer_rewrite(&all, loaded.developer_role) {
+                all = conversation::developer_as_system(all);
+            }
+            let input = TemplateInput {
+                messages: all,
+                kwargs,
+                continue_final_message,
+                add_special_tokens,
+            };
+            self.render(loaded, input)?
+        } else {
+            let mut context: Vec<(String, Value)> =
+                Vec::with_capacity(self.special_tokens.len() + kwargs.len() + 1);
+            for (k, v) in self
+                .special_tokens
+                .iter()
+                .filter(|(k, _)| !kwargs.contains_key(*k))
+            {
+                context.push((k.clone(), Value::from_serialize(v)));
+            }
+            for (k, v) in &kwargs {
+                context.push((k.clone(), Value::from_serialize(v)));
+            }
+            context.push((
+                "messages".into(),
+                Value::from(messages.iter().map(|m| m.value.clone()).collect::<Vec<_>>()),
+            ));
+            loaded
+                .template
+                .render(&Value::from_iter(context))
+                .map_err(|e| Error::input(format!("chat template: {e}")))?
+        };
+        if add_special_tokens {
+            return self.encode(&rendered, true);
+        }
+        self.encode_pieces(&rendered)
+    }
+
+    /// One message of a request body, rewritten and converted, through the message cache.
+    fn cached_message(
+        &self,
+        raw: &RawValue,
+        format: ContentFormat,
+        index: usize,
+    ) -> Result<CachedMessage, Error> {
+        let key = xxhash_rust::xxh3::xxh3_128_with_seed(raw.get().as_bytes(), format as u64);
+        if let Some(hit) = self
+            .messages
+            .lock()
+            .ok()
+            .and_then(|c| c.entries.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let json: Json = serde_json::from_str(raw.get())
+            .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
+        let rewritten = conversation::message(&json, format)
+            .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
+        let entry = CachedMessage {
+            value: Value::from_serialize(&rewritten),
+            json: Arc::new(rewritten),
+        };
+        if let Ok(mut cache) = self.messages.lock() {
+            // Bounded: roughly three copies of each message's text are held.
+            cache.bytes += 3 * raw.get().len();
+            if cache.bytes > MESSAGE_CACHE_BYTES {
+                cache.entries.clear();
+                cache.bytes = 3 * raw.get().len();
+            }
+            cache.entries.insert(key, entry.clone());
+        }
+        Ok(entry)
     }
 
     fn render(&self, loaded: &LoadedTemplate, input: TemplateInput) -> Result<String, Error> {
@@ -274,6 +414,9 @@ impl ModelTokenizer {
         if let Ok(mut c) = self.cache.lock() {
             let capacity = c.capacity();
             *c = SegmentCache::new(capacity);
+        }
+        if let Ok(mut m) = self.messages.lock() {
+            *m = MessageCache::default();
         }
     }
 

@@ -90,11 +90,17 @@ fn every_case_matches_vllm() {
                     }
                     Ok(_) => {}
                 }
-                // Twice: cold, then through the segment cache.
+                // Twice: cold, then through the segment and message caches; from the value and from
+                // the body's bytes (the gateway's path).
+                let bytes = serde_json::to_vec(request).expect("serializes");
                 for round in 0..2 {
-                    let got = tk.encode_chat(request).expect("encodes");
-                    if got != expected {
+                    if tk.encode_chat(request).expect("encodes") != expected {
                         failures.push(format!("{name}: chat ids differ (round {round})"));
+                    }
+                    if tk.encode_chat_bytes(&bytes).expect("encodes") != expected {
+                        failures.push(format!(
+                            "{name}: chat ids from bytes differ (round {round})"
+                        ));
                     }
                 }
             }
@@ -124,6 +130,17 @@ fn random_chat_requests_match_vllm() {
         let name = case["name"].as_str().unwrap_or("?");
         let tk = &tokenizers[case["tokenizer"].as_str().expect("tokenizer")];
         let request = &case["request"];
+        let from_bytes = tk.encode_chat_bytes(&serde_json::to_vec(request).expect("serializes"));
+        match (&from_bytes, case.get("rejected")) {
+            (Ok(got), None) if *got != ids(case) => {
+                failures.push(format!("{name}: ids from bytes differ"))
+            }
+            (Ok(_), Some(_)) => {
+                failures.push(format!("{name}: vLLM refused it, the bytes path did not"))
+            }
+            (Err(e), None) => failures.push(format!("{name}: the bytes path refused it: {e}")),
+            _ => {}
+        }
         match (tk.render_chat(request), case.get("rejected")) {
             (Err(_), Some(_)) => {}
             (Ok((rendered, _)), None) => {

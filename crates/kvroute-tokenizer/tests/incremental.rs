@@ -45,6 +45,12 @@ fn incremental_equals_full_encode_on_random_conversations() {
                     full,
                     "{name} case {case} turns {end}"
                 );
+                let bytes = serde_json::to_vec(&request).unwrap();
+                assert_eq!(
+                    warm.encode_chat_bytes(&bytes).unwrap(),
+                    full,
+                    "{name} case {case} turns {end} (bytes)"
+                );
                 assert_eq!(
                     small.encode_chat(&request).unwrap(),
                     full,
