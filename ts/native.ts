@@ -1,7 +1,7 @@
-// Loads the napi-generated loader (index.js at the package root), which picks this platform's
-// `.node` binary: the one built in a checkout (`kvroute.<platform>.node`, `npm run build:native`),
-// else the prebuilt package `kvroute-<platform>` that npm installs as an optional dependency
-// (npm/<platform>/ in the repository). The same relative path works from ts/ (tests) and dist/
+// Loads this platform's `.node` binary: the prebuilt package `kvroute-<platform>` that npm installs
+// as an optional dependency (npm/<platform>/ in the repository) when its binary is there, else the
+// napi-generated loader (index.js at the package root), which finds the one built in a checkout
+// (`kvroute.<platform>.node`, `npm run build:native`). The same relative path works from ts/ (tests) and dist/
 // (the built package). When no binary loads, one KvrouteError (KVR_NATIVE_LOAD) names the platform
 // and what to do; the loader's own errors stay in its `cause`.
 import { existsSync, readFileSync } from "node:fs";
@@ -15,6 +15,16 @@ const requireFromHere = createRequire(import.meta.url);
 export const native: typeof Native = loadNative();
 
 function loadNative(): typeof Native {
+  // The platform package first (what an install from the registry has), then the generated
+  // loader, which finds a binary built in this checkout.
+  const pkg = `kvroute-${platformName()}`;
+  if (installedBinary(pkg)) {
+    try {
+      return requireFromHere(pkg) as typeof Native;
+    } catch (err) {
+      throw new KvrouteError("KVR_NATIVE_LOAD", nativeLoadMessage(err), { cause: err });
+    }
+  }
   try {
     return requireFromHere("../index.js") as typeof Native;
   } catch (err) {
