@@ -27,22 +27,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet "cbor2==$CBOR2_VERSION" "xxhash==$XXHASH_VERSION"
 
-wheels="$venv/wheels"
-src="$venv/vllm-$VLLM_VERSION"
-if [ ! -d "$src/vllm" ]; then
-  mkdir -p "$wheels"
-  "$venv/bin/pip" download --quiet --no-deps --only-binary=:all: -d "$wheels" "vllm==$VLLM_VERSION"
-  wheel="$(ls "$wheels"/vllm-"$VLLM_VERSION"-*.whl | head -n 1)"
-  rm -rf "$src.tmp" && mkdir -p "$src.tmp"
-  "$venv/bin/python" - "$wheel" "$src.tmp" <<'PY'
-import sys, zipfile
-wheel, dest = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(wheel) as z:
-    names = [n for n in z.namelist() if n.endswith(".py") or ".dist-info/" in n]
-    z.extractall(dest, members=names)
-PY
-  mv "$src.tmp" "$src"
-fi
+# shellcheck source=vllm-wheel.sh
+. "$here/vllm-wheel.sh"
+src="$(unpack_vllm_py "$venv" "$VLLM_VERSION")"
 
 "$venv/bin/python" "$here/make_block_hashes.py" --vllm-src "$src" --out "$out"
 ls -l "$out"
