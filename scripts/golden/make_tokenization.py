@@ -68,32 +68,10 @@ from typing import Any, Generic, TypeVar
 # --------------------------------------------------------------------------------------------
 
 
-class _StubModule(types.ModuleType):
-    """A module whose every attribute is an inert placeholder class."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        placeholder = type(name, (), {"__module__": self.__name__})
-        setattr(self, name, placeholder)
-        return placeholder
-
-
-def _package(name: str, path: str | None) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__path__ = [path] if path else []  # submodules resolve from the wheel, __init__ never runs
-    sys.modules[name] = mod
-    return mod
-
-
-def _stub(name: str, package: bool = False, **attrs: Any) -> types.ModuleType:
-    mod = _StubModule(name)
-    if package:
-        mod.__path__ = []
-    for key, value in attrs.items():
-        setattr(mod, key, value)
-    sys.modules[name] = mod
-    return mod
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vllm_stubs import StubModule as _StubModule  # noqa: E402,F401
+from vllm_stubs import package as _package  # noqa: E402
+from vllm_stubs import stub as _stub  # noqa: E402
 
 
 def _parse(path: str) -> ast.Module:
