@@ -12,10 +12,10 @@ import {
   KvRouter,
   MemoryRegistry,
   type KvRouterOptions,
-  type WorkerRecord,
 } from "../ts/index.js";
 import { affinityPolicy, FleetSim, roundRobinPolicy, routerPolicy, sharedPrefixWorkload, type SimPolicy } from "../ts/router/sim/fleet-sim.js";
 import { TsKvIndexer } from "./baseline/ts-indexer.js";
+import { benchWorkerRecords } from "./lib/records.js";
 import { machine, percentile, printTable, rng, type Row } from "./lib/table.js";
 
 console.log(`kvroute bench:router — ${machine()}`);
@@ -40,19 +40,7 @@ const queries = Array.from({ length: 2000 }, () => {
   return q;
 });
 
-const records: WorkerRecord[] = Array.from({ length: WORKERS }, (_, i) => ({
-  id: `worker-${i}`,
-  model: "m",
-  role: "aggregated",
-  url: `http://10.0.0.${i}:8000`,
-  kvEvents: null,
-  blockSize: BS,
-  hashAlgorithm: "sha256_cbor",
-  hashSeed: "0",
-  numGpuBlocks: null,
-  dataParallelSize: 1,
-  dpRanks: [0],
-}));
+const records = benchWorkerRecords(WORKERS, "m", BS);
 
 /** A router whose index holds every chain on its workers, fed as vLLM events. */
 function buildRouter(options: Partial<KvRouterOptions>, engineHasher?: BlockHasher): KvRouter {

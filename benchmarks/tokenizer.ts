@@ -31,9 +31,9 @@ import {
   Tokenizer,
   type ChatRequest,
   type ChatRequestMessage,
-  type WorkerRecord,
 } from "../ts/index.js";
 import { native } from "../ts/native.js";
+import { benchWorkerRecords } from "./lib/records.js";
 import { fmt, machine, percentile, printTable, rng, type Row } from "./lib/table.js";
 import { TextGen } from "./lib/text.js";
 
@@ -422,19 +422,7 @@ console.log(
 // 3. route() of the 50-turn chat from its body bytes: encodeChat (incremental) + keys + decision.
 const BS = 16;
 const WORKERS = 8;
-const records: WorkerRecord[] = Array.from({ length: WORKERS }, (_, i) => ({
-  id: `worker-${i}`,
-  model: "qwen3",
-  role: "aggregated",
-  url: `http://10.0.0.${i}:8000`,
-  kvEvents: null,
-  blockSize: BS,
-  hashAlgorithm: "sha256_cbor",
-  hashSeed: "0",
-  numGpuBlocks: null,
-  dataParallelSize: 1,
-  dpRanks: [0],
-}));
+const records = benchWorkerRecords(WORKERS, "qwen3", BS);
 const router = new KvRouter({ registry: new MemoryRegistry(records), seed: 1 });
 const sink = router.eventSink("qwen3");
 const hasher = new BlockHasher({ blockSize: BS });
