@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vllm_stubs import StubModule as _StubModule  # noqa: E402,F401
 from vllm_stubs import package as _package  # noqa: E402
 from vllm_stubs import stub as _stub  # noqa: E402
+from vllm_stubs import vllm_version  # noqa: E402,F401
 
 
 def _function_from_source(path: str, func_name: str, namespace: dict[str, Any]) -> Any:
@@ -101,16 +102,6 @@ def hash_algorithms(src: str) -> list[str]:
             elts = node.value.slice.elts  # Literal["sha256", ...]
             return [e.value for e in elts]
     raise SystemExit("PrefixCachingHashAlgo not found in vllm/config/cache.py")
-
-
-def vllm_version(src: str) -> str:
-    for entry in os.listdir(src):
-        if entry.startswith("vllm-") and entry.endswith(".dist-info"):
-            with open(os.path.join(src, entry, "METADATA"), encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("Version:"):
-                        return line.split(":", 1)[1].strip()
-    raise SystemExit("vllm dist-info not found")
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vllm_stubs import StubModule as _StubModule  # noqa: E402,F401
 from vllm_stubs import package as _package  # noqa: E402
 from vllm_stubs import stub as _stub  # noqa: E402
+from vllm_stubs import vllm_version  # noqa: E402,F401
 
 
 def _parse(path: str) -> ast.Module:
@@ -352,16 +353,6 @@ def load_vllm(src: str) -> Vllm:
         chat_req=chat_req,
         cmpl_req=cmpl_req,
     )
-
-
-def vllm_version(src: str) -> str:
-    for entry in os.listdir(src):
-        if entry.startswith("vllm-") and entry.endswith(".dist-info"):
-            with open(os.path.join(src, entry, "METADATA"), encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("Version:"):
-                        return line.split(":", 1)[1].strip()
-    raise SystemExit("vllm dist-info not found")
 
 
 # --------------------------------------------------------------------------------------------

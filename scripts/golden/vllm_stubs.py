@@ -1,10 +1,11 @@
 """Loading vLLM's pure-Python modules from an unpacked wheel without the rest of vLLM: packages
 whose submodules resolve from the wheel but whose __init__ never runs, and inert stub modules for
 what those modules import but the golden generators never reach. Shared by make_block_hashes.py
-and make_tokenization.py."""
+and make_tokenization.py, with the version of the unpacked wheel."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from typing import Any
@@ -36,3 +37,14 @@ def stub(name: str, package: bool = False, **attrs: Any) -> types.ModuleType:
         setattr(mod, key, value)
     sys.modules[name] = mod
     return mod
+
+
+def vllm_version(src: str) -> str:
+    """The version in the unpacked wheel's dist-info METADATA."""
+    for entry in os.listdir(src):
+        if entry.startswith("vllm-") and entry.endswith(".dist-info"):
+            with open(os.path.join(src, entry, "METADATA"), encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Version:"):
+                        return line.split(":", 1)[1].strip()
+    raise SystemExit("vllm dist-info not found")
