@@ -282,7 +282,6 @@ export interface PromptKey {
 }
 
 const NO_TOKENS: TokenIds = new Uint32Array(0);
-const refusalsLogged = new WeakMap<GatewayContext, Set<string>>();
 
 /**
  * Token ids as the engine will compute them: the client's own ids unchanged; text and chat through
@@ -299,7 +298,7 @@ function promptKey(
   if (p.promptIds) return { tokens: p.promptIds, tokenizer: null, untokenized: false };
   const tokenizer = ctx.tokenizers.for(model);
   if (!tokenizer) {
-    ctx.metrics.untokenized.labels(model, "no_tokenizer").inc();
+    ctx.metrics.untokenizedRequest(model, "no_tokenizer");
     return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
   }
   try {
@@ -307,13 +306,8 @@ function promptKey(
     const addSpecialTokens = p.body["add_special_tokens"] !== false;
     return { tokens: tokenizer.encode(p.promptText ?? "", { addSpecialTokens }), tokenizer, untokenized: false };
   } catch (err) {
-    ctx.metrics.untokenized.labels(model, "refused").inc();
-    let logged = refusalsLogged.get(ctx);
-    if (!logged) refusalsLogged.set(ctx, (logged = new Set()));
-    if (!logged.has(model)) {
-      logged.add(model);
-      ctx.log(`model ${model}: the tokenizer refused a prompt (${(err as Error).message}); such requests are routed by load and the worker answers them (logged once per model)`);
-    }
+    ctx.metrics.untokenizedRequest(model, "refused");
+    ctx.tokenizers.refused(model, err as Error);
     return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
   }
 }

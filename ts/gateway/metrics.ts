@@ -165,6 +165,17 @@ export class GatewayMetrics {
     if (decision.blind) this.child(`b\0${m}`, () => this.blindDecisions.labels(m)).inc();
   }
 
+  /** A text or chat request no tokenizer keyed (routed by load). */
+  untokenizedRequest(model: string, reason: "no_tokenizer" | "refused"): void {
+    this.child(`u\0${model}\0${reason}`, () => this.untokenized.labels(model, reason)).inc();
+  }
+
+  /** One tokenization parity check of a response, and whether its ids differed. */
+  tokenizationChecked(model: string, worker: string, mismatch: boolean): void {
+    this.child(`k\0${model}\0${worker}`, () => this.tokenizationChecks.labels(model, worker)).inc();
+    if (mismatch) this.child(`x\0${model}\0${worker}`, () => this.tokenizationMismatches.labels(model, worker)).inc();
+  }
+
   /** Time to first token of a stream, and the gap per token after that. */
   firstToken(model: string, seconds: number): void {
     this.child(`t\0${model}`, () => this.ttft.labels(model)).observe(seconds);

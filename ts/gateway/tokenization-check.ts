@@ -35,10 +35,9 @@ export class TokenizationCheck {
 
   /** Compares a worker's prompt ids with the router's; true when they are equal. */
   compare(model: string, worker: string, ours: ArrayLike<number>, engine: readonly number[], tokenizer: PromptTokenizer | null): boolean {
-    this.metrics.tokenizationChecks.labels(model, worker).inc();
     const mismatch = findMismatch(ours, engine);
+    this.metrics.tokenizationChecked(model, worker, mismatch !== null);
     if (!mismatch) return true;
-    this.metrics.tokenizationMismatches.labels(model, worker).inc();
     if (!this.logged.has(worker)) {
       this.logged.add(worker);
       const text = (id: number | undefined) => (id === undefined ? "(end)" : `${id}${tokenizer?.decode ? ` ${JSON.stringify(tokenizer.decode([id]))}` : ""}`);

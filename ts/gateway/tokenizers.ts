@@ -23,6 +23,7 @@ export interface ModelTokenizersOptions {
 export class ModelTokenizers {
   private readonly resolved = new Map<string, PromptTokenizer | null>();
   private readonly loaded = new Map<string, Tokenizer | null>();
+  private readonly refusalsLogged = new Set<string>();
 
   constructor(private readonly options: ModelTokenizersOptions) {
     // Configured folders load now: a bad one is a configuration error, reported at start.
@@ -42,6 +43,13 @@ export class ModelTokenizers {
   /** Drops resolutions that came from worker records (call on every registry change). */
   invalidate(): void {
     this.resolved.clear();
+  }
+
+  /** A prompt of `model` its tokenizer refused (routed by load): logged once per model. */
+  refused(model: string, err: Error): void {
+    if (this.refusalsLogged.has(model)) return;
+    this.refusalsLogged.add(model);
+    this.options.log(`model ${model}: the tokenizer refused a prompt (${err.message}); such requests are routed by load and the worker answers them (logged once per model)`);
   }
 
   /** Models among `models` that have no tokenizer. */
