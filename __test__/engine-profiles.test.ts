@@ -31,7 +31,7 @@ function ttft(profile: string, n: number): number {
 
 describe("engine profiles", () => {
   it("set the timing and KV cache defaults; explicit settings win; unknown names are refused", () => {
-    expect(ENGINE_PROFILE_NAMES).toEqual(["llama-3.1-8b-h100", "llama-3.1-70b-h100-tp4"]);
+    expect(ENGINE_PROFILE_NAMES).toEqual(["llama-3.1-8b-h100", "llama-3.1-70b-h100-tp4", "dynamo-polynomial"]);
     const base = resolveMockEngineConfig({ model: "m" });
     expect(base.timing).toEqual(engineProfile(DEFAULT_ENGINE_PROFILE).timing);
     const big = resolveMockEngineConfig({ model: "m", profile: "llama-3.1-70b-h100-tp4" });

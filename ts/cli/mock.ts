@@ -270,7 +270,7 @@ export function mockConfigFromArgs(argv: string[]): {
   }
 
   const timing: Partial<TimingModel> = {};
-  const timingFlags: Record<string, keyof TimingModel> = {
+  const timingFlags: Record<string, Exclude<keyof TimingModel, "polynomial">> = {
     "step-base-ms": "stepBaseMs",
     "prefill-per-token-ms": "prefillPerTokenMs",
     "attention-per-token-pair-ms": "attentionPerTokenPairMs",

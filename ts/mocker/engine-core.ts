@@ -30,6 +30,7 @@ import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
 import { contextFingerprint } from "./toy-tokenizer.js";
+import { polynomialStepMs, type StepPolynomial } from "./step-timing.js";
 
 export interface LoraRef {
   name: string;
@@ -494,6 +495,7 @@ export class EngineCore {
   /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
   private modelStep(plan: Scheduled[]): number {
     const t = this.config.timing;
+    if (t.polynomial !== undefined) return this.polynomialStep(t.polynomial, plan);
     let ms = t.stepBaseMs;
     for (const { req, numNew } of plan) {
       if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
@@ -504,6 +506,21 @@ export class EngineCore {
       }
     }
     return ms;
+  }
+
+  /** Dynamo's polynomial step time (./step-timing.ts): decode steps are the one-token steps of
+   * requests past their prompt, the rest is prefill. */
+  private polynomialStep(p: StepPolynomial, plan: Scheduled[]): number {
+    let prefill = 0;
+    let decodeSeqs = 0;
+    let decodeKv = 0;
+    for (const { req, numNew } of plan) {
+      if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
+        decodeSeqs++;
+        decodeKv += req.numComputed;
+      } else prefill += numNew;
+    }
+    return polynomialStepMs(p, prefill, decodeSeqs, decodeKv, this.config.numGpuBlocks * this.config.blockSize);
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  */
 import { InvalidConfigError } from "../errors.js";
 import type { TimingModel } from "./config.js";
+import { DYNAMO_POLYNOMIAL } from "./step-timing.js";
 
 export interface EngineProfile {
   /** One line: the model, its parallelism and GPUs. */
@@ -39,6 +40,25 @@ const PROFILES = {
       decodePerContextTokenMs: 2.9e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.0037,
+    }),
+    numGpuBlocks: 26_000,
+  },
+  /**
+   * Dynamo's mocker default timing (its polynomial: ./step-timing.ts), to compare routing with
+   * Dynamo's replay at equal engine timing. The linear terms are the polynomial's first-order
+   * part, for estimates only.
+   */
+  "dynamo-polynomial": {
+    description: "Dynamo mocker's default timing (polynomial prefill and decode)",
+    timing: Object.freeze({
+      stepBaseMs: 16.50142,
+      prefillPerTokenMs: 0.01518344,
+      attentionPerTokenPairMs: 0,
+      decodePerSeqMs: 0,
+      decodePerContextTokenMs: 0,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.0037,
+      polynomial: DYNAMO_POLYNOMIAL,
     }),
     numGpuBlocks: 26_000,
   },
