@@ -37,12 +37,11 @@ use std::hint::select_unpredictable;
 pub(super) const MIN_CAP: usize = 16;
 /// An empty index slot.
 const EMPTY: u64 = 0;
-/// Not an arena position.
-const NONE: usize = usize::MAX;
 /// Odd 64-bit constant for multiplicative (Fibonacci) hashing: 2^64 / golden ratio.
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
-/// Dead blocks tolerated before a compaction, beyond half the live ones.
-const DEAD_SLACK: usize = 1024;
+/// Dead blocks tolerated before a compaction, beyond half the live ones. A compaction copies the
+/// live blocks and rewrites the index once, so removals pay for ~2 of each, amortized.
+const DEAD_SLACK: usize = 256;
 
 /// The 64-bit hash of a key. Keys are already hashes in production but small integers in tests,
 /// so fold the high half down and multiply; the top bits of the product depend on all key bits.
@@ -245,6 +244,7 @@ impl Table {
     }
 
     /// Re-hashes the index into `cap` slots (from the slots alone: no arena access).
+    #[inline(never)]
     fn rebuild_index(&mut self, cap: usize) {
         let mut index = vec![EMPTY; cap];
         let shift = 64 - cap.trailing_zeros();
@@ -270,9 +270,10 @@ impl Table {
         self.rebuild_arena(new_stride, remap);
     }
 
+    #[inline(never)]
     fn rebuild_arena(&mut self, stride: usize, remap: impl Fn(&[u64], &mut [u64])) {
         let old = self.stride;
-        let mut arena = Vec::with_capacity(self.live * stride + (self.live / 8).max(64) * stride);
+        let mut arena = Vec::with_capacity(self.live * stride + (self.live / 16).max(64) * stride);
         // Old position → new position + 1 (0: dead).
         let mut moved = vec![0u32; self.used];
         let mut n = 0usize;
@@ -412,12 +413,15 @@ impl<'a> Probe<'a> {
         }
     }
 
-    /// Hints the CPU to load the arena block of `key` if its index slot is already cached
-    /// (prefetched earlier): the second stage of a two-stage prefetch. `s` is the stride.
+    /// Hints the CPU to load the arena block of `key` when its home index slot (prefetched
+    /// earlier, so cached by now) holds a matching fingerprint: the second stage of a two-stage
+    /// prefetch. Reads one slot and never loops, so a slot that has not arrived costs one wait
+    /// at most. `s` is the stride.
     #[inline(always)]
     pub(super) fn prefetch_block(&self, key: u64, s: usize) {
-        let e = self.candidate(key);
-        if e != NONE {
+        let v = self.index[self.home(key)];
+        if v != EMPTY && v & !0xFFFF_FFFF == mix(key) & !0xFFFF_FFFF {
+            let e = (v & 0xFFFF_FFFF) as usize - 1;
             let w = &self.arena[e * s];
             #[cfg(target_arch = "x86_64")]
             {
@@ -429,24 +433,6 @@ impl<'a> Probe<'a> {
             {
                 std::hint::black_box(w);
             }
-        }
-    }
-
-    /// The arena position of the first index slot from `key`'s home whose fingerprint matches
-    /// (unconfirmed), or `NONE`.
-    #[inline(always)]
-    fn candidate(&self, key: u64) -> usize {
-        let fp = mix(key) & !0xFFFF_FFFF;
-        let mut i = self.home(key);
-        loop {
-            let v = self.index[i];
-            if v == EMPTY {
-                return NONE;
-            }
-            if v & !0xFFFF_FFFF == fp {
-                return (v & 0xFFFF_FFFF) as usize - 1;
-            }
-            i = (i + 1) & self.mask;
         }
     }
 
