@@ -288,6 +288,7 @@ impl Indexer {
         } as usize;
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
+        self.table.begin_batch();
         self.prefetch_start(keys);
         for (j, &k) in keys.iter().enumerate() {
             self.prefetch_ahead(keys, j);

@@ -26,6 +26,8 @@
 //!   key's; dead blocks are referenced by none; no two live blocks share a key.
 //! - T3: an index slot sits at the first position, probing linearly from its home, that is not
 //!   occupied by another slot (no empty slot between); deletion keeps this with backward shift.
+//! - T5: the runs kept for reuse (`free_runs`, `freeing`, `fill`) are disjoint and hold only
+//!   dead blocks.
 //! - T4: `cap` (index slots) is a power of two ≥ `MIN_CAP`, `shift == 64 - log2(cap)`, and
 //!   `live ≤ 3/4 cap`. After [`Table::maybe_shrink`]: `live ≥ cap / 4` unless `cap == MIN_CAP`,
 //!   and dead blocks are at most half the live ones (plus a small slack), so memory stays
@@ -39,6 +41,8 @@ pub(super) const MIN_CAP: usize = 16;
 const EMPTY: u64 = 0;
 /// Odd 64-bit constant for multiplicative (Fibonacci) hashing: 2^64 / golden ratio.
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Shortest run of dead blocks kept for reuse (shorter ones wait for a compaction).
+const MIN_FREE_RUN: usize = 4;
 /// Dead blocks tolerated before a compaction, beyond half the live ones. A compaction copies the
 /// live blocks and rewrites the index once, so removals pay for ~2 of each, amortized.
 const DEAD_SLACK: usize = 256;
@@ -63,6 +67,12 @@ pub(super) struct Table {
     live: usize,
     index: Vec<u64>,
     shift: u32,
+    /// Runs `[lo, hi)` of dead arena blocks kept for reuse (see [`Table::begin_batch`]).
+    free_runs: Vec<(usize, usize)>,
+    /// The run the current removals are extending.
+    freeing: (usize, usize),
+    /// Where new blocks go next while `fill.0 < fill.1` (then at the arena's end).
+    fill: (usize, usize),
 }
 
 impl Table {
@@ -75,6 +85,27 @@ impl Table {
             live: 0,
             index: vec![EMPTY; MIN_CAP],
             shift: 64 - MIN_CAP.trailing_zeros(),
+            free_runs: Vec::new(),
+            freeing: (0, 0),
+            fill: (0, 0),
+        }
+    }
+
+    /// Starts a batch of insertions (a `BlockStored` chain): its new blocks go, in order, into
+    /// the most recently freed run of dead blocks if there is one (an evicted chain's tail: the
+    /// arena neither grows nor needs compacting under steady churn), else at the arena's end.
+    pub(super) fn begin_batch(&mut self) {
+        self.end_freeing();
+        if self.fill.0 >= self.fill.1 {
+            self.fill = self.free_runs.pop().unwrap_or((0, 0));
+        }
+    }
+
+    /// Files the run of dead blocks the removals were extending.
+    fn end_freeing(&mut self) {
+        let (lo, hi) = std::mem::take(&mut self.freeing);
+        if hi - lo >= MIN_FREE_RUN {
+            self.free_runs.push((lo, hi));
         }
     }
 
@@ -144,14 +175,22 @@ impl Table {
             self.rebuild_index(self.index.len() * 2);
             return self.find_or_insert(key);
         }
-        let e = self.used;
-        if self.arena.len() + s > self.arena.capacity() {
-            // Grow by a quarter, not double: the arena is most of the memory.
-            self.arena.reserve_exact((self.arena.len() / 4).max(64 * s));
-        }
-        self.arena.push(key);
-        self.arena.resize(self.arena.len() + s - 1, 0);
-        self.used += 1;
+        let e = if self.fill.0 < self.fill.1 {
+            // A dead block of a freed run: its bits are zero (T1), only the key changes.
+            let e = self.fill.0;
+            self.fill.0 += 1;
+            self.arena[e * s] = key;
+            e
+        } else {
+            if self.arena.len() + s > self.arena.capacity() {
+                // Grow by a quarter, not double: the arena is most of the memory.
+                self.arena.reserve_exact((self.arena.len() / 4).max(64 * s));
+            }
+            self.arena.push(key);
+            self.arena.resize(self.arena.len() + s - 1, 0);
+            self.used += 1;
+            self.used - 1
+        };
         self.live += 1;
         self.index[i] = slot_of(key, e);
         e
@@ -205,6 +244,16 @@ impl Table {
         }
         self.index[hole] = EMPTY;
         self.live -= 1;
+        // Track runs of consecutive dead blocks (evictions go leaf first: down a stored run).
+        let (lo, hi) = self.freeing;
+        if lo < hi && e + 1 == lo {
+            self.freeing.0 = e;
+        } else if lo < hi && e == hi {
+            self.freeing.1 = e + 1;
+        } else {
+            self.end_freeing();
+            self.freeing = (e, e + 1);
+        }
     }
 
     #[inline(always)]
@@ -229,6 +278,7 @@ impl Table {
 
     /// Compacts the arena when dead blocks pile up, and shrinks the index when sparse (T4).
     pub(super) fn maybe_shrink(&mut self) {
+        self.end_freeing();
         if self.used - self.live > self.live / 2 + DEAD_SLACK {
             let s = self.stride;
             self.rebuild_arena(s, |old, new| new.copy_from_slice(old));
@@ -299,6 +349,10 @@ impl Table {
         self.arena = arena;
         self.stride = stride;
         self.used = n;
+        // Positions moved: no dead block is left to reuse.
+        self.free_runs.clear();
+        self.freeing = (0, 0);
+        self.fill = (0, 0);
     }
 
     /// Calls `f(key, bits)` for every live block, in arena order.
@@ -366,6 +420,17 @@ impl Table {
         }
         if self.used - self.live > self.live / 2 + DEAD_SLACK {
             return Err(format!("T4: {} dead blocks", self.used - self.live));
+        }
+        let mut reusable = vec![false; self.used];
+        for &(lo, hi) in self.free_runs.iter().chain([&self.freeing, &self.fill]) {
+            for e in lo..hi {
+                if e >= self.used || reusable[e] || self.bits(e).iter().any(|&w| w != 0) {
+                    return Err(format!(
+                        "T5: reusable block {e} is live, out of range or twice"
+                    ));
+                }
+                reusable[e] = true;
+            }
         }
         Ok(())
     }
