@@ -423,13 +423,14 @@ impl Table {
         }
         let mut reusable = vec![false; self.used];
         for &(lo, hi) in self.free_runs.iter().chain([&self.freeing, &self.fill]) {
-            for e in lo..hi {
-                if e >= self.used || reusable[e] || self.bits(e).iter().any(|&w| w != 0) {
-                    return Err(format!(
-                        "T5: reusable block {e} is live, out of range or twice"
-                    ));
+            if hi > self.used {
+                return Err(format!("T5: reusable run [{lo}, {hi}) out of range"));
+            }
+            for (e, r) in reusable.iter_mut().enumerate().take(hi).skip(lo) {
+                if *r || self.bits(e).iter().any(|&w| w != 0) {
+                    return Err(format!("T5: reusable block {e} is live or twice"));
                 }
-                reusable[e] = true;
+                *r = true;
             }
         }
         Ok(())
