@@ -44,6 +44,7 @@ import type { PromptKey } from "./gateway.js";
 import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeoutError, toGatewayError } from "./errors.js";
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, SseSplitter, sseEvent } from "./sse.js";
+import { scanTokenEvent } from "./sse-scan.js";
 
 type Format = "completions" | "chat";
 
@@ -548,17 +549,26 @@ export class Exchange {
     // Events after an engine abort (the abort's own chunk, [DONE]) are not the client's.
     let kept = 0;
     if (attempt.rewrite) {
+      const fast = this.fastPathOpen(attempt);
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
+        const scanned = fast ? scanTokenEvent(data, !this.parsed.returnTokenIds) : null;
+        if (scanned) {
+          tokens += this.noteIds(scanned.tokenIds);
+          out += sseEvent(scanned.data);
+          return;
+        }
         const r = this.rewriteEvent(attempt, data);
         if (attempt.engineAbort) return;
         tokens += r.tokens;
         if (r.text !== null) out += r.text;
       });
     } else {
+      const fast = this.fastPathOpen(attempt);
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
-        const n = this.inspectEvent(attempt, data);
+        const scanned = fast ? scanTokenEvent(data, false) : null;
+        const n = scanned ? this.noteIds(scanned.tokenIds) : this.inspectEvent(attempt, data);
         if (attempt.engineAbort) return;
         tokens += n;
         kept++;
@@ -578,6 +588,29 @@ export class Exchange {
       return;
     }
     if (out.length > 0) this.write(attempt, out);
+  }
+
+  /**
+   * Whether this attempt's token events may take the scan (sse-scan.ts) instead of a full parse:
+   * the stream's identity and prompt ids are known (the first event was parsed), it is not a
+   * continuation (whose events are rewritten), and it has one choice.
+   */
+  private fastPathOpen(attempt: Attempt): boolean {
+    return (
+      attempt.baseTokens === 0 &&
+      attempt.n === 0 &&
+      attempt.format === this.parsed.endpoint &&
+      this.parsed.n === 1 &&
+      !this.parsed.batched &&
+      this.streamId !== null &&
+      (this.enginePromptIds !== null || !this.asksIds)
+    );
+  }
+
+  /** A scanned token event: its ids counted and, for migration, remembered. */
+  private noteIds(ids: number[]): number {
+    if (this.trackIds) for (const id of ids) this.sentIds.push(id);
+    return ids.length;
   }
 
   /** Passthrough: counts tokens and notes ids, ids of the prompt and the stream's identity. */
