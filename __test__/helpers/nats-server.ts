@@ -21,7 +21,7 @@ let binary: string | undefined;
  * `sh -c WATCHDOG nats-server args...`: starts the server, prints its pid, waits for it; a
  * background reader of our stdin (fd 3: an async list's own stdin is /dev/null) kills it at EOF.
  */
-const WATCHDOG = [
+export const WATCHDOG = [
   "exec 3<&0",
   '"$0" "$@" &',
   "p=$!",
@@ -182,7 +182,7 @@ export class NatsServer {
   }
 }
 
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
+export function killQuietly(pid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(pid, signal);
   } catch {
