@@ -68,6 +68,8 @@ export async function openFleet(config: GatewayConfig, options: { registryGiven:
 
 export interface FleetReplica {
   load: ReplicaLoadSync | null;
+  /** Per model read from the KV-event stream: its replica's counters. */
+  kvStreams(): { model: string; stats: ReturnType<KvEventReplica["stats"]> }[];
   close(): Promise<void>;
 }
 
@@ -77,9 +79,10 @@ export interface FleetReplica {
  */
 export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConnection | null; router: KvRouter; registry: Registry; log: (m: string) => void }): FleetReplica {
   const { nats, router, registry } = parts;
-  if (!nats) return { load: null, close: async () => {} };
+  if (!nats) return { load: null, kvStreams: () => [], close: async () => {} };
   const load = new ReplicaLoadSync({ connection: nats, router, namespace: config.fleet.namespace, expiryMs: config.fleet.loadExpiryMs, log: parts.log });
   const replicas = new Map<string, Promise<{ bus: NatsJetStreamBus; replica: KvEventReplica } | null>>();
+  const ready = new Map<string, KvEventReplica>();
   let unwatch = () => {};
   if (config.fleet.kvEvents === "bus") {
     const follow = (model: string) => {
@@ -87,6 +90,7 @@ export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConn
       const started = (async () => {
         const bus = await NatsJetStreamBus.connect({ connection: nats, namespace: config.fleet.namespace, model });
         const replica = await KvEventReplica.start({ bus, indexer: router.eventSink(model), model });
+        ready.set(model, replica);
         return { bus, replica };
       })().catch((err) => {
         parts.log(`fleet: KV-event stream of ${model} could not be followed: ${err instanceof Error ? err.message : String(err)}`);
@@ -100,6 +104,7 @@ export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConn
   }
   return {
     load,
+    kvStreams: () => [...ready].map(([model, r]) => ({ model, stats: r.stats() })),
     close: async () => {
       unwatch();
       load.close();
@@ -113,8 +118,22 @@ export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConn
 }
 
 /** Fleet counters on /metrics, read at scrape time. */
-export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: Registry; load: ReplicaLoadSync | null }): void {
+export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: Registry; replica: FleetReplica }): void {
   const registers = [metrics];
+  new Counter({
+    name: "kvroute_fleet_kv_records_invalid_total",
+    help: "Messages on the KV-event stream that were skipped, by model and reason (not_a_record: not a kvroute record; malformed: a batch that does not decode; failed: applying it threw)",
+    labelNames: ["model", "reason"],
+    registers,
+    collect() {
+      this.reset();
+      for (const { model, stats } of src.replica.kvStreams()) {
+        if (stats.invalid) this.inc({ model, reason: "not_a_record" }, stats.invalid);
+        if (stats.malformed) this.inc({ model, reason: "malformed" }, stats.malformed);
+        if (stats.errors) this.inc({ model, reason: "failed" }, stats.errors);
+      }
+    },
+  });
   const etcd = src.registry instanceof EtcdRegistry ? src.registry : null;
   if (etcd) {
     new Counter({
@@ -145,7 +164,7 @@ export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: 
       },
     });
   }
-  const load = src.load;
+  const load = src.replica.load;
   if (load) {
     const rows = (group: "received" | "invalid" | "expired") => Object.entries(load.stats()[group]);
     new Counter({

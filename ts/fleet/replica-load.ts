@@ -2,8 +2,8 @@
  * ReplicaLoadSync: router replicas share their in-flight load over NATS, so two replicas under
  * split traffic score workers as one router would (and do not all pick the same idle worker).
  *
- * Each replica publishes its own requests' lifecycle (started with the blocks it holds, first
- * token, tokens, finished) on `kvroute.load.<namespace>.<replica>` (core NATS: live messages, no
+ * Each replica publishes its own requests' lifecycle (started with the block keys of its prompt,
+ * first token, tokens, finished) on `kvroute.load.<namespace>.<replica>` (core NATS: live messages, no
  * log), and every `heartbeatMs` a snapshot of all its requests in flight. Every replica books
  * the others' requests in its router (`KvRouter.book`) under `<replica>/<requestId>`, so they
  * weigh exactly as its own requests do; they are never published again.
@@ -17,8 +17,8 @@
 import { randomBytes } from "node:crypto";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { subjectToken } from "../events/bus/nats-subjects.js";
-import type { KvRouter } from "../router/kv-router.js";
-import type { RequestLifecycle, RouteDecision } from "../router/types.js";
+import type { KvRouter, LifecycleObserver, PromptKeys } from "../router/kv-router.js";
+import type { RouteDecision } from "../router/types.js";
 
 export const LOAD_SUBJECT_PREFIX = "kvroute.load";
 
@@ -65,6 +65,8 @@ interface Remote {
 }
 
 const SNAPSHOT_MAX = 5000;
+/** Keys of a prompt of up to 2^20 blocks (16 M tokens at block size 16). */
+const MAX_KEYS_B64 = Math.ceil((8 << 20) / 3) * 4;
 
 export class ReplicaLoadSync {
   readonly replicaId: string;
@@ -107,8 +109,8 @@ export class ReplicaLoadSync {
     });
     this.timer = setInterval(() => this.tick(), this.heartbeatMs);
     this.timer.unref();
-    const observer: RequestLifecycle = {
-      started: (d) => this.onStarted(d),
+    const observer: LifecycleObserver = {
+      started: (d, prompt) => this.onStarted(d, prompt),
       firstToken: (id) => {
         if (this.local.has(id)) this.publish({ k: "f", i: id });
       },
@@ -148,12 +150,15 @@ export class ReplicaLoadSync {
 
   // --- own requests ---
 
-  private onStarted(d: RouteDecision): void {
+  private onStarted(d: RouteDecision, prompt: PromptKeys | undefined): void {
     const model = this.router.modelOf(d.workerId);
     if (model === undefined) return;
     const wire: Wire = [d.requestId, model, d.workerId, d.dpRank, d.promptBlocks, d.overlapBlocks, d.maxTokens ?? null];
     this.local.set(d.requestId, wire);
-    this.publish({ k: "s", q: wire });
+    // The prompt's block keys (8 bytes a block, base64) let the others book it exactly and credit
+    // the worker with its blocks before its KV events arrive, as this replica does.
+    const keys = prompt ? { n: prompt.promptTokens, h: Buffer.from(prompt.keys.buffer, prompt.keys.byteOffset, prompt.keys.byteLength).toString("base64") } : {};
+    this.publish({ k: "s", q: wire, ...keys });
   }
 
   private publish(body: Record<string, unknown>): void {
@@ -206,9 +211,20 @@ export class ReplicaLoadSync {
       case "s": {
         const w = msg["q"];
         if (!isWire(w)) return this.count("invalid", "bad_shape");
+        let prompt: PromptKeys | undefined;
+        if (msg["h"] !== undefined) {
+          const h = msg["h"];
+          const n = msg["n"];
+          if (typeof h !== "string" || h.length > MAX_KEYS_B64 || !U32(n)) return this.count("invalid", "bad_shape");
+          const bytes = Buffer.from(h, "base64");
+          if (bytes.length % 8 !== 0) return this.count("invalid", "bad_shape");
+          const keys = new BigUint64Array(bytes.length / 8);
+          Buffer.from(keys.buffer).set(bytes);
+          prompt = { keys, promptTokens: n as number };
+        }
         this.count("received", "started");
         this.heard(replica, now);
-        this.bookRemote(replica, w, now);
+        this.bookRemote(replica, w, now, prompt);
         return;
       }
       case "f":
@@ -263,12 +279,16 @@ export class ReplicaLoadSync {
     return r;
   }
 
-  private bookRemote(replica: string, w: Wire, now: number): void {
+  private bookRemote(replica: string, w: Wire, now: number, prompt?: PromptKeys): void {
     const key = `${replica}/${w[0]}`;
     if (this.remote.has(key)) return;
     if (this.remote.size >= this.maxRemote) return this.count("invalid", "overflow");
     this.remote.set(key, { replica, at: now });
     this.replicas.get(replica)?.keys.add(key);
+    if (prompt) {
+      this.router.bookRemote({ requestId: key, workerId: w[2], dpRank: w[3], keys: prompt.keys, promptTokens: prompt.promptTokens, overlapBlocks: w[5], maxTokens: w[6] });
+      return;
+    }
     const decision: RouteDecision = {
       requestId: key,
       workerId: w[2],

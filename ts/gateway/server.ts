@@ -142,7 +142,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
   }
   // Read at scrape time from the feeds and the router (a caller's own metrics registry included).
   registerKvEventMetrics(gateway.metrics.registry, { workers: () => feeds.kvEventStats(), eventStats: (model) => router.eventStats(model) });
-  registerFleetMetrics(gateway.metrics.registry, { registry, load: replica.load });
+  registerFleetMetrics(gateway.metrics.registry, { registry, replica });
   const server = http.createServer(
     {
       requestTimeout: config.clientTimeoutMs,

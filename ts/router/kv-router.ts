@@ -154,6 +154,17 @@ export interface RouterEventSinkStats {
 
 type NativeCore = InstanceType<typeof native.KvRouterCore>;
 
+/** A routed prompt as other replicas book it: its block keys and its length in tokens. */
+export interface PromptKeys {
+  keys: BigUint64Array;
+  promptTokens: number;
+}
+
+/** Told of this router's own lifecycle steps; `started` gets the prompt's block keys when known. */
+export interface LifecycleObserver extends Omit<RequestLifecycle, "started"> {
+  started(decision: RouteDecision, prompt?: PromptKeys): void;
+}
+
 interface TargetInfo extends WorkerTarget {
   record: WorkerRecord;
 }
@@ -205,7 +216,9 @@ export class KvRouter implements RequestLifecycle {
   private readonly idPrefix = `kvr-${Math.floor(Math.random() * 2 ** 32).toString(36)}-`;
   private nextId = 0;
   private routes = 0;
-  private observer: RequestLifecycle | null = null;
+  private observer: LifecycleObserver | null = null;
+  /** A decision's prompt keys, kept only while an observer wants them (fleet mode). */
+  private readonly decisionKeys = new WeakMap<RouteDecision, PromptKeys>();
 
   constructor(options: KvRouterOptions) {
     validateOptions(options);
@@ -329,6 +342,7 @@ export class KvRouter implements RequestLifecycle {
       decision.candidates = candidates;
     }
     if (!dryRun) {
+      if (this.observer) this.decisionKeys.set(decision, { keys: m.core.lastKeys(), promptTokens: tokens.length });
       this.pending.set(requestId, { m, started: false, at: now });
       if (++this.routes % PRUNE_EVERY === 0) this.prunePending(now);
     }
@@ -340,7 +354,7 @@ export class KvRouter implements RequestLifecycle {
   /** The request was sent to the decision's worker: its booking becomes permanent until finished. */
   started(decision: RouteDecision): void {
     this.book.started(decision);
-    this.observer?.started(decision);
+    if (this.observer) this.observer.started(decision, this.decisionKeys.get(decision));
   }
 
   /** The first output token arrived: the request's prefill load goes. */
@@ -365,8 +379,24 @@ export class KvRouter implements RequestLifecycle {
    * Told of every lifecycle step of this router's own requests, after its bookkeeping (fleet
    * mode publishes them to the other replicas). One observer; null removes it.
    */
-  observeLifecycle(observer: RequestLifecycle | null): void {
+  observeLifecycle(observer: LifecycleObserver | null): void {
     this.observer = observer;
+  }
+
+  /**
+   * Another replica's request (fleet mode), started on (workerId, dpRank): booked with its prompt's
+   * block keys as if routed here, and in kv mode its blocks past `overlapBlocks` credited to that
+   * worker speculatively, as this router credits its own choices. Returns false for a worker
+   * this router does not know. Later steps go through `book` with the same id.
+   */
+  bookRemote(r: { requestId: string; workerId: string; dpRank: number; keys: BigUint64Array; promptTokens: number; overlapBlocks: number; maxTokens: number | null }): boolean {
+    const m = this.workerModels.get(r.workerId);
+    const tid = m?.byKey.get(targetKey(r.workerId, r.dpRank));
+    if (m === undefined || tid === undefined) return false;
+    const now = this.clock();
+    m.core.startedRemote(r.requestId, tid, r.keys, r.promptTokens, r.overlapBlocks, r.maxTokens, this.mode === "kv", now);
+    this.pending.set(r.requestId, { m, started: true, at: now });
+    return true;
   }
 
   /**
