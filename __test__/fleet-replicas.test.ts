@@ -12,7 +12,8 @@ import { EtcdRegistry } from "../ts/registry/etcd-registry.js";
 import type { VllmWorker } from "../ts/workers/index.js";
 import { EtcdServer } from "./helpers/etcd-server.js";
 import { startServeProcess, stopFleetProcesses, type FleetProcess } from "./helpers/fleet-processes.js";
-import { get, metricValue, MODEL, post, startMockWorker } from "./helpers/gateway-fleet.js";
+import { request } from "undici";
+import { agent, get, metricValue, MODEL, post, startMockWorker } from "./helpers/gateway-fleet.js";
 import { NatsServer } from "./helpers/nats-server.js";
 
 const WORKERS = 4;
@@ -55,9 +56,10 @@ async function workerCounters(): Promise<{ hits: number; queries: number }> {
 /** Chat sessions: each turn resends the whole conversation so far plus a new user message. */
 async function chatWorkload(urls: string[], offset: number): Promise<number> {
   const before = await workerCounters();
-  const SESSIONS = 12;
-  const TURNS = 5;
+  const SESSIONS = 8;
+  const TURNS = 6;
   let n = 0;
+  const trail: string[] = [];
   await Promise.all(
     Array.from({ length: SESSIONS }, async (_, s) => {
       const history: number[] = Array.from({ length: 200 }, (_, k) => offset + s * 10_000 + k);
@@ -66,11 +68,13 @@ async function chatWorkload(urls: string[], offset: number): Promise<number> {
         const url = urls[n++ % urls.length]!; // client-side round-robin over the replicas
         const r = await post(url, "/v1/completions", { model: MODEL, prompt: history, max_tokens: 8, ignore_eos: true });
         expect(r.status).toBe(200);
+        trail[s] = `${trail[s] ?? ""} ${r.headers["x-kvroute-worker"]}@${urls.indexOf(url)}`;
         history.push(...Array.from({ length: 8 }, (_, k) => offset + s * 10_000 + 5000 + t * 100 + k));
       }
     }),
   );
   const after = await workerCounters();
+  if (process.env.TRAIL === "1") console.log(trail.join("\n"));
   return (after.hits - before.hits) / (after.queries - before.queries);
 }
 
@@ -90,11 +94,46 @@ describe("two gateway replicas sharing load over NATS", () => {
     );
     const mean = N / WORKERS;
     const max = Math.max(...perWorker.values());
+    console.log(`burst per worker: ${JSON.stringify(Object.fromEntries([...perWorker].sort()))}`);
     expect(max, JSON.stringify(Object.fromEntries(perWorker))).toBeLessThanOrEqual(1.5 * mean);
     // Each replica booked the other's requests (the sync did the work, not luck).
     for (const r of replicas) {
       expect(metricValue((await get(r.url, "/metrics")).text, "kvroute_fleet_load_messages_total", { kind: "started" })).toBeGreaterThanOrEqual(N / 2);
     }
+  });
+
+  it("a replica scores workers with the other replica's requests in flight as that replica does", async () => {
+    const controller = new AbortController();
+    // Long requests through replica 0 only, kept in flight.
+    const streams = await Promise.all(
+      Array.from({ length: 8 }, async (_, i) => {
+        const res = await request(`${replicas[0]!.url}/v1/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: MODEL, prompt: Array.from({ length: 512 }, (_, k) => 400_000 + i * 1000 + k), max_tokens: 20_000, ignore_eos: true, stream: true }),
+          signal: controller.signal,
+          dispatcher: agent,
+        });
+        expect(res.statusCode).toBe(200);
+        res.body.on("data", () => {});
+        res.body.on("error", () => {});
+        return res;
+      }),
+    );
+    /** Decode blocks per worker as a replica scores them (`explain` of a dry-run decision). */
+    const view = async (url: string) => {
+      const r = await post(url, "/v1/kvroute/route", { model: MODEL, prompt: [1, 2, 3], explain: true });
+      return Object.fromEntries((r.json.candidates as { worker: string; decodeBlocks: number }[]).map((c) => [c.worker, c.decodeBlocks]));
+    };
+    await vi.waitFor(async () => {
+      const [a, b] = [await view(replicas[0]!.url), await view(replicas[1]!.url)];
+      const total = Object.values(a).reduce((x, y) => x + y, 0);
+      expect(total).toBeGreaterThan(8 * 30); // 8 requests of 32+ context blocks
+      // Token counts travel every 16 tokens (one block): the views may differ by that much.
+      for (const w of Object.keys(a)) expect(Math.abs(a[w]! - (b[w] ?? 0)), `${w}: ${JSON.stringify({ a, b })}`).toBeLessThanOrEqual(2);
+    }, { timeout: 10_000, interval: 50 });
+    controller.abort();
+    await Promise.allSettled(streams.map((s) => s.body.text()));
   });
 
   it("round-robin over two replicas reaches a prefix-cache hit rate within 5% of one replica's on the same chat workload", async () => {
@@ -114,8 +153,8 @@ describe("two gateway replicas sharing load over NATS", () => {
   it("garbage on the load subjects is survived and counted; the replicas keep serving", async () => {
     const nc = await connect({ servers: nats.url });
     nc.publish("kvroute.load.replicas.evil", "{not json");
-    nc.publish("kvroute.load.replicas.evil", JSON.stringify({ v: 1, r: "evil", k: "s", q: ["id", MODEL, "w0", -1, 0, 0, null] }));
-    nc.publish("kvroute.load.replicas.evil", JSON.stringify({ v: 1, r: "evil", k: "h", a: "nope" }));
+    nc.publish("kvroute.load.replicas.evil", JSON.stringify({ v: 1, r: "evil", m: [{ k: "s", q: ["id", MODEL, "w0", -1, 0, 0, null] }, { k: "h", a: "nope" }] }));
+    nc.publish("kvroute.load.replicas.evil", JSON.stringify({ v: 1, r: "evil", m: [{ k: "s", q: ["id2", MODEL, "w0", 0, 1, 0, null], n: 16, h: "!!notbase64-but-len-odd" }] }));
     nc.publish("kvroute.load.replicas.evil", new Uint8Array([0xff, 0x00, 0x13]));
     nc.publish("kvroute.load.replicas.evil", JSON.stringify([1, 2, 3]));
     await nc.flush();
@@ -124,7 +163,7 @@ describe("two gateway replicas sharing load over NATS", () => {
       await vi.waitFor(async () => {
         const m = (await get(r.url, "/metrics")).text;
         expect(metricValue(m, "kvroute_fleet_load_messages_invalid_total", { reason: "bad_json" })).toBe(2);
-        expect(metricValue(m, "kvroute_fleet_load_messages_invalid_total", { reason: "bad_shape" })).toBe(3);
+        expect(metricValue(m, "kvroute_fleet_load_messages_invalid_total", { reason: "bad_shape" })).toBe(4);
       }, { timeout: 5000, interval: 50 });
       const res = await post(r.url, "/v1/completions", { model: MODEL, prompt: [1, 2, 3, 4], max_tokens: 2 });
       expect(res.status).toBe(200);

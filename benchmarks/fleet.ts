@@ -80,6 +80,7 @@ async function main(): Promise<void> {
     // Warm-up (JIT, native first calls).
     await run([router()], 2000, async () => {});
     const base = await run([router()], N, async () => {});
+    console.error("baseline done");
 
     const c1 = await connect({ servers: nats.url });
     conns.push(c1);
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
     const soloSync = new ReplicaLoadSync({ connection: c1, router: solo, namespace: "bench1" });
     const one = await run([solo], N, () => c1.flush());
     soloSync.close();
+    console.error("1 replica done");
 
     const [ca, cb] = await Promise.all([connect({ servers: nats.url }), connect({ servers: nats.url })]);
     conns.push(ca, cb);
@@ -97,9 +99,12 @@ async function main(): Promise<void> {
     const expected = (s: ReplicaLoadSync) => (s.stats().received["finished"] ?? 0);
     const two = await run([ra, rb], N, async () => {
       await Promise.all([ca.flush(), cb.flush()]);
-      // Every started and finished of the other replica folded in.
-      while (expected(sa) < N / 2 || expected(sb) < N / 2) await new Promise((res) => setTimeout(res, 1));
+      // Every started and finished of the other replica folded in (core NATS may drop messages
+      // of a slow consumer: then the snapshots clean up, and the loss is reported below).
+      const deadline = Date.now() + 30_000;
+      while ((expected(sa) < N / 2 || expected(sb) < N / 2) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 1));
     });
+    const lost = N - expected(sa) - expected(sb);
     const remoteLeft = sa.stats().remoteInFlight + sb.stats().remoteInFlight;
     sa.close();
     sb.close();
@@ -111,7 +116,8 @@ async function main(): Promise<void> {
       { name: "1 replica publishing: added latency p50", value: one.p50 - base.p50, unit: "µs", baseline: `p99 +${fmt(one.p99 - base.p99)} µs` },
       { name: "2 replicas sharing load: decisions/s (both)", value: two.perSecond, unit: "decisions/s", baseline: `${((two.perSecond / base.perSecond) * 100).toFixed(0)}% of baseline, folds included` },
       { name: "2 replicas: added latency p50", value: two.p50 - base.p50, unit: "µs", baseline: `p99 +${fmt(two.p99 - base.p99)} µs` },
-      { name: "2 replicas: remote requests left after all finished", value: remoteLeft, unit: "requests", baseline: "must be 0" },
+      { name: "2 replicas: finished messages not received", value: lost, unit: "messages", baseline: "0 expected (core NATS drops only for slow consumers)" },
+      { name: "2 replicas: remote requests left after all finished", value: remoteLeft, unit: "requests", baseline: "0 unless messages were lost (snapshots clear them within 1 s)" },
     ];
     printTable("fleet load sync", rows);
   } finally {
@@ -120,4 +126,7 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

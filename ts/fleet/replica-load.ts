@@ -4,7 +4,8 @@
  *
  * Each replica publishes its own requests' lifecycle (started with the block keys of its prompt,
  * first token, tokens, finished) on `kvroute.load.<namespace>.<replica>` (core NATS: live messages, no
- * log), and every `heartbeatMs` a snapshot of all its requests in flight. Every replica books
+ * log; the steps of one event-loop turn go out as one message, `{ v: 1, r: replica, m: [...] }`),
+ * and every `heartbeatMs` a snapshot of all its requests in flight. Every replica books
  * the others' requests in its router (`KvRouter.book`) under `<replica>/<requestId>`, so they
  * weigh exactly as its own requests do; they are never published again.
  *
@@ -59,6 +60,13 @@ export interface ReplicaLoadStats {
 /** One request as it travels: id, model, worker, dpRank, promptBlocks, overlapBlocks, maxTokens|null. */
 type Wire = [string, string, string, number, number, number, number | null];
 
+/** One lifecycle step as queued (keys are base64-encoded when the batch goes out). */
+interface Entry {
+  k: string;
+  [field: string]: unknown;
+  keys?: BigUint64Array;
+}
+
 interface Remote {
   replica: string;
   at: number;
@@ -89,6 +97,8 @@ export class ReplicaLoadSync {
   private readonly timer: NodeJS.Timeout;
   private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {} };
   private closed = false;
+  private readonly outbox: Entry[] = [];
+  private flushScheduled = false;
 
   constructor(options: ReplicaLoadSyncOptions) {
     this.nc = options.connection;
@@ -125,6 +135,10 @@ export class ReplicaLoadSync {
         if (!this.local.delete(id)) return;
         this.lastTokens.delete(id);
         this.publish({ k: "e", i: id });
+        // Out at once, before the gateway answers the client: the client's next turn may go to
+        // another replica at once, which must not still count this request on the worker that
+        // holds the conversation's prefix (it would steer the next turn away from its cache).
+        this.flush();
       },
     };
     this.router.observeLifecycle(observer);
@@ -141,6 +155,7 @@ export class ReplicaLoadSync {
   /** Stops publishing and following; the remote requests booked here are finished. */
   close(): void {
     if (this.closed) return;
+    this.flush();
     this.closed = true;
     clearInterval(this.timer);
     this.router.observeLifecycle(null);
@@ -157,15 +172,31 @@ export class ReplicaLoadSync {
     this.local.set(d.requestId, wire);
     // The prompt's block keys (8 bytes a block, base64) let the others book it exactly and credit
     // the worker with its blocks before its KV events arrive, as this replica does.
-    const keys = prompt ? { n: prompt.promptTokens, h: Buffer.from(prompt.keys.buffer, prompt.keys.byteOffset, prompt.keys.byteLength).toString("base64") } : {};
-    this.publish({ k: "s", q: wire, ...keys });
+    this.publish(prompt ? { k: "s", q: wire, n: prompt.promptTokens, keys: prompt.keys } : { k: "s", q: wire });
   }
 
-  private publish(body: Record<string, unknown>): void {
+  /**
+   * Queues one entry; the queue goes out as one NATS message at the end of this turn of the
+   * event loop (or at 256 entries), so a burst of decisions costs one publish, not one each.
+   */
+  private publish(entry: Entry): void {
     if (this.closed) return;
+    this.outbox.push(entry);
+    if (this.outbox.length >= 256) this.flush();
+    else if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.outbox.length === 0 || this.closed) return;
+    const entries = this.outbox.splice(0);
+    const m = entries.map((e) => (e.keys ? { k: e.k, q: e.q, n: e.n, h: Buffer.from(e.keys.buffer, e.keys.byteOffset, e.keys.byteLength).toString("base64") } : e));
     try {
-      this.nc.publish(this.subject, JSON.stringify({ v: 1, r: this.replicaId, ...body }));
-      this.stats_.published++;
+      this.nc.publish(this.subject, JSON.stringify({ v: 1, r: this.replicaId, m }));
+      this.stats_.published += entries.length;
     } catch (err) {
       // Closed or draining connection: the next snapshot after it is back puts things right.
       this.stats_.publishErrors++;
@@ -200,13 +231,20 @@ export class ReplicaLoadSync {
       this.count("invalid", "bad_json");
       return;
     }
-    if (!isObject(msg) || msg["v"] !== 1 || typeof msg["r"] !== "string" || msg["r"].length === 0 || typeof msg["k"] !== "string") {
+    if (!isObject(msg) || msg["v"] !== 1 || typeof msg["r"] !== "string" || msg["r"].length === 0 || !Array.isArray(msg["m"]) || msg["m"].length > 10_000) {
       this.count("invalid", "bad_shape");
       return;
     }
     const replica = msg["r"];
     if (replica === this.replicaId) return;
     const now = Date.now();
+    for (const entry of msg["m"] as unknown[]) {
+      if (!isObject(entry)) this.count("invalid", "bad_shape");
+      else this.onEntry(replica, entry, now);
+    }
+  }
+
+  private onEntry(replica: string, msg: Record<string, unknown>, now: number): void {
     switch (msg["k"]) {
       case "s": {
         const w = msg["q"];
