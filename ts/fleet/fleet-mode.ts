@@ -68,6 +68,8 @@ export async function openFleet(config: GatewayConfig, options: { registryGiven:
 
 export interface FleetReplica {
   load: ReplicaLoadSync | null;
+  /** Resolves once the load subscription is in place. */
+  ready(): Promise<void>;
   /** Per model read from the KV-event stream: its replica's counters. */
   kvStreams(): { model: string; stats: ReturnType<KvEventReplica["stats"]> }[];
   close(): Promise<void>;
@@ -79,7 +81,7 @@ export interface FleetReplica {
  */
 export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConnection | null; router: KvRouter; registry: Registry; log: (m: string) => void }): FleetReplica {
   const { nats, router, registry } = parts;
-  if (!nats) return { load: null, kvStreams: () => [], close: async () => {} };
+  if (!nats) return { load: null, ready: async () => {}, kvStreams: () => [], close: async () => {} };
   const load = new ReplicaLoadSync({ connection: nats, router, namespace: config.fleet.namespace, expiryMs: config.fleet.loadExpiryMs, log: parts.log });
   const replicas = new Map<string, Promise<{ bus: NatsJetStreamBus; replica: KvEventReplica } | null>>();
   const ready = new Map<string, KvEventReplica>();
@@ -104,6 +106,7 @@ export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConn
   }
   return {
     load,
+    ready: () => load.ready(),
     kvStreams: () => [...ready].map(([model, r]) => ({ model, stats: r.stats() })),
     close: async () => {
       unwatch();

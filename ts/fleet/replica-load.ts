@@ -98,6 +98,7 @@ export class ReplicaLoadSync {
   private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {} };
   private closed = false;
   private readonly outbox: Entry[] = [];
+  private readonly subscribed: Promise<void>;
   private flushScheduled = false;
 
   constructor(options: ReplicaLoadSyncOptions) {
@@ -117,6 +118,8 @@ export class ReplicaLoadSync {
         this.onMessage(msg.data);
       },
     });
+    // Resolves once the server has the subscription (messages before that are not ours to see).
+    this.subscribed = this.nc.flush().catch(() => {});
     this.timer = setInterval(() => this.tick(), this.heartbeatMs);
     this.timer.unref();
     const observer: LifecycleObserver = {
@@ -143,6 +146,11 @@ export class ReplicaLoadSync {
     };
     this.router.observeLifecycle(observer);
     this.snapshot(); // tells the others this replica is here
+  }
+
+  /** Resolves once NATS has this replica's subscription: from then on no other replica's step is missed. */
+  ready(): Promise<void> {
+    return this.subscribed;
   }
 
   stats(): ReplicaLoadStats {

@@ -106,6 +106,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
   const ownRouter = !options.router;
   const router = options.router ?? new KvRouter(routerOptionsFromConfig(config, registry, log));
   const replica: FleetReplica = startFleetReplica(config, { nats: fleet.nats, router, registry, log });
+  await replica.ready();
   const kvFromBus = fleet.nats !== null && config.fleet.kvEvents === "bus";
   const sinks = new Map<string, RouterEventSink>();
   const feeds = new WorkerFeeds({
