@@ -18,17 +18,7 @@
  * (connect() returns, the registry fills in once etcd answers), so a gateway may start first.
  */
 import { readFileSync } from "node:fs";
-import {
-  Etcd3,
-  EtcdAuthenticationFailedError,
-  EtcdPermissionDeniedError,
-  EtcdUserNotFoundError,
-  GRPCUnauthenticatedError,
-  type IKeyValue,
-  type IOptions,
-  type Lease,
-  type Watcher,
-} from "etcd3";
+import type { Etcd3, IKeyValue, IOptions, Lease, Watcher } from "etcd3";
 import { InvalidConfigError, KvrouteError } from "../errors.js";
 import type { Registry } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
@@ -98,6 +88,10 @@ interface Owned {
   failures: number;
 }
 
+type Etcd3Module = typeof import("etcd3");
+/** etcd3 (and gRPC under it) is loaded when the first registry connects: the embedded default never loads it. */
+let etcd3: Etcd3Module | undefined;
+
 /** The etcd3 fault-handling policy that just calls through: this registry does its own retries. */
 const CALL_THROUGH = { execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => T) => fn({ signal: new AbortController().signal, attempt: 0 }) };
 
@@ -162,7 +156,7 @@ export class EtcdRegistry implements Registry {
       clientOptions.credentials = { rootCertificate: pem(tls?.ca) ?? Buffer.alloc(0), ...(tls?.cert ? { certChain: pem(tls.cert)!, privateKey: pem(tls.key)! } : {}) };
       if (!tls?.ca) delete (clientOptions.credentials as { rootCertificate?: Buffer }).rootCertificate;
     }
-    this.client = new Etcd3(clientOptions);
+    this.client = new etcd3!.Etcd3(clientOptions);
   }
 
   /**
@@ -171,6 +165,7 @@ export class EtcdRegistry implements Registry {
    * in the background (`ready()` resolves once the first list has arrived).
    */
   static async connect(options: EtcdRegistryOptions): Promise<EtcdRegistry> {
+    etcd3 ??= await import("etcd3");
     const registry = new EtcdRegistry(options);
     try {
       await registry.probe();
@@ -455,7 +450,8 @@ export class EtcdRegistry implements Registry {
 
 /** Errors retrying cannot fix: wrong credentials, missing permissions, a failed TLS handshake. */
 function isFatal(err: unknown): boolean {
-  if (err instanceof EtcdAuthenticationFailedError || err instanceof EtcdPermissionDeniedError || err instanceof EtcdUserNotFoundError || err instanceof GRPCUnauthenticatedError) return true;
+  const e = etcd3;
+  if (e && (err instanceof e.EtcdAuthenticationFailedError || err instanceof e.EtcdPermissionDeniedError || err instanceof e.EtcdUserNotFoundError || err instanceof e.GRPCUnauthenticatedError)) return true;
   const m = err instanceof Error ? err.message : String(err);
   return /authentication failed|permission denied|user name is empty|certificate|handshake|SSL|TLS/i.test(m);
 }
