@@ -65,7 +65,10 @@ async function run(routers: KvRouter[], n: number, settle: () => Promise<void>):
     if (i % 256 === 255) await new Promise((res) => setImmediate(res));
   }
   for (const o of open.splice(0)) o.r.finished(o.id, "ok");
+  const routed = process.hrtime.bigint();
   await settle();
+  const settleMs = Number(process.hrtime.bigint() - routed) / 1e6;
+  if (settleMs > 1000) console.error(`settling took ${settleMs.toFixed(0)} ms (routing ${(Number(routed - start) / 1e6).toFixed(0)} ms)`);
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   lat.sort((a, b) => a - b);
   return { perSecond: n / seconds, p50: percentile(lat, 0.5), p99: percentile(lat, 0.99) };
