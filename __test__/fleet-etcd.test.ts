@@ -12,7 +12,9 @@ import { workerKey } from "../ts/registry/etcd-keys.js";
 import type { WorkerRecord } from "../ts/workers/config.js";
 import { EtcdServer } from "./helpers/etcd-server.js";
 import { get, metricValue, MODEL, post, startMockWorker } from "./helpers/gateway-fleet.js";
-import { startWorkerProcess, stopFleetProcesses } from "./helpers/fleet-processes.js";
+import { startServeProcess, startWorkerProcess, stopFleetProcesses } from "./helpers/fleet-processes.js";
+import { kvroute } from "./helpers/cli-process.js";
+import { findFreePortRange } from "../ts/workers/index.js";
 
 let etcd: EtcdServer;
 const closers: (() => Promise<unknown> | unknown)[] = [];
@@ -169,5 +171,30 @@ describe("fleet discovery with kvroute worker --registry", () => {
     await second.exit;
     await vi.waitFor(() => expect(g.registry.get("second")).toBeUndefined(), { timeout: 5000, interval: 20 });
     void workerKey;
+  });
+});
+
+describe("kvroute up --registry", () => {
+  it("registers up's workers in etcd, where a separate kvroute serve gateway finds and uses them", async () => {
+    const port = await findFreePortRange(1);
+    const up = kvroute(["up", "agg-router", "--workers", "2", "--engine", "mock", "--model", MODEL, "--port", String(port), "--host", "127.0.0.1", "--registry", etcd.url, "--speedup", "20", "--quiet"], {
+      KVROUTE_FLEET_NAMESPACE: "up",
+    });
+    closers.push(async () => {
+      if (up.child.exitCode === null) {
+        up.child.kill("SIGTERM");
+        await up.exit;
+      }
+    });
+    const ready = await up.readyPromise;
+    expect(ready.workers).toHaveLength(2);
+    const reader = await registry({ namespace: "up" });
+    await vi.waitFor(() => expect(reader.list().map((r) => r.id).sort()).toEqual(ready.workers.map((w: { id: string }) => w.id).sort()), { timeout: 5000, interval: 20 });
+    const other = await startServeProcess(["--registry", etcd.url, "--namespace", "up"]);
+    await expect.poll(async () => (await complete(other.url, 7)).status, { timeout: 5000, interval: 50 }).toBe(200);
+    // up stops: its workers drain out of etcd at once (deregistered, not left to expire).
+    up.child.kill("SIGTERM");
+    expect(await up.exit).toBe(0);
+    await vi.waitFor(() => expect(reader.list()).toEqual([]), { timeout: 5000, interval: 20 });
   });
 });
