@@ -170,7 +170,37 @@ describe("fleet discovery with kvroute worker --registry", () => {
     second.child.kill("SIGTERM");
     await second.exit;
     await vi.waitFor(() => expect(g.registry.get("second")).toBeUndefined(), { timeout: 5000, interval: 20 });
-    void workerKey;
+  });
+});
+
+describe("etcd outage with real workers", () => {
+  it("etcd stopped longer than a TTL and restarted: every live kvroute worker is registered again and serves through the gateway", async () => {
+    const g = await gateway("outage-real");
+    const env = { KVROUTE_FLEET_NAMESPACE: "outage-real" };
+    const ws = await Promise.all(["r1", "r2"].map((id) => startWorkerProcess({ id, registry: etcd.url, leaseTtl: 2, env })));
+    await vi.waitFor(() => expect(g.registry.list().length).toBe(2), { timeout: 5000, interval: 20 });
+    await etcd.stop("SIGKILL");
+    // Longer than the TTL: each worker's client gives its lease up (after 2 TTLs) and says so.
+    await vi.waitFor(() => {
+      for (const w of ws) expect(w.output()).toContain(`lease of ${w.id} lost`);
+    }, { timeout: 20_000, interval: 50 });
+    // Meanwhile the gateway keeps its last view and keeps serving.
+    expect((await complete(g.url, 3)).status).toBe(200);
+    await etcd.restart();
+    await vi.waitFor(() => {
+      for (const w of ws) expect(w.output()).toContain(`${w.id} registered again`);
+    }, { timeout: 15_000, interval: 50 });
+    // Old leases (restored by etcd with a fresh TTL) expire; the new ones hold the records.
+    const raw = new Etcd3({ hosts: `http://127.0.0.1:${etcd.port}` });
+    closers.push(() => raw.close());
+    await vi.waitFor(async () => {
+      const keys = await raw.getAll().prefix("/kvroute/outage-real/workers/").keys();
+      expect(keys.sort()).toEqual([workerKey("/kvroute", "outage-real", MODEL, "r1"), workerKey("/kvroute", "outage-real", MODEL, "r2")]);
+      expect(g.registry.list().map((r) => r.id).sort()).toEqual(["r1", "r2"]);
+    }, { timeout: 15_000, interval: 100 });
+    const seen = new Set<string>();
+    for (let i = 0; i < 8 && seen.size < 2; i++) seen.add((await complete(g.url, 100 + i)).headers["x-kvroute-worker"] as string);
+    expect([...seen].sort()).toEqual(["r1", "r2"]);
   });
 });
 

@@ -155,13 +155,23 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     gateway,
   );
   server.on("clientError", (err: Error, socket) => answerClientError(err, socket as Socket, config.clientTimeoutMs));
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.port, config.host, () => {
-      server.off("error", reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(config.port, config.host, () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    // The port is taken: nothing stays running (and fleet mode's leases are revoked).
+    await gateway.close();
+    await feeds.close();
+    await replica.close();
+    if (ownRouter) router.close();
+    await fleet.close();
+    throw err;
+  }
   const port = (server.address() as AddressInfo).port;
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host.includes(":") ? `[${config.host}]` : config.host;
   let closing: Promise<void> | null = null;
