@@ -173,6 +173,33 @@ describe("fleet discovery with kvroute worker --registry", () => {
   });
 });
 
+describe("disaggregated fleet growing while it serves", () => {
+  it("a prefill worker and a second decode worker started while the gateway serves are discovered and used, no restart", async () => {
+    const g = await gateway("pd", { routerMode: "kv", disagg: { localPrefillMaxTokens: 256 } });
+    const role = async (id: string, r: "prefill" | "decode") => {
+      const side = await findFreePortRange(1);
+      return startWorkerProcess({ id, registry: etcd.url, env: { KVROUTE_FLEET_NAMESPACE: "pd", VLLM_NIXL_SIDE_CHANNEL_PORT: String(side) }, extra: ["--role", r] });
+    };
+    await role("d1", "decode");
+    await vi.waitFor(() => expect(g.registry.get("d1")).toBeDefined(), { timeout: 5000, interval: 20 });
+    const long = (i: number) => post(g.url, "/v1/completions", { model: MODEL, prompt: Array.from({ length: 1200 }, (_, k) => 50_000 + i * 2000 + k), max_tokens: 4 });
+    const before = await long(0);
+    expect(before.status).toBe(200);
+    expect(before.headers["x-kvroute-prefill-worker"]).toBeUndefined(); // no prefill worker yet: local prefill
+    await role("p1", "prefill");
+    await role("d2", "decode");
+    const decodeSeen = new Set<string>();
+    let n = 1;
+    await vi.waitFor(async () => {
+      const r = await long(n++);
+      expect(r.status).toBe(200);
+      decodeSeen.add(r.headers["x-kvroute-worker"] as string);
+      expect(r.headers["x-kvroute-prefill-worker"]).toBe("p1");
+      expect(decodeSeen.has("d2")).toBe(true);
+    }, { timeout: 15_000, interval: 10 });
+  });
+});
+
 describe("etcd outage with real workers", () => {
   it("etcd stopped longer than a TTL and restarted: every live kvroute worker is registered again and serves through the gateway", async () => {
     const g = await gateway("outage-real");
