@@ -9,6 +9,11 @@ import { startGateway, type RunningGateway } from "../ts/gateway/index.js";
 import type { GatewayConfig } from "../ts/config/index.js";
 import type { VllmWorker } from "../ts/workers/index.js";
 import { get, metricValue, MODEL, post, sleep, sseData, startMockWorker, workerRequests } from "./helpers/gateway-fleet.js";
+import { nixlLibDir, nixlTestsRun } from "./helpers/nixl.js";
+
+// The P/D mockers move real KV bytes over NIXL when the library is here (always in CI).
+const nixl = nixlTestsRun();
+const nixlEnv: Record<string, string> = nixl ? { KVROUTE_NIXL_LIB_DIR: nixlLibDir()! } : { KVROUTE_MOCK_NIXL: "0" };
 
 let registryGateway: RunningGateway;
 let aggGateway: RunningGateway;
@@ -39,7 +44,7 @@ beforeAll(async () => {
     { id: "d1", role: "decode" as const },
   ];
   const started = await Promise.all([
-    ...specs.map((s) => startMockWorker({ ...s, speedup: 4 }, registryGateway.registry)),
+    ...specs.map((s) => startMockWorker({ ...s, speedup: 4, env: nixlEnv }, registryGateway.registry)),
     startMockWorker({ id: "a0", speedup: 4 }, aggGateway.registry),
   ]);
   for (const w of started) workers[w.id] = w;
@@ -72,6 +77,15 @@ describe("gateway: disaggregated prefill/decode (2P + 2D mocker processes)", () 
     const decode = workers[disagg.headers["x-kvroute-worker"] as string]!;
     const dm = (await get(decode.url, "/metrics")).text;
     expect(metricValue(dm, "vllm:prompt_tokens_by_source_total", { source: "external_kv_transfer" })).toBeGreaterThanOrEqual(2999);
+    if (nixl) {
+      // ...over NIXL, for real: the blocks' bytes came from the prefill worker's pool and hold the prompt's KV.
+      const pulled = metricValue(dm, "kvroute_mock_nixl_blocks_pulled_total");
+      expect(pulled, dm.split("\n").filter((l) => l.includes("nixl") && !l.startsWith("#")).join("\n")).toBeGreaterThanOrEqual(Math.ceil(3000 / 16));
+      expect(metricValue(dm, "kvroute_mock_nixl_blocks_verified_total")).toBe(pulled);
+      expect(metricValue(dm, "vllm:nixl_bytes_transferred_sum")).toBe(pulled * 8192);
+      expect(metricValue(dm, "vllm:nixl_xfer_time_seconds_count")).toBeGreaterThanOrEqual(1);
+      expect(metricValue(dm, "vllm:nixl_num_failed_transfers_total")).toBe(0);
+    }
     const m = await metrics(g);
     expect(metricValue(m, "kvroute_disagg_decisions_total", { path: "remote", reason: "always" })).toBe(2);
     expect(metricValue(m, "kvroute_disagg_prefills_total", { where: "remote" })).toBe(2);
