@@ -415,7 +415,7 @@ export class EngineCore {
    * core's clock jumps there) and returns its modelled duration, or null when nothing is runnable.
    * The caller calls `endStep()` once its clock reaches `now` + duration; requests added meanwhile
    * (with their `arrivalTime`) wait for the next step, as in vLLM. Remote-KV transfers
-   * (disaggregated decode) are not driven in this mode.
+   * (disaggregated decode) land at `nextTransferTime()`: begin a step then.
    */
   beginStep(now: number): number | null {
     if (now > this.vclock) this.vclock = now;
@@ -425,6 +425,14 @@ export class EngineCore {
       if (d !== null || this.running.length + this.waiting.length === 0 || this.transferring.size > 0) return d;
     }
     return null;
+  }
+
+  /**
+   * Manual stepping: the simulated time the next remote-KV transfer lands (a step should begin
+   * then), or null. Lets a discrete-event caller drive disaggregated decode.
+   */
+  nextTransferTime(): number | null {
+    return this.nextTransferAt();
   }
 
   /** Ends the step `beginStep` started: samples tokens, finishes requests, flushes KV events. */
