@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InvalidInputError, NixlAgent, NixlUnavailableError } from "../ts/index.js";
 import { nixlLibDir, nixlTestsRun, startNixlPeer, type NixlPeer } from "./helpers/nixl.js";
+import { startMocker } from "./helpers/mocker-process.js";
+import { freePorts } from "./helpers/zmq-peer.js";
 // @ts-expect-error plain ESM helper without types
 import { pattern } from "./helpers/nixl-pattern.mjs";
 
@@ -113,5 +115,34 @@ describe.runIf(nixlTestsRun())("NixlAgent between two processes (real NIXL, UCX)
     await expect(agent.read(reg.descList(), { mem: "DRAM", regions: [{ addr: peer.addr, length: 8192 }] }, peer.name)).rejects.toThrow(/differs/);
     expect(() => reg.region(4000, 200)).toThrow(InvalidInputError);
     expect(() => agent.deregister(987654)).toThrow(InvalidInputError);
+  });
+});
+
+describe("the mocker's KV transfers", () => {
+  const kv = ["--kv-transfer-config", JSON.stringify({ kv_connector: "NixlConnector", kv_role: "kv_both", engine_id: "e0" })];
+
+  it("without NIXL, says once that the timing model prices transfers, and serves", async () => {
+    const m = await startMocker(["mock-8b", "--host", "127.0.0.1", "--port", "0", ...kv], { KVROUTE_NIXL_LIB_DIR: emptyDir });
+    try {
+      const lines = m.stderr().split("\n").filter((l) => l.includes("KV transfers use the timing model"));
+      expect(lines).toEqual([`kvroute mock: NIXL not available: no libnixl_capi.so in ${emptyDir}; KV transfers use the timing model`]);
+      const res = await fetch(`${m.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: [1, 2, 3], max_tokens: 1, kv_transfer_params: { do_remote_decode: true } }) });
+      expect((await res.json()).kv_transfer_params).toMatchObject({ do_remote_prefill: true, remote_engine_id: "e0" });
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it.runIf(nixlTestsRun())("with NIXL, registers its KV pool and says so", async () => {
+    const port = await freePorts(1);
+    const m = await startMocker(["mock-8b", "--host", "127.0.0.1", "--port", "0", "--num-gpu-blocks-override", "2000", "--nixl-block-bytes", "4096", ...kv], {
+      KVROUTE_NIXL_LIB_DIR: nixlLibDir()!,
+      VLLM_NIXL_SIDE_CHANNEL_PORT: String(port),
+    });
+    try {
+      expect(m.stderr()).toContain("kvroute mock: KV transfers over NIXL (1 pool(s) of 2000 x 4096 bytes)");
+    } finally {
+      await m.stop();
+    }
   });
 });

@@ -96,7 +96,8 @@ export class NixlKv implements KvTransferHooks {
   static async start(options: NixlKvOptions): Promise<NixlKv> {
     const agent = NixlAgent.create(`${options.engineId}-r${options.rank}-${process.pid}`, options.libDir ? { libDir: options.libDir } : {});
     try {
-      const pool = Buffer.alloc(options.numBlocks * options.blockBytes);
+      // Not zeroed: pages are only touched by the blocks prefills write (a large pool costs address space, not memory).
+      const pool = Buffer.allocUnsafeSlow(options.numBlocks * options.blockBytes);
       const registration = agent.registerBuffer(pool);
       const hello = JSON.stringify({
         engineId: options.engineId,
