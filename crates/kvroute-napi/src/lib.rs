@@ -6,7 +6,7 @@ mod convert;
 pub mod events;
 mod hasher;
 mod indexer;
-mod nixl;
+pub mod nixl;
 mod router;
 mod tokenizer;
 
