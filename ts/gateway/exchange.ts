@@ -45,7 +45,7 @@ import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeou
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, SseSplitter, sseEvent } from "./sse.js";
 import { scanTokenEvent } from "./sse-scan.js";
-import { decideDisagg, disaggPolicyConfig, type DisaggChoice } from "./disagg-policy.js";
+import { chooseDisaggPath, covers, routePrefillWorker, type DisaggDecision } from "./disagg-route.js";
 import { decodeLegParams, prefillLegBody } from "./prefill-leg.js";
 
 type Format = "completions" | "chat";
@@ -140,7 +140,7 @@ export class Exchange {
   private prefillController: Dispatcher.DispatchController | null = null;
   private prefillWorker: string | null = null;
   /** The conditional-disaggregation choice (disaggregated models only), for headers and logs. */
-  private disagg: (DisaggChoice & { uncachedTokens: number; promptTokens: number }) | null = null;
+  private disagg: DisaggDecision | null = null;
   private kvTransferParams: Record<string, unknown> | null = null;
 
   // The client's view of a stream.
@@ -259,24 +259,21 @@ export class Exchange {
    * prefills itself.
    */
   private async remotePrefill(decode: RouteDecision): Promise<void> {
-    const blockSize = this.ctx.fleet.record(decode.workerId)?.blockSize ?? 16;
     // Untokenized prompts: about four characters a token, so long prompts still prefill remotely.
     const promptTokens = this.key.untokenized ? estimatedTokens(this.parsed) : this.tokens.length;
-    const uncachedTokens = Math.max(0, promptTokens - decode.overlapBlocks * blockSize);
-    const failedPrefill: WorkerTarget[] = [];
+    const failed: WorkerTarget[] = [];
     for (let attempt = 0; attempt < 2; attempt++) {
-      const pDecision = this.routePrefill(failedPrefill);
+      const pDecision = routePrefillWorker(this.ctx, {
+        model: this.model,
+        tokens: this.tokens,
+        requestId: `${this.routerBase}~prefill${failed.length > 0 ? failed.length : ""}`,
+        cacheSalt: this.parsed.cacheSalt,
+        failed,
+      });
       if (attempt === 0) {
-        const choice = decideDisagg(disaggPolicyConfig(this.ctx.config.disagg), {
-          promptTokens,
-          uncachedTokens,
-          prefillActive: pDecision ? this.ctx.admission.active(pDecision.workerId, pDecision.dpRank) : null,
-          // This request already holds one of the decode worker's slots.
-          decodeActive: Math.max(0, this.ctx.admission.active(decode.workerId, decode.dpRank) - 1),
-        });
-        this.disagg = { ...choice, uncachedTokens, promptTokens };
-        this.ctx.metrics.disaggDecisions.inc({ model: this.model, path: choice.path, reason: choice.reason });
-        if (choice.path === "local") {
+        this.disagg = chooseDisaggPath(this.ctx, decode, pDecision, promptTokens, true);
+        this.ctx.metrics.disaggDecisions.inc({ model: this.model, path: this.disagg.path, reason: this.disagg.reason });
+        if (this.disagg.path === "local") {
           if (pDecision) this.ctx.router.finished(pDecision.requestId, "cancelled");
           this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local" });
           return;
@@ -286,33 +283,10 @@ export class Exchange {
       const result = await this.runPrefill(pDecision, decode);
       if (result === "ok" || result === "cancelled" || this.clientGone) return;
       if (result === "refused") break;
-      failedPrefill.push(pDecision);
+      failed.push(pDecision);
     }
     this.prefillWorker = null;
     this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local_fallback" });
-  }
-
-  /** The best prefill worker (KV overlap and prefill load), booked; null when there is none. */
-  private routePrefill(failed: readonly WorkerTarget[]): RouteDecision | null {
-    const prefillTargets = this.ctx.fleet.of(this.model).prefill;
-    const busy = [...this.ctx.admission.full(prefillTargets), ...this.ctx.suspects.among(prefillTargets)];
-    let exclude: readonly WorkerTarget[] = [...failed, ...busy];
-    if (covers(exclude, prefillTargets)) exclude = failed;
-    if (exclude.length > 0 && covers(exclude, prefillTargets)) return null;
-    try {
-      return this.ctx.router.route({
-        model: this.model,
-        tokens: this.tokens,
-        requestId: `${this.routerBase}~prefill${failed.length > 0 ? failed.length : ""}`,
-        role: "prefill",
-        ...(exclude.length > 0 ? { exclude } : {}),
-        maxTokens: 1,
-        ...(this.parsed.cacheSalt !== null ? { cacheSalt: this.parsed.cacheSalt } : {}),
-      });
-    } catch (err) {
-      this.ctx.log(`no prefill worker for ${this.model} (${describe(err)})`);
-      return null;
-    }
   }
 
   /** One prefill leg: "ok" (params kept), "cancelled" (client gone), "refused" or "failed". */
@@ -1041,13 +1015,6 @@ function firstEvents(whole: Buffer, count: number): string {
 
 /** Errors that prove the request never reached the worker. */
 const NOT_STARTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_CLOSED", "UND_ERR_DESTROYED"]);
-
-function covers(exclude: readonly WorkerTarget[], targets: readonly WorkerTarget[]): boolean {
-  for (const t of targets) {
-    if (!exclude.some((e) => e.workerId === t.workerId && e.dpRank === t.dpRank)) return false;
-  }
-  return true;
-}
 
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);

@@ -19,7 +19,7 @@ import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type G
 import type { TokenIds } from "../core/block-hasher.js";
 import type { Registry, RouteDecision } from "../router/types.js";
 import { Admission } from "./admission.js";
-import { decideDisagg, disaggPolicyConfig } from "./disagg-policy.js";
+import { chooseDisaggPath, routePrefillWorker } from "./disagg-route.js";
 import { ApiKeys } from "./api-keys.js";
 import { readBody } from "./body.js";
 import { FleetView, Suspects, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
@@ -367,29 +367,19 @@ async function handleRoute(ctx: GatewayContext, served: ServedModels, req: Incom
 
 /** What the conditional-disaggregation policy would decide for this prompt now (no booking). */
 function explainDisagg(ctx: GatewayContext, model: string, tokens: TokenIds, decode: RouteDecision): Record<string, unknown> {
-  const blockSize = ctx.fleet.record(decode.workerId)?.blockSize ?? 16;
-  const promptTokens = tokens.length;
-  const uncachedTokens = Math.max(0, promptTokens - decode.overlapBlocks * blockSize);
-  let prefill: RouteDecision | null = null;
-  try {
-    prefill = ctx.router.route({ model, tokens, role: "prefill", dryRun: true, maxTokens: 1 });
-  } catch {
-    prefill = null;
-  }
-  const prefillActive = prefill ? ctx.admission.active(prefill.workerId, prefill.dpRank) : null;
-  const decodeActive = ctx.admission.active(decode.workerId, decode.dpRank);
-  const choice = decideDisagg(disaggPolicyConfig(ctx.config.disagg), { promptTokens, uncachedTokens, prefillActive, decodeActive });
+  const prefill = routePrefillWorker(ctx, { model, tokens, dryRun: true });
+  const d = chooseDisaggPath(ctx, decode, prefill, tokens.length, false);
   return {
     policy: ctx.config.disagg.policy,
-    path: choice.path,
-    reason: choice.reason,
-    promptTokens,
-    uncachedTokens,
+    path: d.path,
+    reason: d.reason,
+    promptTokens: d.promptTokens,
+    uncachedTokens: d.uncachedTokens,
     decodeWorker: decode.workerId,
-    decodeActive,
+    decodeActive: d.decodeActive,
     prefillWorker: prefill?.workerId ?? null,
     prefillOverlapBlocks: prefill?.overlapBlocks ?? null,
-    prefillActive,
+    prefillActive: d.prefillActive,
   };
 }
 
