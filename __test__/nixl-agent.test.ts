@@ -68,9 +68,19 @@ describe.runIf(nixlTestsRun())("NixlAgent between two processes (real NIXL, UCX)
     expect(agent.loadRemoteMetadata(peer.metadata)).toBe(peer.name);
     local = Buffer.alloc(SIZE);
     const reg = agent.registerBuffer(local);
+    // The event loop keeps turning while the transfer is awaited (polling runs on the libuv pool).
+    let turns = 0;
+    let spinning = true;
+    const spin = () => {
+      turns++;
+      if (spinning) setImmediate(spin);
+    };
+    setImmediate(spin);
     const result = await agent.read(reg.descList(), { mem: "DRAM", regions: [{ addr: peer.addr, length: SIZE }] }, peer.name, {
       notification: "read-done",
     });
+    spinning = false;
+    expect(turns).toBeGreaterThan(1);
     expect(result.bytes).toBe(SIZE);
     expect(local.equals(pattern(SIZE, 1))).toBe(true);
     expect(await peer.ask({ cmd: "notification", message: "read-done" })).toEqual({ notification: { agent: agent.name, message: "read-done" } });

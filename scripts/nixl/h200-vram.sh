@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Device run for issue 13: VRAM<->VRAM over NIXL (nixl-cu13 1.5.1 libs) between two processes on one GPU.
+# Prepared beside it: vram_pair (cargo build --release -p kvroute-nixl --example vram_pair) and
+# nixl-cu13-libs.tar.xz (scripts/nixl/fetch.sh nixl-cu13 1.5.1, then scripts/nixl/pack-device.py).
 cd "$(dirname "$0")"
 tar xJf nixl-cu13-libs.tar.xz
 export KVROUTE_NIXL_LIB_DIR=$PWD/nixl

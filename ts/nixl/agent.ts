@@ -1,7 +1,7 @@
 /**
  * `NixlAgent`: NIXL's transfer agent (crates/kvroute-nixl) for Node. Memory is registered,
  * metadata leaves and arrives as bytes (so it can travel over etcd, NATS or HTTP), and READ/WRITE
- * transfers are Promises whose polling runs on the libuv thread pool, never on the event loop.
+ * transfers are Promises posted and polled on the libuv thread pool, never on the event loop.
  * The library is loaded at run time: without it, creating an agent throws NixlUnavailableError
  * (`KVR_NIXL_UNAVAILABLE`) and nothing else changes.
  */
@@ -192,7 +192,7 @@ export class NixlAgent {
     const notification = options.notification === undefined ? undefined : toBuffer(options.notification);
     const started = process.hrtime.bigint();
     const id = callNative(() =>
-      this.#native.postTransfer(op, local.mem, l.addrs, l.lengths, l.devId, remote.mem, r.addrs, r.lengths, r.devId, remoteAgent, notification),
+      this.#native.createTransfer(op, local.mem, l.addrs, l.lengths, l.devId, remote.mem, r.addrs, r.lengths, r.devId, remoteAgent, notification),
     );
     const onAbort = (): void => {
       try {
@@ -203,10 +203,9 @@ export class NixlAgent {
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await this.#native.waitTransfer(id, options.timeoutMs);
+      await this.#native.runTransfer(id, options.timeoutMs);
     } catch (err) {
       if (options.signal?.aborted) throw options.signal.reason;
-      if (options.timeoutMs !== undefined) onAbort();
       throw fromNative(err);
     } finally {
       options.signal?.removeEventListener("abort", onAbort);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvroute_nixl::{Agent, MemType, NixlError, Region, XferOp, XferState};
+use kvroute_nixl::{Agent, MemType, NixlError, Region, XferOp};
 use napi::bindgen_prelude::{AsyncTask, BigInt, BigUint64Array, Buffer, Uint32Array};
 use napi::{Env, Task};
 use napi_derive::napi;
@@ -117,7 +117,7 @@ impl Task for WaitTransfer {
     fn compute(&mut self) -> napi::Result<()> {
         self.shared
             .agent
-            .wait_transfer(self.id, self.timeout)
+            .run_transfer(self.id, self.timeout)
             .map_err(to_napi)
     }
 
@@ -271,10 +271,10 @@ impl NativeNixlAgent {
         self.shared()?.agent.forget_remote(&remote).map_err(to_napi)
     }
 
-    /// Creates and posts a READ or WRITE; regions pair one to one. Returns the transfer id.
+    /// Creates a READ or WRITE (regions pair one to one); `runTransfer` posts and awaits it.
     #[napi]
     #[allow(clippy::too_many_arguments)]
-    pub fn post_transfer(
+    pub fn create_transfer(
         &self,
         op: String,
         local_mem: String,
@@ -301,7 +301,7 @@ impl NativeNixlAgent {
         let remote = regions(&remote_addrs, &remote_lengths, remote_dev_id)?;
         self.shared()?
             .agent
-            .post_transfer(
+            .create_transfer(
                 op,
                 (mem_type(&local_mem)?, &local),
                 (mem_type(&remote_mem)?, &remote),
@@ -311,21 +311,10 @@ impl NativeNixlAgent {
             .map_err(to_napi)
     }
 
-    /// Polls once: "DONE" (released) or "IN_PROGRESS"; a failed transfer throws.
-    #[napi]
-    pub fn transfer_status(&self, id: u32) -> napi::Result<String> {
-        Ok(
-            match self.shared()?.agent.transfer_status(id).map_err(to_napi)? {
-                XferState::Done => "DONE",
-                XferState::InProgress => "IN_PROGRESS",
-            }
-            .to_string(),
-        )
-    }
-
-    /// Resolves when the transfer finishes, polling on the libuv thread pool.
+    /// Posts the transfer and resolves when it finishes, on the libuv thread pool (posting can
+    /// itself move the bytes, e.g. UCX's cma): the event loop never waits for NIXL.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn wait_transfer(
+    pub fn run_transfer(
         &self,
         id: u32,
         timeout_ms: Option<u32>,

@@ -228,15 +228,16 @@ fn main() -> Res<()> {
                 cuda.upload(local, &zeros)?;
                 ask(&format!("fill {seed}"))?;
             }
+            // As the addon does: create, then post and poll to completion (run_transfer).
             let t = Instant::now();
-            let id = agent.post_transfer(
+            let id = agent.create_transfer(
                 op,
                 (MemType::Vram, &l),
                 (MemType::Vram, &r),
                 &peer_name,
                 Some(format!("{name}-{i}").as_bytes()),
             )?;
-            agent.wait_transfer(id, None)?;
+            agent.run_transfer(id, None)?;
             times.push(t.elapsed().as_secs_f64());
             let ok = if op == XferOp::Read {
                 cuda.download(local, len)? == pattern(len, seed)

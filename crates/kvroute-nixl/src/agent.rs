@@ -1,6 +1,8 @@
 //! One NIXL agent: memory registration, metadata exchange, READ/WRITE transfers and
-//! notifications. Every call into NIXL goes through one mutex: the agent is created with NIXL's
-//! default thread-sync mode (none), which leaves serialisation to the caller.
+//! notifications. The agent is created with NIXL's reader-writer thread sync, so the data path
+//! (posting and polling a transfer, notifications) runs from any thread without blocking the
+//! others; the mutex here guards only kvroute's own tables. A transfer request is touched by one
+//! thread at a time: the one running it (`run_transfer`), or whoever releases it when nobody is.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_void, CStr, CString};
@@ -60,12 +62,20 @@ pub enum XferState {
 /// never waits can pin).
 pub const MAX_PENDING_XFERS: usize = 4096;
 
+/// A created transfer request: `running` while a thread posts and polls it; `abort` asks that
+/// thread to release it.
+struct Xfer {
+    req: Handle,
+    running: bool,
+    abort: bool,
+}
+
 struct Inner {
     agent: Handle,
     backend: Handle,
     registrations: HashMap<u32, (MemType, Vec<Region>)>,
     next_registration: u32,
-    xfers: HashMap<u32, Handle>,
+    xfers: HashMap<u32, Xfer>,
     next_xfer: u32,
     remotes: HashSet<String>,
 }
@@ -105,9 +115,21 @@ impl Agent {
         let lib = library::load(lib_dir)?;
         let api = &lib.capi;
         let mut agent: Handle = ptr::null_mut();
-        // SAFETY: valid C string and out-pointer; the C API copies the name.
+        // nixlAgentConfig's defaults (progress thread on, no listener), with RW thread sync.
+        let config = ffi::AgentConfig {
+            enable_prog_thread: true,
+            enable_listen_thread: false,
+            listen_port: 0,
+            thread_sync: ffi::THREAD_SYNC_RW,
+            num_workers: 1,
+            pthr_delay_us: 0,
+            lthr_delay_us: 100_000,
+            capture_telemetry: false,
+        };
+        // SAFETY: valid C string, config struct laid out as wrapper.h's, and out-pointer; the C
+        // API copies both.
         check("create agent", unsafe {
-            (api.create_agent)(c_name.as_ptr(), &mut agent)
+            (api.create_configured_agent)(c_name.as_ptr(), &config, &mut agent)
         })?;
         let backend_handle = match Self::create_backend(lib, agent, &c_backend) {
             Ok(b) => b,
@@ -341,9 +363,9 @@ impl Agent {
         })
     }
 
-    /// Creates and posts a transfer between local and remote regions (pairwise, equal lengths).
-    /// Returns its id for `status`/`wait`.
-    pub fn post_transfer(
+    /// Creates a transfer between local and remote regions (pairwise, equal lengths); returns
+    /// its id for `run_transfer` (or `post_transfer` then `transfer_status`).
+    pub fn create_transfer(
         &self,
         op: XferOp,
         local: (MemType, &[Region]),
@@ -421,14 +443,7 @@ impl Agent {
                         ),
                     })
                 } else {
-                    let status = (api.post_xfer_req)(inner.agent, req, ptr::null_mut());
-                    if status == ffi::SUCCESS || status == ffi::IN_PROG {
-                        Ok(())
-                    } else {
-                        (api.release_xfer_req)(inner.agent, req);
-                        (api.destroy_xfer_req)(req);
-                        Err(NixlError::failed("post transfer", status))
-                    }
+                    Ok(())
                 }
             };
             if !opt.is_null() {
@@ -441,33 +456,125 @@ impl Agent {
         result?;
         let id = inner.next_xfer;
         inner.next_xfer = inner.next_xfer.wrapping_add(1).max(1);
-        inner.xfers.insert(id, req);
+        inner.xfers.insert(
+            id,
+            Xfer {
+                req,
+                running: false,
+                abort: false,
+            },
+        );
         Ok(id)
     }
 
-    /// Polls a transfer once. A finished (or failed) transfer is released and its id forgotten.
-    pub fn transfer_status(&self, id: u32) -> Result<XferState, NixlError> {
+    /// Creates and posts a transfer (single-threaded use: poll it with `transfer_status`).
+    pub fn post_transfer(
+        &self,
+        op: XferOp,
+        local: (MemType, &[Region]),
+        remote: (MemType, &[Region]),
+        remote_agent: &str,
+        notification: Option<&[u8]>,
+    ) -> Result<u32, NixlError> {
+        let id = self.create_transfer(op, local, remote, remote_agent, notification)?;
+        let req = self.checkout(id)?;
+        // SAFETY: live agent and request, checked out to this thread.
+        let status = unsafe { (self.lib.capi.post_xfer_req)(self.agent(), req, ptr::null_mut()) };
+        self.checkin(id);
+        if status == ffi::SUCCESS || status == ffi::IN_PROG {
+            Ok(id)
+        } else {
+            self.release(id);
+            Err(NixlError::failed("post transfer", status))
+        }
+    }
+
+    fn agent(&self) -> Handle {
+        self.lock().agent
+    }
+
+    /// Marks the transfer as being run by this thread; its handle.
+    fn checkout(&self, id: u32) -> Result<Handle, NixlError> {
         let mut inner = self.lock();
-        let Some(&req) = inner.xfers.get(&id) else {
-            return Err(NixlError::invalid(format!("no pending transfer {id}")));
-        };
-        let api = &self.lib.capi;
-        // SAFETY: live agent and request.
-        let status = unsafe { (api.get_xfer_status)(inner.agent, req) };
+        match inner.xfers.get_mut(&id) {
+            None => Err(NixlError::invalid(format!("no pending transfer {id}"))),
+            Some(x) if x.running => Err(NixlError::invalid(format!(
+                "transfer {id} is already being waited for"
+            ))),
+            Some(x) => {
+                x.running = true;
+                Ok(x.req)
+            }
+        }
+    }
+
+    fn checkin(&self, id: u32) {
+        if let Some(x) = self.lock().xfers.get_mut(&id) {
+            x.running = false;
+        }
+    }
+
+    /// Forgets and releases a transfer.
+    fn release(&self, id: u32) {
+        let mut inner = self.lock();
+        if let Some(x) = inner.xfers.remove(&id) {
+            // SAFETY: removed from the table, so no other thread can reach it: released once.
+            unsafe {
+                (self.lib.capi.release_xfer_req)(inner.agent, x.req);
+                (self.lib.capi.destroy_xfer_req)(x.req);
+            }
+        }
+    }
+
+    /// Polls a posted transfer once (single-threaded use). A finished (or failed) transfer is
+    /// released and its id forgotten.
+    pub fn transfer_status(&self, id: u32) -> Result<XferState, NixlError> {
+        let req = self.checkout(id)?;
+        // SAFETY: live agent and request, checked out to this thread.
+        let status = unsafe { (self.lib.capi.get_xfer_status)(self.agent(), req) };
+        self.checkin(id);
         if status == ffi::IN_PROG {
             return Ok(XferState::InProgress);
         }
-        inner.xfers.remove(&id);
-        // SAFETY: the request is done (or failed) and removed from the table: released once.
-        unsafe {
-            (api.release_xfer_req)(inner.agent, req);
-            (api.destroy_xfer_req)(req);
-        }
+        self.release(id);
         check("transfer", status).map(|_| XferState::Done)
     }
 
-    /// Blocks the calling thread until the transfer finishes (spins briefly, then backs off to
-    /// at most 200 µs between polls). `timeout` bounds the wait; the transfer stays pending then.
+    /// Posts a created transfer and blocks the calling thread until it finishes (spins briefly,
+    /// then backs off to at most 200 µs between polls), then releases it. Call it off the event
+    /// loop: posting may itself move the bytes. `timeout` and `abort_transfer` end it early.
+    pub fn run_transfer(&self, id: u32, timeout: Option<Duration>) -> Result<(), NixlError> {
+        let req = self.checkout(id)?;
+        let api = &self.lib.capi;
+        let agent = self.agent();
+        let start = Instant::now();
+        // SAFETY: live agent and request, checked out to this thread until released below.
+        let mut status = unsafe { (api.post_xfer_req)(agent, req, ptr::null_mut()) };
+        let mut polls: u32 = 0;
+        let outcome = loop {
+            if status != ffi::IN_PROG {
+                break check("transfer", status);
+            }
+            if self.lock().xfers.get(&id).is_some_and(|x| x.abort) {
+                break Err(NixlError::invalid(format!("transfer {id} aborted")));
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                break Err(NixlError::failed("transfer (timed out)", ffi::IN_PROG));
+            }
+            polls += 1;
+            if polls < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros((polls - 63).min(200) as u64));
+            }
+            // SAFETY: as above.
+            status = unsafe { (api.get_xfer_status)(agent, req) };
+        };
+        self.release(id);
+        outcome
+    }
+
+    /// Single-threaded use: polls a posted transfer until done (see `run_transfer`).
     pub fn wait_transfer(&self, id: u32, timeout: Option<Duration>) -> Result<(), NixlError> {
         let start = Instant::now();
         let mut polls: u32 = 0;
@@ -476,31 +583,30 @@ impl Agent {
                 return Ok(());
             }
             if timeout.is_some_and(|t| start.elapsed() >= t) {
-                return Err(NixlError::failed(
-                    "transfer (timed out waiting)",
-                    ffi::IN_PROG,
-                ));
+                self.release(id);
+                return Err(NixlError::failed("transfer (timed out)", ffi::IN_PROG));
             }
             polls += 1;
             if polls < 64 {
                 std::thread::yield_now();
             } else {
-                let micros = (polls - 63).min(200) as u64;
-                std::thread::sleep(Duration::from_micros(micros));
+                std::thread::sleep(Duration::from_micros((polls - 63).min(200) as u64));
             }
         }
     }
 
-    /// Cancels (releases) a pending transfer.
+    /// Cancels a transfer: released now, or by the thread running it at its next poll.
     pub fn abort_transfer(&self, id: u32) -> Result<(), NixlError> {
-        let mut inner = self.lock();
-        let Some(req) = inner.xfers.remove(&id) else {
-            return Err(NixlError::invalid(format!("no pending transfer {id}")));
+        let running = {
+            let mut inner = self.lock();
+            let Some(x) = inner.xfers.get_mut(&id) else {
+                return Err(NixlError::invalid(format!("no pending transfer {id}")));
+            };
+            x.abort = true;
+            x.running
         };
-        // SAFETY: live agent and request, removed from the table: released once.
-        unsafe {
-            (self.lib.capi.release_xfer_req)(inner.agent, req);
-            (self.lib.capi.destroy_xfer_req)(req);
+        if !running {
+            self.release(id);
         }
         Ok(())
     }
@@ -593,9 +699,9 @@ impl Drop for Agent {
         // SAFETY: every handle below is owned by this agent and released exactly once; the
         // agent is destroyed last, after everything that refers to it.
         unsafe {
-            for (_, req) in inner.xfers.drain() {
-                (api.release_xfer_req)(inner.agent, req);
-                (api.destroy_xfer_req)(req);
+            for (_, x) in inner.xfers.drain() {
+                (api.release_xfer_req)(inner.agent, x.req);
+                (api.destroy_xfer_req)(x.req);
             }
         }
         let regs: Vec<_> = inner.registrations.drain().map(|(_, r)| r).collect();

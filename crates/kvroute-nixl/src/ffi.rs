@@ -14,6 +14,21 @@ pub type Handle = *mut c_void;
 pub const MEM_DRAM: c_int = 0;
 pub const MEM_VRAM: c_int = 1;
 
+pub const THREAD_SYNC_RW: c_int = 2;
+
+/// wrapper.h's `nixl_capi_agent_config_t`.
+#[repr(C)]
+pub struct AgentConfig {
+    pub enable_prog_thread: bool,
+    pub enable_listen_thread: bool,
+    pub listen_port: c_int,
+    pub thread_sync: c_int,
+    pub num_workers: std::ffi::c_uint,
+    pub pthr_delay_us: u64,
+    pub lthr_delay_us: u64,
+    pub capture_telemetry: bool,
+}
+
 pub const OP_READ: c_int = 0;
 pub const OP_WRITE: c_int = 1;
 
@@ -56,7 +71,7 @@ macro_rules! capi {
 }
 
 capi! {
-    create_agent: fn(*const c_char, *mut Handle) -> Status;
+    create_configured_agent: fn(*const c_char, *const AgentConfig, *mut Handle) -> Status;
     destroy_agent: fn(Handle) -> Status;
     get_local_md: fn(Handle, *mut *mut c_void, *mut usize) -> Status;
     load_remote_md: fn(Handle, *const c_void, usize, *mut *mut c_char) -> Status;
