@@ -59,7 +59,7 @@ async function main(): Promise<void> {
       `${size(n).padEnd(8)} ${pad(gbs(n, r50!), 10)} ${pad(r50!.toFixed(0), 9)} ${pad(percentile(read, 0.9).toFixed(0), 9)} ${pad(gbs(n, w50!), 11)} ${pad(w50!.toFixed(0), 9)} ${pad(percentile(write, 0.9).toFixed(0), 9)} | ${pad(gbs(n, c50!), 12)} ${pad(c50!.toFixed(1), 9)}`,
     );
   }
-  console.log("\nGB/s from the median latency of one awaited transfer (post, then polled to completion on the libuv pool).");
+  console.log("\nGB/s from the median latency of one awaited transfer (created, then posted and polled to completion on the libuv pool).");
   await peer.stop();
   agent.close();
 }
