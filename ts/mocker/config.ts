@@ -131,6 +131,12 @@ export interface MockEngineConfig {
   /** `VLLM_NIXL_SIDE_CHANNEL_HOST` / `_PORT` as reported in kv_transfer_params. */
   nixlSideChannelHost?: string;
   nixlSideChannelPort?: number;
+  /**
+   * Disaggregated mode with NixlConnector: move real KV bytes over NIXL when the library loads
+   * (default true; KVROUTE_MOCK_NIXL=0 turns it off), `nixlBlockBytes` per block (default 8192).
+   */
+  nixl?: boolean;
+  nixlBlockBytes?: number;
   loraModules?: LoraModule[];
   /**
    * `--tokenizer`: a Hugging Face tokenizer folder (or a loaded `Tokenizer`). Prompts are then
@@ -166,6 +172,7 @@ export interface ResolvedMockEngineConfig {
   kvTransfer: { connector: string; role: string; engineId: string; extra: Record<string, unknown> } | null;
   nixlSideChannelHost: string;
   nixlSideChannelPort: number;
+  nixl: { enabled: boolean; blockBytes: number };
   loraModules: LoraModule[];
   /** The real tokenizer, or null for the toy one. */
   tokenizer: Tokenizer | null;
@@ -300,6 +307,10 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     kvTransfer,
     nixlSideChannelHost: config.nixlSideChannelHost ?? process.env.VLLM_NIXL_SIDE_CHANNEL_HOST ?? "localhost",
     nixlSideChannelPort: config.nixlSideChannelPort ?? Number(process.env.VLLM_NIXL_SIDE_CHANNEL_PORT ?? 5600),
+    nixl: {
+      enabled: kvTransfer !== null && /nixl/i.test(kvTransfer.connector) && (config.nixl ?? process.env.KVROUTE_MOCK_NIXL !== "0"),
+      blockBytes: positiveInt("nixlBlockBytes", config.nixlBlockBytes, 8192),
+    },
     loraModules,
     tokenizer: typeof config.tokenizer === "string" ? Tokenizer.fromDir(config.tokenizer) : (config.tokenizer ?? null),
   };
