@@ -9,7 +9,7 @@ import { ReplicaGovernor } from "../ts/planner/governor.js";
 import { ProfileModel } from "../ts/planner/interpolate.js";
 import { ConstantPredictor, HoltPredictor, KalmanPredictor, makePredictor, MovingAveragePredictor, SeasonalPredictor } from "../ts/planner/predictors.js";
 import { parseProfile } from "../ts/planner/profile.js";
-import { decodeReplicas, dynamoDecodeReplicas, dynamoPrefillReplicas, fitGpuBudget, prefillReplicas } from "../ts/planner/replicas.js";
+import { aggregatedReplicas, decodeReplicas, dynamoDecodeReplicas, mixedItlMs, dynamoPrefillReplicas, fitGpuBudget, prefillReplicas } from "../ts/planner/replicas.js";
 import { SlaPlanner, type IntervalObservation } from "../ts/planner/sla-planner.js";
 import { HAND_PROFILE } from "./planner-profile.test.js";
 
@@ -194,14 +194,27 @@ describe("SlaPlanner", () => {
     expect(b.decide(busy, { prefill: 1, decode: 1 }).target).toEqual({ prefill: 2, decode: 3 });
   });
 
-  it("aggregated workers add the two shares; a hand-made change is logged and respected", () => {
+  it("aggregated workers: prefill stalls decoding, the decode point is chosen jointly; a hand-made change is logged and respected", () => {
+    const a = aggregatedReplicas(m, load, targets);
+    // Hand check of the returned operating point: rho_itl = (1/s_d - 1/I) / (1/s_d - 1/S_p), with
+    // S_p = TTFT(1000) = 100 ms, I = 35 ms; prefill share at min(0.8, rho_itl); decode added.
+    const sd = a.decode.itlMs;
+    expect(sd).toBeLessThan(35);
+    expect(a.chunkStepMs).toBe(100);
+    const rho = (1 / sd - 1 / 35) / (1 / sd - 1 / 100);
+    expect(a.itlUtilization).toBeCloseTo(rho, 12);
+    expect(a.replicas).toBeCloseTo(10000 / (10000 * Math.min(0.8, rho)) + 2000 / a.decode.capacityPerWorker, 9);
+    // Choosing the decode point at the ITL target itself would leave no room for prefill stalls:
+    // rho_itl(34.72) = 0.0123 -> the 0.05 floor -> 20 prefill workers + 2.6 decode.
+    expect(a.replicas).toBeLessThan(8);
+    expect(mixedItlMs(rho, 100, sd)).toBeCloseTo(35, 9);
     const p = new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, corrections: false });
     const d = p.decide(busy, { aggregated: 1 });
-    expect(d.wanted.aggregated).toBeCloseTo(1.25 + 2000 / 768.5, 6);
-    expect(d.target).toEqual({ aggregated: 4 });
-    const h = p.decide(busy, { aggregated: 7 });
-    expect(h.reasons[0]).toMatch(/aggregated: 7 running where the planner had set 4 \(changed by hand\?\)/);
-    expect(h.target).toEqual({ aggregated: 7 }); // cooldown: the hand-made 7 stands for now
+    expect(d.wanted.aggregated).toBeCloseTo(a.replicas, 9);
+    expect(d.target).toEqual({ aggregated: Math.ceil(a.replicas) });
+    const h = p.decide(busy, { aggregated: 12 });
+    expect(h.reasons[0]).toMatch(/aggregated: 12 running where the planner had set \d+ \(changed by hand\?\)/);
+    expect(h.target).toEqual({ aggregated: 12 }); // cooldown: the hand-made 12 stands for now
   });
 
   it("a GPU budget caps the fleet", () => {

@@ -10,7 +10,12 @@
  *   allows rho_max = 1 - ttft(isl) x correction / target; replicas = tokens/s / (capacity x rho_max).
  * - decode: output tokens/s over the best per-GPU throughput whose ITL (divided by the observed /
  *   profiled correction) fits the target at context `isl + osl / 2`.
- * - aggregated workers do both: the two fractions of a worker add up.
+ * - aggregated workers do both, and a prefill chunk in a step stalls every decoding sequence of
+ *   that worker (vLLM's chunked prefill): with a share rho of its time in prefill steps of S_p ms
+ *   and the rest in decode steps of s_d ms, a sequence sees 1 / (rho / S_p + (1 - rho) / s_d) ms
+ *   per token. ITL <= target caps rho at (1/s_d - 1/I) / (1/s_d - 1/S_p); the prefill share is
+ *   sized at the lower of that cap and the TTFT one, and the decode share is added, for the
+ *   decode operating point (its ITL s_d <= I) that needs the fewest workers in all.
  *
  * Dynamo's published formulas (the baseline of benchmarks/RESULTS.md), for comparison:
  * prefill = ceil(num_req x isl / interval x min(1, p_corr) / thpt(isl) / gpus) — every prompt token
@@ -97,6 +102,56 @@ export function decodeReplicas(m: ProfileModel, load: LoadForecast, targets: Tar
   const capacityPerWorker = perGpu * m.profile.gpusPerWorker;
   return { replicas: tokensPerS / capacityPerWorker, tokensPerS, capacityPerWorker, itlMs: best.itlMs, kvUsage: best.kvUsage, context, reachable };
 }
+
+export interface AggregatedSizing {
+  replicas: number;
+  prefill: PrefillSizing;
+  decode: DecodeSizing;
+  /** The prefill share of a worker's time allowed by the ITL target (chunked-prefill stalls). */
+  itlUtilization: number;
+  /** ms of one prefill chunk step. */
+  chunkStepMs: number;
+}
+
+/** A prefill chunk's step time (ms) for an uncached prompt, at vLLM's token budget per step. */
+export function chunkStepMs(m: ProfileModel, uncachedIsl: number, chunkTokens: number): number {
+  const n = Math.min(uncachedIsl, chunkTokens);
+  return m.prefill.ttftMs(n);
+}
+
+/** Mean ITL (ms) a decoding sequence sees with a share `rho` of its worker's time in prefill steps. */
+export function mixedItlMs(rho: number, chunkMs: number, decodeMs: number): number {
+  const r = Math.min(0.999, Math.max(0, rho));
+  return 1 / (r / chunkMs + (1 - r) / decodeMs);
+}
+
+export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, chunkTokens = 8192): AggregatedSizing {
+  const p = prefillReplicas(m, load, targets, corr);
+  const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
+  const sp = chunkStepMs(m, uncached, chunkTokens) * corr.prefill;
+  const I = targets.itlMs;
+  // The decode operating point and the prefill share trade against each other: a lighter decode
+  // point (lower ITL) leaves more room for prefill stalls. Try ITL budgets up to the target and
+  // keep the one that needs the fewest workers.
+  let best: AggregatedSizing | null = null;
+  const floor = m.decode.minItlMs * corr.decode;
+  for (let k = 1; k <= AGG_BUDGET_STEPS; k++) {
+    const budget = floor + ((I - floor) * k) / AGG_BUDGET_STEPS;
+    const d = decodeReplicas(m, load, { ttftMs: targets.ttftMs, itlMs: budget }, corr);
+    if (!d.reachable && best !== null) continue;
+    const sd = Math.max(1e-6, d.itlMs * corr.decode);
+    let itlUtilization = MAX_PREFILL_UTILIZATION;
+    if (sd >= I) itlUtilization = 0.05;
+    else if (sp > I) itlUtilization = (1 / sd - 1 / I) / (1 / sd - 1 / sp);
+    const u = Math.min(p.utilization, Math.max(0.05, Math.min(MAX_PREFILL_UTILIZATION, itlUtilization)));
+    const replicas = p.tokensPerS / (p.capacityPerWorker * u) + d.replicas;
+    if (best === null || replicas < best.replicas) best = { replicas, prefill: p, decode: d, itlUtilization, chunkStepMs: sp };
+  }
+  return best!;
+}
+
+/** ITL budgets tried by `aggregatedReplicas`. */
+const AGG_BUDGET_STEPS = 40;
 
 /** Dynamo's prefill formula (see the header): whole replicas, at least `minReplicas`. */
 export function dynamoPrefillReplicas(m: ProfileModel, load: LoadForecast, corr: Corrections = NO_CORRECTION, minReplicas = 1): number {

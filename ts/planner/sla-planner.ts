@@ -19,7 +19,10 @@ import { ProfileModel } from "./interpolate.js";
 import { ReplicaGovernor, type GovernorOptions } from "./governor.js";
 import { makePredictor, type Predictor, type PredictorOptions } from "./predictors.js";
 import {
+  aggregatedReplicas,
+  chunkStepMs,
   decodeReplicas,
+  mixedItlMs,
   dynamoAggregatedReplicas,
   dynamoDecodeReplicas,
   dynamoPrefillReplicas,
@@ -191,9 +194,9 @@ export class SlaPlanner {
       if (this.mode === "aggregated") return { aggregated: dynamoAggregatedReplicas(m, load, this.targets, this.corr) };
       return { prefill: dynamoPrefillReplicas(m, load, this.corr, 0), decode: dynamoDecodeReplicas(m, load, this.targets, this.corr, 0) };
     }
+    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr).replicas };
     const p = prefillReplicas(m, load, this.targets, this.corr);
     const d = decodeReplicas(m, load, this.targets, this.corr);
-    if (this.mode === "aggregated") return { aggregated: p.replicas + d.replicas };
     return { prefill: p.replicas, decode: d.replicas };
   }
 
@@ -210,14 +213,39 @@ export class SlaPlanner {
     const itl0 = m.decode.itlMs(0, context);
     const durationS = (p.idleTtftMs + load.osl * itl0) / 1000;
     const concurrency = (load.requestsPerS * durationS) / dWorkers;
-    return { ttftMs: p.idleTtftMs / (1 - rho), itlMs: m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context) * this.corr.decode };
+    const decodeItl = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context) * this.corr.decode;
+    if (this.mode !== "aggregated") return { ttftMs: p.idleTtftMs / (1 - rho), itlMs: decodeItl };
+    // One worker does both: decode steps take time too, and prefill chunks stall decoding.
+    const d = decodeReplicas(m, load, this.targets, this.corr);
+    const busy = Math.min(0.99, rho + d.tokensPerS / (d.capacityPerWorker * dWorkers));
+    const uncached = Math.max(1, load.isl * (1 - load.hitRate));
+    return { ttftMs: p.idleTtftMs / (1 - busy), itlMs: mixedItlMs(rho, chunkStepMs(m, uncached, 8192) * this.corr.prefill, decodeItl) };
   }
 
   private updateCorrections(obs: IntervalObservation, observed: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
+    if (this.o.formula === "dynamo") return this.updateDynamoCorrections(obs, observed, running);
     const est = this.estimateUncorrected(observed, running);
     const smooth = (prev: number, ratio: number) => clampTo(0.5 * prev + 0.5 * clampTo(ratio, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
     if (obs.ttftMs !== null && est.ttftMs !== null && est.ttftMs > 0) this.corr.prefill = smooth(this.corr.prefill, obs.ttftMs / est.ttftMs);
     if (obs.itlMs !== null && est.itlMs !== null && est.itlMs > 0) this.corr.decode = smooth(this.corr.decode, obs.itlMs / est.itlMs);
+  }
+
+  /**
+   * Dynamo's corrections, as published: observed TTFT / profiled TTFT at the mean input length
+   * (no queueing, no cache hits), observed ITL / profiled ITL at concurrency = requests per
+   * decode worker x duration / interval and context isl + osl / 2; the latest ratio, unsmoothed.
+   */
+  private updateDynamoCorrections(obs: IntervalObservation, o: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
+    const m = this.model;
+    if (obs.ttftMs !== null) this.corr.prefill = obs.ttftMs / m.prefill.ttftMs(o.isl);
+    const workers = running.decode ?? running.aggregated ?? 0;
+    if (obs.itlMs !== null && workers > 0) {
+      const context = o.isl + o.osl / 2;
+      const durationS = obs.durationMs != null ? obs.durationMs / 1000 : (m.prefill.ttftMs(o.isl) + o.osl * m.decode.itlMs(0, context)) / 1000;
+      const concurrency = (o.requestsPerS * obs.intervalS * durationS) / workers / obs.intervalS;
+      const expected = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context);
+      this.corr.decode = obs.itlMs / expected;
+    }
   }
 
   private estimateUncorrected(o: NonNullable<PlannerDecision["observed"]>, running: Replicas): { ttftMs: number | null; itlMs: number | null } {
