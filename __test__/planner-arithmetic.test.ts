@@ -21,17 +21,18 @@ const load = { requestsPerS: 10, isl: 2000, osl: 200, hitRate: 0.5 };
 describe("replica arithmetic", () => {
   it("prefill: uncached tokens over capacity at the utilization the TTFT target allows", () => {
     // 10 req/s x 2000 x (1 - 0.5) = 10,000 tokens/s; capacity thpt(1000) = 10,000 tokens/s;
-    // idle TTFT(1000) = 100 ms, so rho_max = 1 - 100/500 = 0.8: 10,000 / (10,000 x 0.8) = 1.25.
+    // idle TTFT(1000) = 100 ms, r = 500 / 100 = 5, rho_max = (5 - 1) / (2 + 5 - 1) = 2/3:
+    // 10,000 / (10,000 x 2/3) = 1.5.
     const p = prefillReplicas(m, load, targets);
     expect(p.tokensPerS).toBe(10000);
-    expect(p.utilization).toBeCloseTo(0.8, 12);
-    expect(p.replicas).toBeCloseTo(1.25, 12);
+    expect(p.utilization).toBeCloseTo(2 / 3, 12);
+    expect(p.replicas).toBeCloseTo(1.5, 12);
     expect(p.reachable).toBe(true);
-    // A correction of 2 doubles the idle TTFT: rho_max = 0.6, 10,000 / 6,000.
-    expect(prefillReplicas(m, load, targets, { prefill: 2, decode: 1 }).replicas).toBeCloseTo(10000 / 6000, 12);
+    // A correction of 2 doubles the idle TTFT: r = 2.5, rho_max = 1.5 / 3.5 = 3/7.
+    expect(prefillReplicas(m, load, targets, { prefill: 2, decode: 1 }).replicas).toBeCloseTo(7 / 3, 12);
     // Two GPUs a worker: half the workers.
     const m2 = new ProfileModel({ ...profile, gpusPerWorker: 2 });
-    expect(prefillReplicas(m2, load, targets).replicas).toBeCloseTo(0.625, 12);
+    expect(prefillReplicas(m2, load, targets).replicas).toBeCloseTo(0.75, 12);
   });
 
   it("decode: output tokens over the best throughput within the ITL target at isl + osl/2", () => {
@@ -186,7 +187,7 @@ describe("SlaPlanner", () => {
     const p = new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, mode: "disaggregated", corrections: false });
     const d = p.decide(busy, { prefill: 1, decode: 1 });
     expect(d.predicted).toEqual(load);
-    expect(d.wanted.prefill).toBeCloseTo(1.25, 9);
+    expect(d.wanted.prefill).toBeCloseTo(1.5, 9);
     expect(d.wanted.decode).toBeCloseTo(2000 / 768.5, 6);
     expect(d.target).toEqual({ prefill: 2, decode: 3 });
     // The baseline, Dynamo's formulas, on the same interval.
@@ -197,13 +198,13 @@ describe("SlaPlanner", () => {
   it("aggregated workers: prefill stalls decoding, the decode point is chosen jointly; a hand-made change is logged and respected", () => {
     const a = aggregatedReplicas(m, load, targets);
     // Hand check of the returned operating point: rho_itl = (1/s_d - 1/I) / (1/s_d - 1/S_p), with
-    // S_p = TTFT(1000) = 100 ms, I = 35 ms; prefill share at min(0.8, rho_itl); decode added.
+    // S_p = TTFT(1000) = 100 ms, I = 35 ms; prefill share at min(2/3, rho_itl); decode added.
     const sd = a.decode.itlMs;
     expect(sd).toBeLessThan(35);
     expect(a.chunkStepMs).toBe(100);
     const rho = (1 / sd - 1 / 35) / (1 / sd - 1 / 100);
     expect(a.itlUtilization).toBeCloseTo(rho, 12);
-    expect(a.replicas).toBeCloseTo(10000 / (10000 * Math.min(0.8, rho)) + 2000 / a.decode.capacityPerWorker, 9);
+    expect(a.replicas).toBeCloseTo(10000 / (10000 * Math.min(2 / 3, rho)) + 2000 / a.decode.capacityPerWorker, 9);
     // Choosing the decode point at the ITL target itself would leave no room for prefill stalls:
     // rho_itl(34.72) = 0.0123 -> the 0.05 floor -> 20 prefill workers + 2.6 decode.
     expect(a.replicas).toBeLessThan(8);

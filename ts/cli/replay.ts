@@ -17,6 +17,7 @@ import { readTrace, TraceError, type Trace } from "../replay/trace.js";
 import { REPLAY_DEFAULTS, type ReplayProgress } from "../replay/virtual-replay.js";
 import { ENGINE_PROFILE_NAMES, engineProfile } from "../mocker/profiles.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
+import { runPlannedReplayCommand } from "./replay-planner.js";
 
 const HELP = `Usage: kvroute replay --trace FILE [options]
 
@@ -47,6 +48,8 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
   --jobs N                virtual clock: policies replayed side by side, one process each
                           (default: the number of CPUs)
   --quiet                 no progress bar
+  --planner KIND          a planner sizes the fleet (sla, load, sla+load, dynamo, fixed) with
+                          --ttft-target MS --itl-target MS: see 'kvroute replay --planner sla --help'
 
 Exit codes: 0 done, 1 failed, 2 bad usage or trace, 130 interrupted (partial report written).`;
 
@@ -212,6 +215,8 @@ export function positiveNumber(flag: string, value: string | undefined, min = 0,
 }
 
 export async function runReplayCommand(argv: string[]): Promise<number> {
+  // A planner sizes the fleet: its own flags and report (replay-planner.ts).
+  if (argv.some((a) => a === "--planner" || a.startsWith("--planner="))) return runPlannedReplayCommand(argv);
   let cli: ReplayCliOptions;
   try {
     const { values } = parseCommandArgs(argv, {

@@ -6,8 +6,9 @@
  * kvroute's SLA sizing:
  * - prefill: only the tokens the fleet must compute count, `isl x (1 - hit rate)`; one worker
  *   prefills `thpt(uncached isl) x gpus` tokens/s, but a worker busy a share rho of the time
- *   makes a request wait, TTFT ~ ttft(isl) / (1 - rho) (a queue's p90-ish growth), so the target
- *   allows rho_max = 1 - ttft(isl) x correction / target; replicas = tokens/s / (capacity x rho_max).
+ *   makes a request wait: TTFT p90 ~ ttft(isl) x (1 + 2 rho / (1 - rho)), so the target allows
+ *   rho_max = (r - 1) / (r + 1), r = target / (ttft(isl) x correction); replicas = tokens/s /
+ *   (capacity x rho_max).
  * - decode: output tokens/s over the best per-GPU throughput whose ITL (divided by the observed /
  *   profiled correction) fits the target at context `isl + osl / 2`.
  * - aggregated workers do both, and a prefill chunk in a step stalls every decoding sequence of
@@ -49,6 +50,9 @@ export interface Corrections {
 
 export const NO_CORRECTION: Readonly<Corrections> = Object.freeze({ prefill: 1, decode: 1 });
 
+/** p90 / mean of a prefill queue's waiting time (see `prefillReplicas`). */
+export const TAIL_WAIT_FACTOR = 2;
+
 /** The busiest share of its time a prefill worker may be, whatever the target allows. */
 export const MAX_PREFILL_UTILIZATION = 0.9;
 
@@ -72,7 +76,11 @@ export function prefillReplicas(m: ProfileModel, load: LoadForecast, targets: Ta
   const tokensPerS = load.requestsPerS * uncached;
   const capacityPerWorker = m.prefill.thptPerGpu(uncached) * m.profile.gpusPerWorker;
   const idleTtftMs = m.prefill.ttftMs(uncached) * corr.prefill;
-  const allowed = 1 - idleTtftMs / targets.ttftMs;
+  // The target bounds a tail, not the mean: TTFT_p90 ~ idle x (1 + k rho / (1 - rho)), k the
+  // p90 of a queue's wait over its mean (ln 10 = 2.3 for exponential service, less for steadier
+  // ones; 2 here). Solved for rho: (r - 1) / (k + r - 1), r = target / idle.
+  const r = targets.ttftMs / idleTtftMs;
+  const allowed = r > 1 ? (r - 1) / (TAIL_WAIT_FACTOR + r - 1) : 0;
   const reachable = allowed > 0;
   const utilization = Math.min(MAX_PREFILL_UTILIZATION, Math.max(0.05, allowed));
   return { replicas: tokensPerS / (capacityPerWorker * utilization), tokensPerS, capacityPerWorker, utilization, idleTtftMs, reachable };

@@ -28,6 +28,7 @@ import {
   dynamoPrefillReplicas,
   fitGpuBudget,
   prefillReplicas,
+  TAIL_WAIT_FACTOR,
   type Corrections,
   type LoadForecast,
   type Targets,
@@ -219,7 +220,7 @@ export class SlaPlanner {
     const d = decodeReplicas(m, load, this.targets, this.corr);
     const busy = Math.min(0.99, rho + d.tokensPerS / (d.capacityPerWorker * dWorkers));
     const uncached = Math.max(1, load.isl * (1 - load.hitRate));
-    return { ttftMs: p.idleTtftMs / (1 - busy), itlMs: mixedItlMs(rho, chunkStepMs(m, uncached, 8192) * this.corr.prefill, decodeItl) };
+    return { ttftMs: p90Ttft(p.idleTtftMs, busy), itlMs: mixedItlMs(rho, chunkStepMs(m, uncached, 8192) * this.corr.prefill, decodeItl) };
   }
 
   private updateCorrections(obs: IntervalObservation, observed: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
@@ -257,6 +258,11 @@ export class SlaPlanner {
       this.corr = saved;
     }
   }
+}
+
+/** The prefill sizing's tail model (replicas.ts): TTFT p90 at utilization rho. */
+function p90Ttft(idleMs: number, rho: number): number {
+  return idleMs * (1 + (TAIL_WAIT_FACTOR * rho) / (1 - rho));
 }
 
 function observedLoad(o: IntervalObservation): PlannerDecision["observed"] {
