@@ -28,7 +28,7 @@ export interface LocalConnectorOptions {
   /** After a prefill worker drains: time its KV stays readable for decode workers. Default 2 s. */
   kvHoldMs?: number;
   /** The gateway's in-flight count for a worker (requests it still routes there), if known. */
-  inFlight?: (workerId: string) => number;
+  inFlight?: (workerId: string) => number | Promise<number>;
   log?: (line: string) => void;
 }
 
@@ -102,7 +102,7 @@ export class LocalConnector implements WorkerConnector {
     const t0 = Date.now();
     const r = await w.drain({ deadlineMs });
     // The gateway may still hold requests there (a stream finishing, a decode pulling KV).
-    while (this.o.inFlight && this.o.inFlight(w.id) > 0 && Date.now() - t0 < deadlineMs) await sleep(100);
+    while (this.o.inFlight && (await this.o.inFlight(w.id)) > 0 && Date.now() - t0 < deadlineMs) await sleep(100);
     if (kind === "prefill") await sleep(this.o.kvHoldMs ?? 2000);
     this.log(`${w.id} drained (${r.drained ? "nothing in flight" : `${r.inFlight ?? "?"} still in flight at the deadline`}, ${Date.now() - t0} ms): stopping`);
     await w.stop();

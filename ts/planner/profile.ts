@@ -174,3 +174,17 @@ export function parseProfile(f: Fields, source: string): PerfProfile {
     ...(str("engine") !== undefined ? { engine: str("engine") } : {}),
   };
 }
+
+/**
+ * The profile with every time multiplied by `factor` (throughputs divided by it): a mocker at
+ * `--speedup S` runs S times faster than its simulated clock, so its wall-clock profile is the
+ * simulated one scaled by 1 / S.
+ */
+export function scaleProfileTime(p: PerfProfile, factor: number): PerfProfile {
+  if (!(factor > 0) || !Number.isFinite(factor)) throw new ProfileError(`a time scale must be a finite number > 0 (got ${factor})`);
+  return {
+    ...p,
+    prefill: { isl: p.prefill.isl, ttftMs: p.prefill.ttftMs.map((x) => x * factor), thptPerGpu: p.prefill.thptPerGpu.map((x) => x / factor) },
+    decode: { ...p.decode, itlMs: p.decode.itlMs.map((x) => x * factor), thptPerGpu: p.decode.thptPerGpu.map((x) => x / factor) },
+  };
+}
