@@ -71,7 +71,7 @@ export interface PrefillSizing {
   reachable: boolean;
 }
 
-export function prefillReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION): PrefillSizing {
+export function prefillReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, tail = TAIL_WAIT_FACTOR): PrefillSizing {
   const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
   const tokensPerS = load.requestsPerS * uncached;
   const capacityPerWorker = m.prefill.thptPerGpu(uncached) * m.profile.gpusPerWorker;
@@ -80,7 +80,7 @@ export function prefillReplicas(m: ProfileModel, load: LoadForecast, targets: Ta
   // p90 of a queue's wait over its mean (ln 10 = 2.3 for exponential service, less for steadier
   // ones; 2 here). Solved for rho: (r - 1) / (k + r - 1), r = target / idle.
   const r = targets.ttftMs / idleTtftMs;
-  const allowed = r > 1 ? (r - 1) / (TAIL_WAIT_FACTOR + r - 1) : 0;
+  const allowed = r > 1 ? (r - 1) / (tail + r - 1) : 0;
   const reachable = allowed > 0;
   const utilization = Math.min(MAX_PREFILL_UTILIZATION, Math.max(0.05, allowed));
   return { replicas: tokensPerS / (capacityPerWorker * utilization), tokensPerS, capacityPerWorker, utilization, idleTtftMs, reachable };
@@ -133,8 +133,8 @@ export function mixedItlMs(rho: number, chunkMs: number, decodeMs: number): numb
   return 1 / (r / chunkMs + (1 - r) / decodeMs);
 }
 
-export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, chunkTokens = 8192): AggregatedSizing {
-  const p = prefillReplicas(m, load, targets, corr);
+export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, chunkTokens = 8192, tail = TAIL_WAIT_FACTOR): AggregatedSizing {
+  const p = prefillReplicas(m, load, targets, corr, tail);
   const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
   const sp = chunkStepMs(m, uncached, chunkTokens) * corr.prefill;
   const I = targets.itlMs;

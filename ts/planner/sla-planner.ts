@@ -71,6 +71,8 @@ export interface SlaPlannerOptions {
   gpuBudget?: number;
   /** Apply observed/profiled corrections. Default true. */
   corrections?: boolean;
+  /** p90 / mean of the prefill queue's wait the sizing assumes (replicas.ts). Default 2. */
+  tailFactor?: number;
 }
 
 export interface PlannerDecision {
@@ -100,6 +102,7 @@ export class SlaPlanner {
   private readonly governors: Map<WorkerKind, ReplicaGovernor>;
   private corr: Corrections = { prefill: 1, decode: 1 };
   private seenTraffic = false;
+  private readonly tail: number;
   private elapsedS = 0;
 
   constructor(o: SlaPlannerOptions) {
@@ -107,6 +110,8 @@ export class SlaPlanner {
     this.model = new ProfileModel(o.profile);
     this.targets = validateTargets(this.model, o.targets);
     this.mode = o.mode ?? "aggregated";
+    this.tail = o.tailFactor ?? TAIL_WAIT_FACTOR;
+    if (!(this.tail >= 0)) throw new InvalidConfigError(`tailFactor must be >= 0 (got ${o.tailFactor})`);
     if (!(o.adjustmentIntervalS > 0)) throw new InvalidConfigError(`the adjustment interval must be > 0 s (got ${o.adjustmentIntervalS})`);
     if (o.gpuBudget !== undefined && !(Number.isInteger(o.gpuBudget) && o.gpuBudget >= 1)) throw new InvalidConfigError(`the GPU budget must be an integer >= 1 (got ${o.gpuBudget})`);
     const kind = o.predictor ?? "constant";
@@ -168,6 +173,12 @@ export class SlaPlanner {
       osl: Math.max(1, this.predictors.osl.predict() ?? 1),
       hitRate: Math.min(1, Math.max(0, this.predictors.hitRate.predict() ?? 0)),
     };
+    if (observed !== null) {
+      const f = (x: number | null) => (x === null ? "n/a" : `${x.toFixed(1)} ms`);
+      reasons.push(
+        `observed ${observed.requestsPerS.toFixed(2)} req/s, isl ${observed.isl.toFixed(0)}, osl ${observed.osl.toFixed(0)}, hit ${(observed.hitRate * 100).toFixed(0)}%, TTFT p90 ${f(observed.ttftMs)}, ITL ${f(observed.itlMs)}; predicted ${predicted.requestsPerS.toFixed(2)} req/s; corrections prefill ${this.corr.prefill.toFixed(2)} decode ${this.corr.decode.toFixed(2)}`,
+      );
+    }
     const wanted = this.size(predicted);
     const target: Replicas = {};
     let capped = { ...wanted };
@@ -195,8 +206,8 @@ export class SlaPlanner {
       if (this.mode === "aggregated") return { aggregated: dynamoAggregatedReplicas(m, load, this.targets, this.corr) };
       return { prefill: dynamoPrefillReplicas(m, load, this.corr, 0), decode: dynamoDecodeReplicas(m, load, this.targets, this.corr, 0) };
     }
-    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr).replicas };
-    const p = prefillReplicas(m, load, this.targets, this.corr);
+    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr, 8192, this.tail).replicas };
+    const p = prefillReplicas(m, load, this.targets, this.corr, this.tail);
     const d = decodeReplicas(m, load, this.targets, this.corr);
     return { prefill: p.replicas, decode: d.replicas };
   }

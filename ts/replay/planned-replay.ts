@@ -52,6 +52,8 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   seasonPeriod?: number;
   governor?: GovernorOptions;
   gpuBudget?: number;
+  /** SLA planner: p90 / mean of the prefill queue's wait (default 2). */
+  tailFactor?: number;
   eventDelayMs?: number;
   seed?: number;
   signal?: AbortSignal;
@@ -158,6 +160,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         predictorOptions: o.seasonPeriod !== undefined ? { period: o.seasonPeriod } : {},
         governor: o.governor,
         gpuBudget: o.gpuBudget,
+        ...(o.tailFactor !== undefined ? { tailFactor: o.tailFactor } : {}),
       })
     : null;
   const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
