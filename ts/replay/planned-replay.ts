@@ -54,6 +54,8 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   gpuBudget?: number;
   /** SLA planner: p90 / mean of the prefill queue's wait (default 2). */
   tailFactor?: number;
+  /** SLA planner: apply observed / profiled correction factors (default true). */
+  corrections?: boolean;
   eventDelayMs?: number;
   seed?: number;
   signal?: AbortSignal;
@@ -161,6 +163,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         governor: o.governor,
         gpuBudget: o.gpuBudget,
         ...(o.tailFactor !== undefined ? { tailFactor: o.tailFactor } : {}),
+        ...(o.corrections !== undefined ? { corrections: o.corrections } : {}),
       })
     : null;
   const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
