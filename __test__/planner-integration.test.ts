@@ -48,6 +48,8 @@ interface Outcome {
   sentAt: number;
   ttftMs: number;
   ok: boolean;
+  /** What went wrong, for the failure message. */
+  detail?: string;
 }
 
 /** One streaming completion; ok when the stream ends with a finish_reason and [DONE]. */
@@ -67,9 +69,10 @@ async function send(url: string, t0: number): Promise<Outcome> {
       if (first < 0) first = performance.now() - start;
       text += chunk.toString();
     }
-    return { sentAt, ttftMs: first, ok: res.statusCode === 200 && text.includes('"finish_reason":"length"') && text.includes("[DONE]") };
-  } catch {
-    return { sentAt, ttftMs: first, ok: false };
+    const ok = res.statusCode === 200 && text.includes('"finish_reason":"length"') && text.includes("[DONE]");
+    return { sentAt, ttftMs: first, ok, ...(ok ? {} : { detail: `${res.statusCode} ${text.slice(-300)}` }) };
+  } catch (err) {
+    return { sentAt, ttftMs: first, ok: false, detail: String(err) };
   }
 }
 
@@ -164,7 +167,7 @@ describe("SLA planner with real mocker processes", () => {
     await loop.stop();
 
     // No request lost: every stream completed.
-    expect(outcomes.filter((o) => !o.ok)).toEqual([]);
+    expect(outcomes.filter((o) => !o.ok), lines.join("\n")).toEqual([]);
     const records = loop.decisions;
     const firstUp = records.findIndex((r) => (r.applied.aggregated ?? 0) > (r.decision.running.aggregated ?? 0));
     expect(firstUp).toBeGreaterThanOrEqual(0);

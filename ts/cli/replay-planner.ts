@@ -43,6 +43,7 @@ intervals within target) and worker-seconds.
   --cold-start S          seconds from asking for a worker to its first request (default 30)
   --predictor NAME        ${PREDICTOR_NAMES.join(", ")} (default constant)
   --season-period N       seasonal predictor: intervals per season
+  --tail-factor K         SLA planner: p90 / mean of a prefill queue's wait it sizes for (default 2)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --limit N, --rate X     as for replay
   --decision-log FILE     every decision with its reasons, one line each
@@ -68,6 +69,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "cold-start": { type: "string" },
       predictor: { type: "string" },
       "season-period": { type: "string" },
+      "tail-factor": { type: "string" },
       "day-curve": { type: "string" },
       limit: { type: "string" },
       rate: { type: "string" },
@@ -129,6 +131,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
       governor: { min, ...(max !== undefined ? { max } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
+      tailFactor: positiveNumber("tail-factor", values["tail-factor"], 0, true),
       onDecision: (line: string) => {
         if (logFile) appendFileSync(logFile, `${line}\n`);
         if (!quiet) process.stderr.write(`${line}\n`);

@@ -6,7 +6,8 @@
  *   itself once healthy (VllmWorker's registry hook), so the router never sees a cold worker.
  * - Down: workers still starting are stopped first; then the ones with the fewest requests in
  *   flight. A removed worker is drained — deregistered (no new request reaches it), then waited
- *   on until vLLM's /metrics says nothing runs or waits, then `kvHoldMs` more for a prefill
+ *   on until vLLM's /metrics says nothing runs or waits — after `settleMs` for requests routed
+ *   just before the deregistration to land, and twice in a row — then `kvHoldMs` more for a prefill
  *   worker (its finished prefills' KV blocks stay until the decode worker has pulled them), and
  *   `inFlight(id)` (the gateway's own count, when given) must be 0 too — and only then stopped.
  * - running(kind): workers of that role in the registry (whoever started them: a hand-started
@@ -27,6 +28,8 @@ export interface LocalConnectorOptions {
   drainDeadlineMs?: number;
   /** After a prefill worker drains: time its KV stays readable for decode workers. Default 2 s. */
   kvHoldMs?: number;
+  /** After deregistering, time for requests already routed there to arrive. Default 1 s. */
+  settleMs?: number;
   /** The gateway's in-flight count for a worker (requests it still routes there), if known. */
   inFlight?: (workerId: string) => number | Promise<number>;
   log?: (line: string) => void;
@@ -101,10 +104,21 @@ export class LocalConnector implements WorkerConnector {
     const deadlineMs = this.o.drainDeadlineMs ?? 120_000;
     const t0 = Date.now();
     const r = await w.drain({ deadlineMs });
-    // The gateway may still hold requests there (a stream finishing, a decode pulling KV).
-    while (this.o.inFlight && (await this.o.inFlight(w.id)) > 0 && Date.now() - t0 < deadlineMs) await sleep(100);
+    // A request routed just before the deregistration may still be on its way to the worker:
+    // let it land, then wait until the engine and the gateway both count nothing, twice in a row.
+    await sleep(this.o.settleMs ?? 1000);
+    let zeros = 0;
+    let inFlight: number | null = null;
+    while (Date.now() - t0 < deadlineMs) {
+      inFlight = await w.inFlight().catch(() => null);
+      const gateway = this.o.inFlight ? await this.o.inFlight(w.id) : 0;
+      if ((inFlight ?? 0) === 0 && gateway === 0) {
+        if (++zeros >= 2) break;
+      } else zeros = 0;
+      await sleep(100);
+    }
     if (kind === "prefill") await sleep(this.o.kvHoldMs ?? 2000);
-    this.log(`${w.id} drained (${r.drained ? "nothing in flight" : `${r.inFlight ?? "?"} still in flight at the deadline`}, ${Date.now() - t0} ms): stopping`);
+    this.log(`${w.id} drained (${zeros >= 2 ? "nothing in flight" : `${inFlight ?? "?"} still in flight at the deadline`}, ${Date.now() - t0} ms; engine idle after ${r.waitedMs} ms): stopping`);
     await w.stop();
   }
 
