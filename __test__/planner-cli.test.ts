@@ -14,8 +14,18 @@ import { afterEach, describe, expect, it } from "vitest";
 import { CLI, kvroute, stopCliProcesses } from "./helpers/cli-process.js";
 
 const run = promisify(execFile);
-const TRACE = "/work/shared/traces/mooncake_conversation.jsonl";
 const dir = mkdtempSync(join(tmpdir(), "kvr-planner-cli-"));
+/** A small Mooncake-format trace: 150 requests over 60 s, conversations sharing prefixes. */
+const TRACE = join(dir, "trace.jsonl");
+writeFileSync(
+  TRACE,
+  Array.from({ length: 150 }, (_, i) => {
+    const conv = i % 10;
+    const turn = Math.floor(i / 10);
+    const hashIds = [0, ...Array.from({ length: 2 + turn }, (_, k) => 1000 * conv + k + 1)];
+    return JSON.stringify({ timestamp: i * 400, input_length: hashIds.length * 512 - 100, output_length: 50 + (i % 7) * 20, hash_ids: hashIds });
+  }).join("\n") + "\n",
+);
 
 afterEach(() => stopCliProcesses());
 
@@ -93,11 +103,12 @@ describe("kvroute profile / replay --planner / planner", () => {
     expect(ready.workers).toHaveLength(1);
     // Decisions arrive every half second; with no traffic the planner holds its minimum.
     let text = "";
-    for (let i = 0; i < 100 && !/kvroute_planner_decisions_total/.test(text); i++) {
+    const decided = /kvroute_planner_decisions_total\{kind="aggregated",action="hold"\} [1-9]/;
+    for (let i = 0; i < 200 && !decided.test(text); i++) {
       await new Promise((r) => setTimeout(r, 100));
       text = await (await fetch(`${ready.url}/metrics`)).text();
     }
-    expect(text).toMatch(/kvroute_planner_decisions_total\{kind="aggregated",action="hold"\} [1-9]/);
+    expect(text).toMatch(decided);
     expect(text).toMatch(/kvroute_planner_last_decision_info\{kind="aggregated",action="hold",reason="[^"]*"\} 1/);
     p.child.kill("SIGTERM");
     expect(await p.exit).toBe(0);
