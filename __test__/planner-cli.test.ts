@@ -98,19 +98,23 @@ describe("kvroute profile / replay --planner / planner", () => {
     const cfg = join(dir, "up.json");
     writeFileSync(cfg, JSON.stringify({ adjustmentIntervalS: 0.5, minWorkers: 1, maxWorkers: 3 }));
     const p = kvroute(["up", "agg-router", "--port", "0", "--workers", "1", "--speedup", "20", "--planner", "sla", "--ttft-target", "400", "--itl-target", "20", "--planner-config", cfg, "--quiet"]);
-    const ready = await p.readyPromise;
-    expect(ready.planner).toBe("sla");
-    expect(ready.workers).toHaveLength(1);
-    // Decisions arrive every half second; with no traffic the planner holds its minimum.
-    let text = "";
-    const decided = /kvroute_planner_decisions_total\{kind="aggregated",action="hold"\} [1-9]/;
-    for (let i = 0; i < 200 && !decided.test(text); i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      text = await (await fetch(`${ready.url}/metrics`)).text();
+    // SIGTERM even when an expectation fails, so `up` stops the workers it started.
+    try {
+      const ready = await p.readyPromise;
+      expect(ready.planner).toBe("sla");
+      expect(ready.workers).toHaveLength(1);
+      // Decisions arrive every half second; with no traffic the planner holds its minimum.
+      let text = "";
+      const decided = /kvroute_planner_decisions_total\{kind="aggregated",action="hold"\} [1-9]/;
+      for (let i = 0; i < 200 && !decided.test(text); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        text = await (await fetch(`${ready.url}/metrics`)).text();
+      }
+      expect(text).toMatch(decided);
+      expect(text).toMatch(/kvroute_planner_last_decision_info\{kind="aggregated",action="hold",reason="[^"]*"\} 1/);
+    } finally {
+      p.child.kill("SIGTERM");
     }
-    expect(text).toMatch(decided);
-    expect(text).toMatch(/kvroute_planner_last_decision_info\{kind="aggregated",action="hold",reason="[^"]*"\} 1/);
-    p.child.kill("SIGTERM");
     expect(await p.exit).toBe(0);
   }, 60_000);
 });
