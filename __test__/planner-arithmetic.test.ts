@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { InvalidConfigError } from "../ts/errors.js";
 import { ReplicaGovernor } from "../ts/planner/governor.js";
+import { LoadPlanner } from "../ts/planner/load-planner.js";
 import { ProfileModel } from "../ts/planner/interpolate.js";
 import { ConstantPredictor, HoltPredictor, KalmanPredictor, makePredictor, MovingAveragePredictor, SeasonalPredictor } from "../ts/planner/predictors.js";
 import { parseProfile } from "../ts/planner/profile.js";
@@ -223,5 +224,29 @@ describe("SlaPlanner", () => {
     const d = p.decide(busy, { prefill: 1, decode: 1 });
     expect(d.target.prefill! + d.target.decode!).toBeLessThanOrEqual(3);
     expect(d.reasons.join("\n")).toMatch(/GPU budget 3/);
+  });
+});
+
+describe("LoadPlanner", () => {
+  const t = { ttftMs: 500, itlMs: 40 };
+  it("pressure from waiting, KV usage and measured latency (hand-computed), through the governor", () => {
+    const lp = new LoadPlanner({ targets: t, governor: { min: 1 } });
+    // 2 workers, 6 waiting in all: 1 + 6 / 2 / 2 = 2.5 beats kv 0.5 / 0.85 and TTFT 600 / 500.
+    const d = lp.decide({ workers: [{ waiting: 4, running: 8, kvUsage: 0.5 }, { waiting: 2, running: 8, kvUsage: 0.5 }], ttftMs: 600, itlMs: 20 }, 2);
+    expect(d.pressure).toBeCloseTo(2.5, 12);
+    expect(d.wanted).toBeCloseTo(5, 12);
+    expect(d.target).toBe(5);
+    expect(d.reasons.join(" ")).toMatch(/pressure 2.50 \(waiting/);
+  });
+
+  it("decides with no data at all (never stalls), shrinking only through the governor; the SLA floor holds", () => {
+    const lp = new LoadPlanner({ targets: t, governor: { min: 1, downCooldownIntervals: 0 } });
+    const idle = { workers: [{ waiting: 0, running: 0, kvUsage: 0 }, { waiting: 0, running: 0, kvUsage: 0 }, { waiting: 0, running: 0, kvUsage: 0 }], ttftMs: null, itlMs: null };
+    expect(lp.decide(idle, 3).target).toBe(3); // hand-made 3 noticed, vote 1
+    expect(lp.decide(idle, 3).target).toBe(1); // vote 2: down to the minimum
+    // Beside the SLA planner: its count is the floor.
+    const lp2 = new LoadPlanner({ targets: t, governor: { min: 1 } });
+    expect(lp2.decide(idle, 1, 4).target).toBe(4);
+    expect(() => new LoadPlanner({ targets: { ttftMs: 0, itlMs: 40 } })).toThrow(/TTFT target must be a number of milliseconds > 0/);
   });
 });
