@@ -21,6 +21,7 @@ import { writeFileSync } from "node:fs";
 import { resolve as resolvePath } from "node:path";
 import { DISAGG_POLICIES, type DisaggPolicyName } from "../gateway/disagg-policy.js";
 import { runTopologyReplay, topologyTable, TOPOLOGIES, type Topology, type TopologyResult } from "../replay/topology-replay.js";
+import { runPlannedReplayCommand } from "./replay-planner.js";
 
 const HELP = `Usage: kvroute replay --trace FILE [options]
 
@@ -51,6 +52,8 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
   --jobs N                virtual clock: policies replayed side by side, one process each
                           (default: the number of CPUs)
   --quiet                 no progress bar
+  --planner KIND          a planner sizes the fleet (sla, load, sla+load, dynamo, fixed) with
+                          --ttft-target MS --itl-target MS: see 'kvroute replay --planner sla --help'
 
 Topologies (virtual clock, KV-aware routing; instead of --policy):
   --topology LIST         comma-separated: agg, disagg, conditional. The same GPUs as P + D
@@ -226,6 +229,8 @@ export function positiveNumber(flag: string, value: string | undefined, min = 0,
 }
 
 export async function runReplayCommand(argv: string[]): Promise<number> {
+  // A planner sizes the fleet: its own flags and report (replay-planner.ts).
+  if (argv.some((a) => a === "--planner" || a.startsWith("--planner="))) return runPlannedReplayCommand(argv);
   let cli: ReplayCliOptions;
   try {
     const { values } = parseCommandArgs(argv, {

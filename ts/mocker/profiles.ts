@@ -62,6 +62,23 @@ const PROFILES = {
     }),
     numGpuBlocks: 26_000,
   },
+  /**
+   * Fitted to a measured PyTorch forward pass with Llama-3.1-8B shapes on one H200 (random bf16
+   * weights, chunked prefill, decode in CUDA graphs): scripts/profile-gpu/, docs/mocker.md.
+   */
+  "llama-3.1-8b-h200": {
+    description: "Llama-3.1-8B, bf16, one H200 (fitted to a measured PyTorch forward pass, not vLLM)",
+    timing: Object.freeze({
+      stepBaseMs: 8.09,
+      prefillPerTokenMs: 0.0251,
+      attentionPerTokenPairMs: 1.8e-6,
+      decodePerSeqMs: 0.0153,
+      decodePerContextTokenMs: 2.89e-5,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.006,
+    }),
+    numGpuBlocks: 53_689,
+  },
 } satisfies Record<string, EngineProfile>;
 
 export type EngineProfileName = keyof typeof PROFILES;
