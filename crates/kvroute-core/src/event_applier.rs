@@ -30,6 +30,10 @@
 //! - `mm_without_offset`, `prompt_embeds`, `unrecognized_extra_keys`, `extra_keys_length`
 //!   (tokens): extra keys the router keying cannot reproduce (vLLM 0.17–0.18 bare multimodal
 //!   identifiers, prompt-embedding digests, anything else).
+//! - `unknown_medium`, `remote_medium` (both keyings): a `medium` not in [`crate::tiers`]'s
+//!   table, or blocks not local to the worker (`locality` other than `LOCAL`, object stores).
+//!   Never taken for the GPU. Known media are stored under their tier's canonical name (`GPU`,
+//!   `CPU`, `DISK`), so `cpu`, `CPU_PINNED` and `CPU` are one tier.
 //! - `indexer_rejected`: the indexer refused the store (a 9th tier, or more than 65 536 slots).
 //! - the decoder's own reasons for events it dropped (unknown type, wrong field types).
 //!
@@ -121,6 +125,7 @@ use crate::events::{
 };
 use crate::extra_keys::{BlockExtraKeys, BlockMm, LoraKey, MmBlockKey};
 use crate::indexer::{Indexer, MAX_TIERS};
+use crate::tiers::{self, Placement};
 
 /// Default bound of each `(worker, dp_rank)` engine map.
 pub const DEFAULT_MAX_ENGINE_MAP_ENTRIES: usize = 1 << 20;
@@ -1118,7 +1123,16 @@ impl Core {
         out: &mut ApplyOutcome,
     ) {
         self.c.events_stored += 1;
-        let medium = e.medium.as_ref().map(|m| m.as_str());
+        let placement =
+            tiers::classify(e.medium.as_ref().map(|m| m.as_str()), e.locality.as_deref());
+        let medium = match placement {
+            Placement::Local(t) => Some(t.name()),
+            _ => {
+                return self
+                    .c
+                    .skip(placement.skip_reason().unwrap_or("unknown_medium"), out)
+            }
+        };
         let has_tokens = !e.token_ids.is_empty();
         let bs = if has_tokens {
             check_block_size(e, self.cfg.block_size)
@@ -1309,7 +1323,16 @@ impl Core {
         out: &mut ApplyOutcome,
     ) {
         self.c.events_removed += 1;
-        let medium = e.medium.as_ref().map(|m| m.as_str());
+        let placement =
+            tiers::classify(e.medium.as_ref().map(|m| m.as_str()), e.locality.as_deref());
+        let medium = match placement {
+            Placement::Local(t) => Some(t.name()),
+            _ => {
+                return self
+                    .c
+                    .skip(placement.skip_reason().unwrap_or("unknown_medium"), out)
+            }
+        };
         // A tier the index never saw holds nothing: no copies, the bits stay as they are.
         let tier = self.index.tier_id(medium);
         let (keys, n): (&[u64], usize) = match self.cfg.keying {

@@ -9,6 +9,7 @@
 //!   map, hash parity check).
 //! - [`scheduler`]: one model's routing decisions (cost model, load bookkeeping, speculative
 //!   entries, busy threshold, modes).
+//! - [`tiers`]: the `medium` of KV events mapped to the GPU, CPU and disk tiers.
 
 pub mod block_keys;
 pub mod engine_hash;
@@ -18,5 +19,6 @@ pub mod events;
 pub mod extra_keys;
 pub mod indexer;
 pub mod scheduler;
+pub mod tiers;
 
 pub use error::{Error, ErrorCode};
