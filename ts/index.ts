@@ -87,6 +87,7 @@ export {
 } from "./events/bus/index.js";
 export {
   KvRouter,
+  tierCredit,
   type BusyThreshold,
   type KvRouterModelStats,
   type KvRouterOptions,

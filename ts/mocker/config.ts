@@ -27,6 +27,8 @@ export interface TimingModel {
   kvTransferBaseMs: number;
   /** Remote prefill: per token pulled (KV bytes per token / RDMA bandwidth). */
   kvTransferPerTokenMs: number;
+  /** CPU offload tier hit: per token loaded host-to-device (KV bytes per token / PCIe bandwidth). */
+  cpuLoadPerTokenMs: number;
 }
 
 /** The default profile's timing (Llama-3.1-8B on one H100). */
@@ -82,6 +84,12 @@ export interface MockEngineConfig {
   blockSize?: number;
   /** Blocks in each rank's pool, the null block included, as vLLM counts them. Default: the profile's (26,000). */
   numGpuBlocks?: number;
+  /**
+   * Blocks of the CPU offload tier per rank (0: none). Default: from `kvTransferConfig` when its
+   * connector is `OffloadingConnector` (`num_cpu_blocks`, or `cpu_bytes_to_use` over the profile's
+   * KV bytes per block).
+   */
+  numCpuBlocks?: number;
   /** Default true (vLLM v1). */
   enablePrefixCaching?: boolean;
   /** `--prefix-caching-hash-algo`. Default "sha256". */
@@ -139,6 +147,8 @@ export interface ResolvedMockEngineConfig {
   servedModelNames: string[];
   blockSize: number;
   numGpuBlocks: number;
+  /** CPU offload tier blocks per rank (0: none). */
+  numCpuBlocks: number;
   enablePrefixCaching: boolean;
   hashAlgorithm: EngineHashAlgorithm;
   /** What the hasher gets: undefined = unset (sha256 default seed). */
@@ -187,6 +197,31 @@ export function resolveHashSeed(algorithm: EngineHashAlgorithm, seed: string | n
   const raw = seed === undefined ? process.env.PYTHONHASHSEED : seed ?? undefined;
   if (raw !== undefined) return raw;
   return algorithm.startsWith("xxhash") ? randomBytes(32).toString("hex") : undefined;
+}
+
+/**
+ * The CPU tier's blocks: `numCpuBlocks`, else the OffloadingConnector's `num_cpu_blocks` (vLLM
+ * < 0.12) or `cpu_bytes_to_use` over the bytes of a block, else 0.
+ */
+function cpuBlocks(config: MockEngineConfig, kt: ResolvedMockEngineConfig["kvTransfer"], bytesPerBlock: number): number {
+  if (config.numCpuBlocks !== undefined) {
+    if (!Number.isInteger(config.numCpuBlocks) || config.numCpuBlocks < 0) {
+      throw new InvalidConfigError(`numCpuBlocks must be an integer >= 0: got ${String(config.numCpuBlocks)}`);
+    }
+    return config.numCpuBlocks;
+  }
+  if (kt?.connector !== "OffloadingConnector") return 0;
+  const { num_cpu_blocks: blocks, cpu_bytes_to_use: bytes } = kt.extra;
+  const whole = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
+  if (blocks !== undefined) {
+    if (!whole(blocks)) throw new InvalidConfigError(`kv_connector_extra_config.num_cpu_blocks must be a positive integer: got ${JSON.stringify(blocks)}`);
+    return blocks;
+  }
+  if (bytes !== undefined) {
+    if (!whole(bytes)) throw new InvalidConfigError(`kv_connector_extra_config.cpu_bytes_to_use must be a positive integer: got ${JSON.stringify(bytes)}`);
+    return Math.floor(bytes / bytesPerBlock);
+  }
+  throw new InvalidConfigError("OffloadingConnector needs kv_connector_extra_config.num_cpu_blocks or cpu_bytes_to_use");
 }
 
 export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockEngineConfig {
@@ -269,6 +304,7 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     servedModelNames: served,
     blockSize,
     numGpuBlocks,
+    numCpuBlocks: cpuBlocks(config, kvTransfer, profile.kvBytesPerToken * blockSize),
     enablePrefixCaching: config.enablePrefixCaching ?? true,
     hashAlgorithm,
     hashSeed: resolveHashSeed(hashAlgorithm, config.hashSeed),

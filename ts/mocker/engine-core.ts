@@ -26,6 +26,7 @@ import { setImmediate as yieldImmediate } from "node:timers/promises";
 import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
 import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
 import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
+import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
@@ -118,6 +119,8 @@ class CoreRequest {
   /** Set at the first admission. */
   numLocalCached = -1;
   numExternalCached = 0;
+  /** Prompt tokens the next step loads from the CPU tier (charged at PCIe speed, then 0). */
+  cpuLoadTokens = 0;
   /** Text sampled but not delivered yet (the stop-string holdback). */
   unsent = "";
   /** The last (longest stop - 1) delivered characters: a stop string may start in them. */
@@ -271,6 +274,10 @@ export class EngineCore {
     this.rank = rank;
     const caching = config.enablePrefixCaching;
     this.pool = new BlockPool(config.numGpuBlocks, caching, caching && onEvents !== null);
+    if (caching && config.numCpuBlocks > 0) {
+      this.pool.offload = new CpuOffloadTier(config.numCpuBlocks);
+      this.pool.offloadBlockSize = config.blockSize;
+    }
     this.hasher = caching
       ? new BlockHasher({ blockSize: config.blockSize, algorithm: config.hashAlgorithm, seed: config.hashSeed })
       : null;
@@ -502,6 +509,10 @@ export class EngineCore {
       } else {
         ms += t.prefillPerTokenMs * numNew + t.attentionPerTokenPairMs * numNew * (req.numComputed + numNew / 2);
       }
+      if (req.cpuLoadTokens > 0) {
+        ms += t.cpuLoadPerTokenMs * req.cpuLoadTokens;
+        req.cpuLoadTokens = 0;
+      }
     }
     return ms;
   }
@@ -565,9 +576,16 @@ export class EngineCore {
           this.transferring.add(req);
           continue;
         }
-        const numNew = Math.min(req.numTokens - hitTokens, budget);
-        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens)) break;
+        // The OffloadingConnector's hits: the run of CPU-tier blocks right after the GPU hits.
+        const cpuTokens = cpuHitRun(this.pool.offload, req.hashes, hitBlocks.length, Math.floor((req.numTokens - 1) / config.blockSize)) * config.blockSize;
+        const numNew = Math.min(req.numTokens - hitTokens - cpuTokens, budget);
+        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens + cpuTokens)) break;
         this.waiting.shift();
+        if (cpuTokens > 0) {
+          req.cpuLoadTokens = cpuTokens;
+          if (req.numLocalCached < 0) req.numExternalCached = cpuTokens;
+          if (req.numPreemptions === 0) this.metrics.hostCacheHits(cpuTokens);
+        }
         this.recordLookup(req, hitTokens);
         this.admit(req, plan, numNew);
         budget -= numNew;
@@ -617,7 +635,7 @@ export class EngineCore {
     let evictable = 0;
     for (const b of hitBlocks) if (this.pool.refCount(b) === 0) evictable++;
     if (Math.max(newBlocks, 0) + evictable > this.pool.numFree) return false;
-    if (hitBlocks.length > 0) {
+    if (hitTokens > 0) {
       this.pool.touch(hitBlocks);
       for (const b of hitBlocks) req.blocks.push(b);
       req.numCachedBlocks = req.blocks.length;

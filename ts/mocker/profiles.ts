@@ -12,6 +12,8 @@ export interface EngineProfile {
   timing: Readonly<TimingModel>;
   /** KV blocks of 16 tokens per rank, as vLLM would size them (`gpu_memory_utilization` 0.9). */
   numGpuBlocks: number;
+  /** KV cache bytes per token per rank (2 x layers x KV heads / TP x head dim x 2 bytes). */
+  kvBytesPerToken: number;
 }
 
 const PROFILES = {
@@ -26,8 +28,11 @@ const PROFILES = {
       decodePerContextTokenMs: 5.0e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.006,
+      // 128 KiB a token over PCIe 5 x16 at ~40 GB/s effective.
+      cpuLoadPerTokenMs: 0.0033,
     }),
     numGpuBlocks: 26_000,
+    kvBytesPerToken: 131_072,
   },
   "llama-3.1-70b-h100-tp4": {
     description: "Llama-3.1-70B, bf16, four H100 SXM (tensor parallel 4)",
@@ -39,8 +44,11 @@ const PROFILES = {
       decodePerContextTokenMs: 2.9e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.0037,
+      // 80 KiB a token per rank, each GPU on its own PCIe 5 x16 link.
+      cpuLoadPerTokenMs: 0.002,
     }),
     numGpuBlocks: 26_000,
+    kvBytesPerToken: 81_920,
   },
 } satisfies Record<string, EngineProfile>;
 

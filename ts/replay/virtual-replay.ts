@@ -24,7 +24,7 @@ import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
 import type { MockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
-import type { Family } from "../mocker/metrics.js";
+import type { Family, VllmMetrics } from "../mocker/metrics.js";
 import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import type { KvRouterOptions, RouterEventSink } from "../router/kv-router.js";
@@ -48,6 +48,8 @@ export interface FleetSettings {
   profile?: string;
   /** KV blocks per worker (`--num-gpu-blocks-override`). Default: the profile's. */
   numGpuBlocks?: number;
+  /** CPU offload tier blocks per worker (OffloadingConnector `num_cpu_blocks`). Default 0: none. */
+  numCpuBlocks?: number;
   /** The engines' `--prefix-caching-hash-algo` (no effect on routing: the router keys by tokens). */
   hashAlgorithm?: EngineHashAlgorithm;
   /** Engine settings beyond those (timing model, max_num_seqs...). */
@@ -116,6 +118,13 @@ interface Flight {
   generated: number;
 }
 
+/** Prompt tokens an engine loaded from its CPU tier (`prompt_tokens_cached_by_source{source="host"}`). */
+function hostHits(m: VllmMetrics): number {
+  let v = 0;
+  for (const [key, s] of m.promptTokensCachedBySource.series) if (key.endsWith("\u0000host")) v += s.value;
+  return v;
+}
+
 /** Sum of a gauge or counter family's series (one engine, one rank: one series). */
 function total(f: Family): number {
   let v = 0;
@@ -182,6 +191,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     model,
     blockSize,
     numGpuBlocks,
+    numCpuBlocks: options.numCpuBlocks ?? 0,
     hashAlgorithm,
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
@@ -341,7 +351,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     trace: trace.file,
     partial: aborted,
     wallMs,
-    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits) })),
+    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
   });
 }
 

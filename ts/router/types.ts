@@ -56,6 +56,10 @@ export interface CandidateScore extends WorkerTarget {
   kvView?: boolean;
   /** Context blocks of its requests with this one added, shared prefixes counted per request. */
   contextBlocks?: number;
+  /** The indexed overlap by the best KV cache tier holding each block, e.g. `{ GPU: 4, CPU: 30 }`. */
+  tiers?: Record<string, number>;
+  /** Time to load the overlap from its tiers, in prefill blocks (priced in `cost` as prefill). */
+  loadBlocks?: number;
 }
 
 export interface RouteDecision extends WorkerTarget {
