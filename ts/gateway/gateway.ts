@@ -343,7 +343,7 @@ async function handleRoute(ctx: GatewayContext, served: ServedModels, req: Incom
     const decision: RouteDecision = ctx.router.route({ model, tokens, explain: true, dryRun: true, exclude: fleet.nonServing });
     const candidates = (decision.candidates ?? []).map((c) => {
       const base: Record<string, unknown> = { worker: c.workerId, dpRank: c.dpRank, overlapBlocks: c.overlapBlocks, cost: c.cost };
-      if (r.explain) Object.assign(base, { prefillBlocks: c.prefillBlocks, decodeBlocks: c.decodeBlocks, busy: c.busy });
+      if (r.explain) Object.assign(base, { prefillBlocks: c.prefillBlocks, decodeBlocks: c.decodeBlocks, busy: c.busy, tiers: c.tiers ?? {}, loadBlocks: c.loadBlocks ?? 0 });
       return base;
     });
     const out: Record<string, unknown> = { worker: decision.workerId, dpRank: decision.dpRank, overlapBlocks: decision.overlapBlocks, candidates };
