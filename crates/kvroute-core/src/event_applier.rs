@@ -27,9 +27,10 @@
 //!   tokens than a block, dividing it); they cannot be router-keyed and are not a misconfiguration.
 //! - `lora_without_name` (tokens): `lora_id` set but no `lora_name` (vLLM < 0.14): keying it
 //!   without the adapter would let base-model requests match LoRA blocks.
-//! - `mm_without_offset`, `prompt_embeds`, `unrecognized_extra_keys`, `extra_keys_length`
-//!   (tokens): extra keys the router keying cannot reproduce (vLLM 0.17–0.18 bare multimodal
-//!   identifiers, prompt-embedding digests, anything else).
+//! - `mm_without_offset`, `unrecognized_extra_keys`, `extra_keys_length` (tokens): extra keys
+//!   the router keying cannot reproduce (vLLM 0.17–0.18 bare multimodal identifiers, anything
+//!   else). Prompt-embeddings digests (a block's last key, 32 bytes) are keyed like a request's
+//!   ([`crate::prompt_embeds`]).
 //! - `unknown_medium`, `remote_medium` (both keyings): a `medium` not in [`crate::tiers`]'s
 //!   table, or blocks not local to the worker (`locality` other than `LOCAL`, object stores).
 //!   Never taken for the GPU. Known media are stored under their tier's canonical name (`GPU`,
@@ -712,7 +713,7 @@ fn parity_checkable(e: &BlockStored) -> bool {
 }
 
 /// Per-block extra keys of a `BlockStored` for router keys: `(mm keys, cache salt)` per block.
-type ParsedExtras<'e> = Vec<(Vec<MmBlockKey>, Option<&'e str>)>;
+type ParsedExtras<'e> = Vec<(Vec<MmBlockKey>, Option<&'e str>, Option<&'e [u8; 32]>)>;
 
 /// Reads the untagged per-block extra keys vLLM publishes (docs/vllm-kv-events.md): the LoRA
 /// name (also in `lora_name`), `[identifier, offset]` multimodal pairs, the cache salt (first
@@ -729,10 +730,17 @@ fn parse_extras<'e>(
     let mut out = Vec::with_capacity(keys.len());
     for (i, items) in keys.iter().enumerate() {
         let Some(items) = items else {
-            out.push((Vec::new(), None));
+            out.push((Vec::new(), None, None));
             continue;
         };
         let mut rest = &items[..];
+        // A prompt-embeds digest is the block's last key (32 bytes: sha256).
+        let mut embeds = None;
+        if let Some(Value::Bin(b)) = rest.last() {
+            embeds =
+                Some(<&[u8; 32]>::try_from(b.as_slice()).map_err(|_| "unrecognized_extra_keys")?);
+            rest = &rest[..rest.len() - 1];
+        }
         if let (Some(name), Some(Value::Str(s))) = (lora, rest.first()) {
             if s == name {
                 rest = &rest[1..];
@@ -756,11 +764,10 @@ fn parse_extras<'e>(
                 },
                 Value::Str(s) if root && i == 0 && j + 1 == rest.len() => salt = Some(s.as_str()),
                 Value::Str(_) => return Err("mm_without_offset"),
-                Value::Bin(_) => return Err("prompt_embeds"),
                 _ => return Err("unrecognized_extra_keys"),
             }
         }
-        out.push((mm, salt));
+        out.push((mm, salt, embeds));
     }
     Ok(out)
 }
@@ -1243,7 +1250,7 @@ impl Core {
                     Ok(p) => p,
                     Err(reason) => return self.c.skip(reason, out),
                 };
-                for (block, (mm, salt)) in blocks.zip(&parsed) {
+                for (block, (mm, salt, embeds)) in blocks.zip(&parsed) {
                     let extra = BlockExtraKeys {
                         lora,
                         mm: if mm.is_empty() {
@@ -1252,6 +1259,7 @@ impl Core {
                             BlockMm::Keys(mm)
                         },
                         cache_salt: *salt,
+                        prompt_embeds: *embeds,
                     };
                     let k = self.keyer.block_key(prev, block, &extra);
                     self.keys.push(k);

@@ -45,6 +45,7 @@ pub fn extra_keys(input: Option<ExtraKeysInput>) -> ExtraKeys {
         return ExtraKeys::default();
     };
     ExtraKeys {
+        prompt_embeds: Vec::new(),
         lora_name: input.lora_name,
         lora_path: input.lora_path,
         cache_salt: input.cache_salt,

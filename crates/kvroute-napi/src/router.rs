@@ -222,6 +222,7 @@ impl KvRouterCore {
             return Err(invalid_config("route output buffer too small"));
         }
         let extra = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name,
             cache_salt,
             ..ExtraKeys::default()
