@@ -169,3 +169,11 @@ export {
 } from "./config/index.js";
 export * from "./workers/index.js";
 export * from "./replay/index.js";
+export {
+  decodeEmbedsBase64,
+  loadPromptEmbeds,
+  DEFAULT_EMBEDS_DTYPE,
+  DEFAULT_MAX_EMBEDS_BYTES,
+  type PromptEmbeds,
+  type PromptEmbedsOptions,
+} from "./core/prompt-embeds.js";

@@ -27,6 +27,7 @@ import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
 import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
 import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
 import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
+import { embedsDigest } from "./prompt-embeds.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
@@ -59,6 +60,8 @@ export interface CoreRequestInit {
   sampleSeed: number;
   lora: LoraRef | null;
   cacheSalt: string | null;
+  /** Prompt embeddings' per-block digests, concatenated (prompt-embeds.ts). */
+  promptEmbeds?: Buffer | null;
   kvTransferParams: Record<string, unknown> | null;
   /** The request's own max_tokens, for the metrics histogram (null when it had none). */
   maxTokensParam: number | null;
@@ -708,17 +711,19 @@ export class EngineCore {
     if (stored.length === 0 || !this.pool.enableEvents) return;
     const lora = req.init.lora;
     const salt = req.init.cacheSalt;
-    const extraKeys: (string[] | null)[] = [];
+    const embeds = req.init.promptEmbeds;
+    const extraKeys: ((string | Uint8Array)[] | null)[] = [];
     for (let i = start; i < numFull; i++) {
       const salted = i === 0 && salt;
       // Most blocks have no extra keys: no array for them.
-      if (!lora && !salted) {
+      if (!lora && !salted && !embeds) {
         extraKeys.push(null);
         continue;
       }
-      const keys: string[] = [];
+      const keys: (string | Uint8Array)[] = [];
       if (lora) keys.push(lora.name);
       if (salted) keys.push(salt);
+      if (embeds) keys.push(embedsDigest(embeds, i));
       extraKeys.push(keys);
     }
     const event: BlockStoredEvent = {
@@ -924,8 +929,9 @@ export class EngineCore {
   }
 
   private extraKeys(init: CoreRequestInit): ExtraKeys | undefined {
-    if (!init.lora && !init.cacheSalt) return undefined;
+    if (!init.lora && !init.cacheSalt && !init.promptEmbeds) return undefined;
     const extra: ExtraKeys = {};
+    if (init.promptEmbeds) extra.promptEmbeds = init.promptEmbeds;
     if (init.lora) {
       extra.loraName = init.lora.name;
       extra.loraPath = init.lora.path;

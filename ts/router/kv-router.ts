@@ -288,6 +288,7 @@ export class KvRouter implements RequestLifecycle {
         req.cacheSalt ?? null,
         exclude,
         m.out,
+        req.promptEmbeds ?? null,
       ),
     );
     if (ok === 0) throw new NoWorkerError(req.model, "all_excluded");

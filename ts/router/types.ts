@@ -19,6 +19,8 @@ export interface RouteRequest {
   tokens: TokenIds;
   loraName?: string;
   cacheSalt?: string;
+  /** Prompt embeddings: per full block its 32-byte digest, concatenated (`loadPromptEmbeds`); `tokens` are then 0s, one per row. */
+  promptEmbeds?: Uint8Array;
   /** Defaults to a fresh id; the same id must be used for the lifecycle calls below. */
   requestId?: string;
   /** Include every candidate's cost breakdown. */

@@ -14,6 +14,12 @@
 //! Both keyings use [`BlockExtraKeys`]: the engine keying serializes it exactly as vLLM does, the
 //! router keying length-prefixes it. The common no-extras path allocates nothing.
 
+/// sha256 of no bytes: vLLM's prompt-embeds key of a block past the embeddings.
+pub const EMPTY_EMBEDS_DIGEST: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 /// A multimodal input placeholder: its content hash and where it sits in the token sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MmFeature {
@@ -52,8 +58,9 @@ pub struct ExtraKeys {
     pub cache_salt: Option<String>,
     /// Multimodal placeholders, sorted by offset and non-overlapping (vLLM's assumption).
     pub mm: Vec<MmFeature>,
-    /// Prompt embeddings: per full block, the sha256 of its embedding rows
-    /// ([`crate::prompt_embeds::PromptEmbeds::block_digests`]); the request's tokens are 0s.
+    /// Prompt embeddings: per block, the sha256 of its embedding rows (full blocks, then the
+    /// partial last one: [`crate::prompt_embeds::PromptEmbeds::block_digests`]); blocks past
+    /// them get the sha256 of no bytes, as in vLLM. The request's tokens are 0s.
     pub prompt_embeds: Vec<[u8; 32]>,
 }
 
@@ -96,9 +103,16 @@ impl ExtraKeys {
                 BlockMm::Window(window)
             },
             cache_salt: if start == 0 { self.salt() } else { None },
-            prompt_embeds: (end > start)
-                .then(|| self.prompt_embeds.get(start / (end - start)))
-                .flatten(),
+            // vLLM hashes `prompt_embeds[start:end]` on every block once a request has them:
+            // past the rows that is an empty slice.
+            prompt_embeds: match (self.prompt_embeds.is_empty(), end > start) {
+                (false, true) => Some(
+                    self.prompt_embeds
+                        .get(start / (end - start))
+                        .unwrap_or(&EMPTY_EMBEDS_DIGEST),
+                ),
+                _ => None,
+            },
         };
         (keys, next)
     }

@@ -207,6 +207,7 @@ impl KvRouterCore {
         cache_salt: Option<String>,
         exclude: Option<Uint32ArraySlice>,
         mut out: Float64ArraySlice,
+        prompt_embeds: Option<Uint8ArraySlice>,
     ) -> napi::Result<u32> {
         let mode = match mode {
             0 => Mode::Kv,
@@ -222,7 +223,10 @@ impl KvRouterCore {
             return Err(invalid_config("route output buffer too small"));
         }
         let extra = ExtraKeys {
-            prompt_embeds: Vec::new(),
+            prompt_embeds: match &prompt_embeds {
+                Some(d) => crate::embeds::digests(d)?,
+                None => Vec::new(),
+            },
             lora_name,
             cache_salt,
             ..ExtraKeys::default()

@@ -120,14 +120,16 @@ pub struct PromptEmbeds {
 }
 
 impl PromptEmbeds {
-    /// The extra hash key of each full block of `block_size` rows: sha256 of its bytes.
+    /// The extra hash key of each block of `block_size` rows: sha256 of its bytes; the last,
+    /// partial block's too (vLLM keys that block with it once output tokens fill it).
     pub fn block_digests(&self, block_size: usize) -> Vec<[u8; 32]> {
         let row = self.hidden * self.dtype.size();
-        let n = self.rows.checked_div(block_size).unwrap_or(0);
-        (0..n)
-            .map(|b| {
-                Sha256::digest(&self.data[b * block_size * row..(b + 1) * block_size * row]).into()
-            })
+        if block_size == 0 || row == 0 {
+            return vec![];
+        }
+        self.data
+            .chunks(block_size * row)
+            .map(|b| Sha256::digest(b).into())
             .collect()
     }
 }
