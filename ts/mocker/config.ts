@@ -92,6 +92,10 @@ export interface MockEngineConfig {
   numCpuBlocks?: number;
   /** Default true (vLLM v1). */
   enablePrefixCaching?: boolean;
+  /** `--enable-prompt-embeds`: completions may carry `prompt_embeds`. Default false. */
+  enablePromptEmbeds?: boolean;
+  /** `--dtype`: prompt embeddings are cast to it before hashing. Default bfloat16 (auto). */
+  dtype?: string;
   /** `--prefix-caching-hash-algo`. Default "sha256". */
   hashAlgorithm?: EngineHashAlgorithm;
   /**
@@ -149,6 +153,8 @@ export interface ResolvedMockEngineConfig {
   numGpuBlocks: number;
   /** CPU offload tier blocks per rank (0: none). */
   numCpuBlocks: number;
+  enablePromptEmbeds: boolean;
+  dtype: string | undefined;
   enablePrefixCaching: boolean;
   hashAlgorithm: EngineHashAlgorithm;
   /** What the hasher gets: undefined = unset (sha256 default seed). */
@@ -304,6 +310,8 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     servedModelNames: served,
     blockSize,
     numGpuBlocks,
+    enablePromptEmbeds: config.enablePromptEmbeds === true,
+    dtype: config.dtype === "auto" ? undefined : config.dtype,
     numCpuBlocks: cpuBlocks(config, kvTransfer, profile.kvBytesPerToken * blockSize),
     enablePrefixCaching: config.enablePrefixCaching ?? true,
     hashAlgorithm,

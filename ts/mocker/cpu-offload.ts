@@ -17,9 +17,19 @@ import type { KvEvent } from "../events/codec.js";
 export const MEDIUM_CPU = "CPU";
 
 export class CpuOffloadTier {
-  /** Insertion order is recency order: the first key is the least recently used. */
-  private readonly lru = new Map<bigint, true>();
-  /** The round in progress (between `begin` and `flush`). */
+  /**
+   * The LRU: slots in a doubly linked list, least recently used at the head (typed arrays, O(1)
+   * per operation; a `Map`'s insertion order is not used: V8 skips its deleted entries from the
+   * start on every `keys().next()`, which makes eviction quadratic).
+   */
+  private readonly slotOf = new Map<bigint, number>();
+  private readonly hashAt: BigUint64Array;
+  private readonly prev: Int32Array;
+  private readonly next: Int32Array;
+  /** Sentinel index (= capacity). */
+  private readonly head: number;
+  private used = 0;
+  /** The round in progress (between `offload` calls and `flush`). */
   private readonly stored: bigint[] = [];
   private readonly storedSet = new Set<bigint>();
   private readonly removed: bigint[] = [];
@@ -28,32 +38,46 @@ export class CpuOffloadTier {
   evictions = 0;
   hits = 0;
 
-  constructor(readonly capacity: number) {}
+  constructor(readonly capacity: number) {
+    const n = Math.max(0, capacity);
+    this.hashAt = new BigUint64Array(n);
+    this.prev = new Int32Array(n + 1);
+    this.next = new Int32Array(n + 1);
+    this.head = n;
+    this.prev[n] = n;
+    this.next[n] = n;
+  }
 
   get size(): number {
-    return this.lru.size;
+    return this.slotOf.size;
   }
 
   has(hash: bigint): boolean {
-    return this.lru.has(hash);
+    return this.slotOf.has(hash);
   }
 
   /** Refreshes a block a request loads from here. */
   touch(hash: bigint): void {
-    if (this.lru.delete(hash)) this.lru.set(hash, true);
+    const s = this.slotOf.get(hash);
+    if (s !== undefined) this.toTail(s);
     this.hits++;
   }
 
   /** Keeps a block the GPU evicts (part of the current round). */
   offload(hash: bigint): void {
     if (this.capacity <= 0) return;
-    if (this.lru.delete(hash)) {
-      this.lru.set(hash, true);
+    const s = this.slotOf.get(hash);
+    if (s !== undefined) {
+      this.toTail(s);
       return;
     }
-    while (this.lru.size >= this.capacity) {
-      const victim = this.lru.keys().next().value as bigint;
-      this.lru.delete(victim);
+    let slot: number;
+    if (this.used < this.capacity) slot = this.used++;
+    else {
+      slot = this.next[this.head]!;
+      const victim = this.hashAt[slot]!;
+      this.unlink(slot);
+      this.slotOf.delete(victim);
       this.evictions++;
       // Stored and evicted within the round: the router never needs to hear of it.
       if (this.storedSet.delete(victim)) {
@@ -61,10 +85,32 @@ export class CpuOffloadTier {
         if (i >= 0) this.stored.splice(i, 1);
       } else this.removed.push(victim);
     }
-    this.lru.set(hash, true);
+    this.hashAt[slot] = hash;
+    this.slotOf.set(hash, slot);
+    this.linkTail(slot);
     this.stored.push(hash);
     this.storedSet.add(hash);
     this.offloads++;
+  }
+
+  private unlink(s: number): void {
+    const p = this.prev[s]!;
+    const n = this.next[s]!;
+    this.next[p] = n;
+    this.prev[n] = p;
+  }
+
+  private linkTail(s: number): void {
+    const last = this.prev[this.head]!;
+    this.next[last] = s;
+    this.prev[s] = last;
+    this.next[s] = this.head;
+    this.prev[this.head] = s;
+  }
+
+  private toTail(s: number): void {
+    this.unlink(s);
+    this.linkTail(s);
   }
 
   /** The round's events (removals first), to be published before the GPU removals. */
@@ -90,7 +136,10 @@ export class CpuOffloadTier {
 
   /** vLLM's reset_prefix_cache: the offloaded blocks go too (the router clears the worker). */
   clear(): void {
-    this.lru.clear();
+    this.slotOf.clear();
+    this.used = 0;
+    this.prev[this.head] = this.head;
+    this.next[this.head] = this.head;
     this.stored.length = 0;
     this.storedSet.clear();
     this.removed.length = 0;
