@@ -53,7 +53,7 @@ pub fn load_prompt_embeds(
 
 /// Per-block digests from their concatenation (32 bytes each).
 pub fn digests(concat: &[u8]) -> napi::Result<Vec<[u8; 32]>> {
-    if concat.len() % 32 != 0 {
+    if !concat.len().is_multiple_of(32) {
         return Err(invalid_input("prompt-embeds digests must be 32 bytes each"));
     }
     Ok(concat

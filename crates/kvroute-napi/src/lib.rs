@@ -3,7 +3,7 @@
 //! core's stable code as a `KVR_*: ` message prefix, which the TS layer turns into typed errors.
 
 mod convert;
-mod embeds;
+pub mod embeds;
 pub mod events;
 mod hasher;
 mod indexer;
