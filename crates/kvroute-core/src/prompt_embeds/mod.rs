@@ -244,10 +244,22 @@ pub fn load(
     let (rows, hidden) = (size[0], size[1]);
     let mut data = Vec::with_capacity(rows * hidden * model.size());
     let es = stored.size();
-    for r in 0..rows {
-        for c in 0..hidden {
-            let at = (t.offset + r * stride[0] + c * stride[1]) * es;
-            cast(&storage[at..at + es], stored, model, &mut data);
+    if stride[1] == 1 && (rows <= 1 || stride[0] == hidden) {
+        // Contiguous rows (what torch.save of a plain tensor holds): one slice.
+        let bytes = &storage[t.offset * es..(t.offset + rows * hidden) * es];
+        if same_dtype(stored, model) {
+            data.extend_from_slice(bytes);
+        } else {
+            for b in bytes.chunks_exact(es) {
+                cast(b, stored, model, &mut data);
+            }
+        }
+    } else {
+        for r in 0..rows {
+            for c in 0..hidden {
+                let at = (t.offset + r * stride[0] + c * stride[1]) * es;
+                cast(&storage[at..at + es], stored, model, &mut data);
+            }
         }
     }
     Ok(PromptEmbeds {
@@ -257,6 +269,15 @@ pub fn load(
         sent_dtype: stored.name(),
         data,
     })
+}
+
+fn same_dtype(from: Stored, to: EmbedsDtype) -> bool {
+    matches!(
+        (from, to),
+        (Stored::F32, EmbedsDtype::F32)
+            | (Stored::F16, EmbedsDtype::F16)
+            | (Stored::Bf16, EmbedsDtype::Bf16)
+    )
 }
 
 /// One element from `from` to `to`, as torch's `Tensor.to` converts it (through f32 for the
