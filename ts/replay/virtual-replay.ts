@@ -27,7 +27,7 @@ import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family, VllmMetrics } from "../mocker/metrics.js";
 import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
-import type { KvRouterOptions, RouterEventSink } from "../router/kv-router.js";
+import { tierCredit, type KvRouterOptions, type RouterEventSink } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
@@ -145,7 +145,10 @@ export function workerIds(n: number): string[] {
 
 /** The router a replay (either clock) routes with: the fleet's options, quiet, on `clock`. */
 export function replayRouter(o: FleetSettings & { seed?: number }, policy: RouterMode, registry: MemoryRegistry, clock: () => number): TimedRouter {
-  return new TimedRouter({ ...o.router, registry, mode: policy, seed: o.seed ?? REPLAY_DEFAULTS.seed, clock, log: () => {} });
+  // A CPU hit is priced from the fleet's profile (prefill vs PCIe speed) unless the options say.
+  const t = { ...engineProfile(o.profile ?? REPLAY_DEFAULTS.profile).timing, ...o.engine?.timing };
+  const tierCredits = { CPU: tierCredit(t.prefillPerTokenMs, t.cpuLoadPerTokenMs), ...o.router?.tierCredits };
+  return new TimedRouter({ ...o.router, tierCredits, registry, mode: policy, seed: o.seed ?? REPLAY_DEFAULTS.seed, clock, log: () => {} });
 }
 
 /** The engine profile and KV blocks per worker a fleet runs with. */
