@@ -35,6 +35,9 @@
 //!   table, or blocks not local to the worker (`locality` other than `LOCAL`, object stores).
 //!   Never taken for the GPU. Known media are stored under their tier's canonical name (`GPU`,
 //!   `CPU`, `DISK`), so `cpu`, `CPU_PINNED` and `CPU` are one tier.
+//! - `tier_block_size` (both keyings): a non-GPU tier's `BlockStored` with tokens in another
+//!   block size than the model's (LMCache publishes its 256-token chunks): skipped, and unlike a
+//!   GPU event of the wrong size it does not flag the worker.
 //! - `indexer_rejected`: the indexer refused the store (a 9th tier, or more than 65 536 slots).
 //! - the decoder's own reasons for events it dropped (unknown type, wrong field types).
 //!
@@ -126,7 +129,7 @@ use crate::events::{
 };
 use crate::extra_keys::{BlockExtraKeys, BlockMm, LoraKey, MmBlockKey};
 use crate::indexer::{Indexer, MAX_TIERS};
-use crate::tiers::{self, Placement};
+use crate::tiers::{self, Placement, Tier};
 
 /// Default bound of each `(worker, dp_rank)` engine map.
 pub const DEFAULT_MAX_ENGINE_MAP_ENTRIES: usize = 1 << 20;
@@ -1147,6 +1150,11 @@ impl Core {
             BlockSizeCheck::Ok
         };
         if bs == BlockSizeCheck::Mismatch {
+            // Connectors key their tiers in their own chunks (LMCache: 256 tokens by default):
+            // not the worker's misconfiguration, and not placeable in the model's blocks.
+            if placement != Placement::Local(Tier::Gpu) {
+                return self.c.skip("tier_block_size", out);
+            }
             self.c.block_size_mismatches += 1;
             rs.flag_block_size(e, self.cfg.block_size);
         }

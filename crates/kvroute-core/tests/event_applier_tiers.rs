@@ -140,3 +140,29 @@ fn unknown_and_remote_media_are_counted_and_dropped() {
         assert_eq!(ap.indexer().stats().pairs, 2);
     }
 }
+
+#[test]
+fn connector_chunks_of_another_size_are_skipped_without_flagging_the_worker() {
+    // LMCache's connector: one BlockStored per 256-token chunk, on the CPU tier.
+    let tokens: Vec<u32> = (0..BS * 4).collect();
+    for keying in [Keying::Tokens, Keying::Engine] {
+        let mut ap = applier(keying);
+        let chunk = KvEvent::BlockStored(BlockStored {
+            block_hashes: BlockHashes::from_keys(vec![77]),
+            token_ids: tokens.clone(),
+            block_size: BS * 4,
+            medium: Some(Medium::parse("cpu")),
+            ..Default::default()
+        });
+        let out = ap.apply_payload("w", &batch(vec![chunk])).unwrap();
+        assert_eq!(out.skipped, 1);
+        let s = ap.stats();
+        assert_eq!(
+            s.skipped_reasons.get("tier_block_size"),
+            Some(&1),
+            "{keying:?}"
+        );
+        assert_eq!(s.block_size_mismatches, 0);
+        assert!(s.workers.iter().all(|w| !w.block_size_mismatch));
+    }
+}
