@@ -19,6 +19,9 @@ const FLAGS: Record<string, string> = {
   "queue-max-size": "queue.maxSize",
   "queue-timeout-ms": "queue.timeoutMs",
   "max-active-per-worker": "queue.maxActivePerWorker",
+  registry: "registry",
+  bus: "bus",
+  namespace: "fleet.namespace",
 };
 
 const HELP = `Usage: kvroute serve [--config FILE] [options]
@@ -36,6 +39,9 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
   --queue-max-size N          requests held while every worker is busy
   --queue-timeout-ms N        longest wait in that queue
   --max-active-per-worker N   in-flight requests per worker DP rank before it counts as busy
+  --registry etcd://H:P       fleet mode: discover workers in etcd (etcds:// for TLS)
+  --bus nats://H:P            fleet mode: share request load with the other replicas over NATS
+  --namespace NS              fleet namespace (etcd keys, NATS subjects; default "default")
 ${accessHelp(30)}
 
 Precedence: flags > environment > file > defaults. Environment variables:
@@ -94,8 +100,9 @@ export async function runServe(argv: string[]): Promise<number> {
   }
   warnUntokenized("kvroute serve", running.gateway.tokenizers.missing(config.models.map((m) => m.name)));
   const workers = config.models.reduce((n, m) => n + m.workers.length, 0);
+  const fleet = config.registry || config.bus ? { fleet: { registry: config.registry || null, bus: config.bus || null, namespace: config.fleet.namespace } } : {};
   console.log(
-    `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers })}`,
+    `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers, ...fleet })}`,
   );
   await waitForSignal();
   console.error("kvroute serve: stopping");
