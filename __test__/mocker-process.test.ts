@@ -183,7 +183,7 @@ describe("kvroute mock (process)", () => {
     expect(small.stderr).toContain("larger than the maximum number of tokens that can be stored in KV cache");
     const profile = run("m", "--profile", "llama-9b", "--port", "0");
     expect(profile.status).toBe(2);
-    expect(profile.stderr).toContain('unknown engine profile "llama-9b" (expected one of llama-3.1-8b-h100, llama-3.1-70b-h100-tp4)');
+    expect(profile.stderr).toContain('unknown engine profile "llama-9b" (expected one of llama-3.1-8b-h100, llama-3.1-70b-h100-tp4, dynamo-polynomial, llama-3.1-8b-h200)');
     expect(run("--help").status).toBe(0);
   });
 });

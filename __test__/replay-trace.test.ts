@@ -151,6 +151,6 @@ describe("kvroute replay with a malformed trace", () => {
     expect(bad(["--event-drop-rate", "2"]).stderr).toMatch(/--event-drop-rate must be in \[0, 1\]/);
     const profile = bad(["--profile", "gpt-5-b200"]);
     expect(profile.status).toBe(2);
-    expect(profile.stderr).toMatch(/unknown engine profile "gpt-5-b200" \(expected one of llama-3\.1-8b-h100, llama-3\.1-70b-h100-tp4\)/);
+    expect(profile.stderr).toMatch(/unknown engine profile "gpt-5-b200" \(expected one of llama-3\.1-8b-h100, llama-3\.1-70b-h100-tp4, dynamo-polynomial, llama-3\.1-8b-h200\)/);
   });
 });
