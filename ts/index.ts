@@ -117,6 +117,8 @@ export {
   type TokenizerOptions,
 } from "./tokenizer/index.js";
 export { MemoryRegistry, validateRecord, type RegistryChange } from "./registry/memory-registry.js";
+export { openRegistry, parseK8sRegistryUrl, type OpenedRegistry, type OpenRegistryOptions } from "./registry/open-registry.js";
+export * from "./kubernetes/index.js";
 export {
   BadRequestError,
   BodyTooLargeError,

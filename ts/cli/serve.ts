@@ -6,6 +6,7 @@
 import { describeSchema, loadGatewayConfig } from "../config/index.js";
 import { KvrouteError, TokenizerLoadError } from "../errors.js";
 import { startGateway } from "../gateway/server.js";
+import { openRegistry, type OpenedRegistry } from "../registry/open-registry.js";
 import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { parseCommandArgs, UsageError } from "./args.js";
 
@@ -28,6 +29,9 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
 /v1/completions, /v1/chat/completions, /v1/models, /v1/kvroute/route, /health and /metrics.
 
   --config FILE               JSON or YAML (default: $KVROUTE_CONFIG)
+  --registry URL              where workers come from: memory: (default: the config's workers),
+                              k8s://<namespace>/<service>[,<service>...] (the ready pods of those
+                              Services' EndpointSlices; docs/kubernetes.md)
   --host H                    listen address (default 0.0.0.0)
   --port P                    listen port (default 8000)
   --router-mode M             kv | round-robin | random | least-loaded (default kv)
@@ -52,9 +56,11 @@ tokenizer folder that does not load).`;
 
 export async function runServe(argv: string[]): Promise<number> {
   let config;
+  let registryUrl: string | undefined;
   try {
     const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
       config: { type: "string" },
+      registry: { type: "string" },
       help: { type: "boolean", short: "h" },
       ...ACCESS_OPTIONS,
     };
@@ -64,6 +70,7 @@ export async function runServe(argv: string[]): Promise<number> {
       console.log(HELP);
       return 0;
     }
+    registryUrl = values["registry"] as string | undefined;
     const overrides: Record<string, string | undefined> = {};
     const overrideSources: Record<string, string> = {};
     for (const [flag, path] of Object.entries(FLAGS)) {
@@ -84,22 +91,26 @@ export async function runServe(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  if (config.models.length === 0) console.error("kvroute serve: warning: no models configured; every request will get 404");
+  if (config.models.length === 0 && registryUrl === undefined) console.error("kvroute serve: warning: no models configured; every request will get 404");
   let running;
+  let opened: OpenedRegistry | undefined;
   try {
-    running = await startGateway(config);
+    opened = registryUrl === undefined ? undefined : await openRegistry(registryUrl, { log: (m) => console.error(`kvroute serve: ${m}`) });
+    running = await startGateway(config, opened ? { registry: opened.registry } : {});
   } catch (err) {
+    await opened?.close();
     console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);
-    return err instanceof TokenizerLoadError ? 2 : 1;
+    return err instanceof TokenizerLoadError || (err instanceof KvrouteError && err.code === "KVR_INVALID_CONFIG") ? 2 : 1;
   }
   warnUntokenized("kvroute serve", running.gateway.tokenizers.missing(config.models.map((m) => m.name)));
-  const workers = config.models.reduce((n, m) => n + m.workers.length, 0);
+  const workers = running.registry.list().length;
   console.log(
     `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers })}`,
   );
   await waitForSignal();
   console.error("kvroute serve: stopping");
   await running.close();
+  await opened?.close();
   return 0;
 }
 
