@@ -15,7 +15,25 @@ binaries=(kube-apiserver kube-controller-manager)
 missing=()
 for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
-command -v go >/dev/null || { echo "scripts/k8s/build.sh: Go is missing (https://go.dev/dl)" >&2; exit 1; }
+command -v go >/dev/null || { echo "scripts/k8s/build.sh: Go is missing (apt-get install golang-go, or https://go.dev/dl)" >&2; exit 1; }
+
+# Kubernetes 1.34 needs Go >= 1.24. Go >= 1.21 switches to it by itself (GOTOOLCHAIN=auto, from the
+# module proxy). An older Go (Debian bookworm's 1.19) downloads that toolchain module itself, as an
+# ordinary module, into .cache/k8s/go.
+export GOTOOLCHAIN=auto
+go_minor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+if [ "${go_minor:-0}" -lt 21 ]; then
+  toolchain=v0.0.1-go1.24.0.$(go env GOOS)-$(go env GOARCH)
+  gobin=$PWD/.cache/k8s/go-$toolchain
+  if [ ! -x "$gobin/bin/go" ]; then
+    echo "Go $(go env GOVERSION) is too old for Kubernetes $version: fetching golang.org/toolchain@$toolchain" >&2
+    dir=$(GOFLAGS=-mod=mod go mod download -json "golang.org/toolchain@$toolchain" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+    rm -rf "$gobin" && cp -r "$dir" "$gobin" && chmod -R u+w "$gobin"
+    # Module zips keep no permissions: make the binaries executable again (as cmd/go does).
+    chmod +x "$gobin"/bin/* "$gobin"/pkg/tool/*/*
+  fi
+  export PATH=$gobin/bin:$PATH GOROOT=$gobin
+fi
 
 mkdir -p "$bin" "$build"
 cd "$build"
