@@ -152,8 +152,10 @@ describe("KubernetesConnector (real kube-apiserver)", () => {
   it("scale-down drains the chosen pod first (the registry drops it, it finishes), then the ReplicaSet controller deletes that very pod", async () => {
     const registry = await new KubernetesRegistry({ namespace: NS, service: "decode", client: cluster.client }).start();
     await waitFor(Date.now() + 30_000, async () => registry.list().length === 3, () => JSON.stringify(registry.list()));
-    // The oldest pod is the idle one: not the pod the ReplicaSet controller would delete by itself (the newest).
+    // The idle pod has been ready for an hour: left alone, the ReplicaSet controller would delete a
+    // pod ready more recently (it ranks by readiness time after pod-deletion-cost).
     const victim = (await byAge())[0]!.metadata.name;
+    await kubelet.setReady(NS, victim, ip, true, new Date(Date.now() - 3600_000));
     let released = false;
     let checks = 0;
     const connector = new KubernetesConnector({

@@ -207,6 +207,10 @@ describe("kvroute serve --registry k8s://<namespace>/<service>", () => {
         return workers.every((w) => w === "gw-a");
       }, () => serve.stderr());
       for (let i = 0; i < 6; i++) expect(await complete(`only a ${i}`)).toBe("gw-a");
+      const metrics = await (await fetch(`${ready.url}/metrics`)).text();
+      expect(metric(metrics, "kvroute_registry_workers")).toBe(1);
+      expect(metrics).toMatch(/kvroute_registry_records_invalid_total\{reason="bad_annotations"\} 0/);
+      expect(metrics).toMatch(/kvroute_kubernetes_lists_total\{resource="endpointslices"\} 1/);
       serve.child.kill("SIGTERM");
       expect(await serve.exit).toBe(0);
     } finally {

@@ -54,9 +54,9 @@ export class Kubelet {
     });
   }
 
-  /** Running with `ip` as its podIP, Ready or not. */
-  async setReady(namespace: string, name: string, ip: string, ready: boolean): Promise<void> {
-    const now = new Date().toISOString();
+  /** Running with `ip` as its podIP, Ready or not (since `since`, default now). */
+  async setReady(namespace: string, name: string, ip: string, ready: boolean, since = new Date()): Promise<void> {
+    const now = since.toISOString();
     const status = ready ? "True" : "False";
     await this.client.mergePatch(`/api/v1/namespaces/${namespace}/pods/${name}/status`, {
       status: {

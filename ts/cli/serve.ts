@@ -97,6 +97,7 @@ export async function runServe(argv: string[]): Promise<number> {
   try {
     opened = registryUrl === undefined ? undefined : await openRegistry(registryUrl, { log: (m) => console.error(`kvroute serve: ${m}`) });
     running = await startGateway(config, opened ? { registry: opened.registry } : {});
+    opened?.registerMetrics(running.gateway.metrics.registry);
   } catch (err) {
     await opened?.close();
     console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);

@@ -10,12 +10,16 @@
  * |   `&pods=<label selector>` (pods watched)             | from KubeClient.fromEnvironment()     |
  */
 import { InvalidConfigError } from "../errors.js";
+import type { Registry as MetricsRegistry } from "prom-client";
 import { KubernetesRegistry } from "../kubernetes/kubernetes-registry.js";
+import { registerKubernetesRegistryMetrics } from "../kubernetes/registry-metrics.js";
 import type { Registry } from "../router/types.js";
 import { MemoryRegistry } from "./memory-registry.js";
 
 export interface OpenedRegistry {
   registry: Registry;
+  /** Puts the registry's own counters on a gateway's /metrics registry (watched registries). */
+  registerMetrics(metrics: MetricsRegistry): void;
   /** Stops watches and connections (a no-op for memory). */
   close(): Promise<void>;
 }
@@ -31,7 +35,7 @@ export async function openRegistry(url: string, options: OpenRegistryOptions = {
   const scheme = /^([a-z0-9+.-]+):/i.exec(url)?.[1]?.toLowerCase();
   switch (scheme) {
     case "memory":
-      return { registry: new MemoryRegistry(), close: async () => {} };
+      return { registry: new MemoryRegistry(), registerMetrics: () => {}, close: async () => {} };
     case "k8s": {
       const { namespace, services, port, pods } = parseK8sRegistryUrl(url);
       const registry = new KubernetesRegistry({
@@ -42,7 +46,7 @@ export async function openRegistry(url: string, options: OpenRegistryOptions = {
         ...(options.log ? { log: options.log } : {}),
       });
       await registry.start();
-      return { registry, close: () => registry.close() };
+      return { registry, registerMetrics: (metrics) => registerKubernetesRegistryMetrics(metrics, registry), close: () => registry.close() };
     }
     default:
       throw new InvalidConfigError(`registry URL ${JSON.stringify(url)}: unknown scheme (expected memory: or k8s://<namespace>/<service>)`);
