@@ -58,6 +58,11 @@ export function podHostIp(): string {
 export interface KubeClusterOptions {
   /** How long to wait for the apiserver and the controllers. Default 120 s (a busy machine). */
   readyTimeoutMs?: number;
+  /**
+   * The apiserver's watch cache (default on). Off, watches are served by etcd itself: one from a
+   * compacted resourceVersion gets 410 Gone for certain (the cache may still serve it).
+   */
+  watchCache?: boolean;
 }
 
 export class KubeCluster {
@@ -101,7 +106,7 @@ export class KubeCluster {
       const certDir = join(dir, "certs");
       const server = `https://127.0.0.1:${apiPort}`;
       await waitFor(deadline, async () => (await fetch(`${etcdUrl}/health`).then((r) => r.ok).catch(() => false)), () => `etcd not ready:\n${etcd.output()}`, [etcd]);
-      const apiserver = startWatched("kube-apiserver", apiserverBin, [
+      const apiserverArgs = [
         `--etcd-servers=${etcdUrl}`,
         "--bind-address=127.0.0.1",
         `--secure-port=${apiPort}`,
@@ -118,8 +123,10 @@ export class KubeCluster {
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         "--shutdown-delay-duration=0s",
+        `--watch-cache=${options.watchCache ?? true}`,
         "--v=0",
-      ], { env });
+      ];
+      const apiserver = startWatched("kube-apiserver", apiserverBin, apiserverArgs, { env });
       processes.push(apiserver);
       const caFile = join(certDir, "apiserver.crt");
       await waitFor(deadline, () => Promise.resolve(existsSync(caFile)), () => `kube-apiserver wrote no certificate:\n${apiserver.output()}`, processes);
@@ -150,12 +157,44 @@ export class KubeCluster {
         () => `kube-controller-manager not ready:\n${kcm.output().slice(-8000)}`,
         processes,
       );
-      return new KubeCluster(dir, server, adminToken, caFile, client, processes);
+      const cluster = new KubeCluster(dir, server, adminToken, caFile, client, processes);
+      cluster.restartArgs = { binary: apiserverBin, args: apiserverArgs, env };
+      cluster.etcdUrl = etcdUrl;
+      return cluster;
     } catch (err) {
       for (const p of processes.reverse()) await p.stop("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
       throw err;
     }
+  }
+
+  private restartArgs: { binary: string; args: string[]; env: NodeJS.ProcessEnv } | null = null;
+
+  /**
+   * Kills the apiserver and starts it again on the same port, certificates and etcd: watches
+   * break, and clients resume from resourceVersions the new apiserver's cache may not hold.
+   */
+  async restartApiserver(): Promise<void> {
+    const i = this.processes.findIndex((p) => p.name === "kube-apiserver");
+    await this.processes[i]!.stop("SIGKILL");
+    const { binary, args, env } = this.restartArgs!;
+    const apiserver = startWatched("kube-apiserver", binary, args, { env });
+    this.processes[i] = apiserver;
+    await waitFor(Date.now() + 120_000, async () => (await this.client.get<string>("/readyz").then(() => true, () => false)), () => `kube-apiserver not ready after restart:\n${apiserver.output().slice(-8000)}`, this.processes);
+  }
+
+  private etcdUrl = "";
+
+  /** Compacts etcd's history up to its current revision (older resourceVersions are gone). */
+  async compactEtcd(): Promise<number> {
+    const post = async (path: string, body: unknown) => {
+      const res = await fetch(`${this.etcdUrl}${path}`, { method: "POST", body: JSON.stringify(body) });
+      if (!res.ok) throw new Error(`etcd ${path}: ${res.status} ${await res.text()}`);
+      return (await res.json()) as { header: { revision: string } };
+    };
+    const revision = (await post("/v3/kv/range", { key: Buffer.from("/").toString("base64") })).header.revision;
+    await post("/v3/kv/compaction", { revision, physical: true });
+    return Number(revision);
   }
 
   /** The CA PEM (the apiserver's self-signed chain). */

@@ -175,7 +175,9 @@ export class KubeClient {
       headers: { authorization: `Bearer ${this.bearer()}`, accept: "application/json" },
       dispatcher: this.dispatcher,
       signal,
-      bodyTimeout: 0,
+      // The server ends a watch after timeoutSeconds (bookmarks come in between): a connection
+      // silent for longer than that is dead.
+      bodyTimeout: typeof query["timeoutSeconds"] === "number" ? (query["timeoutSeconds"] + 60) * 1000 : 0,
       headersTimeout: this.timeoutMs,
     });
     if (res.statusCode !== 200) throw apiError("GET", path, res.statusCode, await res.body.text().catch(() => ""));
