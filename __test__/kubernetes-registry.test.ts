@@ -156,7 +156,9 @@ describe("KubernetesRegistry (real kube-apiserver)", () => {
       await added;
       const before = registry.stats();
       // History moves on without the registry (a write it does not watch), then is compacted away.
+      // (Two writes: a watch from version v starts at v + 1, which must be older than the compaction.)
       await cluster.client.create(`/api/v1/namespaces/${NS}/configmaps`, { apiVersion: "v1", kind: "ConfigMap", metadata: { name: "unrelated" } });
+      await cluster.client.mergePatch(`/api/v1/namespaces/${NS}/configmaps/unrelated`, { data: { touched: "yes" } });
       await cluster.compactEtcd();
       await cluster.restartApiserver();
       const removed = nextChange(registry, (c) => c.type === "removed" && c.record.id === "survivor");

@@ -22,7 +22,10 @@ export const MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024;
 export interface KubeClientOptions {
   /** `https://host:port` of the API server. */
   server: string;
-  /** A bearer token, or a file holding one (re-read every `tokenRefreshMs`, as bound tokens rotate). */
+  /**
+   * A bearer token, or a file holding one (re-read every `tokenRefreshMs`, as bound tokens rotate).
+   * Neither: no Authorization header (`kubectl proxy` adds its own).
+   */
   token?: string;
   tokenFile?: string;
   /** PEM of the CA that signed the server's certificate, or its file. */
@@ -89,7 +92,7 @@ export class KubeClient {
 
   constructor(options: KubeClientOptions) {
     if (!URL.canParse(options.server) || !/^https?:$/.test(new URL(options.server).protocol)) {
-      throw new InvalidConfigError(`kubernetes: server must be an https:// URL: got ${JSON.stringify(options.server)}`);
+      throw new InvalidConfigError(`kubernetes: server must be an https:// (or, through kubectl proxy, http://) URL: got ${JSON.stringify(options.server)}`);
     }
     this.server = options.server.replace(/\/+$/, "");
     const ca = options.ca ?? (options.caFile ? readConfigFile(options.caFile, "CA file") : undefined);
@@ -98,7 +101,7 @@ export class KubeClient {
     this.tokenFile = options.tokenFile;
     this.tokenRefreshMs = options.tokenRefreshMs ?? 60_000;
     this.timeoutMs = options.timeoutMs ?? 30_000;
-    if (this.tokenFile) this.bearer(); // a missing token file fails here, at start
+    if (this.tokenFile) this.authorization(); // a missing token file fails here, at start
   }
 
   /**
@@ -172,7 +175,7 @@ export class KubeClient {
   async *watch<T>(path: string, query: Query, signal: AbortSignal): AsyncGenerator<WatchEvent<T>> {
     const res = await request(this.url(path, { ...query, watch: true, allowWatchBookmarks: true }), {
       method: "GET",
-      headers: { authorization: `Bearer ${this.bearer()}`, accept: "application/json" },
+      headers: { ...this.authorization(), accept: "application/json" },
       dispatcher: this.dispatcher,
       signal,
       // The server ends a watch after timeoutSeconds (bookmarks come in between): a connection
@@ -215,7 +218,7 @@ export class KubeClient {
     const res = await request(this.url(path, options.query), {
       method: method as Dispatcher.HttpMethod,
       headers: {
-        authorization: `Bearer ${this.bearer()}`,
+        ...this.authorization(),
         accept: "application/json",
         ...(options.body !== undefined ? { "content-type": options.contentType ?? "application/json" } : {}),
       },
@@ -237,13 +240,12 @@ export class KubeClient {
     return `${this.server}${path}${qs ? `?${qs}` : ""}`;
   }
 
-  private bearer(): string {
+  private authorization(): { authorization?: string } {
     if (this.tokenFile && (this.token === undefined || Date.now() - this.tokenReadAt > this.tokenRefreshMs)) {
       this.token = readConfigFile(this.tokenFile, "token file").trim();
       this.tokenReadAt = Date.now();
     }
-    if (!this.token) throw new InvalidConfigError("kubernetes: no token (token or tokenFile)");
-    return this.token;
+    return this.token ? { authorization: `Bearer ${this.token}` } : {};
   }
 }
 
