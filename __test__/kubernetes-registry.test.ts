@@ -177,6 +177,22 @@ describe("KubernetesRegistry (real kube-apiserver)", () => {
     }
   });
 
+  it("why pods get the host's address, not 127.0.0.1: the EndpointSlice controller cannot publish a loopback podIP", async () => {
+    await cluster.client.create(`/api/v1/namespaces/${NS}/services`, {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "loopback" },
+      spec: { selector: { app: "loopback" }, ports: [{ name: "http", port: 8000, targetPort: "http" }] },
+    });
+    await kubelet.createPod(NS, { name: "loopback", labels: { app: "loopback" }, annotations: annotations(9500), httpPort: 9500 });
+    await kubelet.setReady(NS, "loopback", "127.0.0.1", true); // the pod itself accepts it
+    await waitFor(Date.now() + 30_000, async () => {
+      const events = await cluster.client.list<{ reason?: string; message?: string }>(`/api/v1/namespaces/${NS}/events`);
+      return events.items.some((e) => e.reason === "FailedToUpdateEndpointSlices" && /may not be in the loopback range/.test(e.message ?? ""));
+    }, () => "no FailedToUpdateEndpointSlices event");
+    await cluster.client.delete(`/api/v1/namespaces/${NS}/pods/loopback`, { gracePeriodSeconds: 0 });
+  });
+
   it("the minimal Role is enough and nothing more is granted; a wrong token fails at start with the API's answer", async () => {
     // The service account may read pods and slices of its namespace only.
     await expect(saClient.get(`/api/v1/namespaces/default/pods`)).rejects.toMatchObject({ status: 403 });
