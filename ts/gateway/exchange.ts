@@ -44,6 +44,7 @@ import type { PromptKey } from "./gateway.js";
 import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeoutError, toGatewayError } from "./errors.js";
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, SseSplitter, sseEvent } from "./sse.js";
+import { scanTokenEvent } from "./sse-scan.js";
 
 type Format = "completions" | "chat";
 
@@ -154,8 +155,8 @@ export class Exchange {
   private wroteBody = false;
   /** Ask workers for token ids (migration on and the request can be continued). */
   private readonly trackIds: boolean;
-  /** Compare the worker's prompt ids with the router's (the tokenization parity check). */
-  private readonly checkIds: boolean;
+  /** Compare the worker's prompt ids with the router's (the tokenization parity check); decided at the first send. */
+  private checkIds: boolean | null = null;
   private checkedIds = false;
   private readonly tokens: TokenIds;
 
@@ -173,7 +174,6 @@ export class Exchange {
     this.baseId = typeof given === "string" && given.length > 0 && given.length <= 128 ? given : randomUUID();
     this.trackIds = ctx.config.migrationLimit > 0 && parsed.stream && parsed.n === 1 && !parsed.batched && !parsed.echo;
     this.tokens = key.tokens;
-    this.checkIds = key.tokenizer !== null && !parsed.batched && !parsed.echo && ctx.tokenizationCheck.sample();
     res.on("close", () => {
       if (!this.done) this.onClientGone();
     });
@@ -386,6 +386,7 @@ export class Exchange {
       return;
     }
     this.phase = "upstream";
+    this.checkIds ??= this.key.tokenizer !== null && !this.parsed.batched && !this.parsed.echo && this.ctx.tokenizationCheck.sample(decision.workerId);
     const continuing = this.headersSent && this.parsed.stream;
     const canContinueIds = continuing && this.sentTokens > 0;
     const format: Format = canContinueIds ? "completions" : this.parsed.endpoint;
@@ -431,13 +432,13 @@ export class Exchange {
     if (this.parsed.model === null) changes["model"] = this.model;
     if (this.asksIds && !this.parsed.returnTokenIds) changes["return_token_ids"] = true;
     if (this.kvTransferParams) changes["kv_transfer_params"] = this.kvTransferParams;
-    if (this.raw && Object.keys(changes).length === 0) return this.raw;
+    if (this.raw) return withFields(this.raw, changes);
     return Buffer.from(JSON.stringify({ ...this.parsed.body, ...changes }));
   }
 
   /** The gateway asks workers for token ids (migration or the parity check needs them). */
   private get asksIds(): boolean {
-    return this.trackIds || this.checkIds;
+    return this.trackIds || this.checkIds === true;
   }
 
   /** The parity check, once per request, on the first prompt ids a worker reports. */
@@ -548,17 +549,26 @@ export class Exchange {
     // Events after an engine abort (the abort's own chunk, [DONE]) are not the client's.
     let kept = 0;
     if (attempt.rewrite) {
+      const fast = this.fastPathOpen(attempt);
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
+        const scanned = fast ? scanTokenEvent(data, !this.parsed.returnTokenIds) : null;
+        if (scanned) {
+          tokens += this.noteIds(scanned.tokenIds);
+          out += sseEvent(scanned.data);
+          return;
+        }
         const r = this.rewriteEvent(attempt, data);
         if (attempt.engineAbort) return;
         tokens += r.tokens;
         if (r.text !== null) out += r.text;
       });
     } else {
+      const fast = this.fastPathOpen(attempt);
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
-        const n = this.inspectEvent(attempt, data);
+        const scanned = fast ? scanTokenEvent(data, false) : null;
+        const n = scanned ? this.noteIds(scanned.tokenIds) : this.inspectEvent(attempt, data);
         if (attempt.engineAbort) return;
         tokens += n;
         kept++;
@@ -578,6 +588,29 @@ export class Exchange {
       return;
     }
     if (out.length > 0) this.write(attempt, out);
+  }
+
+  /**
+   * Whether this attempt's token events may take the scan (sse-scan.ts) instead of a full parse:
+   * the stream's identity and prompt ids are known (the first event was parsed), it is not a
+   * continuation (whose events are rewritten), and it has one choice.
+   */
+  private fastPathOpen(attempt: Attempt): boolean {
+    return (
+      attempt.baseTokens === 0 &&
+      attempt.n === 0 &&
+      attempt.format === this.parsed.endpoint &&
+      this.parsed.n === 1 &&
+      !this.parsed.batched &&
+      this.streamId !== null &&
+      (this.enginePromptIds !== null || !this.asksIds)
+    );
+  }
+
+  /** A scanned token event: its ids counted and, for migration, remembered. */
+  private noteIds(ids: number[]): number {
+    if (this.trackIds) for (const id of ids) this.sentIds.push(id);
+    return ids.length;
   }
 
   /** Passthrough: counts tokens and notes ids, ids of the prompt and the stream's identity. */
@@ -925,6 +958,33 @@ function isEngineAbort(obj: StreamChunk): boolean {
   if (!Array.isArray(choices)) return false;
   for (const c of choices) if (c && c.finish_reason === "abort") return true;
   return false;
+}
+
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACE = 0x7b;
+
+function isJsonSpace(b: number): boolean {
+  return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
+}
+
+/**
+ * The client's JSON object with `fields` set, as bytes: the client's bytes unchanged and the fields
+ * appended before the closing brace. A field the client also sent appears twice; the later one
+ * wins in every JSON parser an engine uses (Python's json, JSON.parse), so this equals re-serialising
+ * the merged object at a fraction of the cost for a long prompt.
+ */
+export function withFields(raw: Buffer, fields: Record<string, unknown>): Buffer {
+  const keys = Object.keys(fields);
+  if (keys.length === 0) return raw;
+  let end = raw.length - 1;
+  while (end >= 0 && isJsonSpace(raw[end]!)) end--;
+  let before = end - 1;
+  while (before >= 0 && isJsonSpace(raw[before]!)) before--;
+  if (end < 1 || raw[end] !== CLOSE_BRACE) return Buffer.from(JSON.stringify({ ...(JSON.parse(raw.toString("utf8")) as object), ...fields }));
+  let added = raw[before] === OPEN_BRACE ? "" : ",";
+  keys.forEach((k, i) => (added += `${i > 0 ? "," : ""}${JSON.stringify(k)}:${JSON.stringify(fields[k])}`));
+  const tail = Buffer.from(added);
+  return Buffer.concat([raw.subarray(0, end), tail, raw.subarray(end)], raw.length + tail.length);
 }
 
 /**

@@ -16,20 +16,37 @@ export interface Mismatch {
   cause: string;
 }
 
+/**
+ * Each worker's first tokenized requests are all checked, so a worker with the wrong folder or
+ * template shows at once; after them one in `every`. Checking costs the worker too: it sends the
+ * whole prompt's ids back (60k ids for a 60k-token chat), and the gateway parses them.
+ */
+export const CHECKS_PER_NEW_WORKER = 8;
+
+/** Bound on the workers remembered for their first checks (a churning fleet must not grow it). */
+const MAX_TRACKED_WORKERS = 4096;
+
 export class TokenizationCheck {
   private seen = 0;
   private readonly logged = new Set<string>();
+  private readonly firstChecks = new Map<string, number>();
 
   constructor(
-    /** One request in `every` is checked; 0: none. */
+    /** After a worker's first CHECKS_PER_NEW_WORKER, one request in `every` is checked; 0: none. */
     private readonly every: number,
     private readonly metrics: GatewayMetrics,
     private readonly log: (message: string) => void,
   ) {}
 
-  /** Whether the next tokenized request is checked. */
-  sample(): boolean {
+  /** Whether the next tokenized request, going to `worker`, is checked. */
+  sample(worker: string): boolean {
     if (this.every <= 0) return false;
+    const done = this.firstChecks.get(worker) ?? 0;
+    if (done < CHECKS_PER_NEW_WORKER) {
+      if (this.firstChecks.size >= MAX_TRACKED_WORKERS && done === 0) this.firstChecks.clear();
+      this.firstChecks.set(worker, done + 1);
+      return true;
+    }
     return this.seen++ % this.every === 0;
   }
 

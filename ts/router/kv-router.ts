@@ -26,6 +26,9 @@ import type {
 
 export const ROUTER_MODES: readonly RouterMode[] = ["kv", "round-robin", "random", "least-loaded"];
 
+/** The gauges a worker's /metrics scrape feeds the router. */
+const LOAD_METRICS: ReadonlySet<string> = new Set(["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"]);
+
 /** Per-model hashing settings; each defaults to the model's first registered worker record. */
 export interface ModelRoutingConfig {
   blockSize?: number;
@@ -481,7 +484,7 @@ export class KvRouter implements RequestLifecycle {
     if (m === undefined) return false;
     const ranks = new Set((m.workers.get(workerId) ?? []).map((t) => m.targets[t]!.dpRank));
     const per = new Map<string, { w: number; r: number; kv: number }>();
-    for (const s of parsePrometheus(text)) {
+    for (const s of parsePrometheus(text, LOAD_METRICS)) {
       const field =
         s.name === "vllm:num_requests_waiting" ? "w" : s.name === "vllm:num_requests_running" ? "r" : s.name === "vllm:kv_cache_usage_perc" ? "kv" : null;
       if (field === null || !Number.isFinite(s.value)) continue;

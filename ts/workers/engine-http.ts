@@ -34,14 +34,22 @@ export interface PromSample {
   value: number;
 }
 
-/** Parses the Prometheus text exposition format (samples only; comments and bad lines skipped). */
-export function parsePrometheus(text: string): PromSample[] {
+/**
+ * Parses the Prometheus text exposition format (samples only; comments and bad lines skipped).
+ * With `only`, lines of other metrics are skipped before their labels are parsed: a vLLM /metrics
+ * page holds hundreds of histogram lines and the router reads three gauges of it on every scrape.
+ */
+export function parsePrometheus(text: string, only?: ReadonlySet<string>): PromSample[] {
   const out: PromSample[] = [];
   for (const raw of text.split("\n")) {
     const line = raw.trim();
     if (line.length === 0 || line.startsWith("#")) continue;
     const brace = line.indexOf("{");
     const space = line.indexOf(" ");
+    if (only !== undefined) {
+      const end = brace >= 0 && (space < 0 || brace < space) ? brace : space;
+      if (end < 0 || !only.has(line.slice(0, end))) continue;
+    }
     let name: string;
     let labels: Record<string, string> = {};
     let rest: string;
@@ -87,11 +95,13 @@ function parseLabels(text: string): Record<string, string> {
   return labels;
 }
 
+const IN_FLIGHT_METRICS: ReadonlySet<string> = new Set(["vllm:num_requests_running", "vllm:num_requests_waiting"]);
+
 /** Running + waiting requests, summed over every label set; null when neither metric is present. */
 export function inFlightRequests(metricsText: string): number | null {
   let total = 0;
   let seen = false;
-  for (const s of parsePrometheus(metricsText)) {
+  for (const s of parsePrometheus(metricsText, IN_FLIGHT_METRICS)) {
     if (s.name === "vllm:num_requests_running" || s.name === "vllm:num_requests_waiting") {
       total += s.value;
       seen = true;
