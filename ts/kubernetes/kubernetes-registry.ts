@@ -112,7 +112,12 @@ export class KubernetesRegistry implements Registry {
 
   /** Lists both collections (rejects with the API's error: RBAC, no namespace...), then watches. */
   async start(): Promise<this> {
-    await Promise.all([this.pods.start(), this.slices.start()]);
+    const started = await Promise.allSettled([this.pods.start(), this.slices.start()]);
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) {
+      await this.close();
+      throw failed.reason;
+    }
     this.started = true;
     this.refresh();
     return this;
