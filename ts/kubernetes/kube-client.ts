@@ -3,8 +3,9 @@
  * delete), over plain HTTPS with undici and a bearer token — the service account's inside a pod.
  *
  * Why not @kubernetes/client-node: kvroute needs two resources watched and one subresource
- * written; the official client brings ~60 MB of generated models and its own HTTP stack for that,
- * while undici is already the gateway's HTTP client. What matters is kept: list pagination,
+ * written; the official client (2.0.1) brings the generated models of the whole API and 16
+ * dependencies for that (ws, openid-client, tar-fs, socks, js-yaml, jsonpath-plus... and undici 8
+ * beside the gateway's undici 7). What matters is kept: list pagination,
  * watches as newline-delimited JSON with a bound on each line, typed errors carrying the API's
  * status code and reason (409 Conflict, 410 Gone...), and a token file re-read as the kubelet
  * rotates it.
