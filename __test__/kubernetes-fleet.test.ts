@@ -10,6 +10,7 @@ import { parseAllDocuments } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient, resourcePath } from "../ts/kubernetes/kube-client.js";
 import { KubernetesConnector } from "../ts/kubernetes/kubernetes-connector.js";
+import { KubernetesWorkerConnector } from "../ts/kubernetes/kubernetes-worker-connector.js";
 import { KubernetesRegistry, type Pod } from "../ts/kubernetes/kubernetes-registry.js";
 import { buildManifests, connectorRbac } from "../ts/kubernetes/manifests.js";
 import { ANNOTATIONS, POD_DELETION_COST, workerAnnotations } from "../ts/kubernetes/pod-annotations.js";
@@ -239,6 +240,51 @@ describe("KubernetesConnector (real kube-apiserver)", () => {
     expect(back.metadata.annotations?.[ANNOTATIONS.draining]).toBeUndefined();
     expect(back.metadata.annotations?.[POD_DELETION_COST]).toBeUndefined();
     expect(await connector.current()).toEqual({ decode: 5 });
+  });
+});
+
+describe("KubernetesWorkerConnector (the planner loop's contract)", () => {
+  const NS = "planner";
+  const replicas = async () => (await cluster.client.get<{ spec: { replicas: number } }>(resourcePath("apps/v1", NS, "deployments", "decode", "scale"))).spec.replicas;
+
+  it("running() follows the Deployment (hand changes included, draining pods not counted); scale-down returns once draining; a new decision cancels it", async () => {
+    const client = new KubeClient({ server: cluster.server, token: await cluster.serviceAccountToken(NS, "kvroute-planner"), caFile: cluster.caFile });
+    let busy = true;
+    const connector = await KubernetesWorkerConnector.start({ namespace: NS, deployments: { decode: "decode" }, client, drainCheckMs: 50, inFlight: async () => (busy ? 1 : 0) });
+    try {
+      const start = await replicas();
+      expect(connector.running("decode")).toBe(start);
+      await waitFor(Date.now() + 60_000, async () => live(await pods(NS, "app=decode")).filter(isReady).length === start, () => `${start} ready pods`);
+
+      // Down by one: returns while the pod drains; the Deployment is untouched until it finishes.
+      await connector.scale("decode", start - 1, "test: less load");
+      const draining = live(await pods(NS, "app=decode")).filter((p) => p.metadata.annotations?.[ANNOTATIONS.draining] === "true");
+      expect(draining).toHaveLength(1);
+      expect(connector.running("decode")).toBe(start - 1);
+      expect(await replicas()).toBe(start);
+
+      // The load comes back before the drain ends: the scale-down is cancelled, the pod serves again.
+      await connector.scale("decode", start, "test: load back");
+      expect(await replicas()).toBe(start);
+      expect(connector.running("decode")).toBe(start);
+      const again = await cluster.client.get<Pod>(resourcePath("v1", NS, "pods", draining[0]!.metadata.name));
+      expect(again.metadata.annotations?.[ANNOTATIONS.draining]).toBeUndefined();
+
+      // Down again, and this time the pod finishes: the count is written.
+      await connector.scale("decode", start - 1, "test: less load");
+      busy = false;
+      await connector.settled();
+      expect(await replicas()).toBe(start - 1);
+      expect(connector.results.get("decode")).toMatchObject({ applied: true, from: start, to: start - 1 });
+      await waitFor(Date.now() + 30_000, async () => connector.running("decode") === start - 1, () => "running follows the write");
+
+      // By hand: running() shows it as soon as the watch does.
+      await cluster.client.mergePatch(resourcePath("apps/v1", NS, "deployments", "decode", "scale"), { spec: { replicas: start + 1 } });
+      await waitFor(Date.now() + 30_000, async () => connector.running("decode") === start + 1, () => `running ${connector.running("decode")}`);
+    } finally {
+      await connector.close();
+      await client.close();
+    }
   });
 });
 

@@ -14,7 +14,9 @@ export {
   ScaleError,
   type KubernetesConnectorOptions,
   type PlannerConnector,
+  type ScaleOptions,
   type ScaleResult,
 } from "./kubernetes-connector.js";
+export { KubernetesWorkerConnector, type WorkerConnectorContract } from "./kubernetes-worker-connector.js";
 export { buildManifests, connectorRbac, manifestsYaml, registryRbac, type ManifestOptions } from "./manifests.js";
 export { ANNOTATIONS, POD_DELETION_COST, recordFromPod, workerAnnotations, type WorkerAnnotationInput } from "./pod-annotations.js";

@@ -31,7 +31,14 @@ export interface PlannerConnector {
   /** Replicas per role as the fleet has them now (hand-made changes included). */
   current(): Promise<Partial<Record<WorkerRole, number>>>;
   /** Sets a role's replica count: scale-up at once, scale-down after draining the pods it removes. */
-  scale(role: WorkerRole, replicas: number): Promise<ScaleResult>;
+  scale(role: WorkerRole, replicas: number, options?: ScaleOptions): Promise<ScaleResult>;
+}
+
+export interface ScaleOptions {
+  /** Aborting a scale-down while it drains puts its pods back in service and writes nothing. */
+  signal?: AbortSignal;
+  /** Called once the pods of a scale-down are marked draining (out of every registry). */
+  onDraining?: (pods: string[]) => void;
 }
 
 export interface ScaleResult {
@@ -104,7 +111,7 @@ export class KubernetesConnector implements PlannerConnector {
     return out;
   }
 
-  async scale(role: WorkerRole, replicas: number): Promise<ScaleResult> {
+  async scale(role: WorkerRole, replicas: number, options: ScaleOptions = {}): Promise<ScaleResult> {
     if (!Number.isInteger(replicas) || replicas < 0) throw new ScaleError(`scale ${role}: replicas must be an integer ≥ 0: got ${replicas}`);
     const scale = await this.readScale(role);
     const from = this.observe(role, scale);
@@ -115,13 +122,14 @@ export class KubernetesConnector implements PlannerConnector {
       await Promise.all(victims.map((p) => this.annotate(p, { [ANNOTATIONS.draining]: "true" })));
       result.drained = victims.map((p) => p.metadata.name);
       this.log(`scale ${role} ${from} -> ${replicas}: draining ${result.drained.join(", ")}`);
-      result.drainTimedOut = await this.waitDrained(victims);
-      const now = this.observe(role, await this.readScale(role));
-      if (now !== from) {
-        // Changed by hand while draining: that change wins; the victims serve again.
+      options.onDraining?.(result.drained);
+      result.drainTimedOut = await this.waitDrained(victims, options.signal);
+      const now = options.signal?.aborted ? from : this.observe(role, await this.readScale(role));
+      if (now !== from || options.signal?.aborted) {
+        // Cancelled, or changed by hand while draining (that change wins): the victims serve again.
         await Promise.all(victims.map((p) => this.annotate(p, { [ANNOTATIONS.draining]: null })));
-        this.log(`scale ${role}: replicas changed by hand to ${now} while draining; scale-down to ${replicas} not applied`);
-        return { ...result, from: now, applied: false };
+        this.log(`scale ${role}: ${options.signal?.aborted ? "cancelled" : `replicas changed by hand to ${now}`} while draining; scale-down to ${replicas} not applied`);
+        return { ...result, from: now, applied: false, drainTimedOut: [] };
       }
       await Promise.all(victims.map((p) => this.annotate(p, { [POD_DELETION_COST]: DRAINED_DELETION_COST })));
     }
@@ -212,10 +220,11 @@ export class KubernetesConnector implements PlannerConnector {
   }
 
   /** Waits until every pod has nothing in flight; returns those that still had at the timeout. */
-  private async waitDrained(pods: Pod[]): Promise<string[]> {
+  private async waitDrained(pods: Pod[], signal?: AbortSignal): Promise<string[]> {
     const deadline = Date.now() + (this.options.drainTimeoutMs ?? 120_000);
     let busy = pods;
     for (;;) {
+      if (signal?.aborted) return [];
       const counts = await Promise.all(busy.map((p) => this.inFlight(p).catch(() => null)));
       // Unknown (unreachable) counts as done: a pod that cannot answer cannot serve either.
       busy = busy.filter((_, i) => (counts[i] ?? 0) > 0);

@@ -115,7 +115,7 @@ export function registryRbac(namespace: string, account: string, objectLabels: R
 /** What KubernetesConnector needs besides reading pods: scale Deployments, annotate pods. */
 export function connectorRbac(namespace: string, account: string, objectLabels: Record<string, string> = {}): KubeObject[] {
   return rbac(namespace, account, objectLabels, [
-    { apiGroups: ["apps"], resources: ["deployments"], verbs: ["get"] },
+    { apiGroups: ["apps"], resources: ["deployments"], verbs: ["get", "list", "watch"] },
     { apiGroups: ["apps"], resources: ["deployments/scale"], verbs: ["get", "update", "patch"] },
     { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch", "patch"] },
   ]);
