@@ -30,7 +30,7 @@ beforeAll(async () => {
   ip = podHostIp();
   kubelet = new Kubelet(cluster.client);
   await kubelet.createNode();
-}, 180_000);
+}, 300_000);
 
 afterAll(async () => {
   stopCliProcesses();
@@ -81,7 +81,7 @@ describe("kvroute manifests (real kube-apiserver)", () => {
       await registry.close();
       await client.close();
     }
-  });
+  }, 180_000);
 
   it("the worker containers carry buildCommandLine's argv, PYTHONHASHSEED and GPU requests", () => {
     const objects = buildManifests({ preset: "disagg", model: "m", namespace: "x", pythonHashSeed: "7", tensorParallelSize: 2 });
@@ -141,7 +141,7 @@ describe("KubernetesConnector (real kube-apiserver)", () => {
     } as never);
     await kubelet.follow(NS, ip, "app=decode");
     await waitFor(Date.now() + 60_000, async () => live(await pods(NS, "app=decode")).filter(isReady).length === 3, () => "3 ready decode pods");
-  });
+  }, 120_000);
 
   afterAll(async () => {
     await client?.close();

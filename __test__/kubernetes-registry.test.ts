@@ -40,7 +40,7 @@ beforeAll(async () => {
   });
   for (const object of registryRbac(NS, "kvroute-gateway")) await createObject(cluster.client, object);
   saClient = new KubeClient({ server: cluster.server, token: await cluster.serviceAccountToken(NS, "kvroute-gateway"), caFile: cluster.caFile });
-}, 180_000);
+}, 300_000);
 
 afterAll(async () => {
   stopCliProcesses();
@@ -175,7 +175,7 @@ describe("KubernetesRegistry (real kube-apiserver)", () => {
       await registry.close();
       await cluster.client.delete(`/api/v1/namespaces/${NS}/pods/survivor`, { gracePeriodSeconds: 0 });
     }
-  });
+  }, 240_000);
 
   it("why pods get the host's address, not 127.0.0.1: the EndpointSlice controller cannot publish a loopback podIP", async () => {
     await cluster.client.create(`/api/v1/namespaces/${NS}/services`, {
@@ -264,7 +264,7 @@ describe("kvroute serve --registry k8s://<namespace>/<service>", () => {
     } finally {
       await Promise.all(mockers.map((m) => m.stop()));
     }
-  });
+  }, 120_000);
 
   it("a bad registry URL is a usage error (exit 2) naming the expected form", async () => {
     const serve = kvroute(["serve", "--registry", "k8s://Not_A_Namespace/svc", "--port", "0"]);

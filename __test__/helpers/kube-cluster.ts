@@ -56,7 +56,7 @@ export function podHostIp(): string {
 }
 
 export interface KubeClusterOptions {
-  /** How long to wait for the apiserver and the controllers. Default 120 s (a busy machine). */
+  /** How long to wait for the apiserver and the controllers. Default 240 s (a busy machine: 5 s when idle). */
   readyTimeoutMs?: number;
   /**
    * The apiserver's watch cache (default on). Off, watches are served by etcd itself: one from a
@@ -76,8 +76,19 @@ export class KubeCluster {
     private readonly processes: WatchedProcess[],
   ) {}
 
+  /** Starts the control plane; a port taken between probing and binding is retried on others. */
   static async start(options: KubeClusterOptions = {}): Promise<KubeCluster> {
-    const deadline = Date.now() + (options.readyTimeoutMs ?? 120_000);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await KubeCluster.startOnce(options);
+      } catch (err) {
+        if (attempt >= 3 || !/address already in use/i.test(String(err))) throw err;
+      }
+    }
+  }
+
+  private static async startOnce(options: KubeClusterOptions): Promise<KubeCluster> {
+    const deadline = Date.now() + (options.readyTimeoutMs ?? 240_000);
     const apiserverBin = kubeBinary("kube-apiserver");
     const kcmBin = kubeBinary("kube-controller-manager");
     const dir = mkdtempSync(join(tmpdir(), "kvroute-kube-"));
