@@ -1,7 +1,7 @@
 /**
  * KubernetesRegistry: the `Registry` of workers running as pods. The workers of a deployment are
  * the ready endpoints of the EndpointSlices of its worker Services (one per role; label
- * `kubernetes.io/service-name in (<services>)`); each worker's record is read from its pod's annotations
+ * `kubernetes.io/service-name in (<services>)`) whose pods are Ready; each worker's record is read from its pod's annotations
  * (pod-annotations.ts), its URL from the endpoint's address and the Service's HTTP port. Both
  * collections are listed, then watched from their resourceVersion (list-watch.ts): a pod turning
  * ready is a worker the moment the EndpointSlice controller publishes it, and one turning not
@@ -199,6 +199,8 @@ export class KubernetesRegistry implements Registry {
         if (!podName || !address) continue;
         const pod = this.pods.objects.get(podName);
         if (!pod || pod.metadata.deletionTimestamp || pod.metadata.annotations?.[ANNOTATIONS.draining] === "true") continue;
+        // A Service with publishNotReadyAddresses lists every pod as ready: ask the pod itself.
+        if (!pod.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True")) continue;
         if (port?.port === undefined) {
           this.reportOnce(`port:${slice.metadata.name}:${slice.metadata.resourceVersion}`, () => this.noPort++, `EndpointSlice ${slice.metadata.name} has no port named ${this.options.portName ?? "http"}: its endpoints are left out`);
           continue;
