@@ -4,6 +4,8 @@ import { InvalidConfigError, InvalidInputError } from "../ts/errors.js";
 import { ANNOTATIONS, recordFromPod, workerAnnotations } from "../ts/kubernetes/pod-annotations.js";
 import { openRegistry, parseK8sRegistryUrl } from "../ts/registry/open-registry.js";
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
+import { metricsInFlight } from "../ts/kubernetes/kubernetes-connector.js";
+import { startMocker } from "./helpers/mocker-process.js";
 
 describe("recordFromPod", () => {
   it("defaults to vLLM's: aggregated, block size 16, sha256, no seed, no events, one rank", () => {
@@ -67,5 +69,24 @@ describe("--registry URLs", () => {
     const opened = await openRegistry("memory:");
     expect(opened.registry).toBeInstanceOf(MemoryRegistry);
     await expect(openRegistry("zookeeper://x")).rejects.toThrow(/unknown scheme/);
+  });
+});
+
+describe("metricsInFlight (the connector's default drain probe)", () => {
+  it("reads running + waiting from a worker's /metrics at podIP and the container port named http", async () => {
+    const m = await startMocker(["toy", "--host", "127.0.0.1", "--port", "0", "--speedup", "1"]);
+    try {
+      const pod = { metadata: { name: "p" }, status: { podIP: "127.0.0.1" }, spec: { containers: [{ name: "vllm", ports: [{ name: "http", containerPort: m.port }] }] } };
+      expect(await metricsInFlight(pod)).toBe(0);
+      const slow = fetch(`${m.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "toy", prompt: "a slow one", max_tokens: 400, stream: true }) });
+      const res = await slow;
+      const reader = res.body!.getReader();
+      await reader.read(); // the request is running
+      expect(await metricsInFlight(pod)).toBe(1);
+      await reader.cancel();
+      expect(await metricsInFlight({ metadata: { name: "q" }, status: {} })).toBeNull();
+    } finally {
+      await m.stop();
+    }
   });
 });
