@@ -117,6 +117,10 @@ export {
   type TokenizerOptions,
 } from "./tokenizer/index.js";
 export { MemoryRegistry, validateRecord, type RegistryChange } from "./registry/memory-registry.js";
+export { EtcdRegistry, EtcdRegistryError, parseEtcdEndpoints, type EtcdRegistryOptions, type EtcdRegistryStats, type EtcdTlsOptions } from "./registry/etcd-registry.js";
+export { DEFAULT_ETCD_PREFIX, workerKey, workersPrefix } from "./registry/etcd-keys.js";
+export { ReplicaLoadSync, LOAD_SUBJECT_PREFIX, type ReplicaLoadStats, type ReplicaLoadSyncOptions } from "./fleet/replica-load.js";
+export { connectNats, FleetConnectError, type ConnectNatsOptions, type NatsAuthOptions } from "./fleet/nats-connect.js";
 export { openRegistry, parseK8sRegistryUrl, type OpenedRegistry, type OpenRegistryOptions } from "./registry/open-registry.js";
 export * from "./kubernetes/index.js";
 export {

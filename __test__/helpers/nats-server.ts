@@ -21,7 +21,7 @@ let binary: string | undefined;
  * `sh -c WATCHDOG nats-server args...`: starts the server, prints its pid, waits for it; a
  * background reader of our stdin (fd 3: an async list's own stdin is /dev/null) kills it at EOF.
  */
-const WATCHDOG = [
+export const WATCHDOG = [
   "exec 3<&0",
   '"$0" "$@" &',
   "p=$!",
@@ -63,6 +63,8 @@ export interface NatsServerOptions {
   storeDir?: string;
   /** How long to wait for "Server is ready". Default 20 s. */
   readyTimeoutMs?: number;
+  /** More server flags, e.g. `["--auth", "token"]` or `["--user", "u", "--pass", "p"]`. */
+  extraArgs?: string[];
 }
 
 export class NatsServer {
@@ -77,6 +79,7 @@ export class NatsServer {
     readonly storeDir: string,
     ownsStore: boolean,
     private readonly readyTimeoutMs: number,
+    private readonly extraArgs: string[] = [],
   ) {
     this.ownsStore = ownsStore;
   }
@@ -85,7 +88,7 @@ export class NatsServer {
   static async start(options: NatsServerOptions = {}): Promise<NatsServer> {
     const port = options.port ?? (await freePort());
     const storeDir = options.storeDir ?? mkdtempSync(join(tmpdir(), "kvroute-nats-"));
-    const server = new NatsServer(port, storeDir, options.storeDir === undefined, options.readyTimeoutMs ?? 20_000);
+    const server = new NatsServer(port, storeDir, options.storeDir === undefined, options.readyTimeoutMs ?? 20_000, options.extraArgs ?? []);
     await server.restart();
     return server;
   }
@@ -120,7 +123,7 @@ export class NatsServer {
   }
 
   private spawnOnce(deadline: number): Promise<void> {
-    const args = ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir, "-n", `kvroute-test-${this.port}`];
+    const args = ["-js", "-a", "127.0.0.1", "-p", String(this.port), "-sd", this.storeDir, "-n", `kvroute-test-${this.port}`, ...this.extraArgs];
     const child = spawn("sh", ["-c", WATCHDOG, natsServerBinary(), ...args], { stdio: ["pipe", "pipe", "pipe"] });
     this.log = "";
     let pid: number | null = null;
@@ -182,7 +185,7 @@ export class NatsServer {
   }
 }
 
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
+export function killQuietly(pid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(pid, signal);
   } catch {

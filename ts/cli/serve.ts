@@ -4,9 +4,8 @@
  * follows their KV events and metrics, serves the OpenAI API until SIGINT/SIGTERM.
  */
 import { describeSchema, loadGatewayConfig } from "../config/index.js";
-import { KvrouteError, TokenizerLoadError } from "../errors.js";
+import { InvalidConfigError, KvrouteError, TokenizerLoadError } from "../errors.js";
 import { startGateway } from "../gateway/server.js";
-import { openRegistry, type OpenedRegistry } from "../registry/open-registry.js";
 import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { parseCommandArgs, UsageError } from "./args.js";
 
@@ -20,6 +19,9 @@ const FLAGS: Record<string, string> = {
   "queue-max-size": "queue.maxSize",
   "queue-timeout-ms": "queue.timeoutMs",
   "max-active-per-worker": "queue.maxActivePerWorker",
+  registry: "registry",
+  bus: "bus",
+  namespace: "fleet.namespace",
 };
 
 const HELP = `Usage: kvroute serve [--config FILE] [options]
@@ -29,9 +31,6 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
 /v1/completions, /v1/chat/completions, /v1/models, /v1/kvroute/route, /health and /metrics.
 
   --config FILE               JSON or YAML (default: $KVROUTE_CONFIG)
-  --registry URL              where workers come from: memory: (default: the config's workers),
-                              k8s://<namespace>/<service>[,<service>...] (the ready pods of those
-                              Services' EndpointSlices; docs/kubernetes.md)
   --host H                    listen address (default 0.0.0.0)
   --port P                    listen port (default 8000)
   --router-mode M             kv | round-robin | random | least-loaded (default kv)
@@ -40,6 +39,11 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
   --queue-max-size N          requests held while every worker is busy
   --queue-timeout-ms N        longest wait in that queue
   --max-active-per-worker N   in-flight requests per worker DP rank before it counts as busy
+  --registry etcd://H:P       fleet mode: discover workers in etcd (etcds:// for TLS)
+  --registry k8s://NS/SVC[,SVC...]  the ready pods of those Kubernetes Services, followed through
+                              their EndpointSlices (docs/kubernetes.md)
+  --bus nats://H:P            fleet mode: share request load with the other replicas over NATS
+  --namespace NS              fleet namespace (etcd keys, NATS subjects; default "default")
 ${accessHelp(30)}
 
 Precedence: flags > environment > file > defaults. Environment variables:
@@ -56,11 +60,9 @@ tokenizer folder that does not load).`;
 
 export async function runServe(argv: string[]): Promise<number> {
   let config;
-  let registryUrl: string | undefined;
   try {
     const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
       config: { type: "string" },
-      registry: { type: "string" },
       help: { type: "boolean", short: "h" },
       ...ACCESS_OPTIONS,
     };
@@ -70,7 +72,6 @@ export async function runServe(argv: string[]): Promise<number> {
       console.log(HELP);
       return 0;
     }
-    registryUrl = values["registry"] as string | undefined;
     const overrides: Record<string, string | undefined> = {};
     const overrideSources: Record<string, string> = {};
     for (const [flag, path] of Object.entries(FLAGS)) {
@@ -91,27 +92,23 @@ export async function runServe(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  if (config.models.length === 0 && registryUrl === undefined) console.error("kvroute serve: warning: no models configured; every request will get 404");
+  if (config.models.length === 0) console.error("kvroute serve: warning: no models configured; every request will get 404");
   let running;
-  let opened: OpenedRegistry | undefined;
   try {
-    opened = registryUrl === undefined ? undefined : await openRegistry(registryUrl, { log: (m) => console.error(`kvroute serve: ${m}`) });
-    running = await startGateway(config, opened ? { registry: opened.registry } : {});
-    opened?.registerMetrics(running.gateway.metrics.registry);
+    running = await startGateway(config);
   } catch (err) {
-    await opened?.close();
     console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);
-    return err instanceof TokenizerLoadError || (err instanceof KvrouteError && err.code === "KVR_INVALID_CONFIG") ? 2 : 1;
+    return err instanceof TokenizerLoadError || err instanceof InvalidConfigError ? 2 : 1;
   }
   warnUntokenized("kvroute serve", running.gateway.tokenizers.missing(config.models.map((m) => m.name)));
   const workers = running.registry.list().length;
+  const fleet = config.registry || config.bus ? { fleet: { registry: config.registry || null, bus: config.bus || null, namespace: config.fleet.namespace } } : {};
   console.log(
-    `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers })}`,
+    `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers, ...fleet })}`,
   );
   await waitForSignal();
   console.error("kvroute serve: stopping");
   await running.close();
-  await opened?.close();
   return 0;
 }
 

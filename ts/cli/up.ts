@@ -45,6 +45,8 @@ launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
   --num-gpu-blocks N      --num-gpu-blocks-override
   --speedup X             mock: simulated time runs X times faster
   --config FILE           gateway settings (JSON/YAML, as kvroute serve; its models are ignored)
+  --registry etcd://H:P   fleet mode: the workers register in etcd (other gateways see them too)
+  --bus nats://H:P        fleet mode: share request load with other gateway replicas over NATS
 ${accessHelp(26)}
   --quiet                 do not print engine output
 
@@ -85,6 +87,8 @@ export async function runUp(argv: string[]): Promise<number> {
           "num-gpu-blocks": { type: "string" },
           speedup: { type: "string" },
           config: { type: "string" },
+          registry: { type: "string" },
+          bus: { type: "string" },
           ...ACCESS_OPTIONS,
           quiet: { type: "boolean" },
           help: { type: "boolean", short: "h" },
@@ -104,11 +108,18 @@ export async function runUp(argv: string[]): Promise<number> {
     const engine = (values.engine ?? "mock") as EngineKind;
     if (engine !== "mock" && engine !== "vllm") throw new UsageError(`--engine must be mock or vllm: got '${engine}'`);
     quiet = values.quiet === true;
-    const overrides: Record<string, string | undefined> = { port: values.port ?? "8000", host: values.host, routerMode: values["router-mode"], migrationLimit: values["migration-limit"] };
+    const overrides: Record<string, string | undefined> = {
+      port: values.port ?? "8000",
+      host: values.host,
+      routerMode: values["router-mode"],
+      migrationLimit: values["migration-limit"],
+      registry: values.registry,
+      bus: values.bus,
+    };
     gatewayInput = loadGatewayConfig({
       file: values.config,
       overrides,
-      overrideSources: { port: "--port", host: "--host", routerMode: "--router-mode", migrationLimit: "--migration-limit" },
+      overrideSources: { port: "--port", host: "--host", routerMode: "--router-mode", migrationLimit: "--migration-limit", registry: "--registry", bus: "--bus" },
     });
     gatewayInput = { ...withAccessFlags(gatewayInput, values), models: [] };
     topology = { engine };

@@ -19,6 +19,8 @@ import {
   type WorkerRole,
 } from "../workers/index.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
+import { loadGatewayConfig, type GatewayConfig } from "../config/index.js";
+import { openWorkerFleet, type WorkerFleet } from "../fleet/worker-fleet.js";
 
 const HELP = `Usage: kvroute worker [options] [-- <engine args>]
 
@@ -62,6 +64,12 @@ Engine:
   --speedup X             mock only: simulated time runs X times faster
   --no-gpu-assignment     vllm presets: do not set CUDA_VISIBLE_DEVICES per worker
 
+Fleet mode (docs/fleet.md; credentials as KVROUTE_FLEET_* variables, see kvroute serve --help):
+  --registry etcd://H:P   register each worker in etcd once healthy, under a lease (etcds:// for TLS)
+  --bus nats://H:P        relay each worker's KV events onto the NATS JetStream stream
+  --namespace NS          fleet namespace (default "default")
+  --lease-ttl S           lease TTL of each record (default 10)
+
 Supervision:
   --max-restarts N        consecutive restarts after a crash before giving up (default 5)
   --start-timeout S       seconds to become healthy (default 600)
@@ -78,6 +86,9 @@ export async function runWorker(argv: string[]): Promise<number> {
   let group: WorkerGroup;
   let drainSeconds: number;
   let graceMs: number;
+  let fleetConfig: GatewayConfig | null = null;
+  let groupOptions: ConstructorParameters<typeof WorkerGroup>[1];
+  let planned: VllmWorkerConfig[];
   try {
     const { values: v } = parseCommandArgs(own, {
       preset: { type: "string" },
@@ -112,6 +123,10 @@ export async function runWorker(argv: string[]): Promise<number> {
       "start-timeout": { type: "string" },
       drain: { type: "string" },
       "stop-grace": { type: "string" },
+      registry: { type: "string" },
+      bus: { type: "string" },
+      namespace: { type: "string" },
+      "lease-ttl": { type: "string" },
       quiet: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     });
@@ -146,6 +161,14 @@ export async function runWorker(argv: string[]): Promise<number> {
     const maxRestarts = v["max-restarts"] === undefined ? 5 : Number(v["max-restarts"]);
     if (!Number.isInteger(maxRestarts) || maxRestarts < 0) throw new UsageError(`--max-restarts must be an integer >= 0: got '${v["max-restarts"]}'`);
     drainSeconds = seconds("drain", v.drain, 0);
+    const fleetOverrides = { registry: v.registry, bus: v.bus, "fleet.namespace": v.namespace, "fleet.leaseTtlSeconds": v["lease-ttl"] };
+    const fleet = loadGatewayConfig({
+      file: undefined,
+      env: { ...process.env, KVROUTE_CONFIG: undefined },
+      overrides: fleetOverrides,
+      overrideSources: { registry: "--registry", bus: "--bus", "fleet.namespace": "--namespace", "fleet.leaseTtlSeconds": "--lease-ttl" },
+    });
+    if (fleet.registry || fleet.bus) fleetConfig = fleet;
     graceMs = seconds("stop-grace", v["stop-grace"], 10) * 1000;
 
     let configs: VllmWorkerConfig[];
@@ -229,18 +252,32 @@ export async function runWorker(argv: string[]): Promise<number> {
       });
       configs = [config];
     }
-    group = new WorkerGroup(configs, {
+    groupOptions = {
       logger: v.quiet ? null : undefined,
       maxRestarts,
       startTimeoutMs: seconds("start-timeout", v["start-timeout"], 600) * 1000,
       stopGraceMs: graceMs,
-    });
+    };
+    planned = configs;
+    group = new WorkerGroup(configs, groupOptions);
   } catch (err) {
     if (err instanceof UsageError || err instanceof KvrouteError) {
       console.error(`kvroute worker: ${err.message}\n\nRun 'kvroute worker --help' for the options.`);
       return 2;
     }
     throw err;
+  }
+
+  // Fleet mode: etcd and NATS must take the credentials before any engine starts.
+  let fleet: WorkerFleet | null = null;
+  if (fleetConfig) {
+    try {
+      fleet = await openWorkerFleet(fleetConfig, (m) => console.error(`kvroute worker: ${m}`));
+    } catch (err) {
+      console.error(`kvroute worker: ${err instanceof Error ? err.message : String(err)}`);
+      return 1;
+    }
+    group = new WorkerGroup(planned, { ...groupOptions, registry: fleet.hook });
   }
 
   let stopping = false;
@@ -282,6 +319,7 @@ export async function runWorker(argv: string[]): Promise<number> {
   } finally {
     if (drainSeconds > 0 && exitCode === 0) await group.drain({ deadlineMs: drainSeconds * 1000 });
     await group.stop({ graceMs });
+    await fleet?.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }

@@ -108,7 +108,34 @@ export interface GatewayConfig {
   disagg: DisaggConfig;
   /** Passed to the KvRouter constructor (overlapWeight, temperature, busy thresholds, ...). */
   router: Record<string, unknown>;
+  /** Fleet mode's etcd registry, `etcd://host:port` (`etcds://` for TLS), or `k8s://<namespace>/<services>`; "": the in-memory registry. */
+  registry: string;
+  /** Fleet mode's NATS server for router replicas' shared load, `nats://host:port` (`tls://` for TLS); "": none. */
+  bus: string;
+  fleet: FleetConfig;
   models: ModelEntry[];
+}
+
+/** Fleet mode (docs/fleet.md): names, leases and credentials of etcd and NATS. */
+export interface FleetConfig {
+  namespace: string;
+  leaseTtlSeconds: number;
+  /** In-flight requests another replica announced are forgotten after this long without news. */
+  loadExpiryMs: number;
+  /** Where each replica reads KV events: each worker's ZMQ publisher, or the JetStream stream (`kvroute worker --bus` relays). */
+  kvEvents: "zmq" | "bus";
+  etcdUsername: string;
+  etcdPassword: string;
+  etcdCa: string;
+  etcdCert: string;
+  etcdKey: string;
+  natsToken: string;
+  natsUser: string;
+  natsPassword: string;
+  natsCreds: string;
+  natsCa: string;
+  natsCert: string;
+  natsKey: string;
 }
 
 /** A worker as written in a config (only `id` and `url` are required). */
@@ -158,6 +185,9 @@ export interface GatewayConfigInput {
   metricsScrapeIntervalMs?: number;
   disagg?: Partial<DisaggConfig>;
   router?: Record<string, unknown>;
+  registry?: string;
+  bus?: string;
+  fleet?: Partial<FleetConfig>;
   models?: ModelEntryInput[];
 }
 
@@ -230,6 +260,30 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
     },
   },
   router: { kind: "opaque", default: {}, doc: "Options of the KvRouter (overlapWeight, temperature, busy thresholds...)." },
+  registry: { kind: "string", default: "", env: true, doc: "Fleet mode: the etcd registry, etcd://host:port[,host:port] (etcds:// for TLS), or k8s://<namespace>/<service>[,<service>...] (ready pods of Kubernetes Services, docs/kubernetes.md); empty: in-memory." },
+  bus: { kind: "string", default: "", env: true, doc: "Fleet mode: NATS for the replicas' shared load, nats://host:port (tls:// for TLS); empty: none." },
+  fleet: {
+    kind: "object",
+    doc: "Fleet mode (docs/fleet.md).",
+    fields: {
+      namespace: { kind: "string", default: "default", env: true, nonEmpty: true, doc: "etcd key and NATS subject namespace of this fleet." },
+      leaseTtlSeconds: { kind: "int", min: 1, max: 3600, default: 10, env: true, doc: "Lease TTL of the records this process registers." },
+      loadExpiryMs: { kind: "int", min: 1000, default: 600_000, env: true, doc: "Another replica's in-flight request is forgotten after this long without news." },
+      kvEvents: { kind: "string", enum: ["zmq", "bus"], default: "zmq", env: true, doc: "Where replicas read KV events: zmq (each worker's publisher) or bus (the JetStream stream that 'kvroute worker --bus' fills; late replicas replay it)." },
+      etcdUsername: { kind: "string", default: "", env: true, doc: "etcd user (with etcdPassword)." },
+      etcdPassword: { kind: "string", default: "", env: true, doc: "etcd password." },
+      etcdCa: { kind: "string", default: "", env: true, doc: "CA certificate file of etcd's TLS." },
+      etcdCert: { kind: "string", default: "", env: true, doc: "Client certificate file for etcd (--client-cert-auth)." },
+      etcdKey: { kind: "string", default: "", env: true, doc: "Client key file for etcd." },
+      natsToken: { kind: "string", default: "", env: true, doc: "NATS token." },
+      natsUser: { kind: "string", default: "", env: true, doc: "NATS user (with natsPassword)." },
+      natsPassword: { kind: "string", default: "", env: true, doc: "NATS password." },
+      natsCreds: { kind: "string", default: "", env: true, doc: "NATS credentials file (JWT + nkey seed)." },
+      natsCa: { kind: "string", default: "", env: true, doc: "CA certificate file of NATS's TLS." },
+      natsCert: { kind: "string", default: "", env: true, doc: "Client certificate file for NATS (verify: true)." },
+      natsKey: { kind: "string", default: "", env: true, doc: "Client key file for NATS." },
+    },
+  },
   models: { kind: "models", doc: "Served models and their workers." },
 };
 

@@ -22,6 +22,7 @@ import type { PromptTokenizer } from "./context.js";
 import { createGateway, type Gateway } from "./gateway.js";
 import { registerKvEventMetrics } from "./kv-event-metrics.js";
 import { WorkerFeeds } from "./worker-feeds.js";
+import { openFleet, registerFleetMetrics, startFleetReplica, type FleetReplica } from "../fleet/fleet-mode.js";
 
 export interface StartGatewayOptions {
   /** Default: a new MemoryRegistry. The configured workers are registered in it. */
@@ -91,16 +92,27 @@ export function routerOptionsFromConfig(config: GatewayConfig, registry: Registr
 export async function startGateway(input: GatewayConfigInput | GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
   const config = validateGatewayConfig(input);
   const log = options.log === undefined ? (m: string) => process.stderr.write(`kvroute: ${m}\n`) : (options.log ?? (() => {}));
-  const registry = options.registry ?? new MemoryRegistry();
-  for (const model of config.models) {
-    for (const w of model.workers) await registry.register(workerRecordFromConfig(model, w));
+  // Fleet mode: etcd and NATS are reached (or refuse, failing the start) before anything else runs.
+  const fleet = await openFleet(config, { registryGiven: options.registry !== undefined, log });
+  const registry = options.registry ?? fleet.registry ?? new MemoryRegistry();
+  try {
+    for (const model of config.models) {
+      for (const w of model.workers) await registry.register(workerRecordFromConfig(model, w));
+    }
+  } catch (err) {
+    await fleet.close();
+    throw err;
   }
   const ownRouter = !options.router;
   const router = options.router ?? new KvRouter(routerOptionsFromConfig(config, registry, log));
+  const replica: FleetReplica = startFleetReplica(config, { nats: fleet.nats, router, registry, log });
+  await replica.ready();
+  const kvFromBus = fleet.nats !== null && config.fleet.kvEvents === "bus";
   const sinks = new Map<string, RouterEventSink>();
   const feeds = new WorkerFeeds({
     registry,
     sinkFor: (record) => {
+      if (kvFromBus) return null;
       let sink = sinks.get(record.model);
       if (!sink) sinks.set(record.model, (sink = router.eventSink(record.model)));
       return sink;
@@ -124,11 +136,14 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
   } catch (err) {
     // A configured tokenizer folder that does not load: nothing is left running.
     await feeds.close();
+    await replica.close();
     if (ownRouter) router.close();
+    await fleet.close();
     throw err;
   }
   // Read at scrape time from the feeds and the router (a caller's own metrics registry included).
   registerKvEventMetrics(gateway.metrics.registry, { workers: () => feeds.kvEventStats(), eventStats: (model) => router.eventStats(model) });
+  registerFleetMetrics(gateway.metrics.registry, { registry, replica });
   const server = http.createServer(
     {
       requestTimeout: config.clientTimeoutMs,
@@ -140,13 +155,23 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     gateway,
   );
   server.on("clientError", (err: Error, socket) => answerClientError(err, socket as Socket, config.clientTimeoutMs));
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.port, config.host, () => {
-      server.off("error", reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(config.port, config.host, () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    // The port is taken: nothing stays running (and fleet mode's leases are revoked).
+    await gateway.close();
+    await feeds.close();
+    await replica.close();
+    if (ownRouter) router.close();
+    await fleet.close();
+    throw err;
+  }
   const port = (server.address() as AddressInfo).port;
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host.includes(":") ? `[${config.host}]` : config.host;
   let closing: Promise<void> | null = null;
@@ -166,7 +191,9 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
         await closed;
         await gateway.close();
         await feeds.close();
+        await replica.close();
         if (ownRouter) router.close();
+        await fleet.close();
       })()),
   };
 }

@@ -1,6 +1,6 @@
 /**
- * The registry a `--registry URL` names — one factory, so each scheme plugs in here and nothing
- * else changes:
+ * The registries a `--registry URL` names besides etcd (whose fleet settings fleet-mode.ts
+ * passes): one factory, so each scheme plugs in here and nothing else changes:
  *
  * | URL                                                   | registry                              |
  * |-------------------------------------------------------|---------------------------------------|
@@ -10,16 +10,12 @@
  * |   `&pods=<label selector>` (pods watched)             | from KubeClient.fromEnvironment()     |
  */
 import { InvalidConfigError } from "../errors.js";
-import type { Registry as MetricsRegistry } from "prom-client";
 import { KubernetesRegistry } from "../kubernetes/kubernetes-registry.js";
-import { registerKubernetesRegistryMetrics } from "../kubernetes/registry-metrics.js";
 import type { Registry } from "../router/types.js";
 import { MemoryRegistry } from "./memory-registry.js";
 
 export interface OpenedRegistry {
   registry: Registry;
-  /** Puts the registry's own counters on a gateway's /metrics registry (watched registries). */
-  registerMetrics(metrics: MetricsRegistry): void;
   /** Stops watches and connections (a no-op for memory). */
   close(): Promise<void>;
 }
@@ -35,7 +31,7 @@ export async function openRegistry(url: string, options: OpenRegistryOptions = {
   const scheme = /^([a-z0-9+.-]+):/i.exec(url)?.[1]?.toLowerCase();
   switch (scheme) {
     case "memory":
-      return { registry: new MemoryRegistry(), registerMetrics: () => {}, close: async () => {} };
+      return { registry: new MemoryRegistry(), close: async () => {} };
     case "k8s": {
       const { namespace, services, port, pods } = parseK8sRegistryUrl(url);
       const registry = new KubernetesRegistry({
@@ -46,7 +42,7 @@ export async function openRegistry(url: string, options: OpenRegistryOptions = {
         ...(options.log ? { log: options.log } : {}),
       });
       await registry.start();
-      return { registry, registerMetrics: (metrics) => registerKubernetesRegistryMetrics(metrics, registry), close: () => registry.close() };
+      return { registry, close: () => registry.close() };
     }
     default:
       throw new InvalidConfigError(`registry URL ${JSON.stringify(url)}: unknown scheme (expected memory: or k8s://<namespace>/<service>)`);

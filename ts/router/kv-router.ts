@@ -157,6 +157,17 @@ export interface RouterEventSinkStats {
 
 type NativeCore = InstanceType<typeof native.KvRouterCore>;
 
+/** A routed prompt as other replicas book it: its block keys and its length in tokens. */
+export interface PromptKeys {
+  keys: BigUint64Array;
+  promptTokens: number;
+}
+
+/** Told of this router's own lifecycle steps; `started` gets the prompt's block keys when known. */
+export interface LifecycleObserver extends Omit<RequestLifecycle, "started"> {
+  started(decision: RouteDecision, prompt?: PromptKeys): void;
+}
+
 interface TargetInfo extends WorkerTarget {
   record: WorkerRecord;
 }
@@ -208,6 +219,9 @@ export class KvRouter implements RequestLifecycle {
   private readonly idPrefix = `kvr-${Math.floor(Math.random() * 2 ** 32).toString(36)}-`;
   private nextId = 0;
   private routes = 0;
+  private observer: LifecycleObserver | null = null;
+  /** A decision's prompt keys, kept only while an observer wants them (fleet mode). */
+  private readonly decisionKeys = new WeakMap<RouteDecision, PromptKeys>();
 
   constructor(options: KvRouterOptions) {
     validateOptions(options);
@@ -229,6 +243,11 @@ export class KvRouter implements RequestLifecycle {
   /** Stops following the registry. */
   close(): void {
     this.unwatch();
+  }
+
+  /** The model of a registered worker. */
+  modelOf(workerId: string): string | undefined {
+    return this.workerModels.get(workerId)?.name;
   }
 
   /** Models the router knows (configured, or with a registered worker). */
@@ -326,6 +345,7 @@ export class KvRouter implements RequestLifecycle {
       decision.candidates = candidates;
     }
     if (!dryRun) {
+      if (this.observer) this.decisionKeys.set(decision, { keys: m.core.lastKeys(), promptTokens: tokens.length });
       this.pending.set(requestId, { m, started: false, at: now });
       if (++this.routes % PRUNE_EVERY === 0) this.prunePending(now);
     }
@@ -336,34 +356,81 @@ export class KvRouter implements RequestLifecycle {
 
   /** The request was sent to the decision's worker: its booking becomes permanent until finished. */
   started(decision: RouteDecision): void {
-    const m = this.pending.get(decision.requestId)?.m ?? this.workerModels.get(decision.workerId);
-    if (m === undefined) return;
-    const tid = m.byKey.get(targetKey(decision.workerId, decision.dpRank));
-    if (tid === undefined) return; // the worker left meanwhile
-    m.core.started(decision.requestId, tid, decision.promptBlocks, decision.overlapBlocks, decision.maxTokens ?? null);
-    this.pending.set(decision.requestId, { m, started: true, at: this.clock() });
+    this.book.started(decision);
+    if (this.observer) this.observer.started(decision, this.decisionKeys.get(decision));
   }
 
   /** The first output token arrived: the request's prefill load goes. */
   firstToken(requestId: string): void {
-    this.pending.get(requestId)?.m.core.firstToken(requestId);
+    this.book.firstToken(requestId);
+    this.observer?.firstToken(requestId);
   }
 
   /** Output tokens so far: the request's decode load grows with its context. */
   tokens(requestId: string, generated: number): void {
-    const p = this.pending.get(requestId);
-    if (p === undefined) return;
-    const n = Number.isFinite(generated) ? Math.min(MAX_U32, Math.max(0, Math.floor(generated))) : 0;
-    p.m.core.tokens(requestId, n);
+    this.book.tokens(requestId, generated);
+    this.observer?.tokens(requestId, generated);
   }
 
   /** Finished, failed or cancelled: all the request's load goes. */
-  finished(requestId: string, _outcome: "ok" | "error" | "cancelled"): void {
-    const p = this.pending.get(requestId);
-    if (p === undefined) return;
-    this.pending.delete(requestId);
-    p.m.core.finished(requestId, this.clock());
+  finished(requestId: string, outcome: "ok" | "error" | "cancelled"): void {
+    this.book.finished(requestId, outcome);
+    this.observer?.finished(requestId, outcome);
   }
+
+  /**
+   * Told of every lifecycle step of this router's own requests, after its bookkeeping (fleet
+   * mode publishes them to the other replicas). One observer; null removes it.
+   */
+  observeLifecycle(observer: LifecycleObserver | null): void {
+    this.observer = observer;
+  }
+
+  /**
+   * Another replica's request (fleet mode), started on (workerId, dpRank): booked with its prompt's
+   * block keys as if routed here, and in kv mode its blocks past `overlapBlocks` credited to that
+   * worker speculatively, as this router credits its own choices. Returns false for a worker
+   * this router does not know. Later steps go through `book` with the same id.
+   */
+  bookRemote(r: { requestId: string; workerId: string; dpRank: number; keys: BigUint64Array; promptTokens: number; overlapBlocks: number; maxTokens: number | null }): boolean {
+    const m = this.workerModels.get(r.workerId);
+    const tid = m?.byKey.get(targetKey(r.workerId, r.dpRank));
+    if (m === undefined || tid === undefined) return false;
+    const now = this.clock();
+    m.core.startedRemote(r.requestId, tid, r.keys, r.promptTokens, r.overlapBlocks, r.maxTokens, this.mode === "kv", now);
+    this.pending.set(r.requestId, { m, started: true, at: now });
+    return true;
+  }
+
+  /**
+   * The same bookkeeping for requests another replica placed (their ids must not clash with
+   * this router's: fleet mode prefixes them with the replica's id). Not observed.
+   */
+  readonly book: RequestLifecycle = {
+    started: (decision) => {
+      const m = this.pending.get(decision.requestId)?.m ?? this.workerModels.get(decision.workerId);
+      if (m === undefined) return;
+      const tid = m.byKey.get(targetKey(decision.workerId, decision.dpRank));
+      if (tid === undefined) return; // the worker left meanwhile
+      m.core.started(decision.requestId, tid, decision.promptBlocks, decision.overlapBlocks, decision.maxTokens ?? null);
+      this.pending.set(decision.requestId, { m, started: true, at: this.clock() });
+    },
+    firstToken: (requestId) => {
+      this.pending.get(requestId)?.m.core.firstToken(requestId);
+    },
+    tokens: (requestId, generated) => {
+      const p = this.pending.get(requestId);
+      if (p === undefined) return;
+      const n = Number.isFinite(generated) ? Math.min(MAX_U32, Math.max(0, Math.floor(generated))) : 0;
+      p.m.core.tokens(requestId, n);
+    },
+    finished: (requestId) => {
+      const p = this.pending.get(requestId);
+      if (p === undefined) return;
+      this.pending.delete(requestId);
+      p.m.core.finished(requestId, this.clock());
+    },
+  };
 
   private prunePending(now: number): void {
     const ttl = this.options.unstartedTtlMs ?? 2000;

@@ -8,7 +8,9 @@ use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::scheduler::{
     Decision, Mode, Role, RouteRequest, Scheduler, SchedulerConfig, WorkerMetrics,
 };
-use napi::bindgen_prelude::{Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice};
+use napi::bindgen_prelude::{
+    BigUint64Array, BigUint64ArraySlice, Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice,
+};
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, to_napi};
@@ -283,6 +285,39 @@ impl KvRouterCore {
             overlap_blocks,
             max_tokens,
         )
+    }
+
+    /// Another replica's request started on `target` (fleet mode): booked with its prompt keys,
+    /// and with `credit` its keys past `overlapBlocks` credited speculatively, as a local route.
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub fn started_remote(
+        &mut self,
+        request_id: String,
+        target: u32,
+        keys: BigUint64ArraySlice,
+        prompt_tokens: u32,
+        overlap_blocks: u32,
+        max_tokens: Option<u32>,
+        credit: bool,
+        now_ms: f64,
+    ) -> bool {
+        self.sched.start_remote(
+            &request_id,
+            target,
+            &keys,
+            prompt_tokens,
+            overlap_blocks,
+            max_tokens,
+            credit,
+            now_ms,
+        )
+    }
+
+    /// The prompt keys of the last `route` call.
+    #[napi]
+    pub fn last_keys(&self) -> BigUint64Array {
+        BigUint64Array::new(self.sched.last_keys().to_vec())
     }
 
     #[napi]

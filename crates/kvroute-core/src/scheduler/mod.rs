@@ -734,6 +734,53 @@ impl Scheduler {
             .start(request_id, target, prompt_blocks, overlap_blocks, expected)
     }
 
+    /// Another router replica's request (fleet mode), started on `target`: booked with its
+    /// prompt's keys exactly as a request routed here (so shared prefixes count once), and with
+    /// `credit` its keys past `overlap_blocks` credited to the target's speculative overlay, as
+    /// `route` credits its own choice. Returns false for an unknown target.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_remote(
+        &mut self,
+        request_id: &str,
+        target: TargetId,
+        keys: &[u64],
+        prompt_tokens: u32,
+        overlap_blocks: u32,
+        max_tokens: Option<u32>,
+        credit: bool,
+        now_ms: f64,
+    ) -> bool {
+        if self
+            .targets
+            .get(target as usize)
+            .is_none_or(Option::is_none)
+        {
+            return false;
+        }
+        let expected = self.expected_out(max_tokens);
+        let prompt_blocks = prompt_tokens.div_ceil(self.block_size().max(1));
+        self.book.book(
+            request_id,
+            target,
+            keys,
+            prompt_tokens,
+            prompt_blocks.saturating_sub(overlap_blocks),
+            expected,
+            f64::INFINITY,
+        );
+        if credit && self.cfg.speculative_ttl_ms > 0.0 {
+            let from = (overlap_blocks as usize).min(keys.len());
+            self.overlay
+                .credit(target, &keys[from..], now_ms + self.cfg.speculative_ttl_ms);
+        }
+        true
+    }
+
+    /// The prompt keys of the last `route` call (fleet mode shares them with other replicas).
+    pub fn last_keys(&self) -> &[u64] {
+        &self.keys
+    }
+
     pub fn first_token(&mut self, request_id: &str) -> bool {
         self.book.first_token(request_id)
     }

@@ -819,3 +819,67 @@ fn max_tokens_raises_predicted_decode() {
     // ceil((16 + 32) / 4) = 12.
     assert_eq!(s.load(t[0]).decode_blocks, 12);
 }
+
+#[test]
+fn a_remote_start_with_the_prompt_keys_scores_as_the_replica_that_routed_it() {
+    // Two replicas of one fleet: A routes, B books A's request from its keys (fleet mode).
+    let mut a = sched(|_| {});
+    let mut b = sched(|_| {});
+    let ta = workers(&mut a, 3);
+    let tb = workers(&mut b, 3);
+    assert_eq!(ta, tb);
+    let p = prompt(0, 6);
+    for s in [&mut a, &mut b] {
+        hold(s, "w1", &p, 2);
+    }
+    let d = route(&mut a, &req(p.clone(), "r1"), 0.0).unwrap();
+    let keys = a.last_keys().to_vec();
+    assert_eq!(keys.len(), 6);
+    assert!(a.start("r1", d.target, d.prompt_blocks, d.overlap_blocks, None));
+    assert!(b.start_remote(
+        "a/r1",
+        d.target,
+        &keys,
+        p.len() as u32,
+        d.overlap_blocks,
+        None,
+        true,
+        0.0
+    ));
+    // The next request with the same prompt: B sees the same load and the same speculative
+    // blocks on every worker as A does.
+    let probe = |s: &mut Scheduler| {
+        let d = route(
+            s,
+            &Req {
+                dry_run: true,
+                ..req(p.clone(), "probe")
+            },
+            1.0,
+        )
+        .unwrap();
+        let mut c: Vec<(TargetId, u32, u64, u32)> = d
+            .candidates
+            .iter()
+            .map(|c| {
+                (
+                    c.target,
+                    c.overlap_blocks,
+                    c.decode_blocks,
+                    c.speculative_blocks,
+                )
+            })
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(probe(&mut a), probe(&mut b));
+    assert!(probe(&mut b).iter().any(|c| c.2 > 0), "B booked A's load");
+    // Finished on both: no load left on B either.
+    assert!(a.finish("r1", 2.0));
+    assert!(b.finish("a/r1", 2.0));
+    assert_eq!(probe(&mut a), probe(&mut b));
+    assert!(!b.start_remote("a/r2", 99, &keys, 4, 0, None, true, 3.0));
+    a.book.check().unwrap();
+    b.book.check().unwrap();
+}
