@@ -6,6 +6,8 @@ import { openRegistry, parseK8sRegistryUrl } from "../ts/registry/open-registry.
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
 import { metricsInFlight } from "../ts/kubernetes/kubernetes-connector.js";
 import { startMocker } from "./helpers/mocker-process.js";
+import { openFleet } from "../ts/fleet/fleet-mode.js";
+import { validateGatewayConfig } from "../ts/config/schema.js";
 
 describe("recordFromPod", () => {
   it("defaults to vLLM's: aggregated, block size 16, sha256, no seed, no events, one rank", () => {
@@ -63,6 +65,13 @@ describe("--registry URLs", () => {
     for (const bad of ["k8s://llm", "k8s://llm/", "k8s://Bad_NS/svc", "k8s://llm/Bad_Svc", "k8s://llm/svc?selector=x"]) {
       expect(() => parseK8sRegistryUrl(bad)).toThrow(InvalidConfigError);
     }
+  });
+
+  it("fleet mode's registry setting takes k8s://, refused on the worker side (pods join by becoming ready)", async () => {
+    const config = validateGatewayConfig({ registry: "k8s://llm/workers" });
+    await expect(openFleet(config, { registryGiven: false, follow: false, log: () => {} })).rejects.toThrow(/workers do not register in Kubernetes/);
+    const bad = validateGatewayConfig({ registry: "k8s://llm" });
+    await expect(openFleet(bad, { registryGiven: false, log: () => {} })).rejects.toThrow(InvalidConfigError);
   });
 
   it("memory: is the embedded registry; an unknown scheme is a clear error", async () => {
