@@ -3,6 +3,7 @@
  * win, unknown names are a clear config error; the replay's fleet line prices a trace's prefill on
  * the profile it names.
  */
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { InvalidConfigError } from "../ts/errors.js";
 import { resolveMockEngineConfig } from "../ts/mocker/config.js";
@@ -31,7 +32,7 @@ function ttft(profile: string, n: number): number {
 
 describe("engine profiles", () => {
   it("set the timing and KV cache defaults; explicit settings win; unknown names are refused", () => {
-    expect(ENGINE_PROFILE_NAMES).toEqual(["llama-3.1-8b-h100", "llama-3.1-70b-h100-tp4"]);
+    expect(ENGINE_PROFILE_NAMES).toEqual(["llama-3.1-8b-h100", "llama-3.1-70b-h100-tp4", "dynamo-polynomial", "llama-3.1-8b-h200"]);
     const base = resolveMockEngineConfig({ model: "m" });
     expect(base.timing).toEqual(engineProfile(DEFAULT_ENGINE_PROFILE).timing);
     const big = resolveMockEngineConfig({ model: "m", profile: "llama-3.1-70b-h100-tp4" });
@@ -40,6 +41,15 @@ describe("engine profiles", () => {
     const mixed = resolveMockEngineConfig({ model: "m", profile: "llama-3.1-70b-h100-tp4", numGpuBlocks: 500, timing: { stepBaseMs: 1 } });
     expect(mixed).toMatchObject({ numGpuBlocks: 500, timing: { stepBaseMs: 1, prefillPerTokenMs: 0.089 } });
     expect(() => resolveMockEngineConfig({ model: "m", profile: "h100" })).toThrow(InvalidConfigError);
+  });
+
+  it("llama-3.1-8b-h200 reproduces the prefill measured on the H200 (scripts/profile-gpu) within 10%", () => {
+    const measured = JSON.parse(readFileSync("scripts/profile-gpu/profile-llama-3.1-8b-h200.json", "utf8")) as { prefill: { isl: number; ms: number }[] };
+    for (const isl of [4096, 8192, 16384, 32768]) {
+      const m = measured.prefill.find((p) => p.isl === isl)!.ms;
+      const t = ttft("llama-3.1-8b-h200", isl);
+      expect(Math.abs(t - m) / m).toBeLessThan(0.1);
+    }
   });
 
   it("a 70B worker on four GPUs prefills ~2.5x slower than an 8B one on one", () => {

@@ -8,6 +8,7 @@ import { metricsInFlight } from "../ts/kubernetes/kubernetes-connector.js";
 import { startMocker } from "./helpers/mocker-process.js";
 import { openFleet } from "../ts/fleet/fleet-mode.js";
 import { validateGatewayConfig } from "../ts/config/schema.js";
+import { parseK8sConnectorUrl } from "../ts/kubernetes/kubernetes-worker-connector.js";
 
 describe("recordFromPod", () => {
   it("defaults to vLLM's: aggregated, block size 16, sha256, no seed, no events, one rank", () => {
@@ -97,5 +98,13 @@ describe("metricsInFlight (the connector's default drain probe)", () => {
     } finally {
       await m.stop();
     }
+  });
+});
+
+describe("the planner's k8s:// connector setting", () => {
+  it("names the Deployments of each kind, by default those kvroute manifests writes", () => {
+    expect(parseK8sConnectorUrl("k8s://llm")).toEqual({ namespace: "llm", deployments: { prefill: "kvroute-prefill", decode: "kvroute-decode", aggregated: "kvroute-worker" } });
+    expect(parseK8sConnectorUrl("k8s://llm?name=qwen&decode=dec")).toEqual({ namespace: "llm", deployments: { prefill: "qwen-prefill", decode: "dec", aggregated: "qwen-worker" } });
+    for (const bad of ["k8s://Bad_NS", "k8s://llm/svc", "k8s://llm?replicas=3", "etcd://x"]) expect(() => parseK8sConnectorUrl(bad)).toThrow(InvalidConfigError);
   });
 });

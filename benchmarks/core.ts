@@ -2,9 +2,13 @@
  * `npm run bench:core`: block hashing per algorithm beside the raw hash over the same bytes
  * (Rust, one thread), the same hashing through N-API, and the indexer (apply rate, findMatches
  * p50/p99 for 512-block queries on 1M blocks over 64 workers, bytes per pair) through N-API
- * against a pure-TypeScript indexer measured in the same run.
+ * against a pure-TypeScript indexer measured in the same run; then kvroute's indexer beside
+ * Dynamo's two (dynamo-kv-router 1.6.1, `benchmarks/dynamo-indexer/`: a standalone Cargo project
+ * built on first run into `.cache/`, never part of the workspace `npm test` builds) on the same
+ * events, answers checked equal. `--no-dynamo` skips that part.
  */
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { BlockHasher, ENGINE_HASH_ALGORITHMS, KvIndexer } from "../ts/index.js";
 import { TsKvIndexer } from "./baseline/ts-indexer.js";
@@ -80,3 +84,15 @@ printTable("Indexer through N-API vs pure TypeScript (1M blocks, 64 workers, 512
   { name: "findMatches p99", value: percentile(nativeLat, 0.99), unit: "µs", baseline: `TS: ${percentile(tsLat, 0.99).toFixed(1)} µs` },
   { name: `memory (${(stats.pairs / 1e6).toFixed(1)}M pairs, ${(stats.blocks / 1e6).toFixed(2)}M blocks)`, value: stats.approxBytes / stats.pairs, unit: "bytes/pair" },
 ]);
+
+// 4. Side by side with Dynamo's indexers (Rust, same events, answers compared).
+if (!process.argv.includes("--no-dynamo")) {
+  const manifest = `${root}benchmarks/dynamo-indexer/Cargo.toml`;
+  const env = { ...process.env, CARGO_TARGET_DIR: `${root}.cache/dynamo-indexer-target` };
+  console.log("\nbuilding benchmarks/dynamo-indexer (dynamo-kv-router 1.6.1; minutes on first run)...");
+  execFileSync("cargo", ["build", "--release", "-q", "--manifest-path", manifest], { cwd: root, env, stdio: ["ignore", "inherit", "inherit"] });
+  const trace = `${root}../shared/traces/mooncake_conversation.jsonl`;
+  const args = existsSync(trace) ? ["--trace", trace] : [];
+  if (args.length === 0) console.log(`(no Mooncake trace at ${trace}: the trace scenarios are skipped)`);
+  execFileSync(`${root}.cache/dynamo-indexer-target/release/dynamo-indexer-bench`, args, { cwd: root, stdio: ["ignore", "inherit", "ignore"] });
+}

@@ -40,6 +40,20 @@ export class TokenizerLoadError extends KvrouteError {
   }
 }
 
+/** NIXL's library (libnixl_capi.so) or its backend cannot be loaded: the message says why. */
+export class NixlUnavailableError extends KvrouteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("KVR_NIXL_UNAVAILABLE", message, options);
+  }
+}
+
+/** NIXL reported a failure (registration, transfer, notification). */
+export class NixlTransferError extends KvrouteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("KVR_NIXL_FAILED", message, options);
+  }
+}
+
 const NATIVE_CODE = /^(KVR_[A-Z_]+): ([\s\S]*)$/;
 
 /** Converts an error thrown by the native addon into the matching typed error. */
@@ -49,6 +63,8 @@ export function fromNative(err: unknown): KvrouteError {
   const match = NATIVE_CODE.exec(message);
   if (match?.[1] === "KVR_INVALID_CONFIG") return new InvalidConfigError(match[2] ?? "", { cause: err });
   if (match?.[1] === "KVR_INVALID_INPUT") return new InvalidInputError(match[2] ?? "", { cause: err });
+  if (match?.[1] === "KVR_NIXL_UNAVAILABLE") return new NixlUnavailableError(match[2] ?? "", { cause: err });
+  if (match?.[1] === "KVR_NIXL_FAILED") return new NixlTransferError(match[2] ?? "", { cause: err });
   if (match?.[1] === "KVR_TOKENIZER_LOAD") return new TokenizerLoadError(match[2] ?? "", { cause: err });
   return new KvrouteError("KVR_INTERNAL", message, { cause: err });
 }

@@ -24,11 +24,14 @@ export {
   fromNative,
   InvalidConfigError,
   InvalidInputError,
+  NixlTransferError,
+  NixlUnavailableError,
   TokenizerLoadError,
   KvrouteError,
   type KvrouteErrorCode,
 } from "./errors.js";
 export { native } from "./native.js";
+export * from "./nixl/index.js";
 export {
   DealerSocket,
   endpointForRank,

@@ -24,6 +24,8 @@ export interface MockWorkerOptions {
   extraArgs?: string[];
   /** A tokenizer folder: the mocker tokenizes with it (`--tokenizer`), and so does the fleet's gateway. */
   tokenizer?: string;
+  /** Extra environment of the worker process. */
+  env?: Record<string, string>;
 }
 
 /**
@@ -56,6 +58,7 @@ async function startMockWorkerOnce(options: MockWorkerOptions, registry: WorkerR
     extraArgs: ["--speedup", String(options.speedup ?? 20), ...(options.tokenizer ? ["--tokenizer", options.tokenizer] : []), ...(options.extraArgs ?? [])],
   };
   if (dp > 1) config.dataParallel = { size: dp };
+  if (options.env) config.env = options.env;
   if (options.kvEvents !== false) config.kvEvents = { endpoint: `tcp://*:${base + 1}`, replayEndpoint: `tcp://*:${base + 1 + dp}` };
   if (config.role !== "aggregated") config.nixlSideChannelPort = (await findFreePortRange(1)) as number;
   const worker = new VllmWorker(config, { logger: null, registry, maxRestarts: 0, livenessIntervalMs: 0, startTimeoutMs: 30_000, stopGraceMs: 2000 });

@@ -14,6 +14,8 @@ export interface MockerProcess extends MockerReady {
   child: ChildProcess;
   /** SIGTERM and wait for the exit (a no-op once exited). */
   stop(): Promise<void>;
+  /** What the process wrote to stderr so far. */
+  stderr(): string;
 }
 
 export function startMocker(args: string[], env: Record<string, string> = {}): Promise<MockerProcess> {
@@ -34,7 +36,7 @@ export function startMocker(args: string[], env: Record<string, string> = {}): P
     child.stdout!.on("data", (d: Buffer) => {
       out += d.toString();
       const m = /kvroute mock: ready (\{.*\})\n/.exec(out);
-      if (m) resolve({ child, stop, ...(JSON.parse(m[1]!) as MockerReady) });
+      if (m) resolve({ child, stop, stderr: () => err, ...(JSON.parse(m[1]!) as MockerReady) });
     });
     child.once("exit", (code) => reject(new Error(`mock exited with ${code}: ${err}`)));
   });

@@ -6,6 +6,8 @@ import { runDemo } from "./demo.js";
 import { runHash } from "./hash.js";
 import { runManifests } from "./manifests.js";
 import { runMock } from "./mock.js";
+import { runPlanner } from "./planner.js";
+import { runProfile } from "./profile.js";
 import { runReplayCommand } from "./replay.js";
 import { runServe } from "./serve.js";
 import { runTokenize } from "./tokenize.js";
@@ -19,6 +21,9 @@ Usage: kvroute <command> [options]
 Commands:
   demo      See what kvroute is for: KV-aware routing vs round-robin on a simulated fleet (~15 s)
   replay    Replay a workload trace against simulated workers and compare routing policies
+            (--planner: a planner sizes the fleet to TTFT and ITL targets)
+  profile   Sweep a worker type (mock or vLLM) into the SLA planner's profile
+  planner   The SLA / load planner beside a gateway (decisions, metrics, decision log)
   hash      Block hashes of token sequences (JSON lines on stdin -> JSON lines on stdout)
   tokenize  Token ids exactly as vLLM computes them for a tokenizer folder (JSON lines in and out)
   serve     The KV-aware OpenAI gateway in front of a configured fleet (file, env, flags)
@@ -38,6 +43,8 @@ const COMMANDS: Record<string, Command> = {
   hash: runHash,
   tokenize: runTokenize,
   mock: runMock,
+  profile: runProfile,
+  planner: runPlanner,
   serve: runServe,
   up: runUp,
   worker: runWorker,

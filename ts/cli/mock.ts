@@ -28,6 +28,8 @@ vLLM flags:
   --kv-events-config <json>             enable_kv_cache_events, publisher, endpoint, replay_endpoint,
                                         topic, buffer_steps, hwm, max_queue_size
   --kv-transfer-config <json>           kv_connector, kv_role, engine_id, kv_connector_extra_config
+  --nixl-block-bytes <n>                NixlConnector: bytes per KV block moved over NIXL (default 8192,
+                                        Llama-3.1-8B's 2 MiB scaled by 1/256); KVROUTE_MOCK_NIXL=0: timing model only
   --data-parallel-size, -dp <n>         Engines (ranks) in this process (default 1)
   --data-parallel-rank, -dpn <r>        Run only rank r (external load-balancing mode)
   --max-model-len <n>                   Default 131072, fitted to the KV cache when unset or -1; 32k, 1m ok
@@ -70,6 +72,7 @@ const FLAGS: Record<string, Kind> = {
   "prefix-caching-hash-algo": "string",
   "kv-events-config": "string",
   "kv-transfer-config": "string",
+  "nixl-block-bytes": "string",
   "data-parallel-size": "string",
   "data-parallel-rank": "string",
   "max-model-len": "string",
@@ -270,7 +273,7 @@ export function mockConfigFromArgs(argv: string[]): {
   }
 
   const timing: Partial<TimingModel> = {};
-  const timingFlags: Record<string, keyof TimingModel> = {
+  const timingFlags: Record<string, Exclude<keyof TimingModel, "polynomial">> = {
     "step-base-ms": "stepBaseMs",
     "prefill-per-token-ms": "prefillPerTokenMs",
     "attention-per-token-pair-ms": "attentionPerTokenPairMs",
@@ -307,6 +310,7 @@ export function mockConfigFromArgs(argv: string[]): {
     kvEventsConfig,
     kvEventsFormat: str("kv-events-format"),
     kvTransferConfig,
+    nixlBlockBytes: str("nixl-block-bytes") === undefined ? undefined : intFlag("nixl-block-bytes", str("nixl-block-bytes")!),
     loraModules,
     timing,
     speedup,

@@ -17,6 +17,11 @@ import { readTrace, TraceError, type Trace } from "../replay/trace.js";
 import { REPLAY_DEFAULTS, type ReplayProgress } from "../replay/virtual-replay.js";
 import { ENGINE_PROFILE_NAMES, engineProfile } from "../mocker/profiles.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
+import { writeFileSync } from "node:fs";
+import { resolve as resolvePath } from "node:path";
+import { DISAGG_POLICIES, type DisaggPolicyName } from "../gateway/disagg-policy.js";
+import { runTopologyReplay, topologyTable, TOPOLOGIES, type Topology, type TopologyResult } from "../replay/topology-replay.js";
+import { runPlannedReplayCommand } from "./replay-planner.js";
 
 const HELP = `Usage: kvroute replay --trace FILE [options]
 
@@ -47,6 +52,18 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
   --jobs N                virtual clock: policies replayed side by side, one process each
                           (default: the number of CPUs)
   --quiet                 no progress bar
+  --planner KIND          a planner sizes the fleet (sla, load, sla+load, dynamo, fixed) with
+                          --ttft-target MS --itl-target MS: see 'kvroute replay --planner sla --help'
+
+Topologies (virtual clock, KV-aware routing; instead of --policy):
+  --topology LIST         comma-separated: agg, disagg, conditional. The same GPUs as P + D
+                          aggregated workers, or P prefill + D decode workers (KV moved at the
+                          profile's transfer cost), or conditional disaggregation; reports TTFT
+                          and ITL percentiles
+  --prefill-workers P     (default: half of --workers)
+  --decode-workers D      (default: the rest of --workers)
+  --disagg-policy NAME    conditional: isl (default; 2,048 tokens and 70% uncached), threshold,
+                          always, prefill-load, isl-or-load
 
 Exit codes: 0 done, 1 failed, 2 bad usage or trace, 130 interrupted (partial report written).`;
 
@@ -212,6 +229,8 @@ export function positiveNumber(flag: string, value: string | undefined, min = 0,
 }
 
 export async function runReplayCommand(argv: string[]): Promise<number> {
+  // A planner sizes the fleet: its own flags and report (replay-planner.ts).
+  if (argv.some((a) => a === "--planner" || a.startsWith("--planner="))) return runPlannedReplayCommand(argv);
   let cli: ReplayCliOptions;
   try {
     const { values } = parseCommandArgs(argv, {
@@ -233,6 +252,10 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       html: { type: "string" },
       jobs: { type: "string" },
       quiet: { type: "boolean" },
+      topology: { type: "string" },
+      "prefill-workers": { type: "string" },
+      "decode-workers": { type: "string" },
+      "disagg-policy": { type: "string" },
       help: { type: "boolean", short: "h" },
     });
     if (values.help) {
@@ -240,6 +263,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       return 0;
     }
     if (values.trace === undefined) throw new UsageError("--trace FILE is required");
+    if (values.topology !== undefined) return await runTopologies(values, argv);
     const jobs = values.jobs === undefined ? undefined : positiveInt("jobs", values.jobs);
     const clock = parseClock(values.clock);
     const policies = parsePolicies(values.policy ?? "kv,round-robin");
@@ -286,6 +310,60 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
     throw err;
   }
   return runReplayWithUi(cli);
+}
+
+/** `--topology`: agg vs disagg vs conditional on the same GPUs, virtual clock (topology-replay.ts). */
+async function runTopologies(values: Record<string, string | boolean | undefined>, argv: string[]): Promise<number> {
+  const str = (k: string) => values[k] as string | undefined;
+  const list = str("topology")!.split(",").map((t) => t.trim()).filter((t) => t.length > 0);
+  if (list.length === 0) throw new UsageError("--topology needs at least one of agg, disagg, conditional");
+  for (const t of list) if (!TOPOLOGIES.includes(t as Topology)) throw new UsageError(`unknown topology '${t}' (expected ${TOPOLOGIES.join(", ")})`);
+  if (str("clock") !== undefined && str("clock") !== "virtual") throw new UsageError("--topology runs on the virtual clock");
+  const workers = positiveInt("workers", str("workers"), 8);
+  const prefillWorkers = positiveInt("prefill-workers", str("prefill-workers"), Math.max(1, Math.floor(workers / 2)));
+  const decodeWorkers = positiveInt("decode-workers", str("decode-workers"), Math.max(1, workers - prefillWorkers));
+  const policy = str("disagg-policy") ?? "isl";
+  if (!DISAGG_POLICIES.includes(policy as DisaggPolicyName)) throw new UsageError(`--disagg-policy must be one of ${DISAGG_POLICIES.join(", ")}: got '${policy}'`);
+  if (str("profile") !== undefined) engineProfile(str("profile")!);
+  const trace = readTrace(str("trace")!, { limit: str("limit") === undefined ? undefined : positiveInt("limit", str("limit")), rate: positiveNumber("rate", str("rate")) });
+  const router = str("router") === undefined ? undefined : parseRouterOptions(str("router")!);
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  process.on("SIGINT", stop);
+  const results: TopologyResult[] = [];
+  try {
+    console.log(`${trace.requests.length.toLocaleString("en-US")} requests; ${prefillWorkers + decodeWorkers} GPUs as ${prefillWorkers + decodeWorkers} aggregated or ${prefillWorkers}P + ${decodeWorkers}D workers (${str("profile") ?? REPLAY_DEFAULTS.profile}); conditional policy ${policy}`);
+    for (const topology of list as Topology[]) {
+      if (abort.signal.aborted) break;
+      const r = await runTopologyReplay({
+        trace,
+        topology,
+        prefillWorkers,
+        decodeWorkers,
+        disagg: { policy: policy as DisaggPolicyName },
+        profile: str("profile"),
+        blockSize: str("block-size") === undefined ? undefined : positiveInt("block-size", str("block-size")),
+        numGpuBlocks: str("num-gpu-blocks") === undefined ? undefined : positiveInt("num-gpu-blocks", str("num-gpu-blocks")),
+        eventDelayMs: positiveNumber("event-delay-ms", str("event-delay-ms"), 0, true),
+        seed: str("seed") === undefined ? undefined : Number(str("seed")),
+        ...(router ? { router } : {}),
+        signal: abort.signal,
+      });
+      results.push(r);
+      if (values.quiet !== true) process.stderr.write(`kvroute replay: ${topology}: ${r.completed.toLocaleString("en-US")} requests in ${(r.wallMs / 1000).toFixed(1)} s wall\n`);
+    }
+  } finally {
+    process.off("SIGINT", stop);
+  }
+  console.log(topologyTable(results));
+  console.log("(ms; TTFT from arrival to the decode worker's first token, ITL per request: (last - first token) / (tokens - 1))");
+  const json = str("json");
+  if (json) {
+    const file = resolvePath(json);
+    writeFileSync(file, JSON.stringify({ command: ["kvroute", "replay", ...argv].map(shellQuote).join(" "), trace: trace.file, results }, null, 2) + "\n");
+    console.log(`JSON:   ${file}`);
+  }
+  return abort.signal.aborted ? 130 : 0;
 }
 
 /** `--router`: a JSON object of KvRouter options, checked by the router itself. */

@@ -14,6 +14,15 @@ import { parseArgs } from "node:util";
 import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { positiveInt, UsageError } from "./args.js";
 import { waitForSignal, warnUntokenized } from "./serve.js";
+import { parsePlannerConfig, type PlannerConfig } from "../planner/config.js";
+import { LocalConnector } from "../planner/local-connector.js";
+import { sweepMockEngine } from "../planner/mock-profiler.js";
+import type { PlannerLoop } from "../planner/planner-loop.js";
+import { scaleProfileTime } from "../planner/profile.js";
+import { startPlanner } from "../planner/start-planner.js";
+import { PlannerMetrics } from "../planner/planner-metrics.js";
+import type { WorkerKind } from "../planner/sla-planner.js";
+import { readFileSync } from "node:fs";
 
 const HELP = `Usage: kvroute up <preset> [options] [-- <engine args>]
 
@@ -48,6 +57,12 @@ launch scripts do. Presets: ${TOPOLOGY_PRESETS.join(", ")}.
   --registry etcd://H:P   fleet mode: the workers register in etcd (other gateways see them too)
   --bus nats://H:P        fleet mode: share request load with other gateway replicas over NATS
 ${accessHelp(26)}
+  --planner KIND          sla | load | sla+load: a planner sizes the fleet (agg-router, disagg-router
+                          presets); workers start and drain through the local connector
+  --ttft-target MS        --planner: TTFT target
+  --itl-target MS         --planner: ITL target
+  --planner-profile PATH  --planner: the profile (default with --engine mock: a sweep of the mocker)
+  --planner-config FILE   --planner: more settings (JSON, as kvroute planner --config)
   --quiet                 do not print engine output
 
 Prints 'kvroute up: ready {json}' once every worker is healthy. Exit codes: 0 stopped by a
@@ -63,6 +78,7 @@ export async function runUp(argv: string[]): Promise<number> {
   let quiet: boolean;
   let tokenizer: Tokenizer | null = null;
   let model: string;
+  let plannerConfig: PlannerConfig | null = null;
   try {
     let parsed;
     try {
@@ -87,6 +103,11 @@ export async function runUp(argv: string[]): Promise<number> {
           "num-gpu-blocks": { type: "string" },
           speedup: { type: "string" },
           config: { type: "string" },
+          planner: { type: "string" },
+          "ttft-target": { type: "string" },
+          "itl-target": { type: "string" },
+          "planner-profile": { type: "string" },
+          "planner-config": { type: "string" },
           registry: { type: "string" },
           bus: { type: "string" },
           ...ACCESS_OPTIONS,
@@ -146,6 +167,7 @@ export async function runUp(argv: string[]): Promise<number> {
     if (extraArgs.length > 0) topology.extraArgs = extraArgs;
     topology.basePort = values["base-port"] !== undefined ? int("base-port") : undefined;
     topology.baseEventPort = values["event-port"] !== undefined ? int("event-port") : undefined;
+    if (values.planner !== undefined) plannerConfig = upPlannerConfig(values, preset, topology);
   } catch (err) {
     if (err instanceof UsageError || err instanceof KvrouteError) {
       console.error(`kvroute up: ${err.message}\n\nRun 'kvroute up --help' for usage.`);
@@ -156,9 +178,12 @@ export async function runUp(argv: string[]): Promise<number> {
 
   let running: RunningGateway | null = null;
   let group: WorkerGroup | null = null;
+  let planned: { loop: PlannerLoop; connector: LocalConnector } | null = null;
   const stopAll = async () => {
+    await planned?.loop.stop();
     await running?.close();
     await group?.stop({ graceMs: 5000 });
+    await planned?.connector.close();
   };
   const signal = waitForSignal();
   let interrupted = false;
@@ -167,6 +192,17 @@ export async function runUp(argv: string[]): Promise<number> {
     // The launched model is served for good: 503 (retry), not 404, while its workers restart.
     running = await startGateway(gatewayInput, { servedModels: [model], ...(tokenizer ? { tokenizers: { [model]: tokenizer } } : {}) });
     warnUntokenized("kvroute up", running.gateway.tokenizers.missing([model]));
+    if (plannerConfig) {
+      planned = await startPlannedFleet(preset, topology, plannerConfig, running, quiet);
+      if (!interrupted) {
+        const kinds = plannerConfig.mode === "aggregated" ? ["aggregated"] : ["prefill", "decode"];
+        console.log(`kvroute up: ready ${JSON.stringify({ url: running.url, preset, routerMode: running.config.routerMode, planner: plannerConfig.planner, workers: running.registry.list().map((r) => ({ id: r.id, role: r.role, url: r.url })), kinds })}`);
+        await signal;
+      }
+      console.error("kvroute up: stopping");
+      await stopAll();
+      return 0;
+    }
     // One range of free ports: HTTP per process, then PUB + replay per DP rank, then NIXL side channels.
     const plan = planTopology(preset, { ...topology, basePort: 1, baseEventPort: 1 });
     const processes = plan.length;
@@ -196,4 +232,61 @@ export async function runUp(argv: string[]): Promise<number> {
   console.error("kvroute up: stopping");
   await stopAll();
   return 0;
+}
+
+/** `--planner` flags (and `--planner-config`) as a PlannerConfig for this deployment. */
+function upPlannerConfig(values: Record<string, string | string[] | boolean | undefined>, preset: TopologyPreset, topology: TopologyOptions): PlannerConfig {
+  if (preset !== "agg-router" && preset !== "disagg-router" && preset !== "agg" && preset !== "disagg") throw new UsageError(`--planner works with the agg, agg-router, disagg and disagg-router presets, not ${preset}`);
+  let file: Record<string, unknown> = {};
+  if (typeof values["planner-config"] === "string") {
+    try {
+      file = JSON.parse(readFileSync(values["planner-config"], "utf8")) as Record<string, unknown>;
+    } catch (err) {
+      throw new UsageError(`--planner-config: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  const num = (flag: string) => (typeof values[flag] === "string" ? Number(values[flag]) : undefined);
+  const input: Record<string, unknown> = { ...file, planner: values.planner, mode: preset.startsWith("disagg") ? "disaggregated" : "aggregated", connector: "local" };
+  if (num("ttft-target") !== undefined) input["ttftTargetMs"] = num("ttft-target");
+  if (num("itl-target") !== undefined) input["itlTargetMs"] = num("itl-target");
+  if (typeof values["planner-profile"] === "string") input["profile"] = values["planner-profile"];
+  if (input["profile"] === undefined && values.planner !== "load") {
+    if (topology.engine !== "mock") throw new UsageError("--planner with --engine vllm needs --planner-profile (kvroute profile --engine vllm writes one)");
+    // The mocker's own engine, swept on its simulated clock, in wall time at its speedup.
+    const swept = sweepMockEngine({ engine: { ...(topology.numGpuBlocksOverride ? { numGpuBlocks: topology.numGpuBlocksOverride } : {}), ...(topology.blockSize ? { blockSize: topology.blockSize } : {}) } });
+    const speed = topology.speedup ?? 1;
+    return parsePlannerConfig(input, "--planner", Number.isFinite(speed) ? scaleProfileTime(swept, 1 / speed) : swept);
+  }
+  return parsePlannerConfig(input, "--planner");
+}
+
+/** Starts the initial workers through the local connector, then the planner loop. */
+async function startPlannedFleet(preset: TopologyPreset, topology: TopologyOptions, c: PlannerConfig, running: RunningGateway, quiet: boolean): Promise<{ loop: PlannerLoop; connector: LocalConnector }> {
+  const configFor = async (kind: WorkerKind, n: number) => {
+    const base = await findFreePortRange(8);
+    const plan = planTopology(preset, { ...topology, workers: 1, prefillWorkers: 1, decodeWorkers: 1, basePort: base, baseEventPort: base + 2, baseSideChannelPort: base + 6, idPrefix: `planned-${n}-` });
+    const cfg = plan.find((p) => (p.role ?? "aggregated") === kind) ?? plan[0]!;
+    return { ...cfg, id: `${kind}-${n}-${cfg.port}` };
+  };
+  const connector = new LocalConnector({
+    registry: running.registry,
+    workerConfig: configFor,
+    supervision: { logger: quiet ? null : undefined, maxRestarts: 3, startTimeoutMs: topology.engine === "mock" ? 60_000 : 600_000 },
+    inFlight: async (id) => {
+      const m = await running.gateway.metrics.activeRequests.get();
+      return m.values.filter((v) => v.labels["worker"] === id).reduce((a, v) => a + v.value, 0);
+    },
+  });
+  const kinds: WorkerKind[] = c.mode === "aggregated" ? ["aggregated"] : ["prefill", "decode"];
+  const initial = (k: WorkerKind) => Math.max(c.minWorkers, k === "prefill" ? (topology.prefillWorkers ?? 1) : k === "decode" ? (topology.decodeWorkers ?? 1) : (topology.workers ?? 1));
+  for (const k of kinds) await connector.scale(k, initial(k), "initial fleet");
+  const deadline = Date.now() + (topology.engine === "mock" ? 60_000 : 600_000);
+  while (kinds.some((k) => running.registry.list().filter((r) => r.role === k).length < initial(k))) {
+    if (Date.now() > deadline) throw new Error("the initial workers did not become healthy in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  // kvroute_planner_* join the gateway's own /metrics.
+  const metrics = new PlannerMetrics(running.gateway.metrics.registry);
+  const loop = await startPlanner(c, { connector, gatewayMetrics: () => running.gateway.metrics.text(), registry: running.registry, metrics });
+  return { loop, connector };
 }

@@ -12,6 +12,7 @@ import { ENGINE_HASH_ALGORITHMS, type EngineHashAlgorithm } from "../core/block-
 import { InvalidConfigError } from "../errors.js";
 import type { RouterMode } from "../router/types.js";
 import type { WorkerRole } from "../workers/config.js";
+import { DISAGG_POLICIES, type DisaggPolicyName } from "../gateway/disagg-policy.js";
 
 export const ROUTER_MODES: readonly RouterMode[] = ["kv", "round-robin", "random", "least-loaded"];
 export const WORKER_ROLES: readonly WorkerRole[] = ["aggregated", "prefill", "decode"];
@@ -72,6 +73,16 @@ export interface DisaggConfig {
    * does not have cached are at most this many (0: always prefill remotely).
    */
   localPrefillMaxTokens: number;
+  /** Conditional disaggregation policy (ts/gateway/disagg-policy.ts). */
+  policy: DisaggPolicyName;
+  /** `isl`: remote prefill only for at least this many uncached prompt tokens (Dynamo: 2,048). */
+  islMinTokens: number;
+  /** `isl`: ...and at least this percentage of the prompt uncached (Dynamo: 70). */
+  islMinPercent: number;
+  /** `prefill-load`: bypass the prefill worker when it has this many requests in flight. */
+  prefillBusyActive: number;
+  /** Decode-busy veto: no local prefill on a decode worker with this many in flight (0: off). */
+  decodeBusyActive: number;
 }
 
 export interface GatewayConfig {
@@ -256,7 +267,12 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
     kind: "object",
     doc: "Prefill/decode disaggregation.",
     fields: {
-      localPrefillMaxTokens: { kind: "int", min: 0, default: 512, env: true, doc: "Prefill on the decode worker when at most this many prompt tokens are uncached there; 0: always remote." },
+      localPrefillMaxTokens: { kind: "int", min: 0, default: 512, env: true, doc: "threshold policy: prefill on the decode worker when at most this many prompt tokens are uncached there; 0: always remote." },
+      policy: { kind: "string", enum: DISAGG_POLICIES, default: "threshold", env: true, doc: "Conditional disaggregation: threshold, always, isl, prefill-load or isl-or-load." },
+      islMinTokens: { kind: "int", min: 0, default: 2048, env: true, doc: "isl policies: remote prefill only when at least this many prompt tokens are uncached on the decode worker." },
+      islMinPercent: { kind: "int", min: 0, max: 100, default: 70, env: true, doc: "isl policies: ...and at least this percentage of the prompt." },
+      prefillBusyActive: { kind: "int", min: 1, default: 8, env: true, doc: "prefill-load policies: prefill locally when the best prefill worker has this many requests in flight." },
+      decodeBusyActive: { kind: "int", min: 0, default: 0, env: true, doc: "Decode-busy veto: never prefill locally on a decode worker with this many requests in flight; 0: off." },
     },
   },
   router: { kind: "opaque", default: {}, doc: "Options of the KvRouter (overlapWeight, temperature, busy thresholds...)." },

@@ -45,6 +45,8 @@ import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeou
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, SseSplitter, sseEvent } from "./sse.js";
 import { scanTokenEvent } from "./sse-scan.js";
+import { chooseDisaggPath, covers, routePrefillWorker, type DisaggDecision } from "./disagg-route.js";
+import { decodeLegParams, prefillLegBody } from "./prefill-leg.js";
 
 type Format = "completions" | "chat";
 
@@ -137,6 +139,8 @@ export class Exchange {
   private phase: "queued" | "prefill" | "upstream" = "queued";
   private prefillController: Dispatcher.DispatchController | null = null;
   private prefillWorker: string | null = null;
+  /** The conditional-disaggregation choice (disaggregated models only), for headers and logs. */
+  private disagg: DisaggDecision | null = null;
   private kvTransferParams: Record<string, unknown> | null = null;
 
   // The client's view of a stream.
@@ -248,60 +252,50 @@ export class Exchange {
   // ---- disaggregation ----
 
   /**
-   * Prefill on a prefill worker (vLLM's NixlConnector protocol: `do_remote_decode`, max_tokens 1,
-   * not streamed), unless the decode worker already holds all but `localPrefillMaxTokens` of the
-   * prompt. The returned `kv_transfer_params` go with the decode request. A failed prefill falls
-   * back to prefilling on the decode worker.
+   * Decides (disagg-policy.ts) whether a prefill worker prefills, chosen KV-aware among the
+   * prefill workers (overlap and prefill load); if so runs the prefill leg (prefill-leg.ts) and
+   * keeps the `kv_transfer_params` it returns for the decode leg. A prefill worker that fails
+   * (refused, reset, died) is replaced once by another prefill worker; then the decode worker
+   * prefills itself.
    */
   private async remotePrefill(decode: RouteDecision): Promise<void> {
-    const blockSize = this.ctx.fleet.record(decode.workerId)?.blockSize ?? 16;
     // Untokenized prompts: about four characters a token, so long prompts still prefill remotely.
-    const promptLength = this.key.untokenized ? estimatedTokens(this.parsed) : this.tokens.length;
-    const uncached = promptLength - decode.overlapBlocks * blockSize;
-    const local = this.ctx.config.disagg.localPrefillMaxTokens;
-    if (local > 0 && uncached <= local) {
-      this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local" });
-      return;
-    }
-    const prefillTargets = this.ctx.fleet.of(this.model).prefill;
-    const avoid = [...this.ctx.admission.full(prefillTargets), ...this.ctx.suspects.among(prefillTargets)];
-    let pDecision: RouteDecision;
-    try {
-      pDecision = this.ctx.router.route({
+    const promptTokens = this.key.untokenized ? estimatedTokens(this.parsed) : this.tokens.length;
+    const failed: WorkerTarget[] = [];
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const pDecision = routePrefillWorker(this.ctx, {
         model: this.model,
         tokens: this.tokens,
-        requestId: `${this.routerBase}~prefill`,
-        role: "prefill",
-        ...(avoid.length > 0 && !covers(avoid, prefillTargets) ? { exclude: avoid } : {}),
-        maxTokens: 1,
-        ...(this.parsed.cacheSalt !== null ? { cacheSalt: this.parsed.cacheSalt } : {}),
+        requestId: `${this.routerBase}~prefill${failed.length > 0 ? failed.length : ""}`,
+        cacheSalt: this.parsed.cacheSalt,
+        failed,
       });
-    } catch (err) {
-      // The prefill workers left meanwhile: the decode worker prefills.
-      this.ctx.log(`no prefill worker for ${this.model} (${describe(err)}); prefilling on ${decode.workerId}`);
-      this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local_fallback" });
-      return;
+      if (attempt === 0) {
+        this.disagg = chooseDisaggPath(this.ctx, decode, pDecision, promptTokens, true);
+        this.ctx.metrics.disaggDecisions.inc({ model: this.model, path: this.disagg.path, reason: this.disagg.reason });
+        if (this.disagg.path === "local") {
+          if (pDecision) this.ctx.router.finished(pDecision.requestId, "cancelled");
+          this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local" });
+          return;
+        }
+      }
+      if (!pDecision) break;
+      const result = await this.runPrefill(pDecision, decode);
+      if (result === "ok" || result === "cancelled" || this.clientGone) return;
+      if (result === "refused") break;
+      failed.push(pDecision);
     }
+    this.prefillWorker = null;
+    this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local_fallback" });
+  }
+
+  /** One prefill leg: "ok" (params kept), "cancelled" (client gone), "refused" or "failed". */
+  private async runPrefill(pDecision: RouteDecision, decode: RouteDecision): Promise<"ok" | "cancelled" | "refused" | "failed"> {
     this.phase = "prefill";
     this.ctx.router.started(pDecision);
     this.ctx.admission.take(pDecision.workerId, pDecision.dpRank);
     this.prefillWorker = pDecision.workerId;
-    const body: Record<string, unknown> = {
-      ...this.parsed.body,
-      model: this.model,
-      stream: false,
-      max_tokens: 1,
-      kv_transfer_params: {
-        do_remote_decode: true,
-        do_remote_prefill: false,
-        remote_engine_id: null,
-        remote_block_ids: null,
-        remote_host: null,
-        remote_port: null,
-      },
-    };
-    if ("max_completion_tokens" in body) body["max_completion_tokens"] = 1;
-    delete body["stream_options"];
+    const body = prefillLegBody(this.parsed.body, this.model);
     let outcome: "ok" | "error" | "cancelled" = "error";
     try {
       const { status, text } = await this.collect(
@@ -314,33 +308,40 @@ export class Exchange {
       );
       if (this.clientGone) {
         outcome = "cancelled";
-        return;
+        return "cancelled";
       }
+      let params: Record<string, unknown> | null = null;
       if (status === 200) {
-        const params = (JSON.parse(text) as { kv_transfer_params?: unknown }).kv_transfer_params;
-        if (params && typeof params === "object") {
-          this.kvTransferParams = params as Record<string, unknown>;
-          outcome = "ok";
-          this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "remote" });
-          return;
+        try {
+          params = decodeLegParams(JSON.parse(text));
+        } catch {
+          params = null;
         }
       }
-      this.ctx.log(`prefill on ${pDecision.workerId} answered ${status} without kv_transfer_params; prefilling on ${decode.workerId}`);
+      if (params) {
+        this.kvTransferParams = params;
+        outcome = "ok";
+        this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "remote" });
+        return "ok";
+      }
+      this.ctx.log(`prefill on ${pDecision.workerId} answered ${status} without usable kv_transfer_params; prefilling on ${decode.workerId}`);
+      this.prefillWorker = null;
+      return "refused";
     } catch (err) {
       if (this.clientGone) {
         outcome = "cancelled";
-        return;
+        return "cancelled";
       }
       this.ctx.metrics.upstreamErrors.inc({ worker: pDecision.workerId, kind: "prefill" });
       this.ctx.suspects.mark(pDecision.workerId);
-      this.ctx.log(`prefill on ${pDecision.workerId} failed (${describe(err)}); prefilling on ${decode.workerId}`);
+      this.ctx.log(`prefill on ${pDecision.workerId} failed (${describe(err)})`);
+      this.prefillWorker = null;
+      return "failed";
     } finally {
       this.prefillController = null;
       this.closeLifecycle(pDecision, outcome);
       this.phase = "upstream";
     }
-    this.prefillWorker = null;
-    this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local_fallback" });
   }
 
   /** A whole (non-streamed) upstream exchange, bounded in size. */
@@ -504,6 +505,7 @@ export class Exchange {
       "x-kvroute-request-id": attempt.requestId,
     };
     if (this.prefillWorker) h["x-kvroute-prefill-worker"] = this.prefillWorker;
+    if (this.disagg) h["x-kvroute-disagg"] = `${this.disagg.path}; reason=${this.disagg.reason}; uncached=${this.disagg.uncachedTokens}`;
     return h;
   }
 
@@ -1013,13 +1015,6 @@ function firstEvents(whole: Buffer, count: number): string {
 
 /** Errors that prove the request never reached the worker. */
 const NOT_STARTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_CLOSED", "UND_ERR_DESTROYED"]);
-
-function covers(exclude: readonly WorkerTarget[], targets: readonly WorkerTarget[]): boolean {
-  for (const t of targets) {
-    if (!exclude.some((e) => e.workerId === t.workerId && e.dpRank === t.dpRank)) return false;
-  }
-  return true;
-}
 
 function describe(err: unknown): string {
   if (!(err instanceof Error)) return String(err);

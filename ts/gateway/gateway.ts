@@ -19,6 +19,7 @@ import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type G
 import type { TokenIds } from "../core/block-hasher.js";
 import type { Registry, RouteDecision } from "../router/types.js";
 import { Admission } from "./admission.js";
+import { chooseDisaggPath, routePrefillWorker } from "./disagg-route.js";
 import { ApiKeys } from "./api-keys.js";
 import { readBody } from "./body.js";
 import { FleetView, Suspects, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
@@ -356,11 +357,30 @@ async function handleRoute(ctx: GatewayContext, served: ServedModels, req: Incom
         promptTokens: tokens.length,
         tokenized: !key.untokenized,
       });
+      if (fleet.disaggregated) out["disagg"] = explainDisagg(ctx, model, tokens, decision);
     }
     sendJson(res, 200, out, { "x-kvroute-worker": decision.workerId, "x-kvroute-overlap-blocks": String(decision.overlapBlocks) });
   } catch (err) {
     sendJsonError(res, toGatewayError(err));
   }
+}
+
+/** What the conditional-disaggregation policy would decide for this prompt now (no booking). */
+function explainDisagg(ctx: GatewayContext, model: string, tokens: TokenIds, decode: RouteDecision): Record<string, unknown> {
+  const prefill = routePrefillWorker(ctx, { model, tokens, dryRun: true });
+  const d = chooseDisaggPath(ctx, decode, prefill, tokens.length, false);
+  return {
+    policy: ctx.config.disagg.policy,
+    path: d.path,
+    reason: d.reason,
+    promptTokens: d.promptTokens,
+    uncachedTokens: d.uncachedTokens,
+    decodeWorker: decode.workerId,
+    decodeActive: d.decodeActive,
+    prefillWorker: prefill?.workerId ?? null,
+    prefillOverlapBlocks: prefill?.overlapBlocks ?? null,
+    prefillActive: d.prefillActive,
+  };
 }
 
 function handleModels(ctx: GatewayContext, res: ServerResponse): void {

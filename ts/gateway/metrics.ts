@@ -35,6 +35,7 @@ export class GatewayMetrics {
   readonly queueDepth: Gauge<"model">;
   readonly upstreamErrors: Counter<"worker" | "kind">;
   readonly remotePrefills: Counter<"model" | "where">;
+  readonly disaggDecisions: Counter<"model" | "path" | "reason">;
   readonly untokenized: Counter<"model" | "reason">;
   readonly tokenizationChecks: Counter<"model" | "worker">;
   readonly tokenizationMismatches: Counter<"model" | "worker">;
@@ -93,6 +94,12 @@ export class GatewayMetrics {
       name: "kvroute_disagg_prefills_total",
       help: "Disaggregated requests by where their prefill ran (remote, local)",
       labelNames: ["model", "where"],
+      registers: r,
+    });
+    this.disaggDecisions = new Counter({
+      name: "kvroute_disagg_decisions_total",
+      help: "Conditional disaggregation decisions by path (remote, local) and reason (policy rule, decode_busy_veto, no_prefill_worker)",
+      labelNames: ["model", "path", "reason"],
       registers: r,
     });
     this.untokenized = new Counter({

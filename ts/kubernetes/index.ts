@@ -17,6 +17,6 @@ export {
   type ScaleOptions,
   type ScaleResult,
 } from "./kubernetes-connector.js";
-export { KubernetesWorkerConnector, type WorkerConnectorContract } from "./kubernetes-worker-connector.js";
+export { KubernetesWorkerConnector, parseK8sConnectorUrl } from "./kubernetes-worker-connector.js";
 export { buildManifests, connectorRbac, manifestsYaml, registryRbac, type ManifestOptions } from "./manifests.js";
 export { ANNOTATIONS, POD_DELETION_COST, recordFromPod, workerAnnotations, type WorkerAnnotationInput } from "./pod-annotations.js";

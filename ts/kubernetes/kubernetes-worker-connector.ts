@@ -13,17 +13,36 @@
  * - close(): cancels what is under way (the fleet stays as it is) and stops the watch; the
  *   Deployments' pods are not this connector's to stop.
  */
+import { InvalidConfigError } from "../errors.js";
+import type { WorkerConnector } from "../planner/connector.js";
 import type { WorkerRole } from "../workers/config.js";
 import { KubeClient, resourcePath, type KubeObject } from "./kube-client.js";
 import { KubernetesConnector, type KubernetesConnectorOptions, type ScaleResult } from "./kubernetes-connector.js";
 import { ListWatch } from "./list-watch.js";
 
-/** The planner's connector contract (structurally; ts/planner/connector.ts). */
-export interface WorkerConnectorContract {
-  readonly name: string;
-  running(kind: WorkerRole): number;
-  scale(kind: WorkerRole, count: number, reason: string): Promise<void>;
-  close(): Promise<void>;
+/**
+ * `k8s://<namespace>[?prefill=<Deployment>&decode=<Deployment>&aggregated=<Deployment>&name=<prefix>]`:
+ * the Deployments of each kind, by default those `kvroute manifests --name <prefix>` writes
+ * (`<prefix>-prefill`, `<prefix>-decode`, `<prefix>-worker`; prefix `kvroute`).
+ */
+export function parseK8sConnectorUrl(url: string): { namespace: string; deployments: Partial<Record<WorkerRole, string>> } {
+  const bad = (why: string): never => {
+    throw new InvalidConfigError(`connector ${JSON.stringify(url)}: ${why} (expected k8s://<namespace>[?prefill=D&decode=D&aggregated=D&name=PREFIX])`);
+  };
+  if (!URL.canParse(url) || !/^k8s:$/i.test(new URL(url).protocol)) bad("not a k8s:// URL");
+  const u = new URL(url);
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(u.hostname)) bad(`namespace ${JSON.stringify(u.hostname)} is not a DNS label`);
+  if (u.pathname !== "" && u.pathname !== "/") bad("no path after the namespace");
+  for (const key of u.searchParams.keys()) if (!["prefill", "decode", "aggregated", "name"].includes(key)) bad(`unknown parameter ${JSON.stringify(key)}`);
+  const prefix = u.searchParams.get("name") ?? "kvroute";
+  return {
+    namespace: u.hostname,
+    deployments: {
+      prefill: u.searchParams.get("prefill") ?? `${prefix}-prefill`,
+      decode: u.searchParams.get("decode") ?? `${prefix}-decode`,
+      aggregated: u.searchParams.get("aggregated") ?? `${prefix}-worker`,
+    },
+  };
 }
 
 interface Deployment extends KubeObject {
@@ -38,7 +57,7 @@ interface Operation {
   done: Promise<void>;
 }
 
-export class KubernetesWorkerConnector implements WorkerConnectorContract {
+export class KubernetesWorkerConnector implements WorkerConnector {
   readonly name = "kubernetes";
   /** The last result of each kind's scale (for logs and tests). */
   readonly results = new Map<WorkerRole, ScaleResult>();

@@ -10,6 +10,7 @@ import { ENGINE_HASH_ALGORITHMS, type EngineHashAlgorithm } from "../core/block-
 import type { KvEventFormat } from "../events/codec.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { DEFAULT_ENGINE_PROFILE, engineProfile } from "./profiles.js";
+import { polynomialProblem, type StepPolynomial } from "./step-timing.js";
 
 /** Simulated step costs, in simulated milliseconds (see docs/mocker.md for the derivation). */
 export interface TimingModel {
@@ -27,6 +28,11 @@ export interface TimingModel {
   kvTransferBaseMs: number;
   /** Remote prefill: per token pulled (KV bytes per token / RDMA bandwidth). */
   kvTransferPerTokenMs: number;
+  /**
+   * When set, steps are timed by this polynomial (Dynamo's model, ./step-timing.ts) instead of
+   * the linear terms above, which then only feed estimates (the replay's fleet line).
+   */
+  polynomial?: StepPolynomial;
 }
 
 /** The default profile's timing (Llama-3.1-8B on one H100). */
@@ -125,6 +131,12 @@ export interface MockEngineConfig {
   /** `VLLM_NIXL_SIDE_CHANNEL_HOST` / `_PORT` as reported in kv_transfer_params. */
   nixlSideChannelHost?: string;
   nixlSideChannelPort?: number;
+  /**
+   * Disaggregated mode with NixlConnector: move real KV bytes over NIXL when the library loads
+   * (default true; KVROUTE_MOCK_NIXL=0 turns it off), `nixlBlockBytes` per block (default 8192).
+   */
+  nixl?: boolean;
+  nixlBlockBytes?: number;
   loraModules?: LoraModule[];
   /**
    * `--tokenizer`: a Hugging Face tokenizer folder (or a loaded `Tokenizer`). Prompts are then
@@ -160,6 +172,7 @@ export interface ResolvedMockEngineConfig {
   kvTransfer: { connector: string; role: string; engineId: string; extra: Record<string, unknown> } | null;
   nixlSideChannelHost: string;
   nixlSideChannelPort: number;
+  nixl: { enabled: boolean; blockBytes: number };
   loraModules: LoraModule[];
   /** The real tokenizer, or null for the toy one. */
   tokenizer: Tokenizer | null;
@@ -216,7 +229,13 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     ranks = [r];
   }
   const timing = { ...profile.timing, ...config.timing };
-  for (const [k, v] of Object.entries(timing)) nonNegative(k, v as number);
+  for (const [k, v] of Object.entries(timing)) {
+    if (k !== "polynomial") nonNegative(k, v as number);
+  }
+  if (timing.polynomial !== undefined) {
+    const problem = polynomialProblem(timing.polynomial);
+    if (problem !== null) throw new InvalidConfigError(`timing.polynomial: ${problem}`);
+  }
   const speedup = config.speedup ?? 1;
   if (typeof speedup !== "number" || !(speedup > 0)) throw new InvalidConfigError(`speedup must be > 0: got ${String(speedup)}`);
   const zeroTime = config.zeroTime === true || speedup === Infinity;
@@ -288,6 +307,10 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     kvTransfer,
     nixlSideChannelHost: config.nixlSideChannelHost ?? process.env.VLLM_NIXL_SIDE_CHANNEL_HOST ?? "localhost",
     nixlSideChannelPort: config.nixlSideChannelPort ?? Number(process.env.VLLM_NIXL_SIDE_CHANNEL_PORT ?? 5600),
+    nixl: {
+      enabled: kvTransfer !== null && /nixl/i.test(kvTransfer.connector) && (config.nixl ?? process.env.KVROUTE_MOCK_NIXL !== "0"),
+      blockBytes: positiveInt("nixlBlockBytes", config.nixlBlockBytes, 8192),
+    },
     loraModules,
     tokenizer: typeof config.tokenizer === "string" ? Tokenizer.fromDir(config.tokenizer) : (config.tokenizer ?? null),
   };

@@ -30,6 +30,7 @@ import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
 import { contextFingerprint } from "./toy-tokenizer.js";
+import { polynomialStepMs, type StepPolynomial } from "./step-timing.js";
 
 export interface LoraRef {
   name: string;
@@ -92,6 +93,14 @@ export interface CoreOutput {
 }
 
 export type OutputSink = (out: CoreOutput) => void;
+
+/** Moves a disaggregated request's KV for real (ts/mocker/nixl-kv.ts implements it). */
+export interface KvTransferHooks {
+  /** Prefill side: a prefill-only request finished; its blocks hold its KV. */
+  produced(blocks: readonly number[], tokens: Uint32Array, promptLen: number, blockSize: number): void;
+  /** Decode side: pulls the remote blocks from `firstBlock` on into `localBlocks`; false: it failed. */
+  pull(params: Record<string, unknown> | null, localBlocks: readonly number[], firstBlock: number, tokens: Uint32Array, promptLen: number, blockSize: number): Promise<boolean>;
+}
 
 type Status = "waiting" | "running" | "transferring" | "finished";
 
@@ -251,6 +260,8 @@ export class EngineCore {
   /** The step in progress (between prepareStep and finishStep). */
   private plan: Scheduled[] = [];
   private wake: (() => void) | null = null;
+  /** Real KV transfers (ts/mocker/nixl-kv.ts); null: the timing model prices them. */
+  kvTransfer: KvTransferHooks | null = null;
   private closed = false;
   private loopDone: Promise<void> = Promise.resolve();
   private stepsRun = 0;
@@ -405,7 +416,7 @@ export class EngineCore {
    * core's clock jumps there) and returns its modelled duration, or null when nothing is runnable.
    * The caller calls `endStep()` once its clock reaches `now` + duration; requests added meanwhile
    * (with their `arrivalTime`) wait for the next step, as in vLLM. Remote-KV transfers
-   * (disaggregated decode) are not driven in this mode.
+   * (disaggregated decode) land at `nextTransferTime()`: begin a step then.
    */
   beginStep(now: number): number | null {
     if (now > this.vclock) this.vclock = now;
@@ -415,6 +426,14 @@ export class EngineCore {
       if (d !== null || this.running.length + this.waiting.length === 0 || this.transferring.size > 0) return d;
     }
     return null;
+  }
+
+  /**
+   * Manual stepping: the simulated time the next remote-KV transfer lands (a step should begin
+   * then), or null. Lets a discrete-event caller drive disaggregated decode.
+   */
+  nextTransferTime(): number | null {
+    return this.nextTransferAt();
   }
 
   /** Ends the step `beginStep` started: samples tokens, finishes requests, flushes KV events. */
@@ -494,6 +513,7 @@ export class EngineCore {
   /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
   private modelStep(plan: Scheduled[]): number {
     const t = this.config.timing;
+    if (t.polynomial !== undefined) return this.polynomialStep(t.polynomial, plan);
     let ms = t.stepBaseMs;
     for (const { req, numNew } of plan) {
       if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
@@ -504,6 +524,21 @@ export class EngineCore {
       }
     }
     return ms;
+  }
+
+  /** Dynamo's polynomial step time (./step-timing.ts): decode steps are the one-token steps of
+   * requests past their prompt, the rest is prefill. */
+  private polynomialStep(p: StepPolynomial, plan: Scheduled[]): number {
+    let prefill = 0;
+    let decodeSeqs = 0;
+    let decodeKv = 0;
+    for (const { req, numNew } of plan) {
+      if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
+        decodeSeqs++;
+        decodeKv += req.numComputed;
+      } else prefill += numNew;
+    }
+    return polynomialStepMs(p, prefill, decodeSeqs, decodeKv, this.config.numGpuBlocks * this.config.blockSize);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -558,9 +593,19 @@ export class EngineCore {
           this.waiting.shift();
           this.recordLookup(req, hitTokens);
           req.numExternalCached = external;
+          const params = req.remotePrefill;
           req.remotePrefill = null;
           req.status = "transferring";
-          req.transferReadyAt = this.vclock + config.timing.kvTransferBaseMs + config.timing.kvTransferPerTokenMs * external;
+          const modelled = config.timing.kvTransferBaseMs + config.timing.kvTransferPerTokenMs * external;
+          req.transferReadyAt = this.vclock + modelled;
+          if (this.kvTransfer) {
+            // The request waits for the real bytes (wall time), or the model if the pull fails.
+            req.transferReadyAt = Infinity;
+            const firstBlock = Math.floor(hitTokens / config.blockSize);
+            void this.kvTransfer
+              .pull(params, req.blocks.slice(), firstBlock, req.tokens, req.promptLen, config.blockSize)
+              .then((ok) => this.transferArrived(req, ok ? 0 : modelled));
+          }
           req.timings.scheduled ??= this.vclock;
           this.transferring.add(req);
           continue;
@@ -737,8 +782,16 @@ export class EngineCore {
 
   private nextTransferAt(): number | null {
     let next: number | null = null;
-    for (const r of this.transferring) if (next === null || r.transferReadyAt < next) next = r.transferReadyAt;
+    // Infinity: a real transfer in flight, which wakes the loop when it lands.
+    for (const r of this.transferring) if (r.transferReadyAt !== Infinity && (next === null || r.transferReadyAt < next)) next = r.transferReadyAt;
     return next;
+  }
+
+  /** A real KV pull ended: the request's KV is in (or, `afterMs` > 0, modelled from now). */
+  private transferArrived(req: CoreRequest, afterMs: number): void {
+    if (req.status !== "transferring" || this.closed) return;
+    req.transferReadyAt = afterMs > 0 ? this.now() + afterMs : 0;
+    this.wake?.();
   }
 
   /** Remote KV that has arrived: cache its blocks, recompute the last prompt token locally. */
@@ -834,7 +887,10 @@ export class EngineCore {
 
   private finish(req: CoreRequest, reason: "stop" | "length" | "abort", stopReason: string | number | null, tokens: number[] = []): void {
     let kvParams: Record<string, unknown> | null = null;
-    if (req.remoteDecode && this.config.kvTransfer && reason !== "abort") kvParams = this.transferParams(req);
+    if (req.remoteDecode && this.config.kvTransfer && reason !== "abort") {
+      kvParams = this.transferParams(req);
+      this.kvTransfer?.produced(req.blocks, req.tokens, req.promptLen, this.config.blockSize);
+    }
     req.status = "finished";
     this.freeBlocks(req);
     this.requests.delete(req.id);

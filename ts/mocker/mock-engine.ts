@@ -18,6 +18,7 @@ import { VllmEventPublisher, type ReplayLayout } from "../events/vllm-event-publ
 import { resolveMockEngineConfig, type KvEventPublisherLike, type MockEngineConfig, type ResolvedMockEngineConfig } from "./config.js";
 import { EngineCore, type CoreOutput, type CoreRequestInit, type LoraRef, type RequestTimings } from "./engine-core.js";
 import { VllmMetrics } from "./metrics.js";
+import { NixlKv, nixlKvFamilies } from "./nixl-kv.js";
 
 export interface GenerateRequest {
   /** Default: a random id. Must be unique among the engine's live requests. */
@@ -218,6 +219,7 @@ export class MockEngine {
   private readonly endpoints: KvEventEndpoint[] = [];
   private closed = false;
   private nextRank = 0;
+  private readonly nixl: NixlKv[] = [];
 
   private constructor(config: ResolvedMockEngineConfig) {
     this.config = config;
@@ -248,6 +250,7 @@ export class MockEngine {
       await engine.close();
       throw err;
     }
+    await engine.startNixl();
     for (const core of engine.cores) core.start();
     return engine;
   }
@@ -344,10 +347,42 @@ export class MockEngine {
     return this.metrics.render();
   }
 
+  /**
+   * Disaggregated mode: real KV transfers over NIXL for every core (ts/mocker/nixl-kv.ts), or the
+   * timing model, said once, when NIXL is not available here.
+   */
+  private async startNixl(): Promise<void> {
+    const { nixl, kvTransfer } = this.config;
+    if (!nixl.enabled || kvTransfer === null) return;
+    const families = nixlKvFamilies(this.metrics);
+    try {
+      for (const core of this.cores) {
+        const kv = await NixlKv.start({
+          engineId: kvTransfer.engineId,
+          rank: core.rank,
+          numBlocks: this.config.numGpuBlocks,
+          blockBytes: nixl.blockBytes,
+          sideChannelHost: this.config.nixlSideChannelHost,
+          sideChannelPort: this.config.nixlSideChannelPort,
+          log: (m) => console.error(`kvroute mock: ${m}`),
+          metrics: { ...families, labels: [this.modelName, String(core.rank)] },
+        });
+        this.nixl.push(kv);
+        core.kvTransfer = kv;
+      }
+      console.error(`kvroute mock: KV transfers over NIXL (${this.nixl.length} pool(s) of ${this.config.numGpuBlocks} x ${nixl.blockBytes} bytes)`);
+    } catch (err) {
+      for (const core of this.cores) core.kvTransfer = null;
+      await Promise.all(this.nixl.splice(0).map((k) => k.close()));
+      console.error(`kvroute mock: ${err instanceof Error ? err.message : String(err)}; KV transfers use the timing model`);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.cores.map((c) => c.close()));
+    await Promise.all(this.nixl.splice(0).map((k) => k.close()));
     await Promise.all([...this.publishers.values()].map((p) => p.close()));
   }
 

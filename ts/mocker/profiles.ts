@@ -5,6 +5,7 @@
  */
 import { InvalidConfigError } from "../errors.js";
 import type { TimingModel } from "./config.js";
+import { DYNAMO_POLYNOMIAL } from "./step-timing.js";
 
 export interface EngineProfile {
   /** One line: the model, its parallelism and GPUs. */
@@ -41,6 +42,42 @@ const PROFILES = {
       kvTransferPerTokenMs: 0.0037,
     }),
     numGpuBlocks: 26_000,
+  },
+  /**
+   * Dynamo's mocker default timing (its polynomial: ./step-timing.ts), to compare routing with
+   * Dynamo's replay at equal engine timing. The linear terms are the polynomial's first-order
+   * part, for estimates only.
+   */
+  "dynamo-polynomial": {
+    description: "Dynamo mocker's default timing (polynomial prefill and decode)",
+    timing: Object.freeze({
+      stepBaseMs: 16.50142,
+      prefillPerTokenMs: 0.01518344,
+      attentionPerTokenPairMs: 0,
+      decodePerSeqMs: 0,
+      decodePerContextTokenMs: 0,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.0037,
+      polynomial: DYNAMO_POLYNOMIAL,
+    }),
+    numGpuBlocks: 26_000,
+  },
+  /**
+   * Fitted to a measured PyTorch forward pass with Llama-3.1-8B shapes on one H200 (random bf16
+   * weights, chunked prefill, decode in CUDA graphs): scripts/profile-gpu/, docs/mocker.md.
+   */
+  "llama-3.1-8b-h200": {
+    description: "Llama-3.1-8B, bf16, one H200 (fitted to a measured PyTorch forward pass, not vLLM)",
+    timing: Object.freeze({
+      stepBaseMs: 8.09,
+      prefillPerTokenMs: 0.0251,
+      attentionPerTokenPairMs: 1.8e-6,
+      decodePerSeqMs: 0.0153,
+      decodePerContextTokenMs: 2.89e-5,
+      kvTransferBaseMs: 2.0,
+      kvTransferPerTokenMs: 0.006,
+    }),
+    numGpuBlocks: 53_689,
   },
 } satisfies Record<string, EngineProfile>;
 

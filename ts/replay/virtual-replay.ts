@@ -350,7 +350,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
  * output text here, so it is not detokenized (as vLLM's `detokenize=False`), unless stop strings
  * need it.
  */
-function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Array, now: number) {
+export function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Array, now: number) {
   if (req.hashIds) return { requestId, promptTokenIds: tokens, maxTokens: req.maxTokens, ignoreEos: true, detokenize: false, arrivalTime: now };
   const body = req.openai!.body;
   const num = (k: string) => (typeof body[k] === "number" ? (body[k] as number) : undefined);
@@ -370,7 +370,7 @@ function generateRequest(req: TraceRequest, requestId: string, tokens: Uint32Arr
   };
 }
 
-function virtualRecord(id: string, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
+export function virtualRecord(id: string, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
   return {
     id,
     model,

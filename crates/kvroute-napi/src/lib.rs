@@ -6,6 +6,7 @@ mod convert;
 pub mod events;
 mod hasher;
 mod indexer;
+pub mod nixl;
 mod router;
 mod tokenizer;
 

@@ -22,19 +22,26 @@
 //!
 //! # Design
 //!
-//! One open-addressing table (see [`table`]) maps a key to an entry that holds, inline, the key and
-//! `T` bitsets of `W = ceil(slots / 64)` words (tier-major), one bit per slot: a lookup is one
-//! cache miss, and with 64 slots and one tier an entry is 16 bytes. A query walks `q` keeping
-//! `active` = the slots still contiguous; at step `i` it ANDs in the any-tier holders of `q[i]`
-//! (the OR of the `T` bitsets), and a slot that drops out gets `blocks = i`. It stops as soon as
-//! `active` is empty. Tier attribution costs nothing when `T == 1`; otherwise the walk keeps, per
-//! tier `t > 0`, the mask of slots whose best tier for the block is `t`, and credits the mask's
-//! slots once per run of blocks over which it stays the same (tier 0 gets the rest).
+//! One table (see [`table`]) keeps, per block, the key and `T` bitsets of `W = ceil(slots / 64)`
+//! words (tier-major), one bit per slot, in an *arena* in insertion order, found by key through a
+//! compact open-addressing index (8 bytes a slot). A query walks `q` keeping `active` = the slots
+//! still contiguous; at step `i` it ANDs in the any-tier holders of `q[i]` (the OR of the `T`
+//! bitsets), and a slot that drops out gets `blocks = i`. It stops as soon as `active` is empty.
+//! Tier attribution costs nothing when `T == 1`; otherwise the walk keeps, per tier `t > 0`, the
+//! mask of slots whose best tier for the block is `t`, and credits the mask's slots once per run
+//! of blocks over which it stays the same (tier 0 gets the rest).
 //!
-//! The keys of a query are independent lookups, so the walk prefetches the entry of `q[i + 20]`
-//! while it works on `q[i]` and keeps ~20 cache misses in flight; the first two probes are
-//! branch-free. That is what makes a 512-block walk over an index much larger than the cache take
-//! a few microseconds. `W == 1` walks are monomorphized per `T ≤ 4` (stride a constant).
+//! Long lookups: a `BlockStored` batch is a chain, so its new blocks sit in consecutive arena
+//! blocks, and a long prompt is mostly such runs. The walk first tries the arena block right after
+//! the previous one (`arena[e + 1].key == q[i + 1]` and live: a sequential read the hardware
+//! prefetcher has already brought in) and goes through the index only at run boundaries; the
+//! answer is exact either way, since a block is only ever taken on key equality. A full hit of a
+//! 512-block prompt is one index probe and a 512-block sequential scan.
+//!
+//! Where the walk does go through the index (queries made of short runs), it keeps the index
+//! slots of the next 20 keys and the arena blocks of the next 10 on their way (two-stage
+//! prefetch), as do the applies; the first two index slots are read branch-free. `W == 1` walks
+//! are monomorphized per `T ≤ 4` (stride a constant).
 //!
 //! Invariants (besides the table's T1–T4 and the slots' S1–S3; [`Indexer::check_invariants`]
 //! verifies them all):
@@ -158,6 +165,34 @@ impl Matches {
     }
 }
 
+/// The walks' prefetch cursors. While a walk follows an arena run it needs no prefetch (the
+/// hardware streams the arena); whenever it has to go through the index it makes sure the index
+/// slots of the next `PREFETCH` keys and the arena blocks of the next `PREFETCH / 2` are on their
+/// way, so a query made of short runs keeps ~20 misses in flight as before.
+#[derive(Default)]
+struct Ahead {
+    slots: usize,
+    blocks: usize,
+}
+
+impl Ahead {
+    #[inline(always)]
+    fn run(&mut self, table: &table::Probe<'_>, keys: &[u64], j: usize, s: usize) {
+        let to = (j + PREFETCH).min(keys.len());
+        self.slots = self.slots.max(j + 1);
+        while self.slots < to {
+            table.prefetch(keys[self.slots]);
+            self.slots += 1;
+        }
+        let to = (j + PREFETCH / 2).min(keys.len());
+        self.blocks = self.blocks.max(j + 1);
+        while self.blocks < to {
+            table.prefetch_block(keys[self.blocks], s);
+            self.blocks += 1;
+        }
+    }
+}
+
 /// The KV indexer. See the [module documentation](self).
 pub struct Indexer {
     table: Table,
@@ -253,13 +288,10 @@ impl Indexer {
         } as usize;
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
-        for &k in keys.iter().take(PREFETCH) {
-            self.table.prefetch(k);
-        }
+        self.table.begin_batch();
+        self.prefetch_start(keys);
         for (j, &k) in keys.iter().enumerate() {
-            if let Some(&next) = keys.get(j + PREFETCH) {
-                self.table.prefetch(next);
-            }
+            self.prefetch_ahead(keys, j);
             let e = self.table.find_or_insert(k);
             let word = self.table.word_mut(e, off);
             let held = *word & bit != 0;
@@ -268,6 +300,25 @@ impl Indexer {
             seen(j, held);
         }
         Ok(tier)
+    }
+
+    /// The apply paths' two-stage prefetch: index slots `PREFETCH` keys ahead, arena blocks
+    /// `PREFETCH / 2` ahead (by then their index slot has arrived).
+    #[inline(always)]
+    fn prefetch_start(&self, keys: &[u64]) {
+        for &k in keys.iter().take(PREFETCH) {
+            self.table.prefetch(k);
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_ahead(&self, keys: &[u64], j: usize) {
+        if let Some(&next) = keys.get(j + PREFETCH) {
+            self.table.prefetch(next);
+        }
+        if let Some(&next) = keys.get(j + PREFETCH / 2) {
+            self.table.probe().prefetch_block(next, self.table.stride());
+        }
     }
 
     /// Whether slot `slot` holds `key` on tier `tier` (false for an unknown slot, tier or key).
@@ -302,13 +353,9 @@ impl Indexer {
         let slot = slot as usize;
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
-        for &k in keys.iter().take(PREFETCH) {
-            self.table.prefetch(k);
-        }
+        self.prefetch_start(keys);
         for (j, &k) in keys.iter().enumerate() {
-            if let Some(&next) = keys.get(j + PREFETCH) {
-                self.table.prefetch(next);
-            }
+            self.prefetch_ahead(keys, j);
             let Some(e) = self.table.find(k) else {
                 self.removes_unknown += 1;
                 continue;
@@ -434,24 +481,32 @@ impl Indexer {
         let mut active = out.active[0];
         let mut prev = [0u64; T];
         let mut run = [0u32; T];
-        for &k in keys.iter().take(PREFETCH) {
-            table.prefetch(k, s);
-        }
+        let mut ahead = Ahead::default();
+        let mut e = usize::MAX;
         let mut j = 0;
         let walked = loop {
             if j == n {
                 break n;
             }
-            if let Some(&k) = keys.get(j + PREFETCH) {
-                table.prefetch(k, s);
+            let k = keys[j];
+            // Sequential fast path: the next block of the arena run (see [`table`]).
+            let mut b: &[u64; T] = &[0; T];
+            if e != usize::MAX && table.next_is(e, k, s) {
+                e += 1;
+                b = table.bits(e, s).try_into().expect("W == 1");
             }
-            let Some(e) = table.find(keys[j], s) else {
-                out.end_at(0, active, j);
-                active = 0;
-                break j + 1;
-            };
-            let b: &[u64; T] = table.bits(e, s).try_into().expect("W == 1");
-            let any = b.iter().fold(0, |a, &x| a | x);
+            let mut any = b.iter().fold(0, |a, &x| a | x);
+            if any == 0 {
+                ahead.run(&table, keys, j, s);
+                let Some(f) = table.find(k, s) else {
+                    out.end_at(0, active, j);
+                    active = 0;
+                    break j + 1;
+                };
+                e = f;
+                b = table.bits(e, s).try_into().expect("W == 1");
+                any = b.iter().fold(0, |a, &x| a | x);
+            }
             let dropped = active & !any;
             if dropped != 0 {
                 out.end_at(0, dropped, j);
@@ -496,23 +551,29 @@ impl Indexer {
         prev.resize(t * w, 0);
         run.clear();
         run.resize(t * w, 0);
-        for &k in keys.iter().take(PREFETCH) {
-            table.prefetch(k, s);
-        }
+        let mut ahead = Ahead::default();
+        let mut e = usize::MAX;
         let mut j = 0;
         let walked = loop {
             if j == n {
                 break n;
             }
-            if let Some(&k) = keys.get(j + PREFETCH) {
-                table.prefetch(k, s);
+            let k = keys[j];
+            let seq = e != usize::MAX
+                && table.next_is(e, k, s)
+                && table.bits(e + 1, s).iter().any(|&x| x != 0);
+            if seq {
+                e += 1;
+            } else {
+                ahead.run(&table, keys, j, s);
+                let Some(f) = table.find(k, s) else {
+                    for (wi, a) in active.iter_mut().enumerate() {
+                        out.end_at(wi, std::mem::take(a), j);
+                    }
+                    break j + 1;
+                };
+                e = f;
             }
-            let Some(e) = table.find(keys[j], s) else {
-                for (wi, a) in active.iter_mut().enumerate() {
-                    out.end_at(wi, std::mem::take(a), j);
-                }
-                break j + 1;
-            };
             let b = table.bits(e, s);
             let mut alive = 0;
             for (wi, a) in active.iter_mut().enumerate() {

@@ -1,0 +1,176 @@
+/**
+ * `kvroute replay --planner sla|load|sla+load|dynamo|fixed`: the trace replayed on the virtual
+ * clock with a fleet a planner sizes every adjustment interval (ts/replay/planned-replay.ts).
+ * Targets and the profile are checked before anything runs: a bad profile, a zero or negative
+ * target or one the profile cannot meet exits 2 with the reason.
+ */
+import { writeFileSync, appendFileSync, mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { KvrouteError } from "../errors.js";
+import { ENGINE_PROFILE_NAMES, engineProfile } from "../mocker/profiles.js";
+import { ProfileModel } from "../planner/interpolate.js";
+import { sweepMockEngine } from "../planner/mock-profiler.js";
+import { PREDICTOR_NAMES } from "../planner/predictors.js";
+import { loadProfile, type PerfProfile } from "../planner/profile.js";
+import { validateTargets } from "../planner/targets.js";
+import { UnreachableTargetError } from "../planner/errors.js";
+import { PLANNER_KINDS, runPlannedReplay, type PlannerKind, type PlannedReplayResult } from "../replay/planned-replay.js";
+import { modulateRate } from "../replay/rate-curve.js";
+import { readTrace, TraceError } from "../replay/trace.js";
+import { REPLAY_DEFAULTS } from "../replay/virtual-replay.js";
+import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
+import { positiveNumber } from "./replay.js";
+
+export const PLANNER_HELP = `Usage: kvroute replay --trace FILE --planner KIND --ttft-target MS --itl-target MS [options]
+
+Replays a trace on the virtual clock with a fleet a planner sizes every adjustment interval;
+new workers join after a cold start, removed ones drain first. Reports SLA attainment (requests and
+intervals within target) and worker-seconds.
+
+  --planner KIND          ${PLANNER_KINDS.join(", ")} (dynamo: Dynamo's published replica formulas,
+                          the baseline; fixed: --workers all along)
+  --ttft-target MS        TTFT target (ms), > 0 and above the profile's fastest prefill
+  --itl-target MS         ITL target (ms), > 0 and above the profile's fastest decode step
+  --planner-profile PATH  the planner's performance profile: kvroute JSON, Dynamo raw_data.npz, or a
+                          Dynamo results folder (default: a sweep of the workers' mocker profile)
+  --profile NAME          the workers' engine profile: ${ENGINE_PROFILE_NAMES.join(", ")}
+                          (default ${REPLAY_DEFAULTS.profile})
+  --workers N             workers at the start (fixed: all along; default: --min-workers)
+  --min-workers N         default 1
+  --max-workers N         default: no limit
+  --gpu-budget N          GPUs in all (default: no limit)
+  --adjustment-interval S seconds between decisions (default 30)
+  --cold-start S          seconds from asking for a worker to its first request (default 30)
+  --predictor NAME        ${PREDICTOR_NAMES.join(", ")} (default constant)
+  --season-period N       seasonal predictor: intervals per season
+  --tail-factor K         SLA planner: p90 / mean of a prefill queue's wait it sizes for (default 2)
+  --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
+  --limit N, --rate X     as for replay
+  --decision-log FILE     every decision with its reasons, one line each
+  --json FILE             the result
+  --quiet                 no per-decision lines on stderr`;
+
+export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
+  let run: () => Promise<PlannedReplayResult>;
+  let json: string | undefined;
+  try {
+    const { values } = parseCommandArgs(argv, {
+      trace: { type: "string" },
+      planner: { type: "string" },
+      "ttft-target": { type: "string" },
+      "itl-target": { type: "string" },
+      "planner-profile": { type: "string" },
+      profile: { type: "string" },
+      workers: { type: "string" },
+      "min-workers": { type: "string" },
+      "max-workers": { type: "string" },
+      "gpu-budget": { type: "string" },
+      "adjustment-interval": { type: "string" },
+      "cold-start": { type: "string" },
+      predictor: { type: "string" },
+      "season-period": { type: "string" },
+      "tail-factor": { type: "string" },
+      "day-curve": { type: "string" },
+      limit: { type: "string" },
+      rate: { type: "string" },
+      policy: { type: "string" },
+      "decision-log": { type: "string" },
+      json: { type: "string" },
+      quiet: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(PLANNER_HELP);
+      return 0;
+    }
+    const planner = values.planner as PlannerKind;
+    if (!PLANNER_KINDS.includes(planner)) throw new UsageError(`--planner must be one of ${PLANNER_KINDS.join(", ")}: got '${values.planner}'`);
+    if (values.trace === undefined) throw new UsageError("--trace FILE is required");
+    const target = (flag: string, v: string | undefined) => {
+      if (v === undefined) throw new UsageError(`--${flag} MS is required`);
+      const x = Number(v);
+      if (!Number.isFinite(x) || x <= 0) throw new UnreachableTargetError(`--${flag} must be a number of milliseconds > 0: got '${v}'`);
+      return x;
+    };
+    const targets = { ttftMs: target("ttft-target", values["ttft-target"]), itlMs: target("itl-target", values["itl-target"]) };
+    const workerProfile = values.profile ?? REPLAY_DEFAULTS.profile;
+    engineProfile(workerProfile);
+    let perf: PerfProfile | undefined;
+    if (planner !== "fixed" && planner !== "load") {
+      perf = values["planner-profile"] !== undefined ? loadProfile(values["planner-profile"]) : sweepMockEngine({ engine: { profile: workerProfile } });
+      validateTargets(new ProfileModel(perf), targets);
+    }
+    const min = values["min-workers"] === undefined ? 1 : positiveInt("min-workers", values["min-workers"]);
+    const max = values["max-workers"] === undefined ? undefined : positiveInt("max-workers", values["max-workers"]);
+    if (max !== undefined && max < min) throw new UsageError(`--max-workers ${max} is below --min-workers ${min}`);
+    const workers = values.workers === undefined ? undefined : positiveInt("workers", values.workers);
+    if (planner === "fixed" && workers === undefined) throw new UsageError("--planner fixed needs --workers N");
+    let trace = readTrace(values.trace, { limit: values.limit === undefined ? undefined : positiveInt("limit", values.limit), rate: positiveNumber("rate", values.rate) });
+    if (values["day-curve"] !== undefined) {
+      const [p, lo, hi] = values["day-curve"].split(",").map(Number);
+      if (!(p! > 0) || (lo !== undefined && !(lo > 0)) || (hi !== undefined && !(hi >= (lo ?? 0.25)))) throw new UsageError(`--day-curve must be PERIODS[,LOW,HIGH] with 0 < LOW <= HIGH: got '${values["day-curve"]}'`);
+      trace = modulateRate(trace, { periods: p!, ...(lo !== undefined ? { low: lo } : {}), ...(hi !== undefined ? { high: hi } : {}) });
+    }
+    const logFile = values["decision-log"];
+    if (logFile) {
+      mkdirSync(dirname(resolve(logFile)), { recursive: true });
+      writeFileSync(logFile, "");
+    }
+    const quiet = values.quiet === true;
+    json = values.json;
+    const opts = {
+      trace,
+      planner,
+      perfProfile: perf,
+      targets,
+      profile: workerProfile,
+      initialWorkers: workers,
+      adjustmentIntervalS: positiveNumber("adjustment-interval", values["adjustment-interval"]),
+      coldStartS: positiveNumber("cold-start", values["cold-start"], 0, true),
+      predictor: values.predictor,
+      seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
+      governor: { min, ...(max !== undefined ? { max } : {}) },
+      gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
+      tailFactor: positiveNumber("tail-factor", values["tail-factor"], 0, true),
+      onDecision: (line: string) => {
+        if (logFile) appendFileSync(logFile, `${line}\n`);
+        if (!quiet) process.stderr.write(`${line}\n`);
+      },
+    };
+    // Settings the planner itself checks (predictor names, seasonal period...): fail before the run.
+    run = () => runPlannedReplay(opts);
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof TraceError || err instanceof KvrouteError) {
+      console.error(`kvroute replay: ${err.message}${err instanceof UsageError ? "\n\nRun 'kvroute replay --planner sla --help' for usage." : ""}`);
+      return 2;
+    }
+    throw err;
+  }
+  let result: PlannedReplayResult;
+  try {
+    result = await run();
+  } catch (err) {
+    if (err instanceof KvrouteError) {
+      console.error(`kvroute replay: ${err.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  console.log(plannedSummary(result));
+  if (json) {
+    mkdirSync(dirname(resolve(json)), { recursive: true });
+    writeFileSync(json, `${JSON.stringify(result, null, 2)}\n`);
+    console.log(`JSON:   ${resolve(json)}`);
+  }
+  return 0;
+}
+
+export function plannedSummary(r: PlannedReplayResult): string {
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  return [
+    `planner ${r.planner}: ${r.completed}/${r.requests} requests completed, ${r.failed} failed`,
+    `  within target: ${pct(r.requestAttainment)} of requests, ${pct(r.intervalAttainment)} of intervals`,
+    `  worker-seconds ${Math.round(r.workerSeconds).toLocaleString("en-US")} (mean ${r.meanWorkers.toFixed(2)} workers, peak ${r.peakWorkers}); ${r.scaleUps} scale-ups, ${r.scaleDowns} scale-downs in ${r.decisions} decisions`,
+    `  TTFT p90 ${r.ttftP90Ms.toFixed(0)} ms, ITL p90 ${r.itlP90Ms.toFixed(1)} ms over ${(r.simSeconds / 60).toFixed(1)} simulated minutes (${(r.wallMs / 1000).toFixed(1)} s wall)`,
+  ].join("\n");
+}

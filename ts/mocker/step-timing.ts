@@ -1,0 +1,58 @@
+/**
+ * Dynamo's default engine timing (its mocker's `PerfModel::Polynomial`, the AISimulate baseline),
+ * for side-by-side runs at matched engines (`benchmarks/vs-dynamo.ts`):
+ *
+ * - prefill: `c0 + c1·t + c2·t²` ms, `t` = the new (uncached) tokens the step computes, summed
+ *   over the batch; no attention-over-prefix term;
+ * - decode: `max(floor, d0 + d1·u + d2·u²)` ms, `u` = the decoding requests' KV tokens / the KV
+ *   cache's capacity in tokens;
+ * - a step that does both lasts prefill + decode; a request's first token (the end of its
+ *   prefill) adds no decode time.
+ */
+
+export interface StepPolynomial {
+  /** Prefill ms = p[0] + p[1]·t + p[2]·t². */
+  prefill: readonly [number, number, number];
+  /** Decode ms = max(decodeFloorMs, d[0] + d[1]·u + d[2]·u²). */
+  decode: readonly [number, number, number];
+  decodeFloorMs: number;
+}
+
+/** Dynamo 1.6.1's defaults (Dynamo's mocker: lib/mocker, `PerfModel::Polynomial`). */
+export const DYNAMO_POLYNOMIAL: Readonly<StepPolynomial> = Object.freeze({
+  prefill: Object.freeze([16.50142, 0.01518344, 4.209989e-7] as const),
+  decode: Object.freeze([5.74, 54.01, -25.74] as const),
+  decodeFloorMs: 1,
+});
+
+/** A step's simulated ms: `prefillTokens` new tokens prefilled, `decodeSeqs` requests decoding one
+ * token each over `decodeKvTokens` context tokens, in a KV cache of `kvCapacityTokens`. */
+export function polynomialStepMs(
+  p: StepPolynomial,
+  prefillTokens: number,
+  decodeSeqs: number,
+  decodeKvTokens: number,
+  kvCapacityTokens: number,
+): number {
+  let ms = 0;
+  if (prefillTokens > 0) ms += p.prefill[0] + p.prefill[1] * prefillTokens + p.prefill[2] * prefillTokens * prefillTokens;
+  if (decodeSeqs > 0) {
+    const u = decodeKvTokens / kvCapacityTokens;
+    ms += Math.max(p.decodeFloorMs, p.decode[0] + p.decode[1] * u + p.decode[2] * u * u);
+  }
+  return ms;
+}
+
+/** Checks a polynomial's shape: clear errors, never NaN timings later. */
+export function polynomialProblem(p: unknown): string | null {
+  if (typeof p !== "object" || p === null) return "must be an object";
+  const q = p as Partial<StepPolynomial>;
+  for (const k of ["prefill", "decode"] as const) {
+    const c = q[k];
+    if (!Array.isArray(c) || c.length !== 3 || !c.every((x) => typeof x === "number" && Number.isFinite(x))) {
+      return `${k} must be three finite numbers`;
+    }
+  }
+  if (typeof q.decodeFloorMs !== "number" || !(q.decodeFloorMs >= 0) || !Number.isFinite(q.decodeFloorMs)) return "decodeFloorMs must be a finite number >= 0";
+  return null;
+}

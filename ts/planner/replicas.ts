@@ -1,0 +1,209 @@
+/**
+ * Replica arithmetic: from a predicted load and the profile, how many prefill and decode workers
+ * hold the TTFT and ITL targets. Pure functions of their inputs (the unit tests check them
+ * against hand-computed cases); the planner adds bounds, budget and hysteresis (governor.ts).
+ *
+ * kvroute's SLA sizing:
+ * - prefill: only the tokens the fleet must compute count, `isl x (1 - hit rate)`; one worker
+ *   prefills `thpt(uncached isl) x gpus` tokens/s, but a worker busy a share rho of the time
+ *   makes a request wait: TTFT p90 ~ ttft(isl) x (1 + 2 rho / (1 - rho)), so the target allows
+ *   rho_max = (r - 1) / (r + 1), r = target / (ttft(isl) x correction); replicas = tokens/s /
+ *   (capacity x rho_max).
+ * - decode: output tokens/s over the best per-GPU throughput whose ITL (divided by the observed /
+ *   profiled correction) fits the target at context `isl + osl / 2`.
+ * - aggregated workers do both, and a prefill chunk in a step stalls every decoding sequence of
+ *   that worker (vLLM's chunked prefill): with a share rho of its time in prefill steps of S_p ms
+ *   and the rest in decode steps of s_d ms, a sequence sees 1 / (rho / S_p + (1 - rho) / s_d) ms
+ *   per token. ITL <= target caps rho at (1/s_d - 1/I) / (1/s_d - 1/S_p); the prefill share is
+ *   sized at the lower of that cap and the TTFT one, and the decode share is added, for the
+ *   decode operating point (its ITL s_d <= I) that needs the fewest workers in all.
+ *
+ * Dynamo's published formulas (the baseline of benchmarks/RESULTS.md), for comparison:
+ * prefill = ceil(num_req x isl / interval x min(1, p_corr) / thpt(isl) / gpus) — every prompt token
+ * counted, no queueing headroom; decode = ceil(num_req x osl / interval / best_thpt(itl / d_corr,
+ * isl + osl / 2) / gpus).
+ */
+import type { ProfileModel } from "./interpolate.js";
+
+export interface LoadForecast {
+  /** Requests per second. */
+  requestsPerS: number;
+  /** Mean prompt tokens. */
+  isl: number;
+  /** Mean output tokens. */
+  osl: number;
+  /** Share of prompt tokens already in a worker's KV cache, 0..1. */
+  hitRate: number;
+}
+
+export interface Targets {
+  ttftMs: number;
+  itlMs: number;
+}
+
+export interface Corrections {
+  /** Observed / expected TTFT (1: the profile is right). */
+  prefill: number;
+  /** Observed / expected ITL. */
+  decode: number;
+}
+
+export const NO_CORRECTION: Readonly<Corrections> = Object.freeze({ prefill: 1, decode: 1 });
+
+/** p90 / mean of a prefill queue's waiting time (see `prefillReplicas`). */
+export const TAIL_WAIT_FACTOR = 2;
+
+/** The busiest share of its time a prefill worker may be, whatever the target allows. */
+export const MAX_PREFILL_UTILIZATION = 0.9;
+
+export interface PrefillSizing {
+  /** Workers, fractional (before rounding, bounds and hysteresis). */
+  replicas: number;
+  /** Prompt tokens/s the fleet must compute. */
+  tokensPerS: number;
+  /** Tokens/s one worker computes flat out. */
+  capacityPerWorker: number;
+  /** The utilization the TTFT target allows. */
+  utilization: number;
+  /** TTFT of one request on an idle worker, corrected. */
+  idleTtftMs: number;
+  /** False when even an idle worker misses the target at this input length. */
+  reachable: boolean;
+}
+
+export function prefillReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, tail = TAIL_WAIT_FACTOR): PrefillSizing {
+  const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
+  const tokensPerS = load.requestsPerS * uncached;
+  const capacityPerWorker = m.prefill.thptPerGpu(uncached) * m.profile.gpusPerWorker;
+  const idleTtftMs = m.prefill.ttftMs(uncached) * corr.prefill;
+  // The target bounds a tail, not the mean: TTFT_p90 ~ idle x (1 + k rho / (1 - rho)), k the
+  // p90 of a queue's wait over its mean (ln 10 = 2.3 for exponential service, less for steadier
+  // ones; 2 here). Solved for rho: (r - 1) / (k + r - 1), r = target / idle.
+  const r = targets.ttftMs / idleTtftMs;
+  const allowed = r > 1 ? (r - 1) / (tail + r - 1) : 0;
+  const reachable = allowed > 0;
+  const utilization = Math.min(MAX_PREFILL_UTILIZATION, Math.max(0.05, allowed));
+  return { replicas: tokensPerS / (capacityPerWorker * utilization), tokensPerS, capacityPerWorker, utilization, idleTtftMs, reachable };
+}
+
+export interface DecodeSizing {
+  replicas: number;
+  /** Output tokens/s the fleet must generate. */
+  tokensPerS: number;
+  /** Tokens/s one worker generates at the chosen operating point. */
+  capacityPerWorker: number;
+  /** The operating point's ITL (profiled) and KV usage. */
+  itlMs: number;
+  kvUsage: number;
+  context: number;
+  reachable: boolean;
+}
+
+export function decodeReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION): DecodeSizing {
+  const context = load.isl + load.osl / 2;
+  const itlBudget = targets.itlMs / (corr.decode > 0 ? corr.decode : 1);
+  const best = m.decode.bestThroughput(itlBudget, context);
+  const tokensPerS = load.requestsPerS * load.osl;
+  const reachable = best.thptPerGpu > 0;
+  // Out of reach: size at the lightest point's throughput rather than dividing by zero.
+  const perGpu = reachable ? best.thptPerGpu : Math.max(m.decode.thptPerGpu(0, context), 1e-9);
+  const capacityPerWorker = perGpu * m.profile.gpusPerWorker;
+  return { replicas: tokensPerS / capacityPerWorker, tokensPerS, capacityPerWorker, itlMs: best.itlMs, kvUsage: best.kvUsage, context, reachable };
+}
+
+export interface AggregatedSizing {
+  replicas: number;
+  prefill: PrefillSizing;
+  decode: DecodeSizing;
+  /** The prefill share of a worker's time allowed by the ITL target (chunked-prefill stalls). */
+  itlUtilization: number;
+  /** ms of one prefill chunk step. */
+  chunkStepMs: number;
+}
+
+/** A prefill chunk's step time (ms) for an uncached prompt, at vLLM's token budget per step. */
+export function chunkStepMs(m: ProfileModel, uncachedIsl: number, chunkTokens: number): number {
+  const n = Math.min(uncachedIsl, chunkTokens);
+  return m.prefill.ttftMs(n);
+}
+
+/** Mean ITL (ms) a decoding sequence sees with a share `rho` of its worker's time in prefill steps. */
+export function mixedItlMs(rho: number, chunkMs: number, decodeMs: number): number {
+  const r = Math.min(0.999, Math.max(0, rho));
+  return 1 / (r / chunkMs + (1 - r) / decodeMs);
+}
+
+export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, chunkTokens = 8192, tail = TAIL_WAIT_FACTOR): AggregatedSizing {
+  const p = prefillReplicas(m, load, targets, corr, tail);
+  const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
+  const sp = chunkStepMs(m, uncached, chunkTokens) * corr.prefill;
+  const I = targets.itlMs;
+  // The decode operating point and the prefill share trade against each other: a lighter decode
+  // point (lower ITL) leaves more room for prefill stalls. Try ITL budgets up to the target and
+  // keep the one that needs the fewest workers.
+  let best: AggregatedSizing | null = null;
+  const floor = m.decode.minItlMs * corr.decode;
+  for (let k = 1; k <= AGG_BUDGET_STEPS; k++) {
+    const budget = floor + ((I - floor) * k) / AGG_BUDGET_STEPS;
+    const d = decodeReplicas(m, load, { ttftMs: targets.ttftMs, itlMs: budget }, corr);
+    if (!d.reachable && best !== null) continue;
+    const sd = Math.max(1e-6, d.itlMs * corr.decode);
+    let itlUtilization = MAX_PREFILL_UTILIZATION;
+    if (sd >= I) itlUtilization = 0.05;
+    else if (sp > I) itlUtilization = (1 / sd - 1 / I) / (1 / sd - 1 / sp);
+    const u = Math.min(p.utilization, Math.max(0.05, Math.min(MAX_PREFILL_UTILIZATION, itlUtilization)));
+    const replicas = p.tokensPerS / (p.capacityPerWorker * u) + d.replicas;
+    if (best === null || replicas < best.replicas) best = { replicas, prefill: p, decode: d, itlUtilization, chunkStepMs: sp };
+  }
+  return best!;
+}
+
+/** ITL budgets tried by `aggregatedReplicas`. */
+const AGG_BUDGET_STEPS = 40;
+
+/** Dynamo's prefill formula (see the header): whole replicas, at least `minReplicas`. */
+export function dynamoPrefillReplicas(m: ProfileModel, load: LoadForecast, corr: Corrections = NO_CORRECTION, minReplicas = 1): number {
+  const thpt = load.requestsPerS * load.isl * Math.min(1, corr.prefill);
+  const perGpu = m.prefill.thptPerGpu(load.isl);
+  return Math.max(minReplicas, Math.ceil(thpt / perGpu / m.profile.gpusPerWorker));
+}
+
+/** Dynamo's decode formula (see the header): whole replicas, at least `minReplicas`. */
+export function dynamoDecodeReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, minReplicas = 1): number {
+  const itl = corr.decode <= 0 ? targets.itlMs : targets.itlMs / corr.decode;
+  const best = m.decode.bestThroughput(itl, load.isl + load.osl / 2);
+  if (best.thptPerGpu <= 0) return minReplicas;
+  return Math.max(minReplicas, Math.ceil((load.requestsPerS * load.osl) / best.thptPerGpu / m.profile.gpusPerWorker));
+}
+
+/** Dynamo's fractions (before ceil) for an aggregated fleet: prefill share + decode share. */
+export function dynamoAggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION): number {
+  const p = (load.requestsPerS * load.isl * Math.min(1, corr.prefill)) / m.prefill.thptPerGpu(load.isl) / m.profile.gpusPerWorker;
+  const itl = corr.decode <= 0 ? targets.itlMs : targets.itlMs / corr.decode;
+  const best = m.decode.bestThroughput(itl, load.isl + load.osl / 2);
+  const d = best.thptPerGpu > 0 ? (load.requestsPerS * load.osl) / best.thptPerGpu / m.profile.gpusPerWorker : 0;
+  return p + d;
+}
+
+/**
+ * Scales wanted replicas down to a GPU budget, in proportion (as Dynamo does), keeping at least
+ * `min` of each. Returns the counts unchanged when they fit.
+ */
+export function fitGpuBudget(prefill: number, decode: number, gpusPrefill: number, gpusDecode: number, budget: number, minPrefill = 1, minDecode = 1): { prefill: number; decode: number; capped: boolean } {
+  const total = prefill * gpusPrefill + decode * gpusDecode;
+  if (!Number.isFinite(budget) || total <= budget) return { prefill, decode, capped: false };
+  const scale = budget / total;
+  let p = Math.max(minPrefill, Math.floor(prefill * scale));
+  let d = Math.max(minDecode, Math.floor(decode * scale));
+  // Floors can leave a worker's worth of GPUs unused: give it to whichever was cut more.
+  while (p * gpusPrefill + d * gpusDecode > budget && (p > minPrefill || d > minDecode)) {
+    if (p > minPrefill && p / prefill >= d / Math.max(decode, 1)) p--;
+    else if (d > minDecode) d--;
+    else p--;
+  }
+  return { prefill: p, decode: d, capped: true };
+}
+
+function clamp01(x: number): number {
+  return x < 0 ? 0 : x > 1 ? 1 : x;
+}

@@ -1,0 +1,293 @@
+/**
+ * SlaPlanner: every adjustment interval, from what the gateway observed (requests, prompt and
+ * output tokens, prefix hits, TTFT and ITL), predict the next interval and set the workers of
+ * each type (aggregated, or prefill and decode) to hold the TTFT and ITL targets.
+ *
+ * Steps of `decide(observation)`:
+ * 1. The hand-made check: the running counts the connector reports are compared with what the
+ *    planner last set; a difference is logged and respected (the governors start from it).
+ * 2. No traffic ever seen: hold the configured minimum, saying so (never stall, never guess).
+ * 3. Correction factors from this interval: observed TTFT / the TTFT the profile expects at the
+ *    observed load (queueing included), observed ITL / profiled ITL at the observed concurrency;
+ *    smoothed and bounded so one odd interval cannot swing the fleet.
+ * 4. Predict rate, input and output length and hit rate (one predictor each, same kind).
+ * 5. Size (replicas.ts: kvroute's sizing, or Dynamo's formulas as a baseline), cap to the GPU
+ *    budget, pass through the governors (hysteresis, cooldowns, bounds).
+ */
+import { InvalidConfigError } from "../errors.js";
+import { ProfileModel } from "./interpolate.js";
+import { ReplicaGovernor, type GovernorOptions } from "./governor.js";
+import { makePredictor, type Predictor, type PredictorOptions } from "./predictors.js";
+import {
+  aggregatedReplicas,
+  chunkStepMs,
+  decodeReplicas,
+  mixedItlMs,
+  dynamoAggregatedReplicas,
+  dynamoDecodeReplicas,
+  dynamoPrefillReplicas,
+  fitGpuBudget,
+  prefillReplicas,
+  TAIL_WAIT_FACTOR,
+  type Corrections,
+  type LoadForecast,
+  type Targets,
+} from "./replicas.js";
+import { validateTargets } from "./targets.js";
+import type { PerfProfile } from "./profile.js";
+
+export type FleetMode = "aggregated" | "disaggregated";
+export type WorkerKind = "aggregated" | "prefill" | "decode";
+export type Replicas = Partial<Record<WorkerKind, number>>;
+
+/** What the gateway saw over one adjustment interval. */
+export interface IntervalObservation {
+  intervalS: number;
+  requests: number;
+  inputTokens: number;
+  /** Prompt tokens the chosen workers already held. */
+  cachedTokens: number;
+  outputTokens: number;
+  /** Observed TTFT over the interval (ms; p90 where known), null without data. */
+  ttftMs: number | null;
+  /** Observed mean ITL (ms), null without data. */
+  itlMs: number | null;
+  /** Mean request duration (ms), null without data. */
+  durationMs?: number | null;
+}
+
+export interface SlaPlannerOptions {
+  profile: PerfProfile;
+  targets: Partial<Targets>;
+  mode?: FleetMode;
+  /** "kvroute" (default) or "dynamo": the baseline's published formulas. */
+  formula?: "kvroute" | "dynamo";
+  adjustmentIntervalS: number;
+  predictor?: string;
+  predictorOptions?: PredictorOptions;
+  /** Per worker kind: bounds and hysteresis. */
+  governor?: GovernorOptions;
+  /** GPUs the fleet may use in all. Default: no limit. */
+  gpuBudget?: number;
+  /** Apply observed/profiled corrections. Default true. */
+  corrections?: boolean;
+  /** p90 / mean of the prefill queue's wait the sizing assumes (replicas.ts). Default 2. */
+  tailFactor?: number;
+}
+
+export interface PlannerDecision {
+  /** Seconds since the planner started. */
+  atS: number;
+  observed: { requestsPerS: number; isl: number; osl: number; hitRate: number; ttftMs: number | null; itlMs: number | null } | null;
+  predicted: LoadForecast | null;
+  /** Workers wanted, fractional, before bounds and hysteresis. */
+  wanted: Replicas;
+  /** Workers to run. */
+  target: Replicas;
+  running: Replicas;
+  estimated: { ttftMs: number | null; itlMs: number | null };
+  corrections: Corrections;
+  /** One line per worker kind, and any notice (hand-made change, budget, no data). */
+  reasons: string[];
+}
+
+const CORRECTION_BOUNDS: [number, number] = [0.5, 3];
+
+export class SlaPlanner {
+  readonly model: ProfileModel;
+  readonly targets: Targets;
+  readonly mode: FleetMode;
+  private readonly o: SlaPlannerOptions;
+  private readonly predictors: Record<keyof LoadForecast, Predictor>;
+  private readonly governors: Map<WorkerKind, ReplicaGovernor>;
+  private corr: Corrections = { prefill: 1, decode: 1 };
+  private seenTraffic = false;
+  private readonly tail: number;
+  private elapsedS = 0;
+
+  constructor(o: SlaPlannerOptions) {
+    this.o = o;
+    this.model = new ProfileModel(o.profile);
+    this.targets = validateTargets(this.model, o.targets);
+    this.mode = o.mode ?? "aggregated";
+    this.tail = o.tailFactor ?? TAIL_WAIT_FACTOR;
+    if (!(this.tail >= 0)) throw new InvalidConfigError(`tailFactor must be >= 0 (got ${o.tailFactor})`);
+    if (!(o.adjustmentIntervalS > 0)) throw new InvalidConfigError(`the adjustment interval must be > 0 s (got ${o.adjustmentIntervalS})`);
+    if (o.gpuBudget !== undefined && !(Number.isInteger(o.gpuBudget) && o.gpuBudget >= 1)) throw new InvalidConfigError(`the GPU budget must be an integer >= 1 (got ${o.gpuBudget})`);
+    const kind = o.predictor ?? "constant";
+    this.predictors = {
+      requestsPerS: makePredictor(kind, o.predictorOptions),
+      isl: makePredictor(kind, o.predictorOptions),
+      osl: makePredictor(kind, o.predictorOptions),
+      hitRate: makePredictor(kind, o.predictorOptions),
+    };
+    const gpus = o.profile.gpusPerWorker;
+    const budgetMax = o.gpuBudget === undefined ? undefined : Math.floor(o.gpuBudget / gpus);
+    const gov = (): ReplicaGovernor => {
+      const max = Math.min(o.governor?.max ?? Number.POSITIVE_INFINITY, budgetMax ?? Number.POSITIVE_INFINITY);
+      return new ReplicaGovernor({ ...o.governor, max });
+    };
+    this.governors = new Map(this.kinds().map((k) => [k, gov()]));
+  }
+
+  kinds(): WorkerKind[] {
+    return this.mode === "aggregated" ? ["aggregated"] : ["prefill", "decode"];
+  }
+
+  /** The counts the planner holds before any decision (the minimum of each kind). */
+  initialReplicas(): Replicas {
+    return Object.fromEntries(this.kinds().map((k) => [k, this.governors.get(k)!.current]));
+  }
+
+  decide(obs: IntervalObservation, running: Replicas): PlannerDecision {
+    this.elapsedS += obs.intervalS;
+    const reasons: string[] = [];
+    for (const k of this.kinds()) {
+      const actual = running[k];
+      const g = this.governors.get(k)!;
+      const planned = g.current;
+      if (actual !== undefined && g.observe(actual)) reasons.push(`${k}: ${actual} running where the planner had set ${planned} (changed by hand?): respected until this decision says otherwise`);
+    }
+    const observed = observedLoad(obs);
+    if (observed !== null) this.seenTraffic = true;
+    if (!this.seenTraffic) {
+      const target = Object.fromEntries(this.kinds().map((k) => [k, this.governors.get(k)!.decide(this.governors.get(k)!.min).target]));
+      reasons.push(`no traffic observed yet: holding the configured minimum (${JSON.stringify(target)})`);
+      return { atS: this.elapsedS, observed: null, predicted: null, wanted: {}, target, running, estimated: { ttftMs: null, itlMs: null }, corrections: { ...this.corr }, reasons };
+    }
+    if (observed !== null) {
+      if (this.o.corrections !== false) this.updateCorrections(obs, observed, running);
+      this.predictors.requestsPerS.add(observed.requestsPerS);
+      if (observed.requestsPerS > 0) {
+        this.predictors.isl.add(observed.isl);
+        this.predictors.osl.add(observed.osl);
+        this.predictors.hitRate.add(observed.hitRate);
+      }
+    } else {
+      // An interval with no requests at all: the rate was zero.
+      this.predictors.requestsPerS.add(0);
+    }
+    const predicted: LoadForecast = {
+      requestsPerS: this.predictors.requestsPerS.predict() ?? 0,
+      isl: this.predictors.isl.predict() ?? 0,
+      osl: Math.max(1, this.predictors.osl.predict() ?? 1),
+      hitRate: Math.min(1, Math.max(0, this.predictors.hitRate.predict() ?? 0)),
+    };
+    if (observed !== null) {
+      const f = (x: number | null) => (x === null ? "n/a" : `${x.toFixed(1)} ms`);
+      reasons.push(
+        `observed ${observed.requestsPerS.toFixed(2)} req/s, isl ${observed.isl.toFixed(0)}, osl ${observed.osl.toFixed(0)}, hit ${(observed.hitRate * 100).toFixed(0)}%, TTFT p90 ${f(observed.ttftMs)}, ITL ${f(observed.itlMs)}; predicted ${predicted.requestsPerS.toFixed(2)} req/s; corrections prefill ${this.corr.prefill.toFixed(2)} decode ${this.corr.decode.toFixed(2)}`,
+      );
+    }
+    const wanted = this.size(predicted);
+    const target: Replicas = {};
+    let capped = { ...wanted };
+    if (this.o.gpuBudget !== undefined && this.mode === "disaggregated") {
+      const g = this.o.profile.gpusPerWorker;
+      const fit = fitGpuBudget(Math.ceil(wanted.prefill!), Math.ceil(wanted.decode!), g, g, this.o.gpuBudget, this.governors.get("prefill")!.min, this.governors.get("decode")!.min);
+      if (fit.capped) {
+        reasons.push(`GPU budget ${this.o.gpuBudget}: prefill ${Math.ceil(wanted.prefill!)} -> ${fit.prefill}, decode ${Math.ceil(wanted.decode!)} -> ${fit.decode}`);
+        capped = { prefill: Math.min(wanted.prefill!, fit.prefill), decode: Math.min(wanted.decode!, fit.decode) };
+      }
+    }
+    for (const k of this.kinds()) {
+      const d = this.governors.get(k)!.decide(capped[k]!);
+      target[k] = d.target;
+      reasons.push(`${k}: ${d.reason}`);
+    }
+    return { atS: this.elapsedS, observed, predicted, wanted, target, running, estimated: this.estimate(predicted, target), corrections: { ...this.corr }, reasons };
+  }
+
+  /** Fractional workers per kind for a load. */
+  size(load: LoadForecast): Replicas {
+    const m = this.model;
+    if (load.requestsPerS <= 0 || load.isl <= 0) return Object.fromEntries(this.kinds().map((k) => [k, 0]));
+    if (this.o.formula === "dynamo") {
+      if (this.mode === "aggregated") return { aggregated: dynamoAggregatedReplicas(m, load, this.targets, this.corr) };
+      return { prefill: dynamoPrefillReplicas(m, load, this.corr, 0), decode: dynamoDecodeReplicas(m, load, this.targets, this.corr, 0) };
+    }
+    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr, 8192, this.tail).replicas };
+    const p = prefillReplicas(m, load, this.targets, this.corr, this.tail);
+    const d = decodeReplicas(m, load, this.targets, this.corr);
+    return { prefill: p.replicas, decode: d.replicas };
+  }
+
+  /** TTFT and ITL the profile expects at `load` on `workers`. */
+  private estimate(load: LoadForecast, workers: Replicas): { ttftMs: number | null; itlMs: number | null } {
+    if (load.requestsPerS <= 0) return { ttftMs: null, itlMs: null };
+    const m = this.model;
+    const p = prefillReplicas(m, load, this.targets, this.corr);
+    const pWorkers = workers.prefill ?? workers.aggregated ?? 0;
+    const dWorkers = workers.decode ?? workers.aggregated ?? 0;
+    if (pWorkers <= 0 || dWorkers <= 0) return { ttftMs: null, itlMs: null };
+    const rho = Math.min(0.99, p.tokensPerS / (p.capacityPerWorker * pWorkers));
+    const context = load.isl + load.osl / 2;
+    const itl0 = m.decode.itlMs(0, context);
+    const durationS = (p.idleTtftMs + load.osl * itl0) / 1000;
+    const concurrency = (load.requestsPerS * durationS) / dWorkers;
+    const decodeItl = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context) * this.corr.decode;
+    if (this.mode !== "aggregated") return { ttftMs: p.idleTtftMs / (1 - rho), itlMs: decodeItl };
+    // One worker does both: decode steps take time too, and prefill chunks stall decoding.
+    const d = decodeReplicas(m, load, this.targets, this.corr);
+    const busy = Math.min(0.99, rho + d.tokensPerS / (d.capacityPerWorker * dWorkers));
+    const uncached = Math.max(1, load.isl * (1 - load.hitRate));
+    return { ttftMs: p90Ttft(p.idleTtftMs, busy), itlMs: mixedItlMs(rho, chunkStepMs(m, uncached, 8192) * this.corr.prefill, decodeItl) };
+  }
+
+  private updateCorrections(obs: IntervalObservation, observed: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
+    if (this.o.formula === "dynamo") return this.updateDynamoCorrections(obs, observed, running);
+    const est = this.estimateUncorrected(observed, running);
+    const smooth = (prev: number, ratio: number) => clampTo(0.5 * prev + 0.5 * clampTo(ratio, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
+    if (obs.ttftMs !== null && est.ttftMs !== null && est.ttftMs > 0) this.corr.prefill = smooth(this.corr.prefill, obs.ttftMs / est.ttftMs);
+    if (obs.itlMs !== null && est.itlMs !== null && est.itlMs > 0) this.corr.decode = smooth(this.corr.decode, obs.itlMs / est.itlMs);
+  }
+
+  /**
+   * Dynamo's corrections, as published: observed TTFT / profiled TTFT at the mean input length
+   * (no queueing, no cache hits), observed ITL / profiled ITL at concurrency = requests per
+   * decode worker x duration / interval and context isl + osl / 2; the latest ratio, unsmoothed.
+   */
+  private updateDynamoCorrections(obs: IntervalObservation, o: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
+    const m = this.model;
+    if (obs.ttftMs !== null) this.corr.prefill = obs.ttftMs / m.prefill.ttftMs(o.isl);
+    const workers = running.decode ?? running.aggregated ?? 0;
+    if (obs.itlMs !== null && workers > 0) {
+      const context = o.isl + o.osl / 2;
+      const durationS = obs.durationMs != null ? obs.durationMs / 1000 : (m.prefill.ttftMs(o.isl) + o.osl * m.decode.itlMs(0, context)) / 1000;
+      const concurrency = (o.requestsPerS * obs.intervalS * durationS) / workers / obs.intervalS;
+      const expected = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context);
+      this.corr.decode = obs.itlMs / expected;
+    }
+  }
+
+  private estimateUncorrected(o: NonNullable<PlannerDecision["observed"]>, running: Replicas): { ttftMs: number | null; itlMs: number | null } {
+    const saved = this.corr;
+    this.corr = { prefill: 1, decode: 1 };
+    try {
+      return this.estimate({ requestsPerS: o.requestsPerS, isl: o.isl, osl: o.osl, hitRate: o.hitRate }, running);
+    } finally {
+      this.corr = saved;
+    }
+  }
+}
+
+/** The prefill sizing's tail model (replicas.ts): TTFT p90 at utilization rho. */
+function p90Ttft(idleMs: number, rho: number): number {
+  return idleMs * (1 + (TAIL_WAIT_FACTOR * rho) / (1 - rho));
+}
+
+function observedLoad(o: IntervalObservation): PlannerDecision["observed"] {
+  if (!(o.requests > 0)) return null;
+  return {
+    requestsPerS: o.requests / o.intervalS,
+    isl: o.inputTokens / o.requests,
+    osl: Math.max(1, o.outputTokens / o.requests),
+    hitRate: o.inputTokens > 0 ? Math.min(1, o.cachedTokens / o.inputTokens) : 0,
+    ttftMs: o.ttftMs,
+    itlMs: o.itlMs,
+  };
+}
+
+function clampTo(x: number, [lo, hi]: [number, number]): number {
+  return x < lo ? lo : x > hi ? hi : x;
+}

@@ -1,0 +1,466 @@
+/**
+ * Planned replay (`kvroute replay --planner sla|load`): the virtual-clock replay with a fleet
+ * whose size a planner sets every adjustment interval. Same engines (the mocker's EngineCore on
+ * the simulated clock), same router and KV events as `runVirtualReplay`; what this adds:
+ *
+ * - workers start `coldStartS` after the planner asks for them (GPUs held meanwhile: they count
+ *   in worker-seconds) and only then join the registry, so the router sees them;
+ * - scale-down drains: the worker leaves the registry first (no new request reaches it), finishes
+ *   what it holds, then stops; a worker still starting is simply cancelled. No request is lost;
+ * - the planner sees what a gateway would: per interval, arrivals, prompt tokens, tokens the
+ *   chosen worker held (the router's overlap), output tokens, TTFT p90 and mean ITL; and, for the
+ *   load planner, each worker's waiting requests and KV usage at the last scrape;
+ * - SLA accounting: a request is within target when its TTFT and its own mean ITL both are; an
+ *   interval (by arrival) is within target when 90% of its requests are.
+ *
+ * Planners: "sla" (kvroute's sizing), "dynamo" (Dynamo's published formulas, same predictor: the
+ * baseline), "load", "sla+load" (the load planner above the SLA floor), "fixed" (no planner).
+ * Aggregated workers only: the virtual replay has no prefill/decode split.
+ */
+import { setImmediate as yieldImmediate } from "node:timers/promises";
+import type { CoreOutput } from "../mocker/engine-core.js";
+import type { Family } from "../mocker/metrics.js";
+import { MemoryRegistry } from "../registry/memory-registry.js";
+import type { RouterEventSink } from "../router/kv-router.js";
+import type { RouterMode } from "../router/types.js";
+import { LoadPlanner } from "../planner/load-planner.js";
+import type { PerfProfile } from "../planner/profile.js";
+import type { Targets } from "../planner/replicas.js";
+import { SlaPlanner, type IntervalObservation } from "../planner/sla-planner.js";
+import type { GovernorOptions } from "../planner/governor.js";
+import { EventQueue } from "./event-queue.js";
+import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
+import { fleetEngine, generateRequest, REPLAY_DEFAULTS, replayRouter, virtualRecord, type FleetSettings } from "./virtual-replay.js";
+import { VirtualWorker } from "./virtual-worker.js";
+
+export const PLANNER_KINDS = ["sla", "dynamo", "load", "sla+load", "fixed"] as const;
+export type PlannerKind = (typeof PLANNER_KINDS)[number];
+
+export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
+  trace: Trace;
+  planner: PlannerKind;
+  /** The planner's performance profile (not needed for "load" and "fixed"). */
+  perfProfile?: PerfProfile;
+  targets: Targets;
+  policy?: RouterMode;
+  /** Workers at the start (and all along for "fixed"). Default: the governor's minimum. */
+  initialWorkers?: number;
+  adjustmentIntervalS?: number;
+  coldStartS?: number;
+  predictor?: string;
+  /** Seasonal predictor: intervals per season. */
+  seasonPeriod?: number;
+  governor?: GovernorOptions;
+  gpuBudget?: number;
+  /** SLA planner: p90 / mean of the prefill queue's wait (default 2). */
+  tailFactor?: number;
+  /** SLA planner: apply observed / profiled correction factors (default true). */
+  corrections?: boolean;
+  eventDelayMs?: number;
+  seed?: number;
+  signal?: AbortSignal;
+  onDecision?: (line: string) => void;
+}
+
+export interface PlannedInterval {
+  startS: number;
+  requests: number;
+  withinTarget: number;
+  ttftP90Ms: number | null;
+  itlMeanMs: number | null;
+  workersRunning: number;
+  workersWanted: number;
+}
+
+export interface PlannedReplayResult {
+  planner: PlannerKind;
+  requests: number;
+  completed: number;
+  failed: number;
+  /** Share of completed requests within both targets. */
+  requestAttainment: number;
+  /** Share of intervals (with requests) whose 90% met both targets. */
+  intervalAttainment: number;
+  workerSeconds: number;
+  peakWorkers: number;
+  meanWorkers: number;
+  ttftP90Ms: number;
+  itlP90Ms: number;
+  decisions: number;
+  scaleUps: number;
+  scaleDowns: number;
+  intervals: PlannedInterval[];
+  simSeconds: number;
+  wallMs: number;
+}
+
+const enum Kind {
+  StepEnd = 0,
+  Deliver = 1,
+  Scrape = 2,
+  Plan = 3,
+  Ready = 4,
+}
+
+type State = "starting" | "ready" | "draining" | "stopped";
+
+interface Slot {
+  id: string;
+  engine: VirtualWorker;
+  state: State;
+  startedAt: number;
+  stoppedAt: number;
+  busy: boolean;
+  inflight: number;
+  last: { waiting: number; running: number; kvUsage: number };
+}
+
+interface Flight {
+  id: string;
+  slot: Slot;
+  arrival: number;
+  first: number;
+  generated: number;
+  bucket: number;
+}
+
+function total(f: Family): number {
+  let v = 0;
+  for (const s of f.series.values()) v += s.value;
+  return v;
+}
+
+function p90(xs: number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(0.9 * s.length))]!;
+}
+
+export async function runPlannedReplay(o: PlannedReplayOptions): Promise<PlannedReplayResult> {
+  const wall0 = performance.now();
+  const trace = o.trace;
+  const reqs = trace.requests;
+  const model = o.model ?? REPLAY_DEFAULTS.model;
+  const blockSize = o.blockSize ?? REPLAY_DEFAULTS.blockSize;
+  const { profile, numGpuBlocks } = fleetEngine({ ...o, workers: 1 });
+  const intervalMs = (o.adjustmentIntervalS ?? 30) * 1000;
+  const coldMs = (o.coldStartS ?? 30) * 1000;
+  const eventDelay = o.eventDelayMs ?? REPLAY_DEFAULTS.eventDelayMs;
+  const scrapeEvery = o.metricsScrapeIntervalMs ?? REPLAY_DEFAULTS.metricsScrapeIntervalMs;
+  const log = o.onDecision ?? (() => {});
+
+  const needsProfile = o.planner === "sla" || o.planner === "dynamo" || o.planner === "sla+load";
+  if (needsProfile && !o.perfProfile) throw new Error(`planner ${o.planner} needs a performance profile`);
+  const sla = needsProfile
+    ? new SlaPlanner({
+        profile: o.perfProfile!,
+        targets: o.targets,
+        mode: "aggregated",
+        formula: o.planner === "dynamo" ? "dynamo" : "kvroute",
+        adjustmentIntervalS: intervalMs / 1000,
+        predictor: o.predictor ?? "constant",
+        predictorOptions: o.seasonPeriod !== undefined ? { period: o.seasonPeriod } : {},
+        governor: o.governor,
+        gpuBudget: o.gpuBudget,
+        ...(o.tailFactor !== undefined ? { tailFactor: o.tailFactor } : {}),
+        ...(o.corrections !== undefined ? { corrections: o.corrections } : {}),
+      })
+    : null;
+  const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
+  const minWorkers = o.governor?.min ?? 1;
+  const initial = o.initialWorkers ?? minWorkers;
+
+  let now = reqs.length > 0 ? reqs[0]!.timestampMs : 0;
+  const t0 = now;
+  const registry = new MemoryRegistry();
+  const router = replayRouter({ ...o, workers: 1 }, o.policy ?? "kv", registry, () => now);
+  const queue = new EventQueue<Kind>();
+  const slots: Slot[] = [];
+  let sink: RouterEventSink | null = null;
+  const engineConfig = {
+    ...o.engine,
+    profile,
+    model,
+    blockSize,
+    numGpuBlocks,
+    hashAlgorithm: o.hashAlgorithm ?? REPLAY_DEFAULTS.hashAlgorithm,
+    hashSeed: REPLAY_DEFAULTS.hashSeed,
+    kvEventsConfig: { enableKvCacheEvents: true },
+  };
+  let nextId = 0;
+  const addWorker = async (immediately: boolean) => {
+    const w = slots.length;
+    const id = `worker-${nextId++}`;
+    const engine = new VirtualWorker(engineConfig, (payload) => {
+      if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
+      else deliver(w, payload);
+    });
+    const slot: Slot = { id, engine, state: "starting", startedAt: now, stoppedAt: -1, busy: false, inflight: 0, last: { waiting: 0, running: 0, kvUsage: 0 } };
+    slots.push(slot);
+    if (immediately) await makeReady(slot);
+    else queue.push(now + coldMs, Kind.Ready, w);
+  };
+  const makeReady = async (s: Slot) => {
+    if (s.state !== "starting") return;
+    s.state = "ready";
+    await registry.register(virtualRecord(s.id, model, blockSize, s.engine));
+  };
+  const deliver = (w: number, payload: Buffer) => {
+    const s = slots[w]!;
+    if (s.state === "ready" && sink) sink.applyEventBatch(s.id, payload, 0);
+    s.engine.release(payload);
+  };
+  const stop = (s: Slot) => {
+    s.state = "stopped";
+    s.stoppedAt = now;
+  };
+  const drain = async (s: Slot) => {
+    if (s.state === "starting") return stop(s);
+    s.state = "draining";
+    await registry.deregister(s.id);
+    if (!s.busy && s.inflight === 0) stop(s);
+  };
+  const active = () => slots.filter((s) => s.state === "starting" || s.state === "ready");
+  const setWorkers = async (n: number) => {
+    let cur = active();
+    for (let k = cur.length; k < n; k++) await addWorker(false);
+    cur = active();
+    if (cur.length > n) {
+      // Cancel workers still starting first, then drain the least loaded.
+      const order = [...cur].sort((a, b) => (a.state === b.state ? a.engine.core.load() - b.engine.core.load() : a.state === "starting" ? -1 : 1));
+      for (const s of order.slice(0, cur.length - n)) await drain(s);
+    }
+  };
+  for (let k = 0; k < initial; k++) await addWorker(true);
+  sink = router.eventSink(model);
+
+  const kick = (s: Slot) => {
+    const d = s.engine.core.beginStep(now);
+    s.busy = d !== null;
+    if (d !== null) queue.push(now + d, Kind.StepEnd, slots.indexOf(s));
+    else if (s.state === "draining" && s.inflight === 0) stop(s);
+  };
+
+  // Per-interval accounting.
+  const buckets: { requests: number; within: number; ttfts: number[]; itlSum: number; itlN: number }[] = [];
+  const bucketOf = (t: number) => Math.floor((t - t0) / intervalMs);
+  const bucket = (b: number) => (buckets[b] ??= { requests: 0, within: 0, ttfts: [], itlSum: 0, itlN: 0 });
+  let obs = { requests: 0, inputTokens: 0, cachedTokens: 0, firstTtfts: [] as number[], outTokens: 0, finished: 0, itlSum: 0, itlN: 0 };
+  const allTtft: number[] = [];
+  const allItl: number[] = [];
+  let completed = 0;
+  let failed = 0;
+  let within = 0;
+  let inflight = 0;
+
+  const sinkFor = (f: Flight) => (out: CoreOutput) => {
+    const k = out.tokenIds.length;
+    if (k > 0) {
+      if (f.first < 0) {
+        f.first = now;
+        router.firstToken(f.id);
+        obs.firstTtfts.push(now - f.arrival);
+      }
+      const before = f.generated;
+      f.generated += k;
+      if (Math.floor(f.generated / blockSize) !== Math.floor(before / blockSize)) router.tokens(f.id, f.generated);
+    }
+    if (out.finishReason === null) return;
+    inflight--;
+    f.slot.inflight--;
+    if (out.finishReason === "abort") {
+      failed++;
+      router.finished(f.id, "cancelled");
+      return;
+    }
+    router.finished(f.id, "ok");
+    completed++;
+    const ttft = (f.first < 0 ? now : f.first) - f.arrival;
+    const itl = f.generated > 1 ? (now - f.first) / (f.generated - 1) : 0;
+    allTtft.push(ttft);
+    if (f.generated > 1) allItl.push(itl);
+    const ok = ttft <= o.targets.ttftMs && itl <= o.targets.itlMs;
+    if (ok) within++;
+    const b = bucket(f.bucket);
+    b.requests++;
+    if (ok) b.within++;
+    b.ttfts.push(ttft);
+    if (f.generated > 1) {
+      b.itlSum += itl;
+      b.itlN++;
+      obs.itlSum += itl;
+      obs.itlN++;
+    }
+    obs.outTokens += f.generated;
+    obs.finished++;
+  };
+
+  const arrive = (req: TraceRequest) => {
+    const tokens = promptTokens(req);
+    const id = `r${req.index}`;
+    const maxTokens = req.maxTokens ?? undefined;
+    let decision;
+    try {
+      decision = router.route({ model, tokens, requestId: id, ...(maxTokens !== undefined ? { maxTokens } : {}) });
+    } catch {
+      failed++;
+      return;
+    }
+    const slot = slots.find((s) => s.id === decision.workerId && s.state === "ready");
+    if (!slot) {
+      failed++;
+      return;
+    }
+    router.started(decision);
+    obs.requests++;
+    obs.inputTokens += tokens.length;
+    obs.cachedTokens += Math.min(tokens.length, decision.overlapBlocks * blockSize);
+    const f: Flight = { id, slot, arrival: now, first: -1, generated: 0, bucket: bucketOf(now) };
+    try {
+      slot.engine.submit(generateRequest(req, id, tokens, now), sinkFor(f));
+    } catch {
+      failed++;
+      router.finished(id, "error");
+      return;
+    }
+    inflight++;
+    slot.inflight++;
+    if (!slot.busy) kick(slot);
+  };
+
+  const scrape = () => {
+    for (const s of slots) {
+      if (s.state === "stopped" || s.state === "starting") continue;
+      const m = s.engine.metrics;
+      s.last = { waiting: total(m.waiting), running: total(m.running), kvUsage: total(m.kvUsage) };
+      if (s.state === "ready") router.updateMetrics(s.id, { numRequestsWaiting: s.last.waiting, numRequestsRunning: s.last.running, kvCacheUsagePerc: s.last.kvUsage });
+    }
+  };
+
+  let decisions = 0;
+  let ups = 0;
+  let downs = 0;
+  const timeline: { t: number; running: number; wanted: number }[] = [];
+  const plan = async () => {
+    const running = active().length;
+    const ttft = p90(obs.firstTtfts);
+    const itl = obs.itlN > 0 ? obs.itlSum / obs.itlN : null;
+    const osl = obs.finished > 0 ? obs.outTokens / obs.finished : 0;
+    const observation: IntervalObservation = {
+      intervalS: intervalMs / 1000,
+      requests: obs.requests,
+      inputTokens: obs.inputTokens,
+      cachedTokens: obs.cachedTokens,
+      outputTokens: osl * obs.requests,
+      ttftMs: ttft,
+      itlMs: itl,
+    };
+    let target = running;
+    const lines: string[] = [];
+    if (sla) {
+      const d = sla.decide(observation, { aggregated: running });
+      target = d.target.aggregated!;
+      lines.push(...d.reasons);
+    }
+    if (load) {
+      const ready = slots.filter((s) => s.state === "ready");
+      const d = load.decide({ workers: ready.map((s) => s.last), ttftMs: ttft, itlMs: itl }, running, sla ? target : 0);
+      target = Math.max(target, d.target);
+      lines.push(...d.reasons);
+    }
+    decisions++;
+    if (target > running) ups++;
+    if (target < running) downs++;
+    timeline.push({ t: now, running, wanted: target });
+    log(`[${((now - t0) / 1000).toFixed(0)}s] ${o.planner}: ${running} -> ${target}; ${lines.join("; ")}`);
+    if (target !== running) await setWorkers(target);
+    obs = { requests: 0, inputTokens: 0, cachedTokens: 0, firstTtfts: [], outTokens: 0, finished: 0, itlSum: 0, itlN: 0 };
+  };
+
+  queue.push(now + scrapeEvery, Kind.Scrape);
+  if (o.planner !== "fixed") queue.push(now + intervalMs, Kind.Plan);
+  let next = 0;
+  let tick = 0;
+  let sliceEnd = performance.now() + 50;
+  for (;;) {
+    if (o.signal?.aborted) break;
+    const tArrival = next < reqs.length ? reqs[next]!.timestampMs : Infinity;
+    if (tArrival === Infinity && inflight === 0) break;
+    if (tArrival === Infinity && !slots.some((s) => s.busy)) {
+      failed += inflight; // never expected: work that no engine will schedule
+      break;
+    }
+    if (queue.peekTime() <= tArrival) {
+      const e = queue.pop()!;
+      now = e.t;
+      switch (e.kind) {
+        case Kind.StepEnd: {
+          const s = slots[e.worker]!;
+          s.engine.core.endStep();
+          kick(s);
+          break;
+        }
+        case Kind.Deliver:
+          deliver(e.worker, e.payload!);
+          break;
+        case Kind.Scrape:
+          scrape();
+          queue.push(now + scrapeEvery, Kind.Scrape);
+          break;
+        case Kind.Plan:
+          await plan();
+          if (next < reqs.length || inflight > 0) queue.push(now + intervalMs, Kind.Plan);
+          break;
+        case Kind.Ready:
+          await makeReady(slots[e.worker]!);
+          break;
+      }
+    } else {
+      now = tArrival;
+      arrive(reqs[next++]!);
+    }
+    if ((++tick & 1023) === 0 && performance.now() > sliceEnd) {
+      await yieldImmediate();
+      sliceEnd = performance.now() + 50;
+    }
+  }
+  router.close();
+  const end = now;
+  let workerMs = 0;
+  for (const s of slots) workerMs += (s.stoppedAt >= 0 ? s.stoppedAt : end) - s.startedAt;
+  const span = Math.max(1, end - t0);
+  const intervals: PlannedInterval[] = buckets.map((b, i) => {
+    const tl = [...timeline].reverse().find((x) => x.t <= t0 + (i + 1) * intervalMs);
+    return {
+      startS: (i * intervalMs) / 1000,
+      requests: b?.requests ?? 0,
+      withinTarget: b?.within ?? 0,
+      ttftP90Ms: b ? p90(b.ttfts) : null,
+      itlMeanMs: b && b.itlN > 0 ? b.itlSum / b.itlN : null,
+      workersRunning: tl?.running ?? initial,
+      workersWanted: tl?.wanted ?? initial,
+    };
+  });
+  const counted = intervals.filter((x) => x.requests > 0);
+  let peak = initial;
+  for (const t of timeline) peak = Math.max(peak, t.wanted, t.running);
+  return {
+    planner: o.planner,
+    requests: reqs.length,
+    completed,
+    failed,
+    requestAttainment: completed > 0 ? within / completed : 0,
+    intervalAttainment: counted.length > 0 ? counted.filter((x) => x.withinTarget >= 0.9 * x.requests).length / counted.length : 0,
+    workerSeconds: workerMs / 1000,
+    peakWorkers: peak,
+    meanWorkers: workerMs / span,
+    ttftP90Ms: p90(allTtft) ?? 0,
+    itlP90Ms: p90(allItl) ?? 0,
+    decisions,
+    scaleUps: ups,
+    scaleDowns: downs,
+    intervals,
+    simSeconds: span / 1000,
+    wallMs: performance.now() - wall0,
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * Rate modulation of a trace: the same requests, in the same order, with arrival times warped so
+ * the rate follows a day-like curve — low at the start, `high / low` times higher at the peak,
+ * `periods` peaks over the trace's span, the span unchanged. Used to benchmark planners on the
+ * Mooncake trace (whose own rate is nearly flat).
+ *
+ * f(t) = low + (high - low) x (1 - cos(2 pi periods t / T)) / 2; an original time u maps to the t
+ * with F(t) = mean(f) x u, F the integral of f (monotonic: f > 0), so the rate at t is the
+ * original rate x f(t) / mean(f).
+ */
+import { InvalidConfigError } from "../errors.js";
+import type { Trace } from "./trace.js";
+
+export interface DayCurve {
+  /** Peaks over the trace. Default 1. */
+  periods?: number;
+  /** Relative rate at the trough. Default 0.25. */
+  low?: number;
+  /** Relative rate at the peak. Default 1. */
+  high?: number;
+}
+
+export function modulateRate(trace: Trace, curve: DayCurve = {}): Trace {
+  const periods = curve.periods ?? 1;
+  const low = curve.low ?? 0.25;
+  const high = curve.high ?? 1;
+  if (!(low > 0 && high >= low)) throw new InvalidConfigError(`a day curve needs 0 < low <= high (got ${low}, ${high})`);
+  if (!(periods > 0)) throw new InvalidConfigError(`a day curve needs periods > 0 (got ${periods})`);
+  const reqs = trace.requests;
+  if (reqs.length < 2) return trace;
+  const t0 = reqs[0]!.timestampMs;
+  const T = reqs[reqs.length - 1]!.timestampMs - t0;
+  if (!(T > 0)) return trace;
+  const a = (low + high) / 2;
+  const b = (high - low) / 2;
+  const w = (2 * Math.PI * periods) / T;
+  const F = (t: number) => a * t - (b / w) * Math.sin(w * t);
+  const warp = (u: number) => {
+    const goal = a * u;
+    let lo = 0;
+    let hi = T;
+    for (let k = 0; k < 60; k++) {
+      const mid = (lo + hi) / 2;
+      if (F(mid) < goal) lo = mid;
+      else hi = mid;
+    }
+    return (lo + hi) / 2;
+  };
+  return {
+    ...trace,
+    file: `${trace.file} (day curve x${periods}, ${low}..${high})`,
+    requests: reqs.map((r) => ({ ...r, timestampMs: t0 + Math.round(warp(r.timestampMs - t0)) })),
+  };
+}
+
+/** The curve's relative rate at time t of a span T (for reports). */
+export function curveAt(t: number, T: number, curve: DayCurve = {}): number {
+  const low = curve.low ?? 0.25;
+  const high = curve.high ?? 1;
+  return low + ((high - low) * (1 - Math.cos((2 * Math.PI * (curve.periods ?? 1) * t) / T))) / 2;
+}
