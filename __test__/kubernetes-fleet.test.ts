@@ -216,7 +216,8 @@ describe("KubernetesConnector (real kube-apiserver)", () => {
     let conflictOnce = true;
     expect(await connector.current()).toEqual({ decode: 2 });
     const up = await connector.scale("decode", 3);
-    expect(up).toMatchObject({ from: 2, to: 3, applied: true, drained: [], conflicts: 1 });
+    expect(up).toMatchObject({ from: 2, to: 3, applied: true, drained: [] });
+    expect(up.conflicts).toBeGreaterThanOrEqual(1); // the forced one (the Deployment's status may add more)
     expect(await replicas()).toBe(3);
     await waitFor(Date.now() + 60_000, async () => live(await pods(NS, "app=decode")).filter(isReady).length === 3, () => "3 ready pods");
 
