@@ -90,6 +90,7 @@ export {
 } from "./events/bus/index.js";
 export {
   KvRouter,
+  tierCredit,
   type BusyThreshold,
   type KvRouterModelStats,
   type KvRouterOptions,
@@ -177,3 +178,11 @@ export {
 } from "./config/index.js";
 export * from "./workers/index.js";
 export * from "./replay/index.js";
+export {
+  decodeEmbedsBase64,
+  loadPromptEmbeds,
+  DEFAULT_EMBEDS_DTYPE,
+  DEFAULT_MAX_EMBEDS_BYTES,
+  type PromptEmbeds,
+  type PromptEmbedsOptions,
+} from "./core/prompt-embeds.js";

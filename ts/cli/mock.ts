@@ -38,6 +38,8 @@ vLLM flags:
   --seed <n>                            Sampling seed (default 0)
   --enable-lora, --lora-modules <name=path|json>...
   --enable-prompt-tokens-details, --enable-force-include-usage, --enable-per-request-metrics
+  --enable-prompt-embeds                completions may carry prompt_embeds (base64 torch.save tensors)
+  --dtype float32|float16|bfloat16|auto  the model's dtype (prompt embeddings are cast to it; auto: bfloat16)
   --tokenizer <dir>                     A Hugging Face tokenizer folder: prompts are tokenized
                                         exactly as vLLM does, outputs are ids of that vocabulary
                                         (default: the mocker's toy tokenizer)
@@ -55,7 +57,7 @@ Mocker flags:
   --eos-after-tokens <n>                The model emits EOS as its n-th token (default 1024)
   --kv-events-format <v>                current (default, vLLM 0.33), legacy (0.9.0) or a version
   --step-base-ms, --prefill-per-token-ms, --attention-per-token-pair-ms, --decode-per-seq-ms,
-  --decode-per-context-token-ms, --kv-transfer-base-ms, --kv-transfer-per-token-ms <ms>
+  --decode-per-context-token-ms, --kv-transfer-base-ms, --kv-transfer-per-token-ms, --cpu-load-per-token-ms <ms>
                                         Timing model (defaults: docs/mocker.md)`;
 
 type Kind = "string" | "boolean" | "list" | "ignored-value" | "ignored-flag";
@@ -82,6 +84,8 @@ const FLAGS: Record<string, Kind> = {
   "enable-lora": "boolean",
   "lora-modules": "list",
   "enable-prompt-tokens-details": "boolean",
+  "enable-prompt-embeds": "boolean",
+  dtype: "string",
   "enable-force-include-usage": "boolean",
   "enable-per-request-metrics": "boolean",
   tokenizer: "string",
@@ -97,10 +101,10 @@ const FLAGS: Record<string, Kind> = {
   "decode-per-context-token-ms": "string",
   "kv-transfer-base-ms": "string",
   "kv-transfer-per-token-ms": "string",
+  "cpu-load-per-token-ms": "string",
   "tensor-parallel-size": "ignored-value",
   "pipeline-parallel-size": "ignored-value",
   "gpu-memory-utilization": "ignored-value",
-  dtype: "ignored-value",
   revision: "ignored-value",
   "download-dir": "ignored-value",
   "load-format": "ignored-value",
@@ -281,6 +285,7 @@ export function mockConfigFromArgs(argv: string[]): {
     "decode-per-context-token-ms": "decodePerContextTokenMs",
     "kv-transfer-base-ms": "kvTransferBaseMs",
     "kv-transfer-per-token-ms": "kvTransferPerTokenMs",
+    "cpu-load-per-token-ms": "cpuLoadPerTokenMs",
   };
   for (const [f, key] of Object.entries(timingFlags)) {
     const v = str(f);
@@ -299,6 +304,8 @@ export function mockConfigFromArgs(argv: string[]): {
     blockSize: str("block-size") === undefined ? undefined : intFlag("block-size", str("block-size")!),
     numGpuBlocks: str("num-gpu-blocks-override") === undefined ? undefined : intFlag("num-gpu-blocks-override", str("num-gpu-blocks-override")!, 2),
     enablePrefixCaching: flag("no-enable-prefix-caching") ? false : undefined,
+    enablePromptEmbeds: flag("enable-prompt-embeds"),
+    ...(str("dtype") !== undefined ? { dtype: str("dtype") } : {}),
     hashAlgorithm: algo as EngineHashAlgorithm | undefined,
     // -1: fit to the KV cache (vLLM's auto-fit); the mocker also fits when the flag is absent.
     maxModelLen: str("max-model-len") === undefined || str("max-model-len")!.trim() === "-1" ? undefined : humanInt("max-model-len", str("max-model-len")!),

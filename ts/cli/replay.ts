@@ -44,6 +44,9 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
                           (default ${REPLAY_DEFAULTS.profile})
   --block-size N          tokens per KV block (default 16)
   --num-gpu-blocks N      KV blocks per worker (default: the profile's, 26000)
+  --cpu-blocks N          virtual clock: a CPU offload tier of N blocks per worker behind the
+                          GPU (vLLM's OffloadingConnector; default 0, none). The router prices
+                          CPU hits with --router '{"tierCredits":{"CPU":x}}' (default 0.95)
   --router JSON           KvRouter options for every policy, e.g. '{"overlapWeight": 4}'
                           (overlapWeight, sequenceWeight, temperature, busyThreshold, ...)
   --seed N                router and drop PRNG seed (default 1)
@@ -245,6 +248,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       "event-drop-rate": { type: "string" },
       "block-size": { type: "string" },
       "num-gpu-blocks": { type: "string" },
+      "cpu-blocks": { type: "string" },
       profile: { type: "string" },
       seed: { type: "string" },
       router: { type: "string" },
@@ -273,7 +277,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
     if (dropRate !== undefined && dropRate > 1) throw new UsageError(`--event-drop-rate must be in [0, 1]: got '${values["event-drop-rate"]}'`);
     const seed = values.seed === undefined ? undefined : Number(values.seed);
     if (seed !== undefined && !Number.isInteger(seed)) throw new UsageError(`--seed must be an integer: got '${values.seed}'`);
-    const ignored = clock === "virtual" ? ["speedup"] : ["event-delay-ms", "event-drop-rate", "jobs"];
+    const ignored = clock === "virtual" ? ["speedup"] : ["event-delay-ms", "event-drop-rate", "jobs", "cpu-blocks"];
     for (const flag of ignored) {
       if (values[flag as keyof typeof values] !== undefined && !isPolicyChild()) console.error(`kvroute replay: --${flag} has no effect with --clock ${clock}`);
     }
@@ -291,6 +295,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
         eventDropRate: dropRate,
         blockSize: values["block-size"] === undefined ? undefined : positiveInt("block-size", values["block-size"]),
         numGpuBlocks: values["num-gpu-blocks"] === undefined ? undefined : positiveInt("num-gpu-blocks", values["num-gpu-blocks"]),
+        numCpuBlocks: values["cpu-blocks"] === undefined ? undefined : positiveInt("cpu-blocks", values["cpu-blocks"]),
         profile: values.profile,
         seed,
         ...(router ? { router } : {}),

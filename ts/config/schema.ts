@@ -93,6 +93,8 @@ export interface GatewayConfig {
   migrationLimit: number;
   /** Requests whose body is larger are refused with 413 before the body is buffered. */
   maxBodyBytes: number;
+  /** Largest `prompt_embeds` tensor (decoded bytes); larger ones get 400. */
+  promptEmbedsMaxBytes: number;
   /** Time for a client to send the whole request (headers and body): slow clients get 408. */
   clientTimeoutMs: number;
   /** Time for a worker to answer with headers (504 when it does not; covers queueing and prefill). */
@@ -181,6 +183,7 @@ export interface GatewayConfigInput {
   routerMode?: RouterMode;
   migrationLimit?: number;
   maxBodyBytes?: number;
+  promptEmbedsMaxBytes?: number;
   clientTimeoutMs?: number;
   upstreamTimeoutMs?: number;
   upstreamIdleTimeoutMs?: number;
@@ -221,6 +224,13 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
   routerMode: { kind: "string", enum: ROUTER_MODES, default: "kv", env: true, doc: "kv, round-robin, random or least-loaded." },
   migrationLimit: { kind: "int", min: 0, max: 100, default: 0, env: true, doc: "Re-issues of a request whose worker failed mid-response; 0 disables migration." },
   maxBodyBytes: { kind: "int", min: 1024, default: DEFAULT_MAX_BODY, env: true, doc: "Largest request body; larger ones get 413 before they are buffered." },
+  promptEmbedsMaxBytes: {
+    kind: "int",
+    min: 1,
+    default: 4 * 1024 * 1024,
+    env: true,
+    doc: "Largest prompt_embeds tensor a completion may carry (decoded bytes); larger ones get 400 before any worker sees them.",
+  },
   clientTimeoutMs: { kind: "int", min: 100, default: 30_000, env: true, doc: "Time a client has to send its whole request (slow clients get 408)." },
   upstreamTimeoutMs: { kind: "int", min: 100, default: 300_000, env: true, doc: "Time a worker has to answer with headers; then 504." },
   upstreamIdleTimeoutMs: { kind: "int", min: 100, default: 120_000, env: true, doc: "Longest silence inside a worker's response before it counts as broken." },

@@ -43,6 +43,8 @@ export interface ExtraKeys {
   /** Applies to the first block only, as in vLLM. */
   cacheSalt?: string;
   mm?: MmFeature[];
+  /** Prompt embeddings: per full block its 32-byte digest, concatenated (`loadPromptEmbeds`). */
+  promptEmbeds?: Buffer;
 }
 
 export type TokenIds = Uint32Array | readonly number[];

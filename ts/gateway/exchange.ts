@@ -218,7 +218,8 @@ export class Exchange {
 
   /** Routes among the serving targets not in `busy` or already failed; takes a slot. */
   private route(busy: readonly WorkerTarget[]): RouteDecision {
-    const { serving, nonServing: others } = this.ctx.fleet.of(this.model);
+    const { serving, nonServing } = this.ctx.fleet.of(this.model);
+    const others = this.key.exclude ? [...nonServing, ...this.key.exclude] : nonServing;
     const suspects = this.ctx.suspects.among(serving);
     let exclude: readonly WorkerTarget[] =
       busy.length === 0 && this.failed.length === 0 && suspects.length === 0 ? others : [...others, ...this.failed, ...busy, ...suspects];
@@ -235,6 +236,7 @@ export class Exchange {
       exclude,
       ...(this.parsed.cacheSalt !== null ? { cacheSalt: this.parsed.cacheSalt } : {}),
       ...(this.parsed.maxTokens !== null ? { maxTokens: Math.max(1, this.parsed.maxTokens - this.sentTokens) } : {}),
+      ...(this.key.promptEmbeds ? { promptEmbeds: this.key.promptEmbeds } : {}),
     });
     this.attempts++;
     const record = this.ctx.fleet.record(decision.workerId);

@@ -17,7 +17,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { defaultGatewayConfig, validateGatewayConfig, type GatewayConfig, type GatewayConfigInput } from "../config/schema.js";
 import type { TokenIds } from "../core/block-hasher.js";
-import type { Registry, RouteDecision } from "../router/types.js";
+import type { Registry, RouteDecision, WorkerTarget } from "../router/types.js";
 import { Admission } from "./admission.js";
 import { chooseDisaggPath, routePrefillWorker } from "./disagg-route.js";
 import { ApiKeys } from "./api-keys.js";
@@ -40,6 +40,7 @@ import { ServedModels } from "./served-models.js";
 import { Exchange, sendJsonError } from "./exchange.js";
 import { GatewayMetrics } from "./metrics.js";
 import { parseChatRequest, parseCompletionRequest, parseJsonObject, parseRouteRequest, type ParsedRequest } from "./openai-request.js";
+import { embedsKey, hasPromptEmbeds } from "./prompt-embeds.js";
 import { TokenizationCheck } from "./tokenization-check.js";
 import { ModelTokenizers } from "./tokenizers.js";
 import { UpstreamPool } from "./upstream.js";
@@ -280,6 +281,10 @@ export interface PromptKey {
   tokenizer: PromptTokenizer | null;
   /** Text or chat that no tokenizer keyed: routed by load only. */
   untokenized: boolean;
+  /** Prompt embeddings: the per-block digests the request is keyed with (prompt-embeds.ts). */
+  promptEmbeds?: Uint8Array;
+  /** Serving workers that must not get this request (no `--enable-prompt-embeds`). */
+  exclude?: readonly WorkerTarget[];
 }
 
 const NO_TOKENS: TokenIds = new Uint32Array(0);
@@ -322,7 +327,7 @@ async function handleGenerate(ctx: GatewayContext, served: ServedModels, route: 
   try {
     parsed = route === "chat" ? parseChatRequest(read.body) : parseCompletionRequest(read.body);
     model = resolveModel(served, parsed.model);
-    key = promptKey(ctx, model, parsed, read.raw);
+    key = route === "completions" && hasPromptEmbeds(read.body) ? embedsKey(ctx, model, read.body) : promptKey(ctx, model, parsed, read.raw);
   } catch (err) {
     if (err instanceof NoHealthyWorkerError) ctx.metrics.rejections.inc({ reason: "no_worker" });
     return sendJsonError(res, toGatewayError(err));
@@ -344,7 +349,7 @@ async function handleRoute(ctx: GatewayContext, served: ServedModels, req: Incom
     const decision: RouteDecision = ctx.router.route({ model, tokens, explain: true, dryRun: true, exclude: fleet.nonServing });
     const candidates = (decision.candidates ?? []).map((c) => {
       const base: Record<string, unknown> = { worker: c.workerId, dpRank: c.dpRank, overlapBlocks: c.overlapBlocks, cost: c.cost };
-      if (r.explain) Object.assign(base, { prefillBlocks: c.prefillBlocks, decodeBlocks: c.decodeBlocks, busy: c.busy });
+      if (r.explain) Object.assign(base, { prefillBlocks: c.prefillBlocks, decodeBlocks: c.decodeBlocks, busy: c.busy, tiers: c.tiers ?? {}, loadBlocks: c.loadBlocks ?? 0 });
       return base;
     });
     const out: Record<string, unknown> = { worker: decision.workerId, dpRank: decision.dpRank, overlapBlocks: decision.overlapBlocks, candidates };

@@ -143,8 +143,11 @@ export function parseCompletionRequest(body: Record<string, unknown>): ParsedReq
   let promptIds: number[] | null = null;
   let promptText: string | null = null;
   let batched = false;
-  if (prompt === undefined || prompt === null) throw new BadRequestError("'prompt' is required", "prompt");
-  if (typeof prompt === "string") {
+  const embeds = body["prompt_embeds"] !== undefined && body["prompt_embeds"] !== null;
+  if ((prompt === undefined || prompt === null) && !embeds) throw new BadRequestError("'prompt' is required", "prompt");
+  if (prompt === undefined || prompt === null) {
+    // prompt_embeds only: keyed by gateway/prompt-embeds.ts.
+  } else if (typeof prompt === "string") {
     promptText = prompt;
   } else if (Array.isArray(prompt)) {
     if (prompt.length === 0) throw new BadRequestError("'prompt' must not be empty", "prompt");

@@ -15,6 +15,7 @@
  * - P5: a block holds at most one hash (`hashOf`), set when it is cached and cleared on eviction.
  */
 import type { BlockRemovedEvent, KvEvent } from "../events/codec.js";
+import type { CpuOffloadTier } from "./cpu-offload.js";
 
 export const MEDIUM_GPU = "GPU";
 
@@ -63,6 +64,9 @@ export class BlockPool {
   private openRemoval: BlockRemovedEvent | null = null;
   /** What the warming loads read (kept so that they are not optimized away). */
   private warmSink = 0;
+  /** The CPU tier evicted blocks go to (OffloadingConnector), and its events' block size. */
+  offload: CpuOffloadTier | null = null;
+  offloadBlockSize = 16;
 
   constructor(
     numBlocks: number,
@@ -150,6 +154,12 @@ export class BlockPool {
         if (this.hashed[b] === 1) sink ^= this.nextSame[b]! ^ this.table[4 * this.home(this.hashHalves[2 * b]!, this.hashHalves[2 * b + 1]!) + 2]!;
       }
       this.warmSink = sink;
+      const off = this.offload;
+      if (off !== null) {
+        // Offloaded before the GPU removals are published (see cpu-offload.ts).
+        for (const b of out) if (this.hashed[b] === 1) off.offload(this.hashOf[b]!);
+        off.flush(this.offloadBlockSize, (e) => this.pushEvent(e));
+      }
       for (const b of out) this.evict(b);
     }
     for (const b of out) this.refCnt[b] = 1;
@@ -232,6 +242,7 @@ export class BlockPool {
     this.cachedCount = 0;
     this.hashed.fill(0);
     this.duplicateCount = 0;
+    this.offload?.clear();
     this.pushEvent({ type: "AllBlocksCleared" });
     return true;
   }

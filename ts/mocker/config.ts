@@ -33,6 +33,8 @@ export interface TimingModel {
    * the linear terms above, which then only feed estimates (the replay's fleet line).
    */
   polynomial?: StepPolynomial;
+  /** CPU offload tier hit: per token loaded host-to-device (KV bytes per token / PCIe bandwidth). */
+  cpuLoadPerTokenMs: number;
 }
 
 /** The default profile's timing (Llama-3.1-8B on one H100). */
@@ -88,8 +90,18 @@ export interface MockEngineConfig {
   blockSize?: number;
   /** Blocks in each rank's pool, the null block included, as vLLM counts them. Default: the profile's (26,000). */
   numGpuBlocks?: number;
+  /**
+   * Blocks of the CPU offload tier per rank (0: none). Default: from `kvTransferConfig` when its
+   * connector is `OffloadingConnector` (`num_cpu_blocks`, or `cpu_bytes_to_use` over the profile's
+   * KV bytes per block).
+   */
+  numCpuBlocks?: number;
   /** Default true (vLLM v1). */
   enablePrefixCaching?: boolean;
+  /** `--enable-prompt-embeds`: completions may carry `prompt_embeds`. Default false. */
+  enablePromptEmbeds?: boolean;
+  /** `--dtype`: prompt embeddings are cast to it before hashing. Default bfloat16 (auto). */
+  dtype?: string;
   /** `--prefix-caching-hash-algo`. Default "sha256". */
   hashAlgorithm?: EngineHashAlgorithm;
   /**
@@ -151,6 +163,10 @@ export interface ResolvedMockEngineConfig {
   servedModelNames: string[];
   blockSize: number;
   numGpuBlocks: number;
+  /** CPU offload tier blocks per rank (0: none). */
+  numCpuBlocks: number;
+  enablePromptEmbeds: boolean;
+  dtype: string | undefined;
   enablePrefixCaching: boolean;
   hashAlgorithm: EngineHashAlgorithm;
   /** What the hasher gets: undefined = unset (sha256 default seed). */
@@ -200,6 +216,31 @@ export function resolveHashSeed(algorithm: EngineHashAlgorithm, seed: string | n
   const raw = seed === undefined ? process.env.PYTHONHASHSEED : seed ?? undefined;
   if (raw !== undefined) return raw;
   return algorithm.startsWith("xxhash") ? randomBytes(32).toString("hex") : undefined;
+}
+
+/**
+ * The CPU tier's blocks: `numCpuBlocks`, else the OffloadingConnector's `num_cpu_blocks` (vLLM
+ * < 0.12) or `cpu_bytes_to_use` over the bytes of a block, else 0.
+ */
+function cpuBlocks(config: MockEngineConfig, kt: ResolvedMockEngineConfig["kvTransfer"], bytesPerBlock: number): number {
+  if (config.numCpuBlocks !== undefined) {
+    if (!Number.isInteger(config.numCpuBlocks) || config.numCpuBlocks < 0) {
+      throw new InvalidConfigError(`numCpuBlocks must be an integer >= 0: got ${String(config.numCpuBlocks)}`);
+    }
+    return config.numCpuBlocks;
+  }
+  if (kt?.connector !== "OffloadingConnector") return 0;
+  const { num_cpu_blocks: blocks, cpu_bytes_to_use: bytes } = kt.extra;
+  const whole = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
+  if (blocks !== undefined) {
+    if (!whole(blocks)) throw new InvalidConfigError(`kv_connector_extra_config.num_cpu_blocks must be a positive integer: got ${JSON.stringify(blocks)}`);
+    return blocks;
+  }
+  if (bytes !== undefined) {
+    if (!whole(bytes)) throw new InvalidConfigError(`kv_connector_extra_config.cpu_bytes_to_use must be a positive integer: got ${JSON.stringify(bytes)}`);
+    return Math.floor(bytes / bytesPerBlock);
+  }
+  throw new InvalidConfigError("OffloadingConnector needs kv_connector_extra_config.num_cpu_blocks or cpu_bytes_to_use");
 }
 
 export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockEngineConfig {
@@ -288,6 +329,9 @@ export function resolveMockEngineConfig(config: MockEngineConfig): ResolvedMockE
     servedModelNames: served,
     blockSize,
     numGpuBlocks,
+    enablePromptEmbeds: config.enablePromptEmbeds === true,
+    dtype: config.dtype === "auto" ? undefined : config.dtype,
+    numCpuBlocks: cpuBlocks(config, kvTransfer, profile.kvBytesPerToken * blockSize),
     enablePrefixCaching: config.enablePrefixCaching ?? true,
     hashAlgorithm,
     hashSeed: resolveHashSeed(hashAlgorithm, config.hashSeed),

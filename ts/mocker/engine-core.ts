@@ -26,6 +26,8 @@ import { setImmediate as yieldImmediate } from "node:timers/promises";
 import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
 import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
 import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
+import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
+import { embedsDigest } from "./prompt-embeds.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
@@ -59,6 +61,8 @@ export interface CoreRequestInit {
   sampleSeed: number;
   lora: LoraRef | null;
   cacheSalt: string | null;
+  /** Prompt embeddings' per-block digests, concatenated (prompt-embeds.ts). */
+  promptEmbeds?: Buffer | null;
   kvTransferParams: Record<string, unknown> | null;
   /** The request's own max_tokens, for the metrics histogram (null when it had none). */
   maxTokensParam: number | null;
@@ -127,6 +131,8 @@ class CoreRequest {
   /** Set at the first admission. */
   numLocalCached = -1;
   numExternalCached = 0;
+  /** Prompt tokens the next step loads from the CPU tier (charged at PCIe speed, then 0). */
+  cpuLoadTokens = 0;
   /** Text sampled but not delivered yet (the stop-string holdback). */
   unsent = "";
   /** The last (longest stop - 1) delivered characters: a stop string may start in them. */
@@ -282,6 +288,10 @@ export class EngineCore {
     this.rank = rank;
     const caching = config.enablePrefixCaching;
     this.pool = new BlockPool(config.numGpuBlocks, caching, caching && onEvents !== null);
+    if (caching && config.numCpuBlocks > 0) {
+      this.pool.offload = new CpuOffloadTier(config.numCpuBlocks);
+      this.pool.offloadBlockSize = config.blockSize;
+    }
     this.hasher = caching
       ? new BlockHasher({ blockSize: config.blockSize, algorithm: config.hashAlgorithm, seed: config.hashSeed })
       : null;
@@ -522,6 +532,10 @@ export class EngineCore {
       } else {
         ms += t.prefillPerTokenMs * numNew + t.attentionPerTokenPairMs * numNew * (req.numComputed + numNew / 2);
       }
+      if (req.cpuLoadTokens > 0) {
+        ms += t.cpuLoadPerTokenMs * req.cpuLoadTokens;
+        req.cpuLoadTokens = 0;
+      }
     }
     return ms;
   }
@@ -610,9 +624,16 @@ export class EngineCore {
           this.transferring.add(req);
           continue;
         }
-        const numNew = Math.min(req.numTokens - hitTokens, budget);
-        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens)) break;
+        // The OffloadingConnector's hits: the run of CPU-tier blocks right after the GPU hits.
+        const cpuTokens = cpuHitRun(this.pool.offload, req.hashes, hitBlocks.length, Math.floor((req.numTokens - 1) / config.blockSize)) * config.blockSize;
+        const numNew = Math.min(req.numTokens - hitTokens - cpuTokens, budget);
+        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens + cpuTokens)) break;
         this.waiting.shift();
+        if (cpuTokens > 0) {
+          req.cpuLoadTokens = cpuTokens;
+          if (req.numLocalCached < 0) req.numExternalCached = cpuTokens;
+          if (req.numPreemptions === 0) this.metrics.hostCacheHits(cpuTokens);
+        }
         this.recordLookup(req, hitTokens);
         this.admit(req, plan, numNew);
         budget -= numNew;
@@ -662,7 +683,7 @@ export class EngineCore {
     let evictable = 0;
     for (const b of hitBlocks) if (this.pool.refCount(b) === 0) evictable++;
     if (Math.max(newBlocks, 0) + evictable > this.pool.numFree) return false;
-    if (hitBlocks.length > 0) {
+    if (hitTokens > 0) {
       this.pool.touch(hitBlocks);
       for (const b of hitBlocks) req.blocks.push(b);
       req.numCachedBlocks = req.blocks.length;
@@ -735,17 +756,19 @@ export class EngineCore {
     if (stored.length === 0 || !this.pool.enableEvents) return;
     const lora = req.init.lora;
     const salt = req.init.cacheSalt;
-    const extraKeys: (string[] | null)[] = [];
+    const embeds = req.init.promptEmbeds;
+    const extraKeys: ((string | Uint8Array)[] | null)[] = [];
     for (let i = start; i < numFull; i++) {
       const salted = i === 0 && salt;
       // Most blocks have no extra keys: no array for them.
-      if (!lora && !salted) {
+      if (!lora && !salted && !embeds) {
         extraKeys.push(null);
         continue;
       }
-      const keys: string[] = [];
+      const keys: (string | Uint8Array)[] = [];
       if (lora) keys.push(lora.name);
       if (salted) keys.push(salt);
+      if (embeds) keys.push(embedsDigest(embeds, i));
       extraKeys.push(keys);
     }
     const event: BlockStoredEvent = {
@@ -962,8 +985,9 @@ export class EngineCore {
   }
 
   private extraKeys(init: CoreRequestInit): ExtraKeys | undefined {
-    if (!init.lora && !init.cacheSalt) return undefined;
+    if (!init.lora && !init.cacheSalt && !init.promptEmbeds) return undefined;
     const extra: ExtraKeys = {};
+    if (init.promptEmbeds) extra.promptEmbeds = init.promptEmbeds;
     if (init.lora) {
       extra.loraName = init.lora.name;
       extra.loraPath = init.lora.path;

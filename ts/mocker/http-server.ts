@@ -35,6 +35,7 @@ import {
   type SamplingRequest,
 } from "./openai-protocol.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
+import { embedsPrompts, wantsPromptEmbeds } from "./prompt-embeds.js";
 
 export interface MockServerOptions {
   engine: MockEngine;
@@ -377,6 +378,7 @@ export class MockServer {
             seed: (r.seed ?? 0) + c.index - c.promptIndex * r.n,
             model: r.model ?? undefined,
             cacheSalt: r.cacheSalt,
+            promptEmbeds: r.promptEmbeds?.[c.promptIndex] ?? null,
             kvTransferParams: r.kvTransferParams,
             dataParallelRank: rank,
             n: r.n,
@@ -409,9 +411,15 @@ export class MockServer {
   // /v1/completions
 
   private completion(req: http.IncomingMessage, res: http.ServerResponse, body: Record<string, unknown>): void {
-    const r = parseCompletionRequest(body);
+    const cfg = this.options.engine.config;
+    // prompt_embeds: 0s as the prompt's tokens (vLLM's placeholders), the rest parsed as usual.
+    const embeds = wantsPromptEmbeds(body) ? embedsPrompts(body, { enabled: cfg.enablePromptEmbeds, dtype: cfg.dtype, blockSize: cfg.blockSize }) : null;
+    const r = parseCompletionRequest(embeds ? { ...body, prompt: embeds.prompts.map(() => [0]) } : body);
+    if (embeds) r.promptEmbeds = embeds.digests;
     // Token-id prompts are used verbatim (no tokenizing, no BOS), as vLLM does.
-    const prompts = r.prompts.map((p) => (typeof p === "string" ? this.tokenizer.encodeText(p, r.addSpecialTokens) : Uint32Array.from(p)));
+    const prompts = embeds
+      ? embeds.prompts
+      : r.prompts.map((p) => (typeof p === "string" ? this.tokenizer.encodeText(p, r.addSpecialTokens) : Uint32Array.from(p)));
     const { maxTokens, rank } = this.prepare(req, r, prompts);
     const id = `cmpl-${this.requestId(req, r)}`;
     const created = Math.floor(Date.now() / 1000);

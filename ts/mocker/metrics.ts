@@ -179,6 +179,7 @@ export class EngineMetrics {
   private readonly prefixQueries: Series;
   private readonly prefixHits: Series;
   private readonly cachedDevice: Series;
+  private readonly cachedHost: Series;
   private readonly preemptions: Series;
   private readonly promptTokens: Series;
   private readonly promptLocalCompute: Series;
@@ -209,6 +210,7 @@ export class EngineMetrics {
     this.promptLocalHit = m.promptTokensBySource.labels(...labels, "local_cache_hit");
     this.promptExternal = m.promptTokensBySource.labels(...labels, "external_kv_transfer");
     this.cachedDevice = m.promptTokensCachedBySource.labels(...labels, "device");
+    this.cachedHost = m.promptTokensCachedBySource.labels(...labels, "host");
     for (const s of CACHE_HIT_SOURCES) m.promptTokensCachedBySource.labels(...labels, s);
     this.success = new Map(FINISH_REASONS.map((r) => [r, m.requestSuccess.labels(...labels, r)]));
     this.running = m.running.labels(...labels);
@@ -240,6 +242,11 @@ export class EngineMetrics {
     this.prefixQueries.value += queries;
     this.prefixHits.value += hits;
     this.cachedDevice.value += hits;
+  }
+
+  /** Prompt tokens a request loads from the CPU offload tier (OffloadingConnector hits). */
+  hostCacheHits(tokens: number): void {
+    this.cachedHost.value += tokens;
   }
 
   preemption(): void {

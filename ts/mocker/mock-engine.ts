@@ -38,6 +38,8 @@ export interface GenerateRequest {
   /** A served model name or a LoRA module name; default the base model. */
   model?: string;
   cacheSalt?: string | null;
+  /** Prompt embeddings: per full block its 32-byte digest, concatenated (the prompt is then 0s). */
+  promptEmbeds?: Buffer | null;
   kvTransferParams?: Record<string, unknown> | null;
   /** Route to this rank (vLLM's `X-data-parallel-rank`); default the least loaded rank. */
   dataParallelRank?: number;
@@ -199,6 +201,7 @@ export function coreRequestInit(
     sampleSeed: request.seed ?? 0,
     lora,
     cacheSalt: request.cacheSalt ?? null,
+    promptEmbeds: request.promptEmbeds ?? null,
     kvTransferParams: request.kvTransferParams ?? null,
     maxTokensParam: request.maxTokens ?? null,
     n: request.n ?? 1,

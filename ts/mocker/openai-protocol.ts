@@ -280,6 +280,8 @@ export interface SamplingRequest {
   minTokens: number;
   seed: number | null;
   cacheSalt: string | null;
+  /** Per prompt, its embeddings' block digests (`prompt_embeds` completions; prompt-embeds.ts). */
+  promptEmbeds?: Buffer[];
   kvTransferParams: Record<string, unknown> | null;
   requestId: string | null;
   returnTokenIds: boolean;

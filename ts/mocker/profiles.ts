@@ -13,6 +13,8 @@ export interface EngineProfile {
   timing: Readonly<TimingModel>;
   /** KV blocks of 16 tokens per rank, as vLLM would size them (`gpu_memory_utilization` 0.9). */
   numGpuBlocks: number;
+  /** KV cache bytes per token per rank (2 x layers x KV heads / TP x head dim x 2 bytes). */
+  kvBytesPerToken: number;
 }
 
 const PROFILES = {
@@ -27,8 +29,11 @@ const PROFILES = {
       decodePerContextTokenMs: 5.0e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.006,
+      // 128 KiB a token over PCIe 5 x16 at ~40 GB/s effective.
+      cpuLoadPerTokenMs: 0.0033,
     }),
     numGpuBlocks: 26_000,
+    kvBytesPerToken: 131_072,
   },
   "llama-3.1-70b-h100-tp4": {
     description: "Llama-3.1-70B, bf16, four H100 SXM (tensor parallel 4)",
@@ -40,8 +45,11 @@ const PROFILES = {
       decodePerContextTokenMs: 2.9e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.0037,
+      // 80 KiB a token per rank, each GPU on its own PCIe 5 x16 link.
+      cpuLoadPerTokenMs: 0.002,
     }),
     numGpuBlocks: 26_000,
+    kvBytesPerToken: 81_920,
   },
   /**
    * Dynamo's mocker default timing (its polynomial: ./step-timing.ts), to compare routing with
@@ -58,9 +66,12 @@ const PROFILES = {
       decodePerContextTokenMs: 0,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.0037,
+      // As the 8B profile: Dynamo's mocker has no CPU tier of its own.
+      cpuLoadPerTokenMs: 0.0033,
       polynomial: DYNAMO_POLYNOMIAL,
     }),
     numGpuBlocks: 26_000,
+    kvBytesPerToken: 131_072,
   },
   /**
    * Fitted to a measured PyTorch forward pass with Llama-3.1-8B shapes on one H200 (random bf16
@@ -76,8 +87,11 @@ const PROFILES = {
       decodePerContextTokenMs: 2.89e-5,
       kvTransferBaseMs: 2.0,
       kvTransferPerTokenMs: 0.006,
+      // 128 KiB a token over the H200's PCIe 5 x16 at ~40 GB/s effective (not measured).
+      cpuLoadPerTokenMs: 0.0033,
     }),
     numGpuBlocks: 53_689,
+    kvBytesPerToken: 131_072,
   },
 } satisfies Record<string, EngineProfile>;
 

@@ -50,6 +50,10 @@ export interface PolicyResult {
   partial: boolean;
   /** Prefix-cache hit rate from the workers' own metrics: Σ hits / Σ queries (tokens). */
   hitRate: number;
+  /** Prompt tokens loaded from the workers' CPU offload tiers (`prompt_tokens_cached_by_source{source="host"}`). */
+  prefixCacheHostHits?: number;
+  /** GPU and CPU tier hits over the same queries. */
+  hitRateAllTiers?: number;
   prefixCacheQueries: number;
   prefixCacheHits: number;
   /** Arrival to first token. */
@@ -211,13 +215,15 @@ export class ResultCollector {
     partial: boolean;
     wallMs: number;
     /** Per worker, its own counters. */
-    prefixCache: { queries: number; hits: number }[];
+    prefixCache: { queries: number; hits: number; hostHits?: number }[];
   }): PolicyResult {
     let queries = 0;
     let hits = 0;
+    let hostHits = 0;
     for (const c of input.prefixCache) {
       queries += c.queries;
       hits += c.hits;
+      hostHits += c.hostHits ?? 0;
     }
     const duration = this.completed > 0 ? this.lastFinish - this.firstArrival : 0;
     const perWorker: WorkerSummary[] = this.workerIds.map((id, w) => {
@@ -249,6 +255,8 @@ export class ResultCollector {
       hitRate: queries > 0 ? hits / queries : 0,
       prefixCacheQueries: queries,
       prefixCacheHits: hits,
+      prefixCacheHostHits: hostHits,
+      hitRateAllTiers: queries > 0 ? (hits + hostHits) / queries : 0,
       ttftMs: percentiles(this.ttft.values()),
       e2eMs: percentiles(this.e2e.values()),
       throughput: duration > 0 ? (this.outputTokens / duration) * 1000 : 0,

@@ -8,10 +8,11 @@ export const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
 /** The results as an aligned text table, one row per policy. */
 export function resultsTable(results: readonly PolicyResult[]): string {
-  const header = ["policy", "hit rate", "TTFT p50", "TTFT p90", "TTFT p99", "E2E p50", "E2E p99", "output tok/s", "imbalance", "router µs/req"];
+  const tiers = results.some((r) => (r.prefixCacheHostHits ?? 0) > 0);
+  const header = ["policy", tiers ? "hit rate GPU / all tiers" : "hit rate", "TTFT p50", "TTFT p90", "TTFT p99", "E2E p50", "E2E p99", "output tok/s", "imbalance", "router µs/req"];
   const rows = results.map((r) => [
     r.policy + (r.partial ? " (partial)" : ""),
-    pct(r.hitRate),
+    tiers ? `${pct(r.hitRate)} / ${pct(r.hitRateAllTiers ?? r.hitRate)}` : pct(r.hitRate),
     ms(r.ttftMs.p50),
     ms(r.ttftMs.p90),
     ms(r.ttftMs.p99),

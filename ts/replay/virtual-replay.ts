@@ -24,10 +24,10 @@ import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
 import type { MockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
-import type { Family } from "../mocker/metrics.js";
+import type { Family, VllmMetrics } from "../mocker/metrics.js";
 import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
-import type { KvRouterOptions, RouterEventSink } from "../router/kv-router.js";
+import { tierCredit, type KvRouterOptions, type RouterEventSink } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
@@ -48,6 +48,8 @@ export interface FleetSettings {
   profile?: string;
   /** KV blocks per worker (`--num-gpu-blocks-override`). Default: the profile's. */
   numGpuBlocks?: number;
+  /** CPU offload tier blocks per worker (OffloadingConnector `num_cpu_blocks`). Default 0: none. */
+  numCpuBlocks?: number;
   /** The engines' `--prefix-caching-hash-algo` (no effect on routing: the router keys by tokens). */
   hashAlgorithm?: EngineHashAlgorithm;
   /** Engine settings beyond those (timing model, max_num_seqs...). */
@@ -116,6 +118,13 @@ interface Flight {
   generated: number;
 }
 
+/** Prompt tokens an engine loaded from its CPU tier (`prompt_tokens_cached_by_source{source="host"}`). */
+function hostHits(m: VllmMetrics): number {
+  let v = 0;
+  for (const [key, s] of m.promptTokensCachedBySource.series) if (key.endsWith("\u0000host")) v += s.value;
+  return v;
+}
+
 /** Sum of a gauge or counter family's series (one engine, one rank: one series). */
 function total(f: Family): number {
   let v = 0;
@@ -136,7 +145,10 @@ export function workerIds(n: number): string[] {
 
 /** The router a replay (either clock) routes with: the fleet's options, quiet, on `clock`. */
 export function replayRouter(o: FleetSettings & { seed?: number }, policy: RouterMode, registry: MemoryRegistry, clock: () => number): TimedRouter {
-  return new TimedRouter({ ...o.router, registry, mode: policy, seed: o.seed ?? REPLAY_DEFAULTS.seed, clock, log: () => {} });
+  // A CPU hit is priced from the fleet's profile (prefill vs PCIe speed) unless the options say.
+  const t = { ...engineProfile(o.profile ?? REPLAY_DEFAULTS.profile).timing, ...o.engine?.timing };
+  const tierCredits = { CPU: tierCredit(t.prefillPerTokenMs, t.cpuLoadPerTokenMs), ...o.router?.tierCredits };
+  return new TimedRouter({ ...o.router, tierCredits, registry, mode: policy, seed: o.seed ?? REPLAY_DEFAULTS.seed, clock, log: () => {} });
 }
 
 /** The engine profile and KV blocks per worker a fleet runs with. */
@@ -182,6 +194,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     model,
     blockSize,
     numGpuBlocks,
+    numCpuBlocks: options.numCpuBlocks ?? 0,
     hashAlgorithm,
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
@@ -341,7 +354,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     trace: trace.file,
     partial: aborted,
     wallMs,
-    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits) })),
+    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
   });
 }
 

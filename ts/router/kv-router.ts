@@ -76,6 +76,13 @@ export interface KvRouterOptions {
    * says when: the router's requests that finished since still count as its own in it. Default 250.
    */
   metricsLagMs?: number;
+  /**
+   * What a prefix hit on a slower KV cache tier saves, as a fraction of its prefill (0..1; GPU
+   * hits save all of it): `1 - load time / prefill time` per block (`tierCredit` derives it from a
+   * profile's speeds). Defaults CPU 0.95, DISK 0.75. 0 prices a tier's hits like misses (a router
+   * blind to that tier).
+   */
+  tierCredits?: { CPU?: number; DISK?: number };
   /** Per model; defaults from the registry records. */
   models?: Record<string, ModelRoutingConfig>;
   /** PRNG seed (tie-breaks, sampling, random mode). */
@@ -196,7 +203,7 @@ interface Pending {
 }
 
 const HEADER = 8;
-const STRIDE = 11;
+const STRIDE = 15;
 const MODE_CODE: Record<RouterMode, number> = { kv: 0, "round-robin": 1, random: 2, "least-loaded": 3 };
 const ROLE_BIT: Record<WorkerRole, number> = { aggregated: 1, prefill: 2, decode: 4 };
 const MAX_U32 = 0xffff_ffff;
@@ -303,6 +310,7 @@ export class KvRouter implements RequestLifecycle {
         req.cacheSalt ?? null,
         exclude,
         m.out,
+        req.promptEmbeds ?? null,
       ),
     );
     if (ok === 0) throw new NoWorkerError(req.model, "all_excluded");
@@ -340,6 +348,8 @@ export class KvRouter implements RequestLifecycle {
           busy: out[at + 8] === 1,
           kvView: out[at + 9] === 1,
           contextBlocks: out[at + 10]!,
+          tiers: tierBlocks(out[at + 11]!, out[at + 12]!, out[at + 13]!),
+          loadBlocks: out[at + 14]!,
         };
       }
       decision.candidates = candidates;
@@ -663,6 +673,8 @@ export class KvRouter implements RequestLifecycle {
           metricsTtlMs: o.metricsTtlMs,
           metricsLagMs: o.metricsLagMs,
           seed: o.seed === undefined ? undefined : o.seed >>> 0,
+          cpuTierCredit: o.tierCredits?.CPU,
+          diskTierCredit: o.tierCredits?.DISK,
         }),
     );
     const m: ModelState = {
@@ -744,6 +756,8 @@ function validateOptions(o: KvRouterOptions): void {
   nonneg(o.metricsTtlMs, "metricsTtlMs");
   nonneg(o.metricsLagMs, "metricsLagMs");
   nonneg(o.maxSpeculativeBlocks, "maxSpeculativeBlocks", MAX_U32);
+  nonneg(o.tierCredits?.CPU, "tierCredits.CPU", 1);
+  nonneg(o.tierCredits?.DISK, "tierCredits.DISK", 1);
   nonneg(o.busyThreshold?.kvUsage, "busyThreshold.kvUsage");
   nonneg(o.busyThreshold?.queueDepth, "busyThreshold.queueDepth");
   nonneg(o.busyThreshold?.activeRequests, "busyThreshold.activeRequests", MAX_U32);
@@ -756,4 +770,22 @@ function validateOptions(o: KvRouterOptions): void {
       throw new InvalidConfigError(`models.${name}.keying must be "tokens" or "engine"`);
     }
   }
+}
+
+/** The indexed overlap by tier, tiers without blocks left out (e.g. `{ GPU: 10, CPU: 30 }`). */
+function tierBlocks(gpu: number, cpu: number, disk: number): Record<string, number> {
+  const t: Record<string, number> = {};
+  if (gpu > 0) t["GPU"] = gpu;
+  if (cpu > 0) t["CPU"] = cpu;
+  if (disk > 0) t["DISK"] = disk;
+  return t;
+}
+
+/**
+ * A tier's credit (`KvRouterOptions.tierCredits`) from speeds: prefill computes a token in
+ * `prefillPerTokenMs`, the tier loads one in `loadPerTokenMs` (KV bytes per token / bandwidth).
+ */
+export function tierCredit(prefillPerTokenMs: number, loadPerTokenMs: number): number {
+  if (!(prefillPerTokenMs > 0) || !(loadPerTokenMs >= 0)) return 0;
+  return Math.min(1, Math.max(0, 1 - loadPerTokenMs / prefillPerTokenMs));
 }

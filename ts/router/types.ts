@@ -19,6 +19,8 @@ export interface RouteRequest {
   tokens: TokenIds;
   loraName?: string;
   cacheSalt?: string;
+  /** Prompt embeddings: per full block its 32-byte digest, concatenated (`loadPromptEmbeds`); `tokens` are then 0s, one per row. */
+  promptEmbeds?: Uint8Array;
   /** Defaults to a fresh id; the same id must be used for the lifecycle calls below. */
   requestId?: string;
   /** Include every candidate's cost breakdown. */
@@ -56,6 +58,10 @@ export interface CandidateScore extends WorkerTarget {
   kvView?: boolean;
   /** Context blocks of its requests with this one added, shared prefixes counted per request. */
   contextBlocks?: number;
+  /** The indexed overlap by the best KV cache tier holding each block, e.g. `{ GPU: 4, CPU: 30 }`. */
+  tiers?: Record<string, number>;
+  /** Time to load the overlap from its tiers, in prefill blocks (priced in `cost` as prefill). */
+  loadBlocks?: number;
 }
 
 export interface RouteDecision extends WorkerTarget {

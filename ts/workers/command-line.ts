@@ -148,6 +148,8 @@ export function buildCommandLine(config: VllmWorkerConfig): CommandLine {
   if (c.numGpuBlocksOverride !== undefined) args.push("--num-gpu-blocks-override", String(c.numGpuBlocksOverride));
   if (c.gpuMemoryUtilization !== undefined) args.push("--gpu-memory-utilization", String(c.gpuMemoryUtilization));
   if (c.maxModelLen !== undefined) args.push("--max-model-len", String(c.maxModelLen));
+  if (c.enablePromptEmbeds === true) args.push("--enable-prompt-embeds");
+  if (c.dtype !== undefined) args.push("--dtype", c.dtype);
   if (c.dataParallelSize > 1 || c.externalDpRank !== null) args.push("--data-parallel-size", String(c.dataParallelSize));
   if (c.externalDpRank !== null) args.push("--data-parallel-rank", String(c.externalDpRank));
   if (c.kvEvents) args.push("--kv-events-config", JSON.stringify(kvEventsConfigFor(c.kvEvents)));
@@ -280,7 +282,18 @@ export function workerRecordFor(
     dataParallelSize: c.dataParallelSize,
     dpRanks: c.dpRanks,
     tokenizer: tokenizerFolderOf(c.model, c.extraArgs ?? []),
+    ...promptEmbedsOf(c.enablePromptEmbeds, c.dtype, c.extraArgs ?? []),
   };
+}
+
+/** `enablePromptEmbeds` / `dtype` of the record, from the config or the extra arguments. */
+function promptEmbedsOf(enable: boolean | undefined, dtype: string | undefined, args: readonly string[]): Pick<WorkerRecord, "enablePromptEmbeds" | "dtype"> {
+  const out: Pick<WorkerRecord, "enablePromptEmbeds" | "dtype"> = {};
+  if (enable === true || args.includes("--enable-prompt-embeds")) out.enablePromptEmbeds = true;
+  const i = args.indexOf("--dtype");
+  const d = dtype ?? (i >= 0 ? args[i + 1] : args.find((a) => a.startsWith("--dtype="))?.slice("--dtype=".length));
+  if (d !== undefined && d !== "auto") out.dtype = d;
+  return out;
 }
 
 /**

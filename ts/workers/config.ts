@@ -96,6 +96,10 @@ export interface VllmWorkerConfig {
   gpuMemoryUtilization?: number;
   /** `--max-model-len`. */
   maxModelLen?: number;
+  /** `--enable-prompt-embeds`: the worker takes `prompt_embeds` (also detected in `extraArgs`). */
+  enablePromptEmbeds?: boolean;
+  /** `--dtype` (e.g. "bfloat16"): prompt embeddings are cast to it before vLLM hashes them. */
+  dtype?: string;
   /**
    * `VLLM_NIXL_SIDE_CHANNEL_PORT`: workers with the NIXL connector on one host each need their
    * own (vLLM's default is 5600 for all).
@@ -149,6 +153,10 @@ export interface WorkerRecord {
    * reach it, when the worker announces one; the gateway then keys text and chat requests with it.
    */
   tokenizer?: string | null;
+  /** Started with `--enable-prompt-embeds`: the only workers sent `prompt_embeds` requests. */
+  enablePromptEmbeds?: boolean;
+  /** `--dtype` when set explicitly (prompt embeddings are hashed in it; default bfloat16). */
+  dtype?: string;
 }
 
 /**

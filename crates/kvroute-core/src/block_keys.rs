@@ -29,6 +29,7 @@ pub const ROOT_KEY: u64 = 0x6b76_726f_7574_6530;
 const REC_LORA: u8 = 0x01;
 const REC_MM: u8 = 0x02;
 const REC_SALT: u8 = 0x03;
+const REC_EMBEDS: u8 = 0x04;
 
 /// Computes router keys for one block size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,10 @@ fn key(buf: &mut Vec<u8>, parent: u64, tokens: &[u32], extra: &BlockExtraKeys<'_
         if let Some(s) = extra.cache_salt {
             record(buf, REC_SALT, s);
         }
+        if let Some(d) = extra.prompt_embeds {
+            buf.push(REC_EMBEDS);
+            buf.extend_from_slice(d);
+        }
     }
     xxh3_64(buf)
 }
@@ -164,19 +169,23 @@ mod tests {
     fn extras_are_unambiguous() {
         let k = RouterKeyer::new(2).unwrap();
         let a = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("ab".into()),
             ..Default::default()
         };
         let b = ExtraKeys {
+            prompt_embeds: Vec::new(),
             cache_salt: Some("ab".into()),
             ..Default::default()
         };
         let c = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("a".into()),
             cache_salt: Some("b".into()),
             ..Default::default()
         };
         let d = ExtraKeys {
+            prompt_embeds: Vec::new(),
             mm: vec![MmFeature::new("ab", 0, 1)],
             ..Default::default()
         };

@@ -513,6 +513,11 @@ pub(crate) mod cbor {
             text(buf, "cache_salt");
             text(buf, s);
         }
+        if let Some(d) = extra.prompt_embeds {
+            buf.push(0x82);
+            text(buf, "prompt_embeds");
+            bytes(buf, d);
+        }
     }
 }
 
@@ -875,6 +880,12 @@ pub(crate) mod pickle {
                 p.user_str(s);
                 p.end_tuple(2);
             }
+            if let Some(d) = extra.prompt_embeds {
+                p.begin_tuple(2);
+                p.str_value("prompt_embeds");
+                p.bytes_value(d);
+                p.end_tuple(2);
+            }
             p.end_tuple(n);
         }
         p.end_tuple(3);
@@ -942,6 +953,7 @@ mod tests {
             }),
             mm: crate::extra_keys::BlockMm::Keys(&keys),
             cache_salt: None,
+            prompt_embeds: None,
         };
         let want = format!(
             "80059572000000000000004320{P_HEX}94284b004bff4d00014dffff4a000001004affffff7f8a05\
@@ -990,6 +1002,7 @@ mod tests {
             lora: None,
             mm: crate::extra_keys::BlockMm::Keys(&keys),
             cache_salt: Some("q"),
+            prompt_embeds: None,
         };
         let want = format!(
             "80059559000000000000004320{P_HEX}944b0185948c026d6d948c0378797a944afdffffff8794\
@@ -1036,6 +1049,7 @@ mod tests {
         let salt = "y".repeat(70_000);
         let extra = BlockExtraKeys {
             cache_salt: Some(&salt),
+            prompt_embeds: None,
             ..BlockExtraKeys::NONE
         };
         let mut buf = Vec::new();
@@ -1082,6 +1096,7 @@ mod tests {
             }),
             mm: crate::extra_keys::BlockMm::Keys(&keys),
             cache_salt: Some("q"),
+            prompt_embeds: None,
         };
         assert_eq!(
             cbor_block(&P, &tokens, &extra),

@@ -27,9 +27,17 @@
 //!   tokens than a block, dividing it); they cannot be router-keyed and are not a misconfiguration.
 //! - `lora_without_name` (tokens): `lora_id` set but no `lora_name` (vLLM < 0.14): keying it
 //!   without the adapter would let base-model requests match LoRA blocks.
-//! - `mm_without_offset`, `prompt_embeds`, `unrecognized_extra_keys`, `extra_keys_length`
-//!   (tokens): extra keys the router keying cannot reproduce (vLLM 0.17–0.18 bare multimodal
-//!   identifiers, prompt-embedding digests, anything else).
+//! - `mm_without_offset`, `unrecognized_extra_keys`, `extra_keys_length` (tokens): extra keys
+//!   the router keying cannot reproduce (vLLM 0.17–0.18 bare multimodal identifiers, anything
+//!   else). Prompt-embeddings digests (a block's last key, 32 bytes) are keyed like a request's
+//!   ([`crate::prompt_embeds`]).
+//! - `unknown_medium`, `remote_medium` (both keyings): a `medium` not in [`crate::tiers`]'s
+//!   table, or blocks not local to the worker (`locality` other than `LOCAL`, object stores).
+//!   Never taken for the GPU. Known media are stored under their tier's canonical name (`GPU`,
+//!   `CPU`, `DISK`), so `cpu`, `CPU_PINNED` and `CPU` are one tier.
+//! - `tier_block_size` (both keyings): a non-GPU tier's `BlockStored` with tokens in another
+//!   block size than the model's (LMCache publishes its 256-token chunks): skipped, and unlike a
+//!   GPU event of the wrong size it does not flag the worker.
 //! - `indexer_rejected`: the indexer refused the store (a 9th tier, or more than 65 536 slots).
 //! - the decoder's own reasons for events it dropped (unknown type, wrong field types).
 //!
@@ -121,6 +129,7 @@ use crate::events::{
 };
 use crate::extra_keys::{BlockExtraKeys, BlockMm, LoraKey, MmBlockKey};
 use crate::indexer::{Indexer, MAX_TIERS};
+use crate::tiers::{self, Placement, Tier};
 
 /// Default bound of each `(worker, dp_rank)` engine map.
 pub const DEFAULT_MAX_ENGINE_MAP_ENTRIES: usize = 1 << 20;
@@ -707,7 +716,7 @@ fn parity_checkable(e: &BlockStored) -> bool {
 }
 
 /// Per-block extra keys of a `BlockStored` for router keys: `(mm keys, cache salt)` per block.
-type ParsedExtras<'e> = Vec<(Vec<MmBlockKey>, Option<&'e str>)>;
+type ParsedExtras<'e> = Vec<(Vec<MmBlockKey>, Option<&'e str>, Option<&'e [u8; 32]>)>;
 
 /// Reads the untagged per-block extra keys vLLM publishes (docs/vllm-kv-events.md): the LoRA
 /// name (also in `lora_name`), `[identifier, offset]` multimodal pairs, the cache salt (first
@@ -724,10 +733,17 @@ fn parse_extras<'e>(
     let mut out = Vec::with_capacity(keys.len());
     for (i, items) in keys.iter().enumerate() {
         let Some(items) = items else {
-            out.push((Vec::new(), None));
+            out.push((Vec::new(), None, None));
             continue;
         };
         let mut rest = &items[..];
+        // A prompt-embeds digest is the block's last key (32 bytes: sha256).
+        let mut embeds = None;
+        if let Some(Value::Bin(b)) = rest.last() {
+            embeds =
+                Some(<&[u8; 32]>::try_from(b.as_slice()).map_err(|_| "unrecognized_extra_keys")?);
+            rest = &rest[..rest.len() - 1];
+        }
         if let (Some(name), Some(Value::Str(s))) = (lora, rest.first()) {
             if s == name {
                 rest = &rest[1..];
@@ -751,11 +767,10 @@ fn parse_extras<'e>(
                 },
                 Value::Str(s) if root && i == 0 && j + 1 == rest.len() => salt = Some(s.as_str()),
                 Value::Str(_) => return Err("mm_without_offset"),
-                Value::Bin(_) => return Err("prompt_embeds"),
                 _ => return Err("unrecognized_extra_keys"),
             }
         }
-        out.push((mm, salt));
+        out.push((mm, salt, embeds));
     }
     Ok(out)
 }
@@ -1118,7 +1133,16 @@ impl Core {
         out: &mut ApplyOutcome,
     ) {
         self.c.events_stored += 1;
-        let medium = e.medium.as_ref().map(|m| m.as_str());
+        let placement =
+            tiers::classify(e.medium.as_ref().map(|m| m.as_str()), e.locality.as_deref());
+        let medium = match placement {
+            Placement::Local(t) => Some(t.name()),
+            _ => {
+                return self
+                    .c
+                    .skip(placement.skip_reason().unwrap_or("unknown_medium"), out)
+            }
+        };
         let has_tokens = !e.token_ids.is_empty();
         let bs = if has_tokens {
             check_block_size(e, self.cfg.block_size)
@@ -1126,6 +1150,11 @@ impl Core {
             BlockSizeCheck::Ok
         };
         if bs == BlockSizeCheck::Mismatch {
+            // Connectors key their tiers in their own chunks (LMCache: 256 tokens by default):
+            // not the worker's misconfiguration, and not placeable in the model's blocks.
+            if placement != Placement::Local(Tier::Gpu) {
+                return self.c.skip("tier_block_size", out);
+            }
             self.c.block_size_mismatches += 1;
             rs.flag_block_size(e, self.cfg.block_size);
         }
@@ -1229,7 +1258,7 @@ impl Core {
                     Ok(p) => p,
                     Err(reason) => return self.c.skip(reason, out),
                 };
-                for (block, (mm, salt)) in blocks.zip(&parsed) {
+                for (block, (mm, salt, embeds)) in blocks.zip(&parsed) {
                     let extra = BlockExtraKeys {
                         lora,
                         mm: if mm.is_empty() {
@@ -1238,6 +1267,7 @@ impl Core {
                             BlockMm::Keys(mm)
                         },
                         cache_salt: *salt,
+                        prompt_embeds: *embeds,
                     };
                     let k = self.keyer.block_key(prev, block, &extra);
                     self.keys.push(k);
@@ -1309,7 +1339,16 @@ impl Core {
         out: &mut ApplyOutcome,
     ) {
         self.c.events_removed += 1;
-        let medium = e.medium.as_ref().map(|m| m.as_str());
+        let placement =
+            tiers::classify(e.medium.as_ref().map(|m| m.as_str()), e.locality.as_deref());
+        let medium = match placement {
+            Placement::Local(t) => Some(t.name()),
+            _ => {
+                return self
+                    .c
+                    .skip(placement.skip_reason().unwrap_or("unknown_medium"), out)
+            }
+        };
         // A tier the index never saw holds nothing: no copies, the bits stay as they are.
         let tier = self.index.tier_id(medium);
         let (keys, n): (&[u64], usize) = match self.cfg.keying {

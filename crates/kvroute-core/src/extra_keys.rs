@@ -7,11 +7,18 @@
 //!   overlaps, with its offset relative to the block start (negative when it began earlier);
 //!   features are visited in order with vLLM's cursor, which assumes them sorted by offset;
 //! - the cache salt goes on the first block only, and an empty salt counts as none;
-//! - order within a block: LoRA, then multimodal features, then the salt; a block with none of
-//!   them has no extra keys (vLLM hashes `None`).
+//! - prompt embeddings put the sha256 of each full block's embedding rows on that block;
+//! - order within a block: LoRA, then multimodal features, then the salt, then the embeddings
+//!   digest; a block with none of them has no extra keys (vLLM hashes `None`).
 //!
 //! Both keyings use [`BlockExtraKeys`]: the engine keying serializes it exactly as vLLM does, the
 //! router keying length-prefixes it. The common no-extras path allocates nothing.
+
+/// sha256 of no bytes: vLLM's prompt-embeds key of a block past the embeddings.
+pub const EMPTY_EMBEDS_DIGEST: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
 
 /// A multimodal input placeholder: its content hash and where it sits in the token sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +58,19 @@ pub struct ExtraKeys {
     pub cache_salt: Option<String>,
     /// Multimodal placeholders, sorted by offset and non-overlapping (vLLM's assumption).
     pub mm: Vec<MmFeature>,
+    /// Prompt embeddings: per block, the sha256 of its embedding rows (full blocks, then the
+    /// partial last one: [`crate::prompt_embeds::PromptEmbeds::block_digests`]); blocks past
+    /// them get the sha256 of no bytes, as in vLLM. The request's tokens are 0s.
+    pub prompt_embeds: Vec<[u8; 32]>,
 }
 
 impl ExtraKeys {
     /// No LoRA, no salt, no multimodal features: every block hashes `None` as its extra keys.
     pub fn is_empty(&self) -> bool {
-        self.lora_name.is_none() && self.salt().is_none() && self.mm.is_empty()
+        self.lora_name.is_none()
+            && self.salt().is_none()
+            && self.mm.is_empty()
+            && self.prompt_embeds.is_empty()
     }
 
     fn salt(&self) -> Option<&str> {
@@ -89,6 +103,16 @@ impl ExtraKeys {
                 BlockMm::Window(window)
             },
             cache_salt: if start == 0 { self.salt() } else { None },
+            // vLLM hashes `prompt_embeds[start:end]` on every block once a request has them:
+            // past the rows that is an empty slice.
+            prompt_embeds: match (self.prompt_embeds.is_empty(), end > start) {
+                (false, true) => Some(
+                    self.prompt_embeds
+                        .get(start / (end - start))
+                        .unwrap_or(&EMPTY_EMBEDS_DIGEST),
+                ),
+                _ => None,
+            },
         };
         (keys, next)
     }
@@ -273,6 +297,8 @@ pub struct BlockExtraKeys<'a> {
     pub mm: BlockMm<'a>,
     /// Only ever `Some` on the first block; an empty salt must be `None` (vLLM drops it).
     pub cache_salt: Option<&'a str>,
+    /// The block's prompt-embeddings digest (last in vLLM's tuple).
+    pub prompt_embeds: Option<&'a [u8; 32]>,
 }
 
 impl<'a> BlockExtraKeys<'a> {
@@ -281,6 +307,7 @@ impl<'a> BlockExtraKeys<'a> {
         lora: None,
         mm: BlockMm::None,
         cache_salt: None,
+        prompt_embeds: None,
     };
 
     /// The multimodal `(identifier, relative offset)` pairs of this block, in order.
@@ -294,12 +321,18 @@ impl<'a> BlockExtraKeys<'a> {
 
     /// True when vLLM would hash `None` for this block.
     pub fn is_empty(&self) -> bool {
-        self.lora.is_none() && self.cache_salt.is_none() && self.mm_keys().next().is_none()
+        self.lora.is_none()
+            && self.cache_salt.is_none()
+            && self.prompt_embeds.is_none()
+            && self.mm_keys().next().is_none()
     }
 
     /// Number of entries in vLLM's extra-keys tuple for this block.
     pub fn len(&self) -> usize {
-        self.lora.is_some() as usize + self.mm_keys().count() + self.cache_salt.is_some() as usize
+        self.lora.is_some() as usize
+            + self.mm_keys().count()
+            + self.cache_salt.is_some() as usize
+            + self.prompt_embeds.is_some() as usize
     }
 }
 
@@ -325,6 +358,7 @@ mod tests {
     #[test]
     fn lora_on_every_block_salt_on_first_only() {
         let e = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("l".into()),
             lora_path: Some("/p".into()),
             cache_salt: Some("salt".into()),
@@ -349,6 +383,7 @@ mod tests {
     #[test]
     fn empty_salt_is_no_salt() {
         let e = ExtraKeys {
+            prompt_embeds: Vec::new(),
             cache_salt: Some(String::new()),
             ..Default::default()
         };
@@ -359,6 +394,7 @@ mod tests {
     #[test]
     fn lora_without_path_hashes_empty_path() {
         let e = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("n".into()),
             ..Default::default()
         };
@@ -374,6 +410,7 @@ mod tests {
     #[test]
     fn mm_features_follow_overlap_with_relative_offsets() {
         let e = ExtraKeys {
+            prompt_embeds: Vec::new(),
             mm: vec![
                 MmFeature::new("a", 1, 3),  // inside block 0
                 MmFeature::new("b", 6, 6),  // blocks 1 and 2 (starts mid block 1)
@@ -404,6 +441,7 @@ mod tests {
     #[test]
     fn two_features_in_one_block_keep_order() {
         let e = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("l".into()),
             cache_salt: Some("s".into()),
             mm: vec![MmFeature::new("x", 0, 1), MmFeature::new("y", 1, 1)],

@@ -9,6 +9,8 @@
 //!   map, hash parity check).
 //! - [`scheduler`]: one model's routing decisions (cost model, load bookkeeping, speculative
 //!   entries, busy threshold, modes).
+//! - [`prompt_embeds`]: `torch.save` prompt embeddings read, cast and keyed per block as vLLM does.
+//! - [`tiers`]: the `medium` of KV events mapped to the GPU, CPU and disk tiers.
 
 pub mod block_keys;
 pub mod engine_hash;
@@ -17,6 +19,8 @@ pub mod event_applier;
 pub mod events;
 pub mod extra_keys;
 pub mod indexer;
+pub mod prompt_embeds;
 pub mod scheduler;
+pub mod tiers;
 
 pub use error::{Error, ErrorCode};

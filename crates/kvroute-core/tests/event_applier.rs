@@ -185,6 +185,7 @@ impl Reference {
                             return;
                         }
                         let extra = ExtraKeys {
+                            prompt_embeds: Vec::new(),
                             lora_name: lora.map(str::to_owned),
                             ..Default::default()
                         };
@@ -202,6 +203,7 @@ impl Reference {
                                         b,
                                         &BlockExtraKeys {
                                             cache_salt: None,
+                                            prompt_embeds: None,
                                             ..bek
                                         },
                                     );
@@ -429,6 +431,7 @@ fn token_keying_is_independent_of_the_workers_seed() {
     let cases = [
         ExtraKeys::default(),
         ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: Some("sql".into()),
             lora_path: Some("/adapters/sql".into()),
             cache_salt: Some("tenant".into()),

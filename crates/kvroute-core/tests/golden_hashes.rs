@@ -79,6 +79,7 @@ fn inputs(doc: &Value) -> HashMap<String, Input> {
             })
             .collect();
         let extra = ExtraKeys {
+            prompt_embeds: Vec::new(),
             lora_name: opt_string(&inp["lora_name"]),
             lora_path: opt_string(&inp["lora_path"]),
             cache_salt: opt_string(&inp["cache_salt"]),
@@ -284,6 +285,7 @@ fn serialized_bytes_match_vllm() {
                 BlockMm::Keys(&mm)
             },
             cache_salt: salt.as_deref(),
+            prompt_embeds: None,
         };
         for algo in HashAlgorithm::ALL {
             let mut bytes = Vec::new();
@@ -430,6 +432,7 @@ fn router_keys_from_event_shaped_extras_equal_request_keys() {
                         BlockMm::Keys(&pairs)
                     },
                     cache_salt: b.cache_salt,
+                    prompt_embeds: None,
                 };
                 let key = k.block_key(parent, &inp.tokens[i * bs..(i + 1) * bs], &ev);
                 assert_eq!(key, want[i], "{id} bs={bs} block {i}");

@@ -38,13 +38,19 @@ pub struct ExtraKeysInput {
     /// First block only.
     pub cache_salt: Option<String>,
     pub mm: Option<Vec<MmFeatureInput>>,
+    /// Prompt embeddings: per full block its 32-byte digest, concatenated (`loadPromptEmbeds`).
+    pub prompt_embeds: Option<napi::bindgen_prelude::Buffer>,
 }
 
-pub fn extra_keys(input: Option<ExtraKeysInput>) -> ExtraKeys {
+pub fn extra_keys(input: Option<ExtraKeysInput>) -> napi::Result<ExtraKeys> {
     let Some(input) = input else {
-        return ExtraKeys::default();
+        return Ok(ExtraKeys::default());
     };
-    ExtraKeys {
+    Ok(ExtraKeys {
+        prompt_embeds: match &input.prompt_embeds {
+            Some(b) => crate::embeds::digests(b)?,
+            None => Vec::new(),
+        },
         lora_name: input.lora_name,
         lora_path: input.lora_path,
         cache_salt: input.cache_salt,
@@ -54,5 +60,5 @@ pub fn extra_keys(input: Option<ExtraKeysInput>) -> ExtraKeys {
             .into_iter()
             .map(|f| MmFeature::new(f.hash, f.offset as usize, f.length as usize))
             .collect(),
-    }
+    })
 }

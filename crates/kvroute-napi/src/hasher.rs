@@ -63,14 +63,24 @@ impl BlockHasher {
 
     /// 64-bit keys of every full block (the Vec's buffer becomes the typed array's, no copy).
     #[napi]
-    pub fn hash(&self, tokens: Uint32ArraySlice, extra: Option<ExtraKeysInput>) -> BigUint64Array {
-        BigUint64Array::new(self.keys_of(&tokens, &extra_keys(extra)))
+    pub fn hash(
+        &self,
+        tokens: Uint32ArraySlice,
+        extra: Option<ExtraKeysInput>,
+    ) -> napi::Result<BigUint64Array> {
+        Ok(BigUint64Array::new(
+            self.keys_of(&tokens, &extra_keys(extra)?),
+        ))
     }
 
     /// The full digests of every full block, concatenated (`digestLength` bytes each).
     #[napi]
-    pub fn digests(&self, tokens: Uint32ArraySlice, extra: Option<ExtraKeysInput>) -> Buffer {
-        let extra = extra_keys(extra);
+    pub fn digests(
+        &self,
+        tokens: Uint32ArraySlice,
+        extra: Option<ExtraKeysInput>,
+    ) -> napi::Result<Buffer> {
+        let extra = extra_keys(extra)?;
         let mut out = Vec::new();
         match &self.keying {
             Keying::Router(_) => {
@@ -86,7 +96,7 @@ impl BlockHasher {
                 }
             }
         }
-        out.into()
+        Ok(out.into())
     }
 
     fn keys_of(&self, tokens: &[u32], extra: &kvroute_core::extra_keys::ExtraKeys) -> Vec<u64> {

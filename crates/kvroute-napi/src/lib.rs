@@ -3,6 +3,7 @@
 //! core's stable code as a `KVR_*: ` message prefix, which the TS layer turns into typed errors.
 
 mod convert;
+pub mod embeds;
 pub mod events;
 mod hasher;
 mod indexer;

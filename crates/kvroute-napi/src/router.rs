@@ -8,6 +8,7 @@ use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::scheduler::{
     Decision, Mode, Role, RouteRequest, Scheduler, SchedulerConfig, WorkerMetrics,
 };
+use kvroute_core::tiers::Tier;
 use napi::bindgen_prelude::{
     BigUint64Array, BigUint64ArraySlice, Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice,
 };
@@ -19,7 +20,7 @@ use crate::indexer::{apply_result, event_applier_config, ApplyEventBatchResult, 
 /// Words of the packed decision header (see `route`).
 pub const ROUTE_HEADER: u32 = 8;
 /// Words per packed candidate.
-pub const ROUTE_STRIDE: u32 = 11;
+pub const ROUTE_STRIDE: u32 = 15;
 /// Words of a packed `applyEventBatchInto` outcome.
 const APPLY_WORDS: usize = 7;
 
@@ -58,6 +59,10 @@ pub struct KvRouterCoreOptions {
     pub expected_output_cap: Option<u32>,
     /// PRNG seed (an integer; default fixed).
     pub seed: Option<u32>,
+    /// Fraction of a block's prefill a CPU-tier hit saves, 0..1 (default 0.95).
+    pub cpu_tier_credit: Option<f64>,
+    /// Fraction of a block's prefill a disk-tier hit saves, 0..1 (default 0.75).
+    pub disk_tier_credit: Option<f64>,
 }
 
 /// The router's predicted load on one (worker, dpRank).
@@ -133,6 +138,12 @@ fn config(o: KvRouterCoreOptions) -> napi::Result<SchedulerConfig> {
     if let Some(v) = o.seed {
         c.seed = v as u64;
     }
+    if let Some(v) = o.cpu_tier_credit {
+        c.tier_credit[Tier::Cpu as usize] = v;
+    }
+    if let Some(v) = o.disk_tier_credit {
+        c.tier_credit[Tier::Disk as usize] = v;
+    }
     Ok(c)
 }
 
@@ -181,7 +192,8 @@ impl KvRouterCore {
     /// speculative credit), bits 8..10 a role mask (aggregated 1, prefill 2, decode 4; 0 = any).
     /// `out` gets `[target, overlapBlocks, promptBlocks, bestOverlapBlocks, blind, allBusy, cost,
     /// candidates n]`, then with explain `n` (or as many as fit) records of `[target, overlap,
-    /// speculative, prefill, queuedPrefill, decode, penalty, cost, busy, kvView, context]`. Returns 0
+    /// speculative, prefill, queuedPrefill, decode, penalty, cost, busy, kvView, context, gpu,
+    /// cpu, disk, load]` (the indexed overlap by tier, its load time in prefill blocks). Returns 0
     /// when there is no candidate (nothing written), else the header length.
     #[napi]
     #[allow(clippy::too_many_arguments)]
@@ -197,6 +209,7 @@ impl KvRouterCore {
         cache_salt: Option<String>,
         exclude: Option<Uint32ArraySlice>,
         mut out: Float64ArraySlice,
+        prompt_embeds: Option<Uint8ArraySlice>,
     ) -> napi::Result<u32> {
         let mode = match mode {
             0 => Mode::Kv,
@@ -212,6 +225,10 @@ impl KvRouterCore {
             return Err(invalid_config("route output buffer too small"));
         }
         let extra = ExtraKeys {
+            prompt_embeds: match &prompt_embeds {
+                Some(d) => crate::embeds::digests(d)?,
+                None => Vec::new(),
+            },
             lora_name,
             cache_salt,
             ..ExtraKeys::default()
@@ -262,6 +279,10 @@ impl KvRouterCore {
                 c.busy as u8 as f64,
                 c.kv_view as u8 as f64,
                 c.context_blocks as f64,
+                c.tier_blocks[Tier::Gpu as usize] as f64,
+                c.tier_blocks[Tier::Cpu as usize] as f64,
+                c.tier_blocks[Tier::Disk as usize] as f64,
+                c.load_blocks,
             ]);
         }
         Ok(ROUTE_HEADER)

@@ -11,13 +11,22 @@
 //! ```text
 //! overlap(t)  = indexed overlap + speculative run after it          blocks, ≤ full prompt blocks
 //! prefill(t)  = prompt blocks - overlap(t)                         this request's uncached blocks
+//! load(t)     = Σ over tiers k of hits(t, k) × (1 - credit(k))    the overlap's loading time
 //! queued(t)   = Σ prefill blocks of t's requests without a first token       (bookkeeping)
 //! decode(t)   = unique KV blocks t's unfinished requests keep active, with this request added:
 //!               shared prompt prefixes once, plus each request's own blocks   (bookkeeping)
 //! context(t)  = Σ context blocks of those requests, shared prefixes per request (bookkeeping)
 //! penalty(t)  = external × mean context blocks + w × external waiting × mean prompt blocks
-//! cost(t)     = w × (prefill(t) + queued(t)) + decode(t) + λ × context(t) + penalty(t)
+//! cost(t)     = w × (prefill(t) + load(t) + queued(t)) + decode(t) + λ × context(t) + penalty(t)
 //! ```
+//!
+//! **Tiers** ([`crate::tiers`]): `hits(t, k)` is how many of the indexed overlap's blocks `t`
+//! holds at best on tier `k` (GPU, CPU, disk; speculative blocks count as GPU), and `credit(k)`
+//! the fraction of a block's prefill time a hit there saves: 1 on the GPU, `1 - load time /
+//! prefill time` per block elsewhere ([`SchedulerConfig::tier_credit`]). So `load` is the
+//! loading time in units of prefill blocks, and a hit of `n` blocks on tier `k` is worth
+//! `n × credit(k)` prefill blocks: a 30k-token CPU hit is worth a hundred times a 300-token one.
+//! A credit of 0 prices a tier's hits like misses.
 //!
 //! `decode` is the KV memory the requests hold (vLLM shares a cached prefix among them), so a
 //! request joining others with its prefix adds little there; `λ × context` is the per-sequence
@@ -76,7 +85,8 @@ use crate::error::{Error, Result};
 use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, Keying};
 use crate::events::DecodeError;
 use crate::extra_keys::ExtraKeys;
-use crate::indexer::Matches;
+use crate::indexer::{Matches, MAX_TIERS};
+use crate::tiers::{Tier, TIERS};
 
 use load::LoadBook;
 pub use load::TargetLoad;
@@ -195,6 +205,24 @@ pub struct SchedulerConfig {
     pub expected_output_cap: u32,
     /// PRNG seed (tie-breaks, sampling, `random` mode).
     pub seed: u64,
+    /// Per [`Tier`] (GPU, CPU, disk), the fraction of a block's prefill a hit there saves, in
+    /// `[0, 1]` (GPU: 1). See the module docs; [`tier_credit`] derives it from speeds.
+    pub tier_credit: [f64; TIERS],
+}
+
+/// Default credit of a CPU hit: an 8B model's 16-token block (2 MiB) crosses PCIe 4 x16
+/// (~25 GB/s) in ~85 µs, against ~1.6 ms to prefill it at 10k tokens/s.
+pub const DEFAULT_CPU_CREDIT: f64 = 0.95;
+/// Default credit of a disk hit (NVMe at ~5 GB/s: ~0.4 ms a block).
+pub const DEFAULT_DISK_CREDIT: f64 = 0.75;
+
+/// The credit of a tier whose blocks load at `load_blocks_per_s` when prefill computes
+/// `prefill_blocks_per_s`: `max(0, 1 - prefill speed / load speed)`.
+pub fn tier_credit(prefill_blocks_per_s: f64, load_blocks_per_s: f64) -> f64 {
+    if load_blocks_per_s.is_nan() || load_blocks_per_s <= 0.0 || !prefill_blocks_per_s.is_finite() {
+        return 0.0;
+    }
+    (1.0 - prefill_blocks_per_s.max(0.0) / load_blocks_per_s).clamp(0.0, 1.0)
 }
 
 impl SchedulerConfig {
@@ -214,6 +242,7 @@ impl SchedulerConfig {
             metrics_lag_ms: 250.0,
             expected_output_cap: 4096,
             seed: 0x6b76_726f_7574_6531,
+            tier_credit: [1.0, DEFAULT_CPU_CREDIT, DEFAULT_DISK_CREDIT],
         }
     }
 }
@@ -256,6 +285,10 @@ pub struct CandidateScore {
     /// The part of the overlap owed to speculative credit (the run right after the indexed part).
     pub speculative_blocks: u32,
     pub prefill_blocks: u32,
+    /// The indexed overlap by best tier ([`Tier`] order: GPU, CPU, disk).
+    pub tier_blocks: [u32; TIERS],
+    /// `load(t)` of the module docs: the overlap's load time in prefill blocks.
+    pub load_blocks: f64,
     pub queued_prefill_blocks: u64,
     /// Unique active blocks with this request added (shared prefixes once).
     pub decode_blocks: u64,
@@ -405,6 +438,8 @@ pub struct Scheduler {
     keys: Vec<u64>,
     matches: Matches,
     by_slot: Vec<u32>,
+    /// Per slot of the current query, its overlap by tier ([`Tier`] order).
+    by_slot_tiers: Vec<[u32; TIERS]>,
     eligible: Vec<u32>,
     weights: Vec<f64>,
 }
@@ -430,6 +465,9 @@ impl Scheduler {
             return Err(Error::config("metricsTtlMs must be ≥ 0"));
         }
         finite_nonneg(cfg.metrics_lag_ms, "metricsLagMs")?;
+        if cfg.tier_credit.iter().any(|c| !(0.0..=1.0).contains(c)) {
+            return Err(Error::config("tier credits must be within [0, 1]"));
+        }
         let applier = EventApplier::new(cfg.events.clone())?;
         let bs = cfg.events.block_size as usize;
         let keyer = match cfg.events.keying {
@@ -459,6 +497,7 @@ impl Scheduler {
             keys: Vec::new(),
             matches: Matches::new(),
             by_slot: Vec::new(),
+            by_slot_tiers: Vec::new(),
             eligible: Vec::new(),
             weights: Vec::new(),
         })
@@ -820,12 +859,29 @@ impl Scheduler {
         let prompt_blocks = req.tokens.len().div_ceil(bs) as u32;
         let index = self.applier.indexer();
         index.find_matches(&self.keys, &mut self.matches);
+        // Index tier ids -> Tier (names the applier did not write count as nothing saved).
+        let mut tier_of = [None; MAX_TIERS];
+        for (t, slot) in tier_of.iter_mut().enumerate() {
+            match index.tier_name(t) {
+                Some(n) => *slot = Tier::from_name(n),
+                None => break,
+            }
+        }
         for e in self.matches.entries() {
             let s = e.slot as usize;
             if self.by_slot.len() <= s {
                 self.by_slot.resize(s + 1, 0);
+                self.by_slot_tiers.resize(s + 1, [0; TIERS]);
             }
             self.by_slot[s] = e.blocks;
+            let mut per = [0u32; TIERS];
+            // A tier name the applier did not write stays out of every bucket: it saves nothing.
+            for (&n, k) in e.tier_blocks.iter().zip(tier_of) {
+                if let Some(k) = k {
+                    per[k as usize] += n;
+                }
+            }
+            self.by_slot_tiers[s] = per;
         }
 
         let w = self.cfg.overlap_weight;
@@ -858,10 +914,21 @@ impl Scheduler {
             {
                 t.slot = index.slot_of(&t.worker, t.dp_rank);
             }
-            let indexed = t
+            let (indexed, tier_blocks) = t
                 .slot
-                .and_then(|s| self.by_slot.get(s as usize).copied())
-                .unwrap_or(0);
+                .and_then(|s| {
+                    let s = s as usize;
+                    Some((*self.by_slot.get(s)?, self.by_slot_tiers[s]))
+                })
+                .unwrap_or((0, [0; TIERS]));
+            // Blocks on tiers without a credit entry (never written by the applier) save nothing.
+            let credited: u32 = tier_blocks.iter().sum();
+            let load_blocks = (indexed - credited.min(indexed)) as f64
+                + tier_blocks
+                    .iter()
+                    .zip(self.cfg.tier_credit)
+                    .map(|(&n, c)| n as f64 * (1.0 - c))
+                    .sum::<f64>();
             if spec_on && (indexed as usize) < n_keys {
                 self.overlay.prefetch(tid, self.keys[indexed as usize]);
             }
@@ -899,6 +966,8 @@ impl Scheduler {
                 overlap_blocks: indexed,
                 speculative_blocks: 0,
                 prefill_blocks: 0,
+                tier_blocks,
+                load_blocks,
                 queued_prefill_blocks: load.prefill_blocks,
                 decode_blocks: load.decode_blocks,
                 context_blocks: load.context_blocks,
@@ -927,11 +996,12 @@ impl Scheduler {
             let load = c.decode_blocks as f64 + lambda * c.context_blocks as f64 + c.penalty;
             c.cost = match req.mode {
                 Mode::LeastLoaded => w * queued + load,
-                _ => w * (c.prefill_blocks as f64 + queued) + load,
+                _ => w * (c.prefill_blocks as f64 + c.load_blocks + queued) + load,
             };
         }
         for e in self.matches.entries() {
             self.by_slot[e.slot as usize] = 0;
+            self.by_slot_tiers[e.slot as usize] = [0; TIERS];
         }
         if out.candidates.is_empty() {
             return false;
