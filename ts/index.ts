@@ -125,6 +125,8 @@ export { EtcdRegistry, EtcdRegistryError, parseEtcdEndpoints, type EtcdRegistryO
 export { DEFAULT_ETCD_PREFIX, workerKey, workersPrefix } from "./registry/etcd-keys.js";
 export { ReplicaLoadSync, LOAD_SUBJECT_PREFIX, type ReplicaLoadStats, type ReplicaLoadSyncOptions } from "./fleet/replica-load.js";
 export { connectNats, FleetConnectError, type ConnectNatsOptions, type NatsAuthOptions } from "./fleet/nats-connect.js";
+export { openRegistry, parseK8sRegistryUrl, type OpenedRegistry, type OpenRegistryOptions } from "./registry/open-registry.js";
+export * from "./kubernetes/index.js";
 export {
   BadRequestError,
   BodyTooLargeError,

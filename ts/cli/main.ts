@@ -4,6 +4,7 @@
  */
 import { runDemo } from "./demo.js";
 import { runHash } from "./hash.js";
+import { runManifests } from "./manifests.js";
 import { runMock } from "./mock.js";
 import { runPlanner } from "./planner.js";
 import { runProfile } from "./profile.js";
@@ -29,6 +30,7 @@ Commands:
   up        A whole deployment: gateway + workers of a preset (agg, agg-router, disagg, disagg-router, dp)
   mock      A simulated vLLM server (vllm serve flags; KV events, metrics, timing model)
   worker    Start and supervise vLLM (or mocker) workers, one or a launch topology
+  manifests Kubernetes YAML of a preset: workers, gateway (k8s registry), RBAC (docs/kubernetes.md)
   help      Show this help
 
 Run 'kvroute <command> --help' for a command's options.`;
@@ -46,6 +48,7 @@ const COMMANDS: Record<string, Command> = {
   serve: runServe,
   up: runUp,
   worker: runWorker,
+  manifests: runManifests,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -8,7 +8,8 @@
 import { createServer } from "node:http";
 import { KvrouteError } from "../errors.js";
 import { readPlannerConfig } from "../planner/config.js";
-import { DryRunConnector } from "../planner/connector.js";
+import { DryRunConnector, type WorkerConnector } from "../planner/connector.js";
+import { KubernetesWorkerConnector, parseK8sConnectorUrl } from "../kubernetes/kubernetes-worker-connector.js";
 import { PlannerMetrics } from "../planner/planner-metrics.js";
 import { startPlanner } from "../planner/start-planner.js";
 import { parseCommandArgs, UsageError } from "./args.js";
@@ -32,7 +33,9 @@ FILE (JSON):
   predictor           constant | moving-average | holt | kalman | seasonal (default constant)
   seasonPeriod        seasonal: intervals per season
   minWorkers, maxWorkers, gpuBudget
-  connector           dry-run (default; kvroute up --planner runs the local connector)
+  connector           dry-run (default; kvroute up --planner runs the local connector), or
+                      k8s://<namespace>[?prefill=D&decode=D&aggregated=D]: scale the Deployments
+                      (drain first; docs/kubernetes.md)
   decisionLog         a file: one JSON line per decision
   metricsPort         serve kvroute_planner_* on this port (default 0: none)`;
 
@@ -60,8 +63,18 @@ export async function runPlanner(argv: string[]): Promise<number> {
   const server = config.metricsPort > 0 ? createServer((req, res) => void metrics.text().then((t) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(t))) : null;
   if (server) await new Promise<void>((r) => server.listen(config.metricsPort, "127.0.0.1", r));
   const initial = config.mode === "aggregated" ? { aggregated: config.minWorkers } : { prefill: config.minWorkers, decode: config.minWorkers };
+  let connector: WorkerConnector;
+  try {
+    connector = config.connector.startsWith("k8s://")
+      ? await KubernetesWorkerConnector.start({ ...parseK8sConnectorUrl(config.connector), log: (m) => console.error(`kvroute planner: ${m}`) })
+      : new DryRunConnector(initial);
+  } catch (err) {
+    console.error(`kvroute planner: ${err instanceof Error ? err.message : String(err)}`);
+    server?.close();
+    return 1;
+  }
   const loop = await startPlanner(config, {
-    connector: new DryRunConnector(initial),
+    connector,
     gatewayMetrics: async () => {
       const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
       if (!res.ok) throw new Error(`${url} answered ${res.status}`);
@@ -79,6 +92,7 @@ export async function runPlanner(argv: string[]): Promise<number> {
   console.log(`kvroute planner: running ${JSON.stringify({ planner: config.planner, mode: config.mode, gateway: url, intervalS: config.adjustmentIntervalS, metricsPort: config.metricsPort })}`);
   await waitForSignal();
   await loop.stop();
+  await connector.close();
   server?.close();
   return 0;
 }

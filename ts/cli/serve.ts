@@ -4,7 +4,7 @@
  * follows their KV events and metrics, serves the OpenAI API until SIGINT/SIGTERM.
  */
 import { describeSchema, loadGatewayConfig } from "../config/index.js";
-import { KvrouteError, TokenizerLoadError } from "../errors.js";
+import { InvalidConfigError, KvrouteError, TokenizerLoadError } from "../errors.js";
 import { startGateway } from "../gateway/server.js";
 import { accessHelp, ACCESS_OPTIONS, withAccessFlags } from "./access-flags.js";
 import { parseCommandArgs, UsageError } from "./args.js";
@@ -40,6 +40,8 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
   --queue-timeout-ms N        longest wait in that queue
   --max-active-per-worker N   in-flight requests per worker DP rank before it counts as busy
   --registry etcd://H:P       fleet mode: discover workers in etcd (etcds:// for TLS)
+  --registry k8s://NS/SVC[,SVC...]  the ready pods of those Kubernetes Services, followed through
+                              their EndpointSlices (docs/kubernetes.md)
   --bus nats://H:P            fleet mode: share request load with the other replicas over NATS
   --namespace NS              fleet namespace (etcd keys, NATS subjects; default "default")
 ${accessHelp(30)}
@@ -96,10 +98,10 @@ export async function runServe(argv: string[]): Promise<number> {
     running = await startGateway(config);
   } catch (err) {
     console.error(`kvroute serve: ${err instanceof Error ? err.message : String(err)}`);
-    return err instanceof TokenizerLoadError ? 2 : 1;
+    return err instanceof TokenizerLoadError || err instanceof InvalidConfigError ? 2 : 1;
   }
   warnUntokenized("kvroute serve", running.gateway.tokenizers.missing(config.models.map((m) => m.name)));
-  const workers = config.models.reduce((n, m) => n + m.workers.length, 0);
+  const workers = running.registry.list().length;
   const fleet = config.registry || config.bus ? { fleet: { registry: config.registry || null, bus: config.bus || null, namespace: config.fleet.namespace } } : {};
   console.log(
     `kvroute serve: ready ${JSON.stringify({ url: running.url, routerMode: config.routerMode, models: config.models.map((m) => m.name), workers, ...fleet })}`,

@@ -121,7 +121,7 @@ export interface GatewayConfig {
   disagg: DisaggConfig;
   /** Passed to the KvRouter constructor (overlapWeight, temperature, busy thresholds, ...). */
   router: Record<string, unknown>;
-  /** Fleet mode's etcd registry, `etcd://host:port` (`etcds://` for TLS); "": the in-memory registry. */
+  /** Fleet mode's etcd registry, `etcd://host:port` (`etcds://` for TLS), or `k8s://<namespace>/<services>`; "": the in-memory registry. */
   registry: string;
   /** Fleet mode's NATS server for router replicas' shared load, `nats://host:port` (`tls://` for TLS); "": none. */
   bus: string;
@@ -286,7 +286,7 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
     },
   },
   router: { kind: "opaque", default: {}, doc: "Options of the KvRouter (overlapWeight, temperature, busy thresholds...)." },
-  registry: { kind: "string", default: "", env: true, doc: "Fleet mode: the etcd registry, etcd://host:port[,host:port] (etcds:// for TLS); empty: in-memory." },
+  registry: { kind: "string", default: "", env: true, doc: "Fleet mode: the etcd registry, etcd://host:port[,host:port] (etcds:// for TLS), or k8s://<namespace>/<service>[,<service>...] (ready pods of Kubernetes Services, docs/kubernetes.md); empty: in-memory." },
   bus: { kind: "string", default: "", env: true, doc: "Fleet mode: NATS for the replicas' shared load, nats://host:port (tls:// for TLS); empty: none." },
   fleet: {
     kind: "object",

@@ -1,6 +1,7 @@
 /**
  * Fleet mode for startGateway (docs/fleet.md): `registry: etcd://...` swaps the MemoryRegistry
- * for an EtcdRegistry; `bus: nats://...` opens one NATS connection, shares this replica's
+ * for an EtcdRegistry, `registry: k8s://<namespace>/<services>` for a KubernetesRegistry (the
+ * ready pods of those Services; open-registry.ts, docs/kubernetes.md); `bus: nats://...` opens one NATS connection, shares this replica's
  * request load with the others (ReplicaLoadSync) and, with `fleet.kvEvents: "bus"`, reads KV
  * events from the JetStream stream (KvEventReplica per model) instead of each worker's ZMQ
  * publisher. Its counters go to /metrics. Nothing else in the gateway changes.
@@ -10,14 +11,18 @@ import { Counter, Gauge, type Registry as MetricsRegistry } from "prom-client";
 import type { FleetConfig, GatewayConfig } from "../config/schema.js";
 import { KvEventReplica } from "../events/bus/kv-event-replica.js";
 import { NatsJetStreamBus } from "../events/bus/nats-jetstream-bus.js";
+import { InvalidConfigError } from "../errors.js";
+import { KubernetesRegistry } from "../kubernetes/kubernetes-registry.js";
+import { registerKubernetesRegistryMetrics } from "../kubernetes/registry-metrics.js";
 import { EtcdRegistry } from "../registry/etcd-registry.js";
+import { openRegistry, type OpenedRegistry } from "../registry/open-registry.js";
 import type { KvRouter } from "../router/kv-router.js";
 import type { Registry } from "../router/types.js";
 import { connectNats, type NatsAuthOptions } from "./nats-connect.js";
 import { ReplicaLoadSync } from "./replica-load.js";
 
 export interface FleetConnections {
-  registry: EtcdRegistry | null;
+  registry: EtcdRegistry | KubernetesRegistry | null;
   nats: NatsConnection | null;
   close(): Promise<void>;
 }
@@ -35,10 +40,16 @@ export function natsAuthFromConfig(f: FleetConfig): NatsAuthOptions {
 /** Opens what the config asks for: the etcd registry (unless one is given) and the NATS connection. */
 export async function openFleet(config: GatewayConfig, options: { registryGiven: boolean; follow?: boolean; log: (m: string) => void }): Promise<FleetConnections> {
   const f = config.fleet;
-  let registry: EtcdRegistry | null = null;
+  let registry: EtcdRegistry | KubernetesRegistry | null = null;
+  let opened: OpenedRegistry | null = null;
   let nats: NatsConnection | null = null;
   try {
-    if (config.registry && !options.registryGiven) {
+    if (config.registry && /^k8s:/i.test(config.registry) && !options.registryGiven) {
+      // Kubernetes owns membership: a worker joins by becoming a ready pod, never by registering.
+      if (options.follow === false) throw new InvalidConfigError(`registry ${config.registry}: workers do not register in Kubernetes; a pod joins when it is ready (docs/kubernetes.md)`);
+      opened = await openRegistry(config.registry, { log: options.log });
+      registry = opened.registry as KubernetesRegistry;
+    } else if (config.registry && !options.registryGiven) {
       registry = await EtcdRegistry.connect({
         endpoints: config.registry,
         namespace: f.namespace,
@@ -53,7 +64,8 @@ export async function openFleet(config: GatewayConfig, options: { registryGiven:
     }
     if (config.bus) nats = await connectNats({ servers: config.bus, name: "kvroute-gateway", ...natsAuthFromConfig(f) });
   } catch (err) {
-    await registry?.close("release");
+    if (registry instanceof EtcdRegistry) await registry.close("release");
+    await opened?.close();
     throw err;
   }
   return {
@@ -137,6 +149,7 @@ export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: 
       }
     },
   });
+  if (src.registry instanceof KubernetesRegistry) registerKubernetesRegistryMetrics(metrics, src.registry);
   const etcd = src.registry instanceof EtcdRegistry ? src.registry : null;
   if (etcd) {
     new Counter({

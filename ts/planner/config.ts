@@ -4,6 +4,7 @@
  * here too, so a run that cannot meet its targets never starts.
  */
 import { readFileSync } from "node:fs";
+import { parseK8sConnectorUrl } from "../kubernetes/kubernetes-worker-connector.js";
 import { InvalidConfigError } from "../errors.js";
 import { ProfileModel } from "./interpolate.js";
 import { makePredictor } from "./predictors.js";
@@ -30,7 +31,8 @@ export interface PlannerConfig {
   gpuBudget?: number;
   /** The gateway's /metrics URL (kvroute planner; `kvroute up` reads it in process). */
   gatewayMetricsUrl?: string;
-  connector: "dry-run" | "local";
+  /** `k8s://<namespace>[?...]`: KubernetesWorkerConnector (docs/kubernetes.md). */
+  connector: "dry-run" | "local" | `k8s://${string}`;
   decisionLog?: string;
   /** Port of the planner's own /metrics (kvroute planner), 0 = none. */
   metricsPort: number;
@@ -95,7 +97,8 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   const maxWorkers = int("maxWorkers", Math.max(1, minWorkers));
   const gpuBudget = int("gpuBudget", 1);
   const connector = (v["connector"] ?? "dry-run") as PlannerConfig["connector"];
-  if (connector !== "dry-run" && connector !== "local") bad("connector must be dry-run or local");
+  if (typeof connector === "string" && connector.startsWith("k8s://")) parseK8sConnectorUrl(connector);
+  else if (connector !== "dry-run" && connector !== "local") bad("connector must be dry-run, local or k8s://<namespace>");
   const gateway = v["gateway"];
   if (gateway !== undefined && (typeof gateway !== "string" || !URL.canParse(gateway))) bad("gateway must be the gateway's base URL");
   const decisionLog = v["decisionLog"];
