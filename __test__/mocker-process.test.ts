@@ -159,7 +159,9 @@ describe("kvroute mock (process)", () => {
 
   it("disaggregated prefill/decode through --kv-transfer-config", async () => {
     const kv = (id: string) => ["--kv-transfer-config", JSON.stringify({ kv_connector: "NixlConnector", kv_role: "kv_both", engine_id: id })];
-    const common = ["mock-8b", "--host", "127.0.0.1", "--port", "0", "--speedup", "50", "--enable-per-request-metrics"];
+    // Speedup 5: with NIXL installed the decode side pulls the blocks for real, and the first pull
+    // (UCX wire-up included) takes real milliseconds that simulated time must dwarf.
+    const common = ["mock-8b", "--host", "127.0.0.1", "--port", "0", "--speedup", "5", "--enable-per-request-metrics"];
     const [p, d] = await Promise.all([mock([...common, ...kv("p0")]), mock([...common, ...kv("d0")])]);
     const prompt = Array.from({ length: 3000 }, (_, i) => i + 7);
     const pre = await post(p.url, "/v1/completions", { prompt, max_tokens: 1, kv_transfer_params: { do_remote_decode: true } });
