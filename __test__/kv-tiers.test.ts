@@ -4,38 +4,18 @@
  * pricing hits per tier (explain shows them; a CPU hit beats a miss, a big CPU hit beats a small
  * GPU one).
  */
-import { afterEach, describe, expect, it } from "vitest";
-import { decodeKvEventBatch, encodeKvEventBatch, type DecodedKvEventBatch } from "../ts/events/codec.js";
-import { MockEngine, type MockEngineConfig } from "../ts/mocker/index.js";
+import { describe, expect, it } from "vitest";
+import { useEventEngines } from "./helpers/mock-engine.js";
+import { encodeKvEventBatch } from "../ts/events/codec.js";
 import { resolveMockEngineConfig } from "../ts/mocker/config.js";
 import { CpuOffloadTier } from "../ts/mocker/cpu-offload.js";
 import { KvRouter, MemoryRegistry, tierCredit } from "../ts/index.js";
 import type { WorkerRecord } from "../ts/workers/config.js";
 
-const engines: MockEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
+/** An engine whose KV event batches are decoded into `batches` (no sockets). */
+const engine = useEventEngines({ numGpuBlocks: 64, kvTransferConfig: { kvConnector: "OffloadingConnector", kvRole: "kv_both", kvConnectorExtraConfig: { num_cpu_blocks: 256 } } });
 
 const tokens = (n: number, start = 1) => Array.from({ length: n }, (_, i) => start + i);
-
-async function engine(config: Partial<MockEngineConfig> = {}) {
-  const batches: DecodedKvEventBatch[] = [];
-  const e = await MockEngine.start({
-    model: "mock-8b",
-    numGpuBlocks: 64,
-    zeroTime: true,
-    kvEventsConfig: { enableKvCacheEvents: true },
-    eventPublisherFactory: () => ({
-      publish: (p: Buffer) => BigInt(batches.push(decodeKvEventBatch(p)) - 1),
-      close: () => {},
-    }),
-    kvTransferConfig: { kvConnector: "OffloadingConnector", kvRole: "kv_both", kvConnectorExtraConfig: { num_cpu_blocks: 256 } },
-    ...config,
-  });
-  engines.push(e);
-  return { e, batches };
-}
 
 function metric(text: string, name: string, label = ""): number {
   const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(label));

@@ -3,37 +3,18 @@
  * abort), vLLM-exact block hashes in the events, the timing model, disaggregation hooks, the toy
  * model's determinism, and the Prometheus text format.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { useEventEngines } from "./helpers/mock-engine.js";
 import { BlockHasher } from "../ts/core/block-hasher.js";
-import { decodeKvEventBatch, type DecodedKvEventBatch } from "../ts/events/codec.js";
+import type { DecodedKvEventBatch } from "../ts/events/codec.js";
 import { floatToGoString, pyFloatRepr } from "../ts/mocker/metrics.js";
-import { MockEngine, resolveHashSeed, toyTokenizer, type MockEngineConfig } from "../ts/mocker/index.js";
+import { MockEngine, resolveHashSeed, toyTokenizer } from "../ts/mocker/index.js";
 import { mulberry32 as rng } from "../ts/util/prng.js";
 
-const engines: MockEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.close()));
-});
+/** An engine whose KV event batches are decoded into `batches` (no sockets). */
+const engine = useEventEngines({ numGpuBlocks: 1000 });
 
 const tokens = (n: number, start = 1) => Array.from({ length: n }, (_, i) => start + i);
-
-/** An engine whose KV event batches are decoded into `batches` (no sockets). */
-async function engine(config: Partial<MockEngineConfig> = {}) {
-  const batches: DecodedKvEventBatch[] = [];
-  const e = await MockEngine.start({
-    model: "mock-8b",
-    numGpuBlocks: 1000,
-    zeroTime: true,
-    kvEventsConfig: { enableKvCacheEvents: true },
-    eventPublisherFactory: () => ({
-      publish: (p: Buffer) => BigInt(batches.push(decodeKvEventBatch(p)) - 1),
-      close: () => {},
-    }),
-    ...config,
-  });
-  engines.push(e);
-  return { e, batches };
-}
 
 /** vLLM's events applied to a multiset (a hash may be held by several blocks). */
 function replay(batches: DecodedKvEventBatch[], rank = 0): Set<string> {
