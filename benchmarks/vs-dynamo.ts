@@ -19,6 +19,7 @@ import { parseArgs } from "node:util";
 import { readTrace } from "../ts/replay/trace.js";
 import { runVirtualReplay } from "../ts/replay/virtual-replay.js";
 import { machine } from "./lib/table.js";
+import { ttftFloors } from "./lib/ttft-floor.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const { values } = parseArgs({
@@ -135,6 +136,18 @@ async function main(): Promise<void> {
   console.log(`\nDynamo kv over ${dk.length} runs: TTFT p50 ${spread((r) => r.ttftP50)}, p90 ${spread((r) => r.ttftP90)}`);
   const best = Math.min(...dk.map((r) => r.ttftP90));
   console.log(`kvroute kv TTFT p90 vs Dynamo kv's best: ${(100 * (1 - kk.ttftP90 / best)).toFixed(0)}% lower`);
+
+  // How low any router's TTFT can go on these engines (benchmarks/lib/ttft-floor.ts).
+  const t = readTrace(trace);
+  if (t.requests.some((r) => r.hashIds)) {
+    console.log("\nfloor: every request alone on an idle worker, hits from a cache model (no queue, no shared step)");
+    console.log(`${"cache model".padEnd(24)}  hit rate  TTFT p50  TTFT p90  TTFT p99`);
+    const floors = ttftFloors(t, { blockSize: M.blockSize, maxNumBatchedTokens: M.maxNumBatchedTokens, fleetBlocks: M.workers * M.numGpuBlocks });
+    for (const f of floors) {
+      console.log(`${f.model.padEnd(24)}  ${(100 * f.hitRate).toFixed(1).padStart(7)}%  ${ms(f.p50).padStart(8)}  ${ms(f.p90).padStart(8)}  ${ms(f.p99).padStart(8)}`);
+    }
+    console.log(`15% below Dynamo kv's best p90: ${ms(0.85 * best)}`);
+  }
 }
 
 main().catch((err: unknown) => {
