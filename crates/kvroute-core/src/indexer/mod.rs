@@ -356,7 +356,7 @@ impl Indexer {
         self.prefetch_start(keys);
         for (j, &k) in keys.iter().enumerate() {
             self.prefetch_ahead(keys, j);
-            let Some(e) = self.table.find(k) else {
+            let Some((i, e)) = self.table.find_slot(k) else {
                 self.removes_unknown += 1;
                 continue;
             };
@@ -368,7 +368,7 @@ impl Indexer {
             *word &= !bit;
             self.pairs -= 1;
             if *word == 0 && self.table.bits(e).iter().all(|&x| x == 0) {
-                self.table.remove_at(e);
+                self.table.remove_slot(i, e);
             }
         }
         self.table.maybe_shrink();
@@ -642,6 +642,12 @@ impl Indexer {
                 + tiers) as u64,
             removes_unknown: self.removes_unknown,
         }
+    }
+
+    /// The table's `(used arena blocks, live blocks, arena capacity in blocks, index slots)`.
+    #[doc(hidden)]
+    pub fn table_shape(&self) -> (usize, usize, usize, usize, u64, u64) {
+        self.table.shape()
     }
 
     /// The name of tier `t` (`"GPU"` for 0), if interned.

@@ -15,27 +15,33 @@
 //! index slot:    [ top 32 bits of mix(key) | e + 1 ]   (0 = empty)
 //! ```
 //!
-//! The index slot's top half holds the hash bits that decide the slot's home (capacities up to
-//! 2^32), so the index can be probed, backward-shifted and rebuilt without touching the arena; a
-//! probe reads the arena only to confirm a fingerprint match.
+//! The index slot's top half holds the hash bits that decide the slot's home (`home = fp × cap
+//! >> 32`, so any capacity up to 2^32 works and the index grows by steps that keep its load
+//! between 1/2 and 3/4 rather than halving it at powers of two), so the index can be probed,
+//! backward-shifted and rebuilt without touching the arena; a probe reads the arena only to
+//! confirm a fingerprint match.
 //!
 //! Invariants (between public calls; checked by [`Table::check`]):
 //! - T1: `arena.len() == used * stride`; block `e < used` is *live* iff one of its bit words is
 //!   nonzero ("a key is in the table iff it has a holder"); `live` counts them.
 //! - T2: every live block is referenced by exactly one index slot, whose fingerprint is its
 //!   key's; dead blocks are referenced by none; no two live blocks share a key.
-//! - T3: an index slot sits at the first position, probing linearly from its home, that is not
-//!   occupied by another slot (no empty slot between); deletion keeps this with backward shift.
+//! - T3: an index slot sits at or after its home with no empty slot between (linear probing),
+//!   and the index is Robin Hood ordered: along a run of occupied slots, no slot lies farther
+//!   from its home than the next one lies from its home plus one (equivalently, each cluster is
+//!   sorted by home), so a search stops at the first slot closer to its home than the key would
+//!   be, and deletion shifts back only up to a slot at its home. This keeps probes short at the
+//!   high loads the index runs at (up to 3/4).
 //! - T5: the runs kept for reuse (`free_runs`, `freeing`, `fill`) are disjoint and hold only
 //!   dead blocks.
-//! - T4: `cap` (index slots) is a power of two ≥ `MIN_CAP`, `shift == 64 - log2(cap)`, and
-//!   `live ≤ 3/4 cap`. After [`Table::maybe_shrink`]: `live ≥ cap / 4` unless `cap == MIN_CAP`,
+//! - T4: `cap` (index slots) is ≥ `MIN_CAP` and `live ≤ 3/4 cap`. After
+//!   [`Table::maybe_shrink`]: `live ≥ cap / 4` unless `cap == MIN_CAP`,
 //!   and dead blocks are at most half the live ones (plus a small slack), so memory stays
 //!   proportional to live blocks.
 
 use std::hint::select_unpredictable;
 
-/// Smallest index capacity; a power of two.
+/// Smallest index capacity.
 pub(super) const MIN_CAP: usize = 16;
 /// An empty index slot.
 const EMPTY: u64 = 0;
@@ -54,6 +60,33 @@ fn mix(key: u64) -> u64 {
     (key ^ (key >> 32)).wrapping_mul(MUL)
 }
 
+/// The home position of a 32-bit fingerprint in an index of `cap` slots (Lemire's fast range:
+/// monotonic in the fingerprint, any capacity).
+#[inline(always)]
+fn home_in(fp32: u64, cap: usize) -> usize {
+    ((fp32 * cap as u64) >> 32) as usize
+}
+
+/// The position after `i` in an index of `cap` slots, wrapping.
+#[inline(always)]
+fn next(i: usize, cap: usize) -> usize {
+    if i + 1 == cap {
+        0
+    } else {
+        i + 1
+    }
+}
+
+/// How far `from` lies behind `j`, cyclically, in an index of `cap` slots.
+#[inline(always)]
+fn back(j: usize, from: usize, cap: usize) -> usize {
+    if j >= from {
+        j - from
+    } else {
+        j + cap - from
+    }
+}
+
 /// The index slot of `key` stored at arena position `e`.
 #[inline(always)]
 fn slot_of(key: u64, e: usize) -> u64 {
@@ -66,13 +99,14 @@ pub(super) struct Table {
     used: usize,
     live: usize,
     index: Vec<u64>,
-    shift: u32,
     /// Runs `[lo, hi)` of dead arena blocks kept for reuse (see [`Table::begin_batch`]).
     free_runs: Vec<(usize, usize)>,
     /// The run the current removals are extending.
     freeing: (usize, usize),
     /// Where new blocks go next while `fill.0 < fill.1` (then at the arena's end).
     fill: (usize, usize),
+    /// Arena compactions and index rebuilds so far (bench diagnostics).
+    pub(super) rebuilds: (u64, u64),
 }
 
 impl Table {
@@ -84,10 +118,10 @@ impl Table {
             used: 0,
             live: 0,
             index: vec![EMPTY; MIN_CAP],
-            shift: 64 - MIN_CAP.trailing_zeros(),
             free_runs: Vec::new(),
             freeing: (0, 0),
             fill: (0, 0),
+            rebuilds: (0, 0),
         }
     }
 
@@ -125,14 +159,24 @@ impl Table {
         (self.arena.capacity() + self.index.capacity()) * std::mem::size_of::<u64>()
     }
 
+    /// `(used arena blocks, live blocks, arena capacity in blocks, index slots)`; for benches.
+    pub(super) fn shape(&self) -> (usize, usize, usize, usize, u64, u64) {
+        (
+            self.used,
+            self.live,
+            self.arena.capacity() / self.stride,
+            self.index.len(),
+            self.rebuilds.0,
+            self.rebuilds.1,
+        )
+    }
+
     /// A copyable read-only view for lookups in a hot loop.
     #[inline(always)]
     pub(super) fn probe(&self) -> Probe<'_> {
         Probe {
             arena: &self.arena,
             index: &self.index,
-            mask: self.index.len() - 1,
-            shift: self.shift,
             used: self.used,
         }
     }
@@ -157,10 +201,12 @@ impl Table {
             let p = self.probe();
             (mix(key) & !0xFFFF_FFFF, p.home(key))
         };
-        let mask = self.index.len() - 1;
+        let cap = self.index.len();
+        // Robin Hood (T3): the key is absent once a slot sits closer to its home than we would.
+        let mut d = 0;
         loop {
             let v = self.index[i];
-            if v == EMPTY {
+            if v == EMPTY || back(i, self.home_of_slot(v), cap) < d {
                 break;
             }
             if v & !0xFFFF_FFFF == fp {
@@ -169,11 +215,19 @@ impl Table {
                     return e;
                 }
             }
-            i = (i + 1) & mask;
+            i = next(i, cap);
+            d += 1;
         }
-        if (self.live + 1) * 4 > self.index.len() * 3 {
-            self.rebuild_index(self.index.len() * 2);
+        if (self.live + 1) * 4 > cap * 3 {
+            self.rebuild_index(Self::fit(self.live + 1));
             return self.find_or_insert(key);
+        }
+        if self.fill.0 >= self.fill.1 {
+            // The batch's run is used up: go on in the next freed one rather than grow the
+            // arena (a chain split over two runs costs a lookup one index probe at the seam).
+            if let Some(run) = self.free_runs.pop() {
+                self.fill = run;
+            }
         }
         let e = if self.fill.0 < self.fill.1 {
             // A dead block of a freed run: its bits are zero (T1), only the key changes.
@@ -183,8 +237,8 @@ impl Table {
             e
         } else {
             if self.arena.len() + s > self.arena.capacity() {
-                // Grow by a quarter, not double: the arena is most of the memory.
-                self.arena.reserve_exact((self.arena.len() / 4).max(64 * s));
+                // Grow by an eighth, not double: the arena is most of the memory.
+                self.arena.reserve_exact((self.arena.len() / 8).max(64 * s));
             }
             self.arena.push(key);
             self.arena.resize(self.arena.len() + s - 1, 0);
@@ -192,8 +246,30 @@ impl Table {
             self.used - 1
         };
         self.live += 1;
-        self.index[i] = slot_of(key, e);
+        self.place(i, d, slot_of(key, e));
         e
+    }
+
+    /// Puts slot value `v` at index position `i`, `d` past its home, Robin Hood style: a resident
+    /// closer to its own home yields its place and moves on (T3).
+    #[inline(always)]
+    fn place(&mut self, mut i: usize, mut d: usize, mut v: u64) {
+        let cap = self.index.len();
+        loop {
+            let cur = self.index[i];
+            if cur == EMPTY {
+                self.index[i] = v;
+                return;
+            }
+            let cd = back(i, self.home_of_slot(cur), cap);
+            if cd < d {
+                self.index[i] = v;
+                v = cur;
+                d = cd;
+            }
+            i = next(i, cap);
+            d += 1;
+        }
     }
 
     /// The bit words of block `e` (T*W words, tier-major).
@@ -221,26 +297,56 @@ impl Table {
     pub(super) fn remove_at(&mut self, e: usize) {
         let key = self.arena[e * self.stride];
         let want = slot_of(key, e);
-        let mask = self.index.len() - 1;
+        let cap = self.index.len();
         let mut hole = self.probe().home(key);
         while self.index[hole] != want {
             debug_assert!(self.index[hole] != EMPTY, "T2: live block without a slot");
-            hole = (hole + 1) & mask;
+            hole = next(hole, cap);
         }
-        let mut j = (hole + 1) & mask;
+        self.remove_slot(hole, e);
+    }
+
+    /// The index position and arena position of `key`, if it is live: what
+    /// [`Table::remove_slot`] takes, so a removal probes the index once.
+    #[inline(always)]
+    pub(super) fn find_slot(&self, key: u64) -> Option<(usize, usize)> {
+        let s = self.stride;
+        let fp = mix(key) & !0xFFFF_FFFF;
+        let cap = self.index.len();
+        let mut i = self.probe().home(key);
+        let mut d = 0;
+        loop {
+            let v = self.index[i];
+            if v == EMPTY || back(i, self.home_of_slot(v), cap) < d {
+                return None;
+            }
+            if v & !0xFFFF_FFFF == fp {
+                let e = (v & 0xFFFF_FFFF) as usize - 1;
+                if self.arena[e * s] == key {
+                    return Some((i, e));
+                }
+            }
+            i = next(i, cap);
+            d += 1;
+        }
+    }
+
+    /// [`Table::remove_at`] for block `e` whose index slot is at `hole` (from
+    /// [`Table::find_slot`], with no index change since).
+    pub(super) fn remove_slot(&mut self, mut hole: usize, e: usize) {
+        debug_assert_eq!(self.index[hole] & 0xFFFF_FFFF, e as u64 + 1);
+        let cap = self.index.len();
+        // Robin Hood backward shift: the slots after the hole move back one until an empty slot
+        // or one already at its home (T3 keeps every cluster sorted by home).
+        let mut j = next(hole, cap);
         loop {
             let v = self.index[j];
-            if v == EMPTY {
+            if v == EMPTY || self.home_of_slot(v) == j {
                 break;
             }
-            // The slot at j may move back into the hole iff the hole lies cyclically within
-            // [home(v), j), i.e. moving does not put it before its home.
-            let h = self.home_of_slot(v);
-            if (j.wrapping_sub(h) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.index[hole] = v;
-                hole = j;
-            }
-            j = (j + 1) & mask;
+            self.index[hole] = v;
+            hole = j;
+            j = next(j, cap);
         }
         self.index[hole] = EMPTY;
         self.live -= 1;
@@ -258,7 +364,7 @@ impl Table {
 
     #[inline(always)]
     fn home_of_slot(&self, v: u64) -> usize {
-        ((v & !0xFFFF_FFFF) >> self.shift) as usize
+        home_in(v >> 32, self.index.len())
     }
 
     /// Calls `f` on the bits of every live block (it may clear bits) and deletes the blocks it
@@ -288,29 +394,21 @@ impl Table {
         }
     }
 
-    /// The index capacity that holds `n` blocks at load ≤ 1/2.
+    /// The index capacity that holds `n` blocks at load 1/2.
     fn fit(n: usize) -> usize {
-        (n * 2).next_power_of_two().max(MIN_CAP)
+        (n * 2).max(MIN_CAP)
     }
 
     /// Re-hashes the index into `cap` slots (from the slots alone: no arena access).
     #[inline(never)]
     fn rebuild_index(&mut self, cap: usize) {
-        let mut index = vec![EMPTY; cap];
-        let shift = 64 - cap.trailing_zeros();
-        let mask = cap - 1;
-        for &v in &self.index {
-            if v == EMPTY {
-                continue;
+        self.rebuilds.1 += 1;
+        let old = std::mem::replace(&mut self.index, vec![EMPTY; cap]);
+        for v in old {
+            if v != EMPTY {
+                self.place(home_in(v >> 32, cap), 0, v);
             }
-            let mut p = ((v & !0xFFFF_FFFF) >> shift) as usize;
-            while index[p] != EMPTY {
-                p = (p + 1) & mask;
-            }
-            index[p] = v;
         }
-        self.index = index;
-        self.shift = shift;
     }
 
     /// Re-lays out the arena with `new_stride`, dropping dead blocks (keeping the order),
@@ -322,6 +420,7 @@ impl Table {
 
     #[inline(never)]
     fn rebuild_arena(&mut self, stride: usize, remap: impl Fn(&[u64], &mut [u64])) {
+        self.rebuilds.0 += 1;
         let old = self.stride;
         let mut arena = Vec::with_capacity(self.live * stride + (self.live / 16).max(64) * stride);
         // Old position → new position + 1 (0: dead).
@@ -369,8 +468,8 @@ impl Table {
     pub(super) fn check(&self) -> Result<(), String> {
         let s = self.stride;
         let cap = self.index.len();
-        if !cap.is_power_of_two() || cap < MIN_CAP || self.shift != 64 - cap.trailing_zeros() {
-            return Err(format!("T4: cap {cap} shift {}", self.shift));
+        if cap < MIN_CAP {
+            return Err(format!("T4: cap {cap}"));
         }
         if self.arena.len() != self.used * s {
             return Err("T1: arena length".into());
@@ -381,7 +480,6 @@ impl Table {
         if live != self.live {
             return Err(format!("T1: live {} but {live} live blocks", self.live));
         }
-        let mask = cap - 1;
         let mut referenced = vec![false; self.used];
         let mut slots = 0;
         for (i, &v) in self.index.iter().enumerate() {
@@ -403,7 +501,7 @@ impl Table {
                 if self.index[p] == EMPTY {
                     return Err(format!("T3: empty slot between home and key {key:#x}"));
                 }
-                p = (p + 1) & mask;
+                p = next(p, cap);
             }
             if self.find(key) != Some(e) {
                 return Err(format!("T2: key {key:#x} twice"));
@@ -411,6 +509,20 @@ impl Table {
         }
         if slots != self.live {
             return Err(format!("T2: {slots} slots for {} live blocks", self.live));
+        }
+        for i in 0..cap {
+            let (v, w) = (self.index[i], self.index[next(i, cap)]);
+            if v != EMPTY && w != EMPTY {
+                let (dv, dw) = (
+                    back(i, self.home_of_slot(v), cap),
+                    back(next(i, cap), self.home_of_slot(w), cap),
+                );
+                if dw > dv + 1 {
+                    return Err(format!(
+                        "T3: slot {i} not Robin Hood ordered ({dv}, then {dw})"
+                    ));
+                }
+            }
         }
         if self.live * 4 > cap * 3 {
             return Err("T4: overloaded".into());
@@ -443,8 +555,6 @@ impl Table {
 pub(super) struct Probe<'a> {
     arena: &'a [u64],
     index: &'a [u64],
-    mask: usize,
-    shift: u32,
     used: usize,
 }
 
@@ -452,7 +562,7 @@ impl<'a> Probe<'a> {
     /// The index home position of `key`.
     #[inline(always)]
     fn home(&self, key: u64) -> usize {
-        (mix(key) >> self.shift) as usize
+        home_in(mix(key) >> 32, self.index.len())
     }
 
     /// Hints the CPU to start loading `key`'s home index slot and the one after it (what
@@ -461,7 +571,7 @@ impl<'a> Probe<'a> {
     pub(super) fn prefetch(&self, key: u64) {
         let i = self.home(key);
         let a = &self.index[i];
-        let b = &self.index[(i + 1) & self.mask];
+        let b = &self.index[next(i, self.index.len())];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -506,11 +616,11 @@ impl<'a> Probe<'a> {
     #[inline(always)]
     pub(super) fn find(&self, key: u64, s: usize) -> Option<usize> {
         let fp = mix(key) & !0xFFFF_FFFF;
-        let mask = self.mask;
+        let cap = self.index.len();
         // The first two slots without a data-dependent branch between them: about a third of
         // the keys sit one past their home at our loads.
         let i0 = self.home(key);
-        let i1 = (i0 + 1) & mask;
+        let i1 = next(i0, cap);
         let (v0, v1) = (self.index[i0], self.index[i1]);
         let c = select_unpredictable(
             v0 & !0xFFFF_FFFF == fp && v0 != EMPTY,
@@ -527,9 +637,10 @@ impl<'a> Probe<'a> {
         }
         // Slow path: a fingerprint collision or a longer probe sequence.
         let mut i = i0;
+        let mut d = 0;
         loop {
             let v = self.index[i];
-            if v == EMPTY {
+            if v == EMPTY || back(i, home_in(v >> 32, cap), cap) < d {
                 return None;
             }
             if v & !0xFFFF_FFFF == fp {
@@ -538,7 +649,8 @@ impl<'a> Probe<'a> {
                     return Some(e);
                 }
             }
-            i = (i + 1) & mask;
+            i = next(i, cap);
+            d += 1;
         }
     }
 
