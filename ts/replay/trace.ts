@@ -225,6 +225,8 @@ const WORD_SCALE = WORDS / 2 ** 24;
 export function expandHashIds(hashIds: readonly number[], inputLength: number, out?: Uint32Array): Uint32Array {
   const tokens = out && out.length >= inputLength ? out.subarray(0, inputLength) : new Uint32Array(inputLength);
   let at = 0;
+  // A local copy: an imported binding may be read through a getter (CJS interop) 145M times.
+  const first = FIRST_WORD_ID;
   for (let k = 0; k < hashIds.length && at < inputLength; k++) {
     const h = hashIds[k]!;
     // Two 32-bit halves of the id (ids up to 2^53), mixed once per block.
@@ -233,7 +235,7 @@ export function expandHashIds(hashIds: readonly number[], inputLength: number, o
     // Mooncake trace expands to 145M tokens).
     const seed = mix32((h >>> 0) ^ Math.imul(Math.floor(h / 0x1_0000_0000) + 0x632be5ab, 0x85ebca6b));
     const n = Math.min(MOONCAKE_BLOCK_TOKENS, inputLength - at);
-    for (let j = 0; j < n; j++) tokens[at + j] = FIRST_WORD_ID + Math.floor((mix32((seed + Math.imul(j, 0x9e3779b9)) | 0) >>> 8) * WORD_SCALE);
+    for (let j = 0; j < n; j++) tokens[at + j] = first + Math.floor((mix32((seed + Math.imul(j, 0x9e3779b9)) | 0) >>> 8) * WORD_SCALE);
     at += n;
   }
   return tokens;

@@ -664,7 +664,7 @@ fn main() {
     print_rows(
         &format!(
             "{}M blocks, 64 workers, 512-block queries ({n} queries, answers {})",
-            chains * 512 / 1_000_000.max(1),
+            (chains * 512 / 1_000_000).max(1),
             if bad == 0 {
                 "all equal".to_string()
             } else {

@@ -15,11 +15,11 @@
 //! index slot:    [ top 32 bits of mix(key) | e + 1 ]   (0 = empty)
 //! ```
 //!
-//! The index slot's top half holds the hash bits that decide the slot's home (`home = fp × cap
-//! >> 32`, so any capacity up to 2^32 works and the index grows by steps that keep its load
-//! between 1/2 and 3/4 rather than halving it at powers of two), so the index can be probed,
-//! backward-shifted and rebuilt without touching the arena; a probe reads the arena only to
-//! confirm a fingerprint match.
+//! The index slot's top half holds the hash bits that decide the slot's home (the fingerprint
+//! times the capacity, shifted down 32 bits: any capacity up to 2^32 works, so the index grows
+//! by steps that keep its load between 1/2 and 3/4 rather than halving it at powers of two), so
+//! the index can be probed, backward-shifted and rebuilt without touching the arena; a probe
+//! reads the arena only to confirm a fingerprint match.
 //!
 //! Invariants (between public calls; checked by [`Table::check`]):
 //! - T1: `arena.len() == used * stride`; block `e < used` is *live* iff one of its bit words is
