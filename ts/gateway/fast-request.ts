@@ -63,7 +63,8 @@ class FastParsedRequest implements ParsedRequest {
   readonly minTokens: number | null;
   readonly n: number;
   readonly promptIds: TokenIds | null;
-  readonly promptText: string | null;
+  /** The text prompt when it crossed as a string (no tokenizer read it). */
+  private readonly text: string | null;
   readonly batched = false;
   readonly returnTokenIds: boolean;
   readonly cacheSalt: string | null;
@@ -83,10 +84,16 @@ class FastParsedRequest implements ParsedRequest {
     this.minTokens = f.minTokens ?? null;
     this.n = f.n;
     this.promptIds = f.promptIds ?? null;
-    this.promptText = f.promptText ?? null;
+    this.text = f.promptText ?? null;
     this.returnTokenIds = f.returnTokenIds;
     this.cacheSalt = f.cacheSalt ?? null;
     this.echo = f.echo;
+  }
+
+  /** Completions: the single text prompt (read from the body when it did not cross). */
+  get promptText(): string | null {
+    if (this.endpoint !== "completions" || this.promptIds !== null) return null;
+    return this.text ?? (this.body["prompt"] as string);
   }
 
   get body(): Record<string, unknown> {

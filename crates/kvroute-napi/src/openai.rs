@@ -21,7 +21,7 @@ pub struct OpenAiRequestFields {
     pub echo: bool,
     /// Completions: false only when the body says `"add_special_tokens": false`.
     pub add_special_tokens: bool,
-    /// A single text prompt (completions).
+    /// A single text prompt (completions), unless a tokenizer read it (then `tokens` is set).
     pub prompt_text: Option<String>,
     /// A single token-id prompt (completions).
     pub prompt_ids: Option<Uint32Array>,
@@ -35,8 +35,11 @@ pub fn to_js(
     fields: RequestFields,
     tokens: Option<Result<Vec<u32>, kvroute_core::Error>>,
 ) -> OpenAiRequestFields {
+    // A text prompt the tokenizer read does not cross back as a string (the gateway reads it
+    // from the body in the rare case it needs it).
     let (prompt_text, prompt_ids) = match fields.prompt {
         Prompt::Chat => (None, None),
+        Prompt::Text(_) if tokens.is_some() => (None, None),
         Prompt::Text(t) => (Some(t), None),
         Prompt::Ids(ids) => (None, Some(Uint32Array::new(ids))),
     };
@@ -67,7 +70,7 @@ pub fn to_js(
 /// messages are checked against the gateway's rules. Undefined: take the general path.
 #[napi]
 pub fn read_openai_request(body: Buffer, chat: bool) -> Option<OpenAiRequestFields> {
-    let top = openai_fields::top_level(&body)?;
+    let top = openai_fields::top_level(&body, chat)?;
     let fields = openai_fields::read_fields(&top, chat)?;
     if chat {
         let messages = openai_fields::message_list(&top)?;

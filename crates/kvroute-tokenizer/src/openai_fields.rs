@@ -6,20 +6,124 @@
 //! body read here is one that code accepts, with the same values. Anything else returns None and
 //! the gateway takes its general path, which answers the exact 400 or handles the rare form:
 //! invalid JSON (serde_json is also stricter: lone surrogates, invalid UTF-8, numbers out of
-//! range), nesting past serde_json's limit (127 levels; the gateway's is 128), a field of an
+//! range), nesting deeper than the gateway's 128 levels (ts/gateway/json-depth.ts), a field of an
 //! unexpected type, an integer written as a float (`16.0`), a batched or `prompt_embeds` prompt.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// A body's top-level fields, values unparsed. Duplicate keys: the last wins, as in `JSON.parse`.
 pub type TopLevel<'a> = HashMap<Cow<'a, str>, &'a RawValue>;
 
+/// A body's top level with, for chat, its `messages` list split out in the same pass (a long
+/// conversation is scanned once, not once as a value and again as a list).
+pub struct Body<'a> {
+    /// Every field but a chat body's `messages`.
+    pub fields: TopLevel<'a>,
+    /// Chat: the `messages` field (absent: None).
+    pub messages: Option<MaybeList<'a>>,
+}
+
+/// A value that should be a list: its items unparsed, or `Other` when it is not a list.
+pub enum MaybeList<'a> {
+    List(Vec<&'a RawValue>),
+    Other,
+}
+
+/// Reads the top level of a body; a chat body's `messages` are split out. Errors: not JSON, or
+/// not an object (serde_json's message, "expected a map").
+pub fn read_body(body: &[u8], chat: bool) -> Result<Body<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let out = de.deserialize_map(BodyVisitor { chat })?;
+    de.end()?;
+    Ok(out)
+}
+
 /// The body's top-level fields, or None when it is not a JSON object.
-pub fn top_level(body: &[u8]) -> Option<TopLevel<'_>> {
-    serde_json::from_slice(body).ok()
+pub fn top_level(body: &[u8], chat: bool) -> Option<Body<'_>> {
+    read_body(body, chat).ok()
+}
+
+struct BodyVisitor {
+    chat: bool,
+}
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
+        let mut fields = TopLevel::new();
+        let mut messages = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.chat && key == "messages" {
+                messages = Some(map.next_value::<MaybeList<'de>>()?);
+            } else {
+                let value = map.next_value::<&'de RawValue>()?;
+                fields.insert(key, value);
+            }
+        }
+        Ok(Body { fields, messages })
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeList<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MaybeListVisitor)
+    }
+}
+
+struct MaybeListVisitor;
+
+impl<'de> Visitor<'de> for MaybeListVisitor {
+    type Value = MaybeList<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        Ok(MaybeList::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(MaybeList::Other)
+    }
 }
 
 /// A completion's prompt.
@@ -48,6 +152,37 @@ pub struct RequestFields {
     /// Completions: `add_special_tokens` unless the body says `false`.
     pub add_special_tokens: bool,
     pub prompt: Prompt,
+}
+
+/// Deepest nesting the gateway accepts; the body itself is level 1 (ts/gateway/json-depth.ts).
+const MAX_DEPTH: usize = 128;
+
+/// Whether `raw` (one valid JSON value) nests at most `max` containers deep. serde_json checks
+/// no depth in values it skips (`RawValue`), so this does.
+pub fn within_depth(raw: &str, max: usize) -> bool {
+    let b = raw.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Integers beyond this are not exact in JavaScript: left to the general path.
@@ -88,7 +223,16 @@ fn opt_string(top: &TopLevel<'_>, key: &str) -> Option<Option<String>> {
 
 /// Reads the fields of a completions (`chat: false`) or chat body; None: the general path.
 /// Chat messages are checked by [`valid_message`] separately (the tokenizer caches that).
-pub fn read_fields(top: &TopLevel<'_>, chat: bool) -> Option<RequestFields> {
+pub fn read_fields(body: &Body<'_>, chat: bool) -> Option<RequestFields> {
+    let top = &body.fields;
+    // Every field but the prompt (read below, or per message with its verdict cached) is held to
+    // the gateway's depth limit: a top-level value may nest 127 levels.
+    if !top
+        .iter()
+        .all(|(k, v)| (!chat && k == "prompt") || within_depth(v.get(), MAX_DEPTH - 1))
+    {
+        return None;
+    }
     let model = opt_string(top, "model")?;
     if model.as_deref() == Some("") {
         return None;
@@ -113,10 +257,7 @@ pub fn read_fields(top: &TopLevel<'_>, chat: bool) -> Option<RequestFields> {
     let return_token_ids = opt_bool(top, "return_token_ids")?.unwrap_or(false);
     let cache_salt = opt_string(top, "cache_salt")?;
     let (prompt, echo, add_special_tokens) = if chat {
-        let messages = present(top, "messages")?;
-        if !messages.starts_with('[') {
-            return None;
-        }
+        message_list(body)?;
         (Prompt::Chat, false, false)
     } else {
         if present(top, "prompt_embeds").is_some() {
@@ -155,16 +296,21 @@ pub fn read_fields(top: &TopLevel<'_>, chat: bool) -> Option<RequestFields> {
 }
 
 /// The messages list of a chat body, None when it is not a non-empty list.
-pub fn message_list<'a>(top: &TopLevel<'a>) -> Option<Vec<&'a RawValue>> {
-    let raw = top.get("messages")?;
-    let list: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
-    (!list.is_empty()).then_some(list)
+pub fn message_list<'b, 'a>(body: &'b Body<'a>) -> Option<&'b [&'a RawValue]> {
+    match &body.messages {
+        Some(MaybeList::List(list)) if !list.is_empty() => Some(list),
+        _ => None,
+    }
 }
 
 /// Whether the gateway's own rules accept this message: an object with a non-empty string
 /// `role`, and `content` absent, null, a string, or a list of objects with a string `type`
 /// whose `text` parts have a string `text`.
 pub fn valid_message(raw: &RawValue) -> bool {
+    // Body, messages, message: the message may nest 126 levels.
+    if !within_depth(raw.get(), MAX_DEPTH - 2) {
+        return false;
+    }
     let Ok(m) = serde_json::from_str::<TopLevel<'_>>(raw.get()) else {
         return false;
     };
@@ -208,7 +354,7 @@ mod tests {
     use super::*;
 
     fn read(body: &str, chat: bool) -> Option<RequestFields> {
-        read_fields(&top_level(body.as_bytes())?, chat)
+        read_fields(&top_level(body.as_bytes(), chat)?, chat)
     }
 
     #[test]
@@ -291,5 +437,22 @@ mod tests {
         ));
         assert!(!ok(r#"{"role":"user","content":["a"]}"#));
         assert!(!ok(r#""user""#));
+        let deep = |n: usize| {
+            format!(
+                r#"{{"role":"user","x":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(ok(&deep(125)) && !ok(&deep(126)));
+    }
+
+    #[test]
+    fn depth_is_the_gateways() {
+        assert!(within_depth(r#"[{"a":"[[[\"["}]"#, 2));
+        assert!(!within_depth("[[[]]]", 2));
+        let body = |n: usize| format!(r#"{{"prompt":"a","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(read(&body(127), false).is_some());
+        assert!(read(&body(128), false).is_none());
     }
 }

@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 use crate::conversation::{self, ContentFormat, TemplateInput};
 use crate::fast_encoder::FastEncoder;
 use crate::model_dir;
-use crate::openai_fields::{self, Prompt, RequestFields, TopLevel};
+use crate::openai_fields::{self, Body, MaybeList, Prompt, RequestFields, TopLevel};
 use crate::segments::{Piece, SegmentCache, Splitter};
 use crate::template::ChatTemplate;
 
@@ -223,13 +223,11 @@ impl ModelTokenizer {
     /// [`Self::encode_chat`]; a conversation's earlier messages are parsed, rewritten and
     /// converted for the template once, then found by their raw JSON text.
     pub fn encode_chat_bytes(&self, body: &[u8]) -> Result<Vec<u32>, Error> {
-        let top: TopLevel<'_> = serde_json::from_slice(body).map_err(not_json)?;
-        let raw_messages = match top.get("messages") {
-            Some(raw) => serde_json::from_str::<Vec<&RawValue>>(raw.get())
-                .map_err(|_| Error::input("'messages' must be a list of messages"))?,
-            None => return Err(Error::input("'messages' must be a list of messages")),
+        let top = openai_fields::read_body(body, true).map_err(not_json)?;
+        let Some(MaybeList::List(raw_messages)) = &top.messages else {
+            return Err(Error::input("'messages' must be a list of messages"));
         };
-        let rest = rest_of(&top)?;
+        let rest = rest_of(&top.fields)?;
         let loaded = self.template_for(rest.get("tools"))?;
         let mut messages = Vec::with_capacity(raw_messages.len());
         for (i, raw) in raw_messages.iter().enumerate() {
@@ -248,7 +246,7 @@ impl ModelTokenizer {
         body: &[u8],
         chat: bool,
     ) -> Option<(RequestFields, Option<Result<Vec<u32>, Error>>)> {
-        let top = openai_fields::top_level(body)?;
+        let top = openai_fields::top_level(body, chat)?;
         let fields = openai_fields::read_fields(&top, chat)?;
         let tokens = match &fields.prompt {
             Prompt::Ids(_) => None,
@@ -259,9 +257,9 @@ impl ModelTokenizer {
     }
 
     /// A chat body's ids, or None when a message breaks the gateway's rules.
-    fn read_chat(&self, top: &TopLevel<'_>) -> Option<Result<Vec<u32>, Error>> {
+    fn read_chat(&self, top: &Body<'_>) -> Option<Result<Vec<u32>, Error>> {
         let raw_messages = openai_fields::message_list(top)?;
-        let prepared = rest_of(top).and_then(|rest| {
+        let prepared = rest_of(&top.fields).and_then(|rest| {
             let loaded = self.template_for(rest.get("tools"))?;
             Ok((rest, loaded))
         });
@@ -497,16 +495,14 @@ fn not_json(e: serde_json::Error) -> Error {
     Error::input(format!("chat request is not valid JSON: {e}"))
 }
 
-/// The body's fields other than `messages`, parsed.
-fn rest_of(top: &TopLevel<'_>) -> Result<Map<String, Json>, Error> {
+/// The body's fields other than `messages` (which `fields` does not hold), parsed.
+fn rest_of(fields: &TopLevel<'_>) -> Result<Map<String, Json>, Error> {
     let mut rest = Map::new();
-    for (key, raw) in top {
-        if key != "messages" {
-            rest.insert(
-                key.to_string(),
-                serde_json::from_str(raw.get()).map_err(not_json)?,
-            );
-        }
+    for (key, raw) in fields {
+        rest.insert(
+            key.to_string(),
+            serde_json::from_str(raw.get()).map_err(not_json)?,
+        );
     }
     Ok(rest)
 }
