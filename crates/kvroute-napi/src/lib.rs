@@ -8,7 +8,7 @@ pub mod events;
 mod hasher;
 mod indexer;
 pub mod nixl;
-mod openai;
+pub mod openai;
 mod router;
 mod tokenizer;
 

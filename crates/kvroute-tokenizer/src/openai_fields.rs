@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn message_rules_match_the_gateway() {
-        let ok = |m: &str| valid_message(&serde_json::from_str::<&RawValue>(m).unwrap());
+        let ok = |m: &str| valid_message(serde_json::from_str::<&RawValue>(m).unwrap());
         assert!(ok(r#"{"role":"user","content":"x"}"#));
         assert!(ok(r#"{"role":"assistant","content":null,"tool_calls":[]}"#));
         assert!(ok(r#"{"role":"user"}"#));

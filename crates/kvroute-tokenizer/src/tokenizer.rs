@@ -65,6 +65,10 @@ struct CachedMessage {
 
 const MESSAGE_CACHE_BYTES: usize = 32 << 20;
 
+/// A body read by [`ModelTokenizer::read_request`]: its fields, and for text and chat the
+/// prompt's ids or the tokenizer's refusal.
+pub type ReadRequest = (RequestFields, Option<Result<Vec<u32>, Error>>);
+
 /// Counters of the segment cache.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
@@ -241,11 +245,7 @@ impl ModelTokenizer {
     /// tokenizer refused it). None: the body is not one the fast path reads (the gateway's general
     /// path answers it); chat messages are held to the gateway's rules here too, a message's
     /// verdict cached with it.
-    pub fn read_request(
-        &self,
-        body: &[u8],
-        chat: bool,
-    ) -> Option<(RequestFields, Option<Result<Vec<u32>, Error>>)> {
+    pub fn read_request(&self, body: &[u8], chat: bool) -> Option<ReadRequest> {
         let top = openai_fields::top_level(body, chat)?;
         let fields = openai_fields::read_fields(&top, chat)?;
         let tokens = match &fields.prompt {
