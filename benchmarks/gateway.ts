@@ -14,7 +14,8 @@
  * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
  * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
  * per core. Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
- * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_GATEWAY_NODE_ARGS (e.g.
+ * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_PROMPTS (section 1's
+ * prompts, e.g. "ids1k,text1k"), BENCH_GATEWAY_NODE_ARGS (e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" for a CPU profile of kvroute's gateway).
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
@@ -33,6 +34,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const REPS = Number(process.env.BENCH_REPS ?? 1);
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2").split(","));
+/** Section 1's prompts, e.g. "ids1k,text1k" (default: all of text1k, ids1k, text8k, ids8k). */
+const PROMPTS = process.env.BENCH_PROMPTS ? new Set(process.env.BENCH_PROMPTS.split(",")) : null;
 const MOCKERS = 4;
 const MODEL = "bench";
 const CLI = kvrouteCliPath();
@@ -151,6 +154,7 @@ function cases(): Case[] {
   for (const tokens of [1000, 8000]) {
     for (const kind of ["text", "ids"] as const) {
       const prompts = promptSet(kind, tokens);
+      if (PROMPTS && !PROMPTS.has(`${kind}${tokens / 1000}k`)) continue;
       for (const stream of [false, true]) {
         const bodies = prompts.map((prompt) => Buffer.from(JSON.stringify({ model: MODEL, prompt, max_tokens: 16, ignore_eos: true, ...(stream ? { stream: true } : {}) })));
         for (const concurrency of [64, 1]) out.push({ kind, tokens, stream, concurrency, bodies });
@@ -301,13 +305,19 @@ async function sectionLongChat(g: Gw): Promise<void> {
   const text = (n: number) => chatGen.text(Math.round(n * charsPerToken));
   for (const tokens of [32_000, 60_000]) {
     const clients = 16;
-    // Each conversation starts near `tokens` and grows one turn (~300 tokens) per request.
+    // Each conversation starts near `tokens` (counted with the tokenizer, ~5 template tokens a
+    // message) and grows one turn (~300 tokens) per request.
+    const count = (content: string) => tokenizer.encode(content, { addSpecialTokens: false }).length + 5;
     const conversations = Array.from({ length: clients }, () => {
       const messages: { role: string; content: string }[] = [{ role: "system", content: text(500) }];
-      let n = 500;
+      let n = count(messages[0]!.content);
       while (n < tokens - 600) {
-        messages.push({ role: "user", content: text(100) }, { role: "assistant", content: text(400) });
-        n += 500;
+        const turn = [
+          { role: "user", content: text(100) },
+          { role: "assistant", content: text(400) },
+        ];
+        messages.push(...turn);
+        n += count(turn[0]!.content) + count(turn[1]!.content);
       }
       return messages;
     });
@@ -318,6 +328,11 @@ async function sectionLongChat(g: Gw): Promise<void> {
       conv.push({ role: "assistant", content: text(240) });
       return b;
     };
+    // The tokenizer cache warm: every conversation's history has been through the gateway once.
+    for (let k = 0; k < clients; k++) {
+      const res = await fetch(`${g.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: body(k) });
+      await res.arrayBuffer();
+    }
     const c: Case = { kind: "text", tokens, stream: false, concurrency: clients, bodies: [] };
     const r = await measure(g, [g.url], c, "/v1/chat/completions", body);
     rows.push([`${tokens / 1000}k tokens`, String(clients), fmt(r.rps), r.cpuUs.toFixed(0), fmt(1e6 / r.cpuUs), r.p50.toFixed(1)]);

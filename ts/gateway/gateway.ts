@@ -21,7 +21,7 @@ import type { Registry, RouteDecision, WorkerTarget } from "../router/types.js";
 import { Admission } from "./admission.js";
 import { chooseDisaggPath, routePrefillWorker } from "./disagg-route.js";
 import { ApiKeys } from "./api-keys.js";
-import { readBody } from "./body.js";
+import { readBody, type ReadBody } from "./body.js";
 import { FleetView, Suspects, type GatewayContext, type GatewayRouter, type PromptTokenizer } from "./context.js";
 import {
   BadRequestError,
@@ -35,6 +35,8 @@ import {
   UnsupportedMediaTypeError,
   toGatewayError,
 } from "./errors.js";
+import { fromNative } from "../errors.js";
+import { readFast, type FastRead } from "./fast-request.js";
 import { refuseBody } from "./linger.js";
 import { ServedModels } from "./served-models.js";
 import { Exchange, sendJsonError } from "./exchange.js";
@@ -231,26 +233,47 @@ function checkJson(req: IncomingMessage): void {
   if (base !== "application/json" && !base.endsWith("+json")) throw new UnsupportedMediaTypeError(type);
 }
 
-/** Reads and parses the JSON body; on failure answers and returns null. */
-async function readJson(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<{ body: Record<string, unknown>; raw: Buffer | null } | null> {
+/** Reads the body's bytes (or what a framework read); on failure answers and returns null. */
+async function readRaw(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<ReadBody | null> {
   try {
     checkJson(req);
-    const read = await readBody(req, ctx.config.maxBodyBytes, ctx.config.clientTimeoutMs);
-    if (read.kind === "raw") return { body: parseJsonObject(read.bytes), raw: read.bytes };
-    return { body: parseJsonObject(read.value), raw: null };
+    return await readBody(req, ctx.config.maxBodyBytes, ctx.config.clientTimeoutMs);
   } catch (err) {
-    const ge = err instanceof GatewayError ? err : new BadRequestError(err instanceof Error ? err.message : String(err));
-    if (ge.status === 408) {
-      // A slow client: not waited for any longer.
-      if (!res.writableEnded && !res.destroyed) sendJsonError(res, ge, true);
-      res.once("finish", () => req.socket?.destroySoon?.());
-    } else if (ge.status === 413 || !req.readableEnded) {
-      // The rest of the body was not read: answer, drain a bounded amount, close.
-      refuseBody(req, res, ge, lingerLimits(ctx));
-    } else if (!res.writableEnded && !res.destroyed) {
-      sendJsonError(res, ge);
-    }
+    answerReadError(ctx, req, res, err);
     return null;
+  }
+}
+
+/** The body as a JSON object (throws a 400), with its bytes when it came as bytes. */
+function parseRead(read: ReadBody): { body: Record<string, unknown>; raw: Buffer | null } {
+  if (read.kind === "raw") return { body: parseJsonObject(read.bytes), raw: read.bytes };
+  return { body: parseJsonObject(read.value), raw: null };
+}
+
+/** Reads and parses the JSON body; on failure answers and returns null. */
+async function readJson(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<{ body: Record<string, unknown>; raw: Buffer | null } | null> {
+  const read = await readRaw(ctx, req, res);
+  if (!read) return null;
+  try {
+    return parseRead(read);
+  } catch (err) {
+    answerReadError(ctx, req, res, err);
+    return null;
+  }
+}
+
+/** Answers a body that could not be read or parsed. */
+function answerReadError(ctx: GatewayContext, req: IncomingMessage, res: ServerResponse, err: unknown): void {
+  const ge = err instanceof GatewayError ? err : new BadRequestError(err instanceof Error ? err.message : String(err));
+  if (ge.status === 408) {
+    // A slow client: not waited for any longer.
+    if (!res.writableEnded && !res.destroyed) sendJsonError(res, ge, true);
+    res.once("finish", () => req.socket?.destroySoon?.());
+  } else if (ge.status === 413 || !req.readableEnded) {
+    // The rest of the body was not read: answer, drain a bounded amount, close.
+    refuseBody(req, res, ge, lingerLimits(ctx));
+  } else if (!res.writableEnded && !res.destroyed) {
+    sendJsonError(res, ge);
   }
 }
 
@@ -289,51 +312,102 @@ export interface PromptKey {
 
 const NO_TOKENS: TokenIds = new Uint32Array(0);
 
+/** A request's prompt as the tokenizer takes it. */
+interface PromptSource {
+  /** The client's own token ids. */
+  ids: TokenIds | null;
+  text: string | null;
+  chat: boolean;
+  /** Completions: vLLM's `add_special_tokens` (default true). */
+  addSpecialTokens: boolean;
+  /** The body's bytes (chat is tokenized from them), when the body came as bytes. */
+  raw: Buffer | null;
+  body: () => Record<string, unknown>;
+}
+
+function sourceOf(p: Pick<ParsedRequest, "promptIds" | "promptText" | "messages" | "body">, raw: Buffer | null): PromptSource {
+  return {
+    ids: p.promptIds,
+    text: p.promptText,
+    chat: p.messages !== null,
+    addSpecialTokens: p.body["add_special_tokens"] !== false,
+    raw,
+    body: () => p.body,
+  };
+}
+
 /**
  * Token ids as the engine will compute them: the client's own ids unchanged; text and chat through
  * the model's tokenizer (vLLM's flags: completions add special tokens unless the body says
  * otherwise, chat does not). Without a tokenizer, or when it refuses the prompt (a media part, a
  * template that raises), nothing is keyed: the request is routed by load and the worker answers.
  */
-function promptKey(
-  ctx: GatewayContext,
-  model: string,
-  p: Pick<ParsedRequest, "promptIds" | "promptText" | "messages" | "body">,
-  raw: Buffer | null,
-): PromptKey {
-  if (p.promptIds) return { tokens: p.promptIds, tokenizer: null, untokenized: false };
+function promptKey(ctx: GatewayContext, model: string, p: PromptSource): PromptKey {
+  if (p.ids) return { tokens: p.ids, tokenizer: null, untokenized: false };
   const tokenizer = ctx.tokenizers.for(model);
   if (!tokenizer) {
     ctx.metrics.untokenizedRequest(model, "no_tokenizer");
     return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
   }
   try {
-    if (p.messages) return { tokens: tokenizer.encodeChat(raw ?? (p.body as never)), tokenizer, untokenized: false };
-    const addSpecialTokens = p.body["add_special_tokens"] !== false;
-    return { tokens: tokenizer.encode(p.promptText ?? "", { addSpecialTokens }), tokenizer, untokenized: false };
+    if (p.chat) return { tokens: tokenizer.encodeChat(p.raw ?? (p.body() as never)), tokenizer, untokenized: false };
+    return { tokens: tokenizer.encode(p.text ?? "", { addSpecialTokens: p.addSpecialTokens }), tokenizer, untokenized: false };
   } catch (err) {
-    ctx.metrics.untokenizedRequest(model, "refused");
-    ctx.tokenizers.refused(model, err as Error);
-    return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
+    return refusedKey(ctx, model, err as Error);
   }
 }
 
+function refusedKey(ctx: GatewayContext, model: string, err: Error): PromptKey {
+  ctx.metrics.untokenizedRequest(model, "refused");
+  ctx.tokenizers.refused(model, err);
+  return { tokens: NO_TOKENS, tokenizer: null, untokenized: true };
+}
+
+/** The key of a request read on the fast path: its tokens when the model's tokenizer read it. */
+function fastKey(ctx: GatewayContext, model: string, fast: FastRead, raw: Buffer): PromptKey {
+  const p = fast.parsed;
+  if (!p.promptIds && fast.tokenizer !== null && ctx.tokenizers.for(model) === fast.tokenizer) {
+    if (fast.tokens) return { tokens: fast.tokens, tokenizer: fast.tokenizer, untokenized: false };
+    return refusedKey(ctx, model, fromNative(new Error(fast.tokenError ?? "the tokenizer refused the prompt")));
+  }
+  return promptKey(ctx, model, { ids: p.promptIds, text: p.promptText, chat: p.endpoint === "chat", addSpecialTokens: fast.addSpecialTokens, raw, body: () => p.body });
+}
+
 async function handleGenerate(ctx: GatewayContext, served: ServedModels, route: "completions" | "chat", req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const read = await readJson(ctx, req, res);
+  const read = await readRaw(ctx, req, res);
   if (!read) return;
+  const raw = read.kind === "raw" ? read.bytes : null;
+  const fast = raw ? readFast(raw, route, ctx.tokenizers.guess()) : null;
   let parsed: ParsedRequest;
   let model: string;
   let key: PromptKey;
-  try {
-    parsed = route === "chat" ? parseChatRequest(read.body) : parseCompletionRequest(read.body);
-    model = resolveModel(served, parsed.model);
-    key = route === "completions" && hasPromptEmbeds(read.body) ? embedsKey(ctx, model, read.body) : promptKey(ctx, model, parsed, read.raw);
-  } catch (err) {
-    if (err instanceof NoHealthyWorkerError) ctx.metrics.rejections.inc({ reason: "no_worker" });
-    return sendJsonError(res, toGatewayError(err));
+  if (fast) {
+    try {
+      parsed = fast.parsed;
+      model = resolveModel(served, parsed.model);
+      key = fastKey(ctx, model, fast, raw!);
+    } catch (err) {
+      if (err instanceof NoHealthyWorkerError) ctx.metrics.rejections.inc({ reason: "no_worker" });
+      return sendJsonError(res, toGatewayError(err));
+    }
+  } else {
+    let body: Record<string, unknown>;
+    try {
+      body = parseRead(read).body;
+    } catch (err) {
+      return answerReadError(ctx, req, res, err);
+    }
+    try {
+      parsed = route === "chat" ? parseChatRequest(body) : parseCompletionRequest(body);
+      model = resolveModel(served, parsed.model);
+      key = route === "completions" && hasPromptEmbeds(body) ? embedsKey(ctx, model, body) : promptKey(ctx, model, sourceOf(parsed, raw));
+    } catch (err) {
+      if (err instanceof NoHealthyWorkerError) ctx.metrics.rejections.inc({ reason: "no_worker" });
+      return sendJsonError(res, toGatewayError(err));
+    }
   }
   if (res.destroyed || res.writableEnded) return;
-  await new Exchange(ctx, req, res, parsed, model, key, read.raw).run();
+  await new Exchange(ctx, req, res, parsed, model, key, raw).run();
 }
 
 async function handleRoute(ctx: GatewayContext, served: ServedModels, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -344,7 +418,7 @@ async function handleRoute(ctx: GatewayContext, served: ServedModels, req: Incom
     const model = resolveModel(served, r.model);
     const fleet = ctx.fleet.of(model);
     if (fleet.serving.length === 0) throw new NoHealthyWorkerError(model);
-    const key = promptKey(ctx, model, { ...r, body: read.body }, read.raw);
+    const key = promptKey(ctx, model, sourceOf({ ...r, body: read.body }, read.raw));
     const tokens = key.tokens;
     const decision: RouteDecision = ctx.router.route({ model, tokens, explain: true, dryRun: true, exclude: fleet.nonServing });
     const candidates = (decision.candidates ?? []).map((c) => {

@@ -4,6 +4,7 @@
  * caching) are checked here with a 400 naming the field; everything else is forwarded untouched
  * for the engine to judge (it answers its own vLLM-shaped 400s).
  */
+import type { TokenIds } from "../core/block-hasher.js";
 import { BadRequestError, clip } from "./errors.js";
 import { MAX_JSON_DEPTH, tooDeepField } from "./json-depth.js";
 
@@ -31,7 +32,7 @@ export interface ParsedRequest {
   /** Choices per prompt. */
   n: number;
   /** Completions: the prompt as token ids (single token-id prompt), or null for text. */
-  promptIds: number[] | null;
+  promptIds: TokenIds | null;
   /** Completions: the text prompt (single text prompt), or null. */
   promptText: string | null;
   /** Completions: more than one prompt in the request (routed by the first; no migration). */

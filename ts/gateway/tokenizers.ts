@@ -24,6 +24,8 @@ export class ModelTokenizers {
   private readonly resolved = new Map<string, PromptTokenizer | null>();
   private readonly loaded = new Map<string, Tokenizer | null>();
   private readonly refusalsLogged = new Set<string>();
+  /** The tokenizer the last lookup found: the fast path's guess before it knows the model. */
+  private last: PromptTokenizer | null = null;
 
   constructor(private readonly options: ModelTokenizersOptions) {
     // Configured folders load now: a bad one is a configuration error, reported at start.
@@ -37,12 +39,22 @@ export class ModelTokenizers {
       t = this.resolve(model);
       this.resolved.set(model, t);
     }
+    if (t !== null) this.last = t;
     return t;
+  }
+
+  /**
+   * The tokenizer most likely to be a request's before its body says the model: the last one
+   * found (a gateway with one tokenizer always guesses right; callers check).
+   */
+  guess(): PromptTokenizer | null {
+    return this.last;
   }
 
   /** Drops resolutions that came from worker records (call on every registry change). */
   invalidate(): void {
     this.resolved.clear();
+    this.last = null;
   }
 
   /** A prompt of `model` its tokenizer refused (routed by load): logged once per model. */

@@ -7,7 +7,7 @@
  */
 import { callNative } from "../errors.js";
 import { native } from "../native.js";
-import type { NativeTokenizer, TokenizerCacheStats } from "../../index.js";
+import type { NativeTokenizer, OpenAiRequestFields, TokenizerCacheStats } from "../../index.js";
 
 export interface TokenizerOptions {
   /** Token ids the chat segment cache holds at most (default 4,194,304 ≈ 16 MiB). */
@@ -96,6 +96,16 @@ export class Tokenizer {
           ? Buffer.from(request.buffer, request.byteOffset, request.byteLength)
           : JSON.stringify(request);
     return callNative(() => this.inner.encodeChat(arg));
+  }
+
+  /**
+   * The gateway's one call per request: a completions (`chat` false) or chat body's routing
+   * fields and its prompt's token ids (or the tokenizer's refusal in `tokenError`). Undefined when
+   * the body needs the gateway's general path (ts/gateway/fast-request.ts).
+   */
+  readRequest(body: Uint8Array, chat: boolean): OpenAiRequestFields | undefined {
+    const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    return this.inner.readRequest(bytes, chat) ?? undefined;
   }
 
   /** Token ids back to text, special tokens kept. */

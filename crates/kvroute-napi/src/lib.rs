@@ -8,6 +8,7 @@ pub mod events;
 mod hasher;
 mod indexer;
 pub mod nixl;
+pub mod openai;
 mod router;
 mod tokenizer;
 

@@ -9,6 +9,7 @@ use napi::bindgen_prelude::{Buffer, Uint32Array, Uint32ArraySlice};
 use napi_derive::napi;
 
 use crate::convert::{invalid_input, to_napi};
+use crate::openai::OpenAiRequestFields;
 
 #[napi(object)]
 pub struct NativeTokenizerOptions {
@@ -101,6 +102,14 @@ impl NativeTokenizer {
         };
         let ids = self.inner.encode_chat_bytes(bytes).map_err(to_napi)?;
         Ok(Uint32Array::new(ids))
+    }
+
+    /// A completions (`chat` false) or chat body's routing fields and its prompt's token ids, in
+    /// one call (see `readOpenaiRequest`). Undefined: the gateway's general path takes the body.
+    #[napi]
+    pub fn read_request(&self, body: Buffer, chat: bool) -> Option<OpenAiRequestFields> {
+        let (fields, tokens) = self.inner.read_request(&body, chat)?;
+        Some(crate::openai::to_js(fields, tokens))
     }
 
     /// Token ids back to text, special tokens kept.

@@ -14,6 +14,7 @@ mod clock;
 pub mod conversation;
 mod fast_encoder;
 pub mod model_dir;
+pub mod openai_fields;
 pub mod pretokenize;
 pub mod pyjson;
 pub mod segments;

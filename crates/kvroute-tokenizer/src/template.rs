@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use minijinja::value::{Kwargs, Value};
+use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 
 use crate::clock::strftime_now;
@@ -32,7 +32,12 @@ impl ChatTemplate {
             strip(&value, chars.as_deref(), true, true)
         });
         env.set_formatter(|out, _state, value| {
-            out.write_str(&python_str(value)).map_err(JinjaError::from)
+            // Strings (message text) are written as they are, without a copy.
+            let written = match (value.kind(), value.as_str()) {
+                (ValueKind::String, Some(s)) => out.write_str(s),
+                _ => out.write_str(&python_str(value)),
+            };
+            written.map_err(JinjaError::from)
         });
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);

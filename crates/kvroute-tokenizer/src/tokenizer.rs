@@ -4,7 +4,6 @@
 //! them. Chat encoding goes through the segment cache (src/segments.rs) when the tokenizer allows
 //! it, and is always equal to a full encode.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use tokenizers::Tokenizer;
 use crate::conversation::{self, ContentFormat, TemplateInput};
 use crate::fast_encoder::FastEncoder;
 use crate::model_dir;
+use crate::openai_fields::{self, Body, MaybeList, Prompt, RequestFields, TopLevel};
 use crate::segments::{Piece, SegmentCache, Splitter};
 use crate::template::ChatTemplate;
 
@@ -59,9 +59,15 @@ struct MessageCache {
 struct CachedMessage {
     json: Arc<Json>,
     value: Value,
+    /// The gateway's own rules accept it (openai_fields::valid_message).
+    gateway_valid: bool,
 }
 
 const MESSAGE_CACHE_BYTES: usize = 32 << 20;
+
+/// A body read by [`ModelTokenizer::read_request`]: its fields, and for text and chat the
+/// prompt's ids or the tokenizer's refusal.
+pub type ReadRequest = (RequestFields, Option<Result<Vec<u32>, Error>>);
 
 /// Counters of the segment cache.
 #[derive(Debug, Clone, Copy, Default)]
@@ -221,32 +227,80 @@ impl ModelTokenizer {
     /// [`Self::encode_chat`]; a conversation's earlier messages are parsed, rewritten and
     /// converted for the template once, then found by their raw JSON text.
     pub fn encode_chat_bytes(&self, body: &[u8]) -> Result<Vec<u32>, Error> {
-        let not_json =
-            |e: serde_json::Error| Error::input(format!("chat request is not valid JSON: {e}"));
-        let top: HashMap<Cow<str>, &RawValue> = serde_json::from_slice(body).map_err(not_json)?;
-        let mut rest = Map::new();
-        let mut raw_messages: Option<Vec<&RawValue>> = None;
-        for (key, raw) in &top {
-            if key == "messages" {
-                let list = serde_json::from_str(raw.get())
-                    .map_err(|_| Error::input("'messages' must be a list of messages"))?;
-                raw_messages = Some(list);
-            } else {
-                rest.insert(
-                    key.to_string(),
-                    serde_json::from_str(raw.get()).map_err(not_json)?,
-                );
-            }
-        }
-        let raw_messages =
-            raw_messages.ok_or_else(|| Error::input("'messages' must be a list of messages"))?;
+        let top = openai_fields::read_body(body, true).map_err(not_json)?;
+        let Some(MaybeList::List(raw_messages)) = &top.messages else {
+            return Err(Error::input("'messages' must be a list of messages"));
+        };
+        let rest = rest_of(&top.fields)?;
         let loaded = self.template_for(rest.get("tools"))?;
         let mut messages = Vec::with_capacity(raw_messages.len());
         for (i, raw) in raw_messages.iter().enumerate() {
             messages.push(self.cached_message(raw, loaded.format, i)?);
         }
+        self.encode_messages(loaded, &rest, &messages)
+    }
+
+    /// The gateway's one call per request: the body's routing fields
+    /// ([`openai_fields::read_fields`]) and, for text and chat, the prompt's token ids (or why the
+    /// tokenizer refused it). None: the body is not one the fast path reads (the gateway's general
+    /// path answers it); chat messages are held to the gateway's rules here too, a message's
+    /// verdict cached with it.
+    pub fn read_request(&self, body: &[u8], chat: bool) -> Option<ReadRequest> {
+        let top = openai_fields::top_level(body, chat)?;
+        let fields = openai_fields::read_fields(&top, chat)?;
+        let tokens = match &fields.prompt {
+            Prompt::Ids(_) => None,
+            Prompt::Text(text) => Some(self.encode(text, fields.add_special_tokens)),
+            Prompt::Chat => Some(self.read_chat(&top)?),
+        };
+        Some((fields, tokens))
+    }
+
+    /// A chat body's ids, or None when a message breaks the gateway's rules.
+    fn read_chat(&self, top: &Body<'_>) -> Option<Result<Vec<u32>, Error>> {
+        let raw_messages = openai_fields::message_list(top)?;
+        let prepared = rest_of(&top.fields).and_then(|rest| {
+            let loaded = self.template_for(rest.get("tools"))?;
+            Ok((rest, loaded))
+        });
+        let (rest, loaded) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                return raw_messages
+                    .iter()
+                    .all(|m| openai_fields::valid_message(m))
+                    .then_some(Err(e))
+            }
+        };
+        let mut messages = Vec::with_capacity(raw_messages.len());
+        let mut refused = None;
+        for (i, raw) in raw_messages.iter().enumerate() {
+            match self.cached_message(raw, loaded.format, i) {
+                Ok(m) if m.gateway_valid => messages.push(m),
+                Ok(_) => return None,
+                Err(e) => {
+                    if !openai_fields::valid_message(raw) {
+                        return None;
+                    }
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        Some(match refused {
+            Some(e) => Err(e),
+            None => self.encode_messages(loaded, &rest, &messages),
+        })
+    }
+
+    /// Renders converted messages with the request's other fields and encodes the prompt.
+    fn encode_messages(
+        &self,
+        loaded: &LoadedTemplate,
+        rest: &Map<String, Json>,
+        messages: &[CachedMessage],
+    ) -> Result<Vec<u32>, Error> {
         let (kwargs, continue_final_message, add_special_tokens) =
-            conversation::request_kwargs(&rest, loaded.template.variables())
+            conversation::request_kwargs(rest, loaded.template.variables())
                 .map_err(Error::input)?;
         let jsons = || {
             messages
@@ -254,12 +308,17 @@ impl ModelTokenizer {
                 .map(|m| m.json.as_ref().clone())
                 .collect::<Vec<_>>()
         };
-        let rendered = if continue_final_message
-            || conversation::needs_developer_rewrite(&jsons(), loaded.developer_role)
-        {
+        // (Checked on the cached messages: cloning them all for the check costs a copy of the
+        // whole conversation.)
+        let developer_rewrite = !loaded.developer_role
+            && messages
+                .iter()
+                .any(|m| m.json.get("role").and_then(Json::as_str) == Some("developer"));
+        let rewrite_across = continue_final_message || developer_rewrite;
+        let rendered = if rewrite_across {
             // Rewrites across messages: the general path.
             let mut all = jsons();
-            if conversation::needs_developer_rewrite(&all, loaded.developer_role) {
+            if developer_rewrite {
                 all = conversation::developer_as_system(all);
             }
             let input = TemplateInput {
@@ -320,6 +379,7 @@ impl ModelTokenizer {
         let entry = CachedMessage {
             value: Value::from_serialize(&rewritten),
             json: Arc::new(rewritten),
+            gateway_valid: openai_fields::valid_message(raw),
         };
         if let Ok(mut cache) = self.messages.lock() {
             // Bounded: roughly three copies of each message's text are held.
@@ -429,6 +489,22 @@ impl ModelTokenizer {
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, false).unwrap_or_default()
     }
+}
+
+fn not_json(e: serde_json::Error) -> Error {
+    Error::input(format!("chat request is not valid JSON: {e}"))
+}
+
+/// The body's fields other than `messages` (which `fields` does not hold), parsed.
+fn rest_of(fields: &TopLevel<'_>) -> Result<Map<String, Json>, Error> {
+    let mut rest = Map::new();
+    for (key, raw) in fields {
+        rest.insert(
+            key.to_string(),
+            serde_json::from_str(raw.get()).map_err(not_json)?,
+        );
+    }
+    Ok(rest)
 }
 
 static NO_AFFIXES: (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
