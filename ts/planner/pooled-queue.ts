@@ -109,7 +109,9 @@ export function ttftQuantile(queue: PooledQueue, q: number): number {
 export function serversForMiss(build: (servers: number) => PooledQueue, targetMs: number, budget: number, floor: number, max = 4096): number {
   let prevC = -1;
   let prevMiss = 1;
-  for (let c = Math.max(1, Math.floor(floor) + 1); c <= max; c++) {
+  // From the integer at or below the floor (it cannot hold: miss 1), so float noise in the floor
+  // never changes where the interpolation starts.
+  for (let c = Math.max(1, Math.floor(floor)); c <= max; c++) {
     const miss = missShare(build(c), targetMs);
     if (miss <= budget) {
       if (prevC < 0 || prevMiss <= miss) return Math.max(floor, c);

@@ -31,7 +31,7 @@ export class ConstantPredictor implements Predictor {
   add(v: number): void {
     this.last = v;
   }
-  predict(): number | null {
+  predict(_steps?: number): number | null {
     return this.last;
   }
 }
@@ -46,7 +46,7 @@ export class MovingAveragePredictor implements Predictor {
     this.values.push(v);
     if (this.values.length > this.window) this.values.shift();
   }
-  predict(): number | null {
+  predict(_steps?: number): number | null {
     if (this.values.length === 0) return null;
     return this.values.reduce((a, b) => a + b, 0) / this.values.length;
   }

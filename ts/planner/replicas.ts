@@ -174,6 +174,45 @@ export function mixedItlMs(rho: number, chunkMs: number, decodeMs: number): numb
   return 1 / (r / chunkMs + (1 - r) / decodeMs);
 }
 
+/** The standard normal quantile (Abramowitz and Stegun 26.2.23, |error| < 4.5e-4). */
+export function normalQuantile(p: number): number {
+  if (!(p > 0 && p < 1)) throw new RangeError(`a quantile needs 0 < p < 1 (got ${p})`);
+  const q = p < 0.5 ? p : 1 - p;
+  const t = Math.sqrt(-2 * Math.log(q));
+  const z = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t);
+  return p < 0.5 ? -z : z;
+}
+
+/**
+ * The share of its worker's time a request's decode sees taken by prefill chunks, at the quantile
+ * `z` over requests: the prefill work landing on one of `workers` workers during the request's
+ * decode (`windowS` seconds) is compound Poisson, rate / workers arrivals a second of mean time
+ * `meanS` (seconds) and squared CV `cs2`: mean a / c, sd meanS sqrt((rate / c)(1 + cs2) / window).
+ * Capped below 1.
+ */
+export function stallShare(workers: number, ratePerS: number, meanS: number, cs2: number, windowS: number, z: number): number {
+  if (workers <= 0) return 0.999;
+  const perWorker = ratePerS / workers;
+  const mean = perWorker * meanS;
+  const sd = meanS * Math.sqrt((perWorker * (1 + cs2)) / Math.max(windowS, 1e-3));
+  return Math.min(0.999, Math.max(0, mean + z * sd));
+}
+
+/** The fewest workers (fractional) whose stall share at `z` is at most `cap`. */
+function workersForStall(cap: number, ratePerS: number, meanS: number, cs2: number, windowS: number, z: number): number {
+  const f = (c: number) => stallShare(c, ratePerS, meanS, cs2, windowS, z);
+  let lo = (ratePerS * meanS) / cap;
+  if (f(lo) <= cap) return lo;
+  let hi = Math.max(1, lo * 2);
+  while (f(hi) > cap && hi < 1e6) hi *= 2;
+  for (let k = 0; k < 60; k++) {
+    const mid = (lo + hi) / 2;
+    if (f(mid) > cap) lo = mid;
+    else hi = mid;
+  }
+  return hi;
+}
+
 export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets: Targets, corr: Corrections = NO_CORRECTION, o: SizingOptions = {}): AggregatedSizing {
   const p = prefillReplicas(m, load, targets, corr, o);
   const uncached = Math.max(1, load.isl * (1 - clamp01(load.hitRate)));
@@ -182,6 +221,7 @@ export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets:
   const ratePerMs = load.requestsPerS / 1000;
   const a = p.load;
   const budget = missTarget(p.unreachable, o.missBudget);
+  const z = normalQuantile(1 - (o.missBudget ?? MISS_BUDGET));
   // The decode operating point and the prefill share trade against each other: a lighter decode
   // point (lower ITL) leaves more room for prefill stalls. Try ITL budgets up to the target and
   // keep the one that needs the fewest workers. The decode correction (observed / modelled mixed
@@ -199,13 +239,21 @@ export function aggregatedReplicas(m: ProfileModel, load: LoadForecast, targets:
     if (sd >= I) itlUtilization = 0.05;
     else if (sp > I) itlUtilization = (1 / sd - 1 / I) / (1 / sd - 1 / sp);
     const u = Math.max(0.05, Math.min(MAX_PREFILL_UTILIZATION, itlUtilization));
+    // ITL is judged per request: the stall share a request sees varies with the prefills that land
+    // on its worker while it decodes; the cap holds at the miss budget's quantile, not the mean.
+    const itlWorkers = workersForStall(u, load.requestsPerS, mix.meanMs / 1000, mix.cs2, decodeWindowS(load.osl, targets.itlMs), z);
     // Each worker spends d / c of its time decoding: its prefills run that much slower.
     const queue = (c: number): PooledQueue => ({ servers: c, ratePerMs, mix, ca2: o.arrivalCv2 ?? 1, stretch: c > d.replicas ? c / (c - d.replicas) : 1e9 });
     const ttft = a > 0 ? serversForMiss(queue, targets.ttftMs, budget, a + d.replicas) : 0;
-    const replicas = Math.max(ttft, a / u, a + d.replicas);
+    const replicas = Math.max(ttft, itlWorkers, a + d.replicas);
     if (best === null || replicas < best.replicas) best = { replicas, prefill: p, decode: d, itlUtilization, chunkStepMs: sp };
   }
   return best!;
+}
+
+/** Seconds a request decodes for, at the ITL target (the window its ITL is averaged over). */
+export function decodeWindowS(osl: number, itlMs: number): number {
+  return Math.max(1, osl) * itlMs / 1000;
 }
 
 /** ITL budgets tried by `aggregatedReplicas`. */

@@ -29,7 +29,10 @@ import {
   fitGpuBudget,
   prefillReplicas,
   MISS_BUDGET,
+  decodeWindowS,
+  normalQuantile,
   prefillMix,
+  stallShare,
   type Corrections,
   type LoadForecast,
   type Targets,
@@ -270,10 +273,14 @@ export class SlaPlanner {
     const d = decodeReplicas(m, load, this.targets, this.corr);
     const decodeShare = Math.min(0.95, d.replicas / dWorkers);
     const meanUncached = Math.max(1, load.isl * (1 - load.hitRate));
+    // p90, as observed (the planner compares this with the interval's p90 to correct itself).
+    const z = normalQuantile(0.9);
+    const stall = stallShare(dWorkers, load.requestsPerS, mix.meanMs / 1000, mix.cs2, decodeWindowS(load.osl, this.targets.itlMs), z);
     return {
       ttftMs: ttftQuantile({ ...queue, stretch: 1 / (1 - decodeShare) }, 0.9),
-      // The decode correction scales the mixed ITL as a whole (see aggregatedReplicas).
-      itlMs: mixedItlMs(rho, chunkStepMs(m, meanUncached, 8192) * this.corr.prefill, rawItl) * this.corr.decode,
+      // The request at the p90 of stalls; the decode correction scales the
+      // mixed ITL as a whole (see aggregatedReplicas).
+      itlMs: mixedItlMs(stall, chunkStepMs(m, meanUncached, 8192) * this.corr.prefill, rawItl) * this.corr.decode,
     };
   }
 
