@@ -35,14 +35,20 @@ describe("replica arithmetic", () => {
     expect(mix.cs2).toBeCloseTo(0.25, 12);
     expect(serviceMix([100]).cs2).toBe(1); // one sample: spread unknown, exponential-like
     // 2 servers, 5 req/s x 200 ms = 1 offered; g = (1 + 0.25) / 2; target 500 ms: slacks 400, 200.
+    // P(wait) = g C = 0.625 / 3; mean wait g C s / (c - a), so the tail decays at (c - a) / s.
     const q = { servers: 2, ratePerMs: 0.005, mix, ca2: 1, stretch: 1 };
     const g = 0.625;
-    const expected = ((1 / 3) * Math.exp(-400 / (g * 200)) + (1 / 3) * Math.exp(-200 / (g * 200))) / 2;
+    const expected = ((g / 3) * Math.exp(-400 / 200) + (g / 3) * Math.exp(-200 / 200)) / 2;
     expect(missShare(q, 500)).toBeCloseTo(expected, 12);
     // Half-way between 2 and 3 servers: half-way between their misses.
     const c3 = erlangC(3, 1);
-    const miss3 = (c3 * Math.exp((-2 * 400) / (g * 200)) + c3 * Math.exp((-2 * 200) / (g * 200))) / 2;
+    const miss3 = (g * c3 * Math.exp((-2 * 400) / 200) + g * c3 * Math.exp((-2 * 200) / 200)) / 2;
     expect(missShare({ ...q, servers: 2.5 }, 500)).toBeCloseTo((expected + miss3) / 2, 12);
+    // Clumped arrivals (ca^2 = 9): g = 4.625 makes g C > 1, so every request waits, with the mean
+    // wait g C s / (c - a) = 4.625 / 3 x 200 ms.
+    const clumped = missShare({ ...q, ca2: 9 }, 500);
+    const meanWait = ((4.625 / 3) * 200) / 1;
+    expect(clumped).toBeCloseTo((Math.exp(-400 / meanWait) + Math.exp(-200 / meanWait)) / 2, 12);
     // A request longer than the target is lost whatever the fleet: counted as unreachable.
     expect(unreachableShare(serviceMix([100, 300, 900, 1200]), 1000)).toBe(0.25);
     expect(missTarget(0.25, 0.05)).toBeCloseTo(0.25 + 0.75 * 0.05, 12);

@@ -7,9 +7,11 @@
  *
  * Model (Erlang C with the Allen-Cunneen correction for general arrivals and service):
  * - offered load a = rate x E[S] (in workers), S a request's prefill time on an idle worker;
- * - a request waits with probability C(c, a) (Erlang C), and the wait, given that it waits, is
- *   roughly exponential with mean g x E[S] / (c - a), g = (ca^2 + cs^2) / 2 (ca^2: arrivals'
- *   squared coefficient of variation, 1 for Poisson; cs^2: the prompt mix's, measured);
+ * - the mean wait is Allen-Cunneen's g x C(c, a) x E[S] / (c - a), C the Erlang C probability of
+ *   waiting and g = (ca^2 + cs^2) / 2 (ca^2: arrivals' squared coefficient of variation, 1 for
+ *   Poisson, ~9 for a trace whose requests arrive in clumps; cs^2: the prompt mix's). Clumps make
+ *   more requests wait rather than each wait longer, so g raises the probability of waiting,
+ *   min(1, g C), and the wait, given that it waits, is exponential with the rest of that mean;
  * - a request of prefill time s misses a TTFT target T when its wait exceeds T - s (always, when
  *   s > T: no fleet size helps it).
  * Non-integer c (a worker's time partly taken by decoding) is interpolated between integers.
@@ -64,15 +66,23 @@ function missAt(c: number, q: PooledQueue, targetMs: number): number {
   const a = q.ratePerMs * s;
   const times = q.mix.timesMs;
   if (a >= c) return 1;
-  const wait = erlangC(c, a);
   const g = Math.max(0.05, (q.ca2 + q.mix.cs2) / 2);
-  const decay = (c - a) / (g * s);
+  const meanWait = (g * erlangC(c, a) * s) / (c - a);
+  const wait = Math.min(1, g * erlangC(c, a));
+  if (wait <= 0) return unreachableAt(times, q.stretch, targetMs);
+  const decay = wait / meanWait;
   let miss = 0;
   for (const t of times) {
     const slack = targetMs - t * q.stretch;
     miss += slack < 0 ? 1 : wait * Math.exp(-decay * slack);
   }
   return miss / times.length;
+}
+
+function unreachableAt(times: readonly number[], stretch: number, targetMs: number): number {
+  let n = 0;
+  for (const t of times) if (t * stretch > targetMs) n++;
+  return n / times.length;
 }
 
 /** Share of requests whose TTFT (wait + own prefill) exceeds `targetMs`. */

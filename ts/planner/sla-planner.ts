@@ -63,6 +63,8 @@ export interface IntervalObservation {
   itlP90Ms?: number | null;
   /** Mean TTFT (ms) over the interval (Dynamo's corrections use the mean), null without data. */
   ttftMeanMs?: number | null;
+  /** Squared coefficient of variation of the interval's gaps between arrivals (1: Poisson). */
+  arrivalCv2?: number | null;
   /** Uncached prompt tokens of (a sample of) the interval's requests: the mix of prefill sizes. */
   uncachedTokens?: readonly number[];
 }
@@ -84,7 +86,10 @@ export interface SlaPlannerOptions {
   corrections?: boolean;
   /** Share of servable requests the sizing lets past the TTFT target (replicas.ts). Default 0.05. */
   missBudget?: number;
-  /** Arrivals' squared coefficient of variation the queue model assumes (1: Poisson). Default 1. */
+  /**
+   * Arrivals' squared coefficient of variation the queue model assumes (1: Poisson). Default: the
+   * observed one (smoothed), 1 until observed.
+   */
   arrivalCv2?: number;
   /**
    * Seconds from asking for a worker to its first request. Workers asked for now serve from then
@@ -127,6 +132,8 @@ export class SlaPlanner {
   private readonly horizon: number;
   /** Uncached lengths of the latest requests (bounded): the prompt mix the sizing assumes. */
   private readonly mix: number[] = [];
+  /** Smoothed observed arrival burstiness (ca^2). */
+  private ca2 = 1;
   private elapsedS = 0;
 
   constructor(o: SlaPlannerOptions) {
@@ -185,6 +192,7 @@ export class SlaPlanner {
     if (observed !== null) {
       if (this.o.corrections !== false) this.updateCorrections(obs, observed, running);
       for (const u of obs.uncachedTokens ?? []) this.mix.push(u);
+      if (obs.arrivalCv2 != null && obs.requests >= MIN_GAPS) this.ca2 = clampTo(0.7 * this.ca2 + 0.3 * obs.arrivalCv2, CA2_BOUNDS);
       if (this.mix.length > MIX_SAMPLES) this.mix.splice(0, this.mix.length - MIX_SAMPLES);
       this.predictors.requestsPerS.add(observed.requestsPerS);
       if (observed.requestsPerS > 0) {
@@ -248,7 +256,7 @@ export class SlaPlanner {
   }
 
   private sizingOptions(uncached: readonly number[] = this.mix) {
-    return { uncached, missBudget: this.missBudget, ...(this.o.arrivalCv2 !== undefined ? { arrivalCv2: this.o.arrivalCv2 } : {}) };
+    return { uncached, missBudget: this.missBudget, arrivalCv2: this.o.arrivalCv2 ?? this.ca2 };
   }
 
   /** TTFT (p90) and ITL the profile expects at `load` on `workers`, for the prompt mix `uncached`. */
@@ -267,7 +275,7 @@ export class SlaPlanner {
     const rawItl = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context);
     const decodeItl = rawItl * this.corr.decode;
     const mix = prefillMix(m, load, this.corr, uncached);
-    const queue: PooledQueue = { servers: pWorkers, ratePerMs: load.requestsPerS / 1000, mix, ca2: this.o.arrivalCv2 ?? 1, stretch: 1 };
+    const queue: PooledQueue = { servers: pWorkers, ratePerMs: load.requestsPerS / 1000, mix, ca2: this.o.arrivalCv2 ?? this.ca2, stretch: 1 };
     if (this.mode !== "aggregated") return { ttftMs: ttftQuantile(queue, 0.9), itlMs: decodeItl };
     // One worker does both: decoding takes a share of its time, and prefill chunks stall decoding.
     const d = decodeReplicas(m, load, this.targets, this.corr);
@@ -325,6 +333,10 @@ export class SlaPlanner {
     }
   }
 }
+
+/** Arrivals an interval needs before its burstiness counts; the bounds of the smoothed ca^2. */
+const MIN_GAPS = 8;
+const CA2_BOUNDS: [number, number] = [0.5, 25];
 
 /** Uncached prompt lengths the planner keeps as its picture of the prompt mix. */
 const MIX_SAMPLES = 1024;

@@ -296,7 +296,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   const buckets: { requests: number; within: number; ttfts: number[]; itlSum: number; itlN: number }[] = [];
   const bucketOf = (t: number) => Math.floor((t - t0) / intervalMs);
   const bucket = (b: number) => (buckets[b] ??= { requests: 0, within: 0, ttfts: [], itlSum: 0, itlN: 0 });
-  const freshObs = () => ({ requests: 0, inputTokens: 0, cachedTokens: 0, uncached: [] as number[], firstTtfts: [] as number[], outTokens: 0, finished: 0, itls: [] as number[], itlSum: 0, itlN: 0, durationSum: 0 });
+  const freshObs = () => ({ lastArrival: -1, gapSum: 0, gapSq: 0, gaps: 0, requests: 0, inputTokens: 0, cachedTokens: 0, uncached: [] as number[], firstTtfts: [] as number[], outTokens: 0, finished: 0, itls: [] as number[], itlSum: 0, itlN: 0, durationSum: 0 });
   let obs = freshObs();
   const allTtft: number[] = [];
   const allItl: number[] = [];
@@ -389,6 +389,13 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     const cachedBlocks = prefill ? prefill.overlapBlocks : decision.overlapBlocks;
     const cached = Math.min(tokens.length, cachedBlocks * blockSize);
     obs.requests++;
+    if (obs.lastArrival >= 0) {
+      const gap = now - obs.lastArrival;
+      obs.gapSum += gap;
+      obs.gapSq += gap * gap;
+      obs.gaps++;
+    }
+    obs.lastArrival = now;
     obs.inputTokens += tokens.length;
     obs.cachedTokens += cached;
     obs.uncached.push(tokens.length - cached);
@@ -463,6 +470,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
       ttftMeanMs: obs.firstTtfts.length > 0 ? obs.firstTtfts.reduce((a, b) => a + b, 0) / obs.firstTtfts.length : null,
       durationMs: obs.finished > 0 ? obs.durationSum / obs.finished : null,
       uncachedTokens: obs.uncached,
+      arrivalCv2: obs.gaps > 1 && obs.gapSum > 0 ? (obs.gapSq / obs.gaps - (obs.gapSum / obs.gaps) ** 2) / (obs.gapSum / obs.gaps) ** 2 : null,
     };
     const target: Partial<Record<WorkerRole, number>> = { ...running };
     const lines: string[] = [];
