@@ -118,6 +118,8 @@ export interface PlannerDecision {
 const CORRECTION_BOUNDS: [number, number] = [0.5, 3];
 /** Weight of the latest interval in the smoothed correction factors. */
 const CORRECTION_GAIN = 0.3;
+/** The most one interval's observed / modelled ratio may differ from the current factor. */
+const CORRECTION_STEP = 1.5;
 
 export class SlaPlanner {
   readonly model: ProfileModel;
@@ -296,7 +298,12 @@ export class SlaPlanner {
     if (this.o.formula === "dynamo") return this.updateDynamoCorrections(obs, observed, running);
     const est = this.estimateUncorrected(observed, running, obs.uncachedTokens);
     // Smoothed (one interval's ITL or TTFT tail is noisy) and bounded: one odd interval cannot swing the fleet.
-    const smooth = (prev: number, ratio: number) => clampTo((1 - CORRECTION_GAIN) * prev + CORRECTION_GAIN * clampTo(ratio, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
+    // An interval the fleet could not keep up with (workers still starting) shows a backlog, not a
+    // model error: one interval's ratio counts at most 1.5x either way of the current factor.
+    const smooth = (prev: number, ratio: number) => {
+      const step = clampTo(ratio, [prev / CORRECTION_STEP, prev * CORRECTION_STEP]);
+      return clampTo((1 - CORRECTION_GAIN) * prev + CORRECTION_GAIN * clampTo(step, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
+    };
     if (obs.ttftMs !== null && est.ttftMs !== null && est.ttftMs > 0) this.corr.prefill = smooth(this.corr.prefill, obs.ttftMs / est.ttftMs);
     // The ITL target bounds each request's ITL: with the per-request p90 at hand, the correction
     // carries the spread between requests as well (the model gives a fleet-wide mean).
