@@ -15,7 +15,7 @@ import { loadProfile, type PerfProfile } from "../planner/profile.js";
 import { validateTargets } from "../planner/targets.js";
 import { UnreachableTargetError } from "../planner/errors.js";
 import { PLANNED_TOPOLOGIES, PLANNER_KINDS, runPlannedReplay, type PlannedTopology, type PlannerKind, type PlannedReplayResult } from "../replay/planned-replay.js";
-import { modulateRate } from "../replay/rate-curve.js";
+import { modulateRate, spreadTicks } from "../replay/rate-curve.js";
 import { readTrace, TraceError } from "../replay/trace.js";
 import { REPLAY_DEFAULTS } from "../replay/virtual-replay.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
@@ -49,6 +49,8 @@ intervals within target) and worker-seconds.
   --miss-budget X         SLA planner: share of servable requests its sizing lets past the TTFT
                           target, 0 < X < 1 (default 0.05)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
+  --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
+                          traces' 3-second ticks of ~10 requests), before the day curve
   --limit N, --rate X     as for replay
   --decision-log FILE     every decision with its reasons, one line each
   --json FILE             the result
@@ -77,6 +79,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "miss-budget": { type: "string" },
       topology: { type: "string" },
       "day-curve": { type: "string" },
+      "spread-ticks": { type: "boolean" },
       limit: { type: "string" },
       rate: { type: "string" },
       policy: { type: "string" },
@@ -112,6 +115,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     const workers = values.workers === undefined ? undefined : positiveInt("workers", values.workers);
     if (planner === "fixed" && workers === undefined) throw new UsageError("--planner fixed needs --workers N");
     let trace = readTrace(values.trace, { limit: values.limit === undefined ? undefined : positiveInt("limit", values.limit), rate: positiveNumber("rate", values.rate) });
+    if (values["spread-ticks"] === true) trace = spreadTicks(trace);
     if (values["day-curve"] !== undefined) {
       const [p, lo, hi] = values["day-curve"].split(",").map(Number);
       if (!(p! > 0) || (lo !== undefined && !(lo > 0)) || (hi !== undefined && !(hi >= (lo ?? 0.25)))) throw new UsageError(`--day-curve must be PERIODS[,LOW,HIGH] with 0 < LOW <= HIGH: got '${values["day-curve"]}'`);
