@@ -9,10 +9,12 @@
  * targets), worker-seconds, mean and peak workers. Each row is one `kvroute replay` process; they
  * run side by side (BENCH_JOBS, default 2). Settings (env):
  * - BENCH_TOPOLOGY: agg, disagg or both (default both);
- * - BENCH_FIXED (agg sizes, default 10,12,14,16), BENCH_FIXED_DISAGG (P+D sizes, default
- *   4+4,5+5,6+6);
+ * - BENCH_FIXED (agg sizes, default 12,14,16,24), BENCH_FIXED_DISAGG (P+D sizes, default
+ *   10+3,13+3);
+ * - the planners' predictor and minimum workers: BENCH_PREDICTOR_AGG (moving-average),
+ *   BENCH_MIN_AGG (3), BENCH_PREDICTOR_DISAGG (holt), BENCH_MIN_DISAGG (2): the recorded rows';
  * - BENCH_RATE (default 6.8 req/s: twice the trace's own), BENCH_CURVE (default 1,0.1,1: one day
- *   from 10% of the peak to the peak and back), BENCH_PREDICTOR (holt), BENCH_MIN_WORKERS (2),
+ *   from 10% of the peak to the peak and back), BENCH_SPREAD=1 (--spread-ticks),
  *   BENCH_COLD_START (30 s), BENCH_INTERVAL (15 s), BENCH_TTFT (2000 ms), BENCH_ITL (40 ms),
  *   BENCH_LIMIT (requests, default all).
  */
@@ -28,14 +30,18 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const cli = join(root, "dist/cli.mjs");
 const trace = env.BENCH_TRACE ?? "/work/shared/traces/mooncake_conversation.jsonl";
 const topologies = (env.BENCH_TOPOLOGY ?? "both") === "both" ? ["agg", "disagg"] : [env.BENCH_TOPOLOGY!];
-const fixedAgg = (env.BENCH_FIXED ?? "10,12,14,16").split(",").map(Number);
-const fixedDisagg = (env.BENCH_FIXED_DISAGG ?? "4+4,5+5,6+6").split(",").map((x) => x.split("+").map(Number) as [number, number]);
+const fixedAgg = (env.BENCH_FIXED ?? "12,14,16,24").split(",").map(Number);
+const fixedDisagg = (env.BENCH_FIXED_DISAGG ?? "10+3,13+3").split(",").map((x) => x.split("+").map(Number) as [number, number]);
 const jobs = Number(env.BENCH_JOBS ?? 2);
-const predictor = env.BENCH_PREDICTOR ?? "holt";
+const planners: Record<string, { predictor: string; min: string }> = {
+  agg: { predictor: env.BENCH_PREDICTOR_AGG ?? "moving-average", min: env.BENCH_MIN_AGG ?? "3" },
+  disagg: { predictor: env.BENCH_PREDICTOR_DISAGG ?? "holt", min: env.BENCH_MIN_DISAGG ?? "2" },
+};
 const common = [
   "replay", "--trace", trace, "--rate", env.BENCH_RATE ?? "6.8", "--day-curve", env.BENCH_CURVE ?? "1,0.1,1",
   "--profile", "llama-3.1-8b-h200", "--ttft-target", env.BENCH_TTFT ?? "2000", "--itl-target", env.BENCH_ITL ?? "40",
-  "--adjustment-interval", env.BENCH_INTERVAL ?? "15", "--cold-start", env.BENCH_COLD_START ?? "30", "--min-workers", env.BENCH_MIN_WORKERS ?? "2", "--quiet",
+  "--adjustment-interval", env.BENCH_INTERVAL ?? "15", "--cold-start", env.BENCH_COLD_START ?? "30", "--quiet",
+  ...(env.BENCH_SPREAD === "1" ? ["--spread-ticks"] : []),
   ...(env.BENCH_LIMIT ? ["--limit", env.BENCH_LIMIT] : []),
 ];
 const out = mkdtempSync(join(tmpdir(), "kvr-bench-planner-"));
@@ -44,9 +50,10 @@ interface Result { planner: string; topology: string; requestAttainment: number;
 interface Run { topology: string; name: string; kind: "sla" | "dynamo" | "fixed"; args: string[] }
 const runs: Run[] = [];
 for (const t of topologies) {
-  const topo = ["--topology", t];
-  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor})`, args: [...topo, "--planner", "sla", "--predictor", predictor] });
-  if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor] });
+  const { predictor, min } = planners[t]!;
+  const topo = ["--topology", t, "--min-workers", min];
+  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor}, min ${min})`, args: [...topo, "--planner", "sla", "--predictor", predictor] });
+  if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor}, min ${min})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor] });
   if (t === "agg") for (const n of fixedAgg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${n}`, args: [...topo, "--planner", "fixed", "--workers", String(n)] });
   else for (const [p, d] of fixedDisagg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${p}P + ${d}D`, args: [...topo, "--planner", "fixed", "--workers", String(p), "--decode-workers", String(d)] });
 }
