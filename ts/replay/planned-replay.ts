@@ -280,7 +280,9 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     s.busy = d !== null;
     if (d !== null) queue.push(now + d, Kind.StepEnd, w);
     else {
-      // Only a remote-KV transfer left (disagg decode): begin a step when it lands.
+      // Only a remote-KV transfer left (disagg decode): begin a step when it lands. The worker
+      // counts as busy until then, so a request reaching it meanwhile starts at that step (a
+      // delay of at most one transfer, as for every fleet the benchmark compares).
       const t = s.engine.core.nextTransferTime();
       if (t !== null) {
         s.busy = true;
