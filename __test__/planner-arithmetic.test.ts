@@ -10,7 +10,8 @@ import { LoadPlanner } from "../ts/planner/load-planner.js";
 import { ProfileModel } from "../ts/planner/interpolate.js";
 import { ConstantPredictor, HoltPredictor, KalmanPredictor, makePredictor, MovingAveragePredictor, SeasonalPredictor } from "../ts/planner/predictors.js";
 import { parseProfile } from "../ts/planner/profile.js";
-import { aggregatedReplicas, decodeReplicas, dynamoDecodeReplicas, mixedItlMs, dynamoPrefillReplicas, fitGpuBudget, prefillReplicas } from "../ts/planner/replicas.js";
+import { erlangC, missShare, serversForMiss, serviceMix, unreachableShare } from "../ts/planner/pooled-queue.js";
+import { aggregatedReplicas, decodeReplicas, decodeWindowS, normalQuantile, stallShare, dynamoDecodeReplicas, missTarget, mixedItlMs, dynamoPrefillReplicas, fitGpuBudget, prefillReplicas } from "../ts/planner/replicas.js";
 import { SlaPlanner, type IntervalObservation } from "../ts/planner/sla-planner.js";
 import { HAND_PROFILE } from "./planner-profile.test.js";
 
@@ -20,20 +21,74 @@ const targets = { ttftMs: 500, itlMs: 35 };
 const load = { requestsPerS: 10, isl: 2000, osl: 200, hitRate: 0.5 };
 
 describe("replica arithmetic", () => {
-  it("prefill: uncached tokens over capacity at the utilization the TTFT target allows", () => {
-    // 10 req/s x 2000 x (1 - 0.5) = 10,000 tokens/s; capacity thpt(1000) = 10,000 tokens/s;
-    // idle TTFT(1000) = 100 ms, r = 500 / 100 = 5, rho_max = (5 - 1) / (2 + 5 - 1) = 2/3:
-    // 10,000 / (10,000 x 2/3) = 1.5.
+  it("Erlang C and the pooled queue, by hand", () => {
+    // M/M/2 offered 1: B(1) = 1/2, B(2) = 0.5 / 2.5 = 0.2, C = 2 x 0.2 / (2 - 0.8) = 1/3.
+    expect(erlangC(2, 1)).toBeCloseTo(1 / 3, 12);
+    // C(3, 2) = 4/9, C(4, 2) = 4/23 (B(3) = 4/19, B(4) = 2/21).
+    expect(erlangC(3, 2)).toBeCloseTo(4 / 9, 12);
+    expect(erlangC(4, 2)).toBeCloseTo(4 / 23, 12);
+    expect(erlangC(1, 0)).toBe(0);
+    expect(erlangC(2, 2)).toBe(1);
+    // Two requests of 100 and 300 ms: mean 200, cs^2 = 100^2 / 200^2 = 0.25.
+    const mix = serviceMix([100, 300]);
+    expect(mix.meanMs).toBe(200);
+    expect(mix.cs2).toBeCloseTo(0.25, 12);
+    expect(serviceMix([100]).cs2).toBe(1); // one sample: spread unknown, exponential-like
+    // 2 servers, 5 req/s x 200 ms = 1 offered; g = (1 + 0.25) / 2; target 500 ms: slacks 400, 200.
+    // P(wait) = g C = 0.625 / 3; mean wait g C s / (c - a), so the tail decays at (c - a) / s.
+    const q = { servers: 2, ratePerMs: 0.005, mix, ca2: 1, stretch: 1 };
+    const g = 0.625;
+    const expected = ((g / 3) * Math.exp(-400 / 200) + (g / 3) * Math.exp(-200 / 200)) / 2;
+    expect(missShare(q, 500)).toBeCloseTo(expected, 12);
+    // Half-way between 2 and 3 servers: half-way between their misses.
+    const c3 = erlangC(3, 1);
+    const miss3 = (g * c3 * Math.exp((-2 * 400) / 200) + g * c3 * Math.exp((-2 * 200) / 200)) / 2;
+    expect(missShare({ ...q, servers: 2.5 }, 500)).toBeCloseTo((expected + miss3) / 2, 12);
+    // Clumped arrivals (ca^2 = 9): g = 4.625 makes g C > 1, so every request waits, with the mean
+    // wait g C s / (c - a) = 4.625 / 3 x 200 ms.
+    const clumped = missShare({ ...q, ca2: 9 }, 500);
+    const meanWait = ((4.625 / 3) * 200) / 1;
+    expect(clumped).toBeCloseTo((Math.exp(-400 / meanWait) + Math.exp(-200 / meanWait)) / 2, 12);
+    // A request longer than the target is lost whatever the fleet: counted as unreachable.
+    expect(unreachableShare(serviceMix([100, 300, 900, 1200]), 1000)).toBe(0.25);
+    expect(missTarget(0.25, 0.05)).toBeCloseTo(0.25 + 0.75 * 0.05, 12);
+  });
+
+  it("ITL tail: the prefill stall share a request sees, at a quantile, by hand", () => {
+    expect(normalQuantile(0.95)).toBeCloseTo(1.645, 3);
+    expect(normalQuantile(0.9)).toBeCloseTo(1.2816, 3);
+    expect(normalQuantile(0.05)).toBeCloseTo(-1.645, 3);
+    // 2 workers, 10 req/s of 100 ms prefills (cs^2 1), a 7 s decode: 5 a second land on a worker,
+    // mean share 0.5, sd 0.1 x sqrt(5 x 2 / 7).
+    expect(stallShare(2, 10, 0.1, 1, 7, 1.645)).toBeCloseTo(0.5 + 1.645 * 0.1 * Math.sqrt(10 / 7), 12);
+    expect(stallShare(0, 10, 0.1, 1, 7, 1.645)).toBe(0.999);
+    expect(decodeWindowS(200, 35)).toBeCloseTo(7, 12);
+  });
+
+  it("prefill: uncached tokens, the pooled queue's fewest workers within the miss budget", () => {
+    // 10 req/s x 2000 x (1 - 0.5) = 10,000 tokens/s; one worker thpt(1000) = 10,000 tokens/s, so
+    // a prefill takes 100 ms and the fleet is offered a = 1 worker. One-point mix: cs^2 = 1, g = 1.
+    // Target 500 ms, slack 400 ms: miss(c) = C(c, 1) exp(-(c - 1) 400 / 100). c = 1 cannot hold
+    // (a >= c: miss 1); c = 2 misses (1/3) e^-4 = 0.0061 <= 0.05. Interpolated between them:
+    // 1 + (1 - 0.05) / (1 - 0.0061).
     const p = prefillReplicas(m, load, targets);
     expect(p.tokensPerS).toBe(10000);
-    expect(p.utilization).toBeCloseTo(2 / 3, 12);
-    expect(p.replicas).toBeCloseTo(1.5, 12);
+    expect(p.load).toBeCloseTo(1, 12);
+    expect(p.replicas).toBeCloseTo(1 + 0.95 / (1 - Math.exp(-4) / 3), 9);
     expect(p.reachable).toBe(true);
-    // A correction of 2 doubles the idle TTFT: r = 2.5, rho_max = 1.5 / 3.5 = 3/7.
-    expect(prefillReplicas(m, load, targets, { prefill: 2, decode: 1 }).replicas).toBeCloseTo(7 / 3, 12);
-    // Two GPUs a worker: half the workers.
+    expect(p.unreachable).toBe(0);
+    // A correction of 2 doubles each prefill: a = 2, slack 300, decay (c - 2) / 200.
+    // c = 3: (4/9) e^-1.5 = 0.0992 misses the budget; c = 4: (4/23) e^-3 = 0.0087 holds.
+    const m3 = (4 / 9) * Math.exp(-1.5);
+    const m4 = (4 / 23) * Math.exp(-3);
+    expect(prefillReplicas(m, load, targets, { prefill: 2, decode: 1 }).replicas).toBeCloseTo(3 + (m3 - 0.05) / (m3 - m4), 9);
+    // Two GPUs a worker: a prefill takes 50 ms, a = 0.5; c = 1 misses 0.5 e^-4.5 = 0.0056: 1 worker.
     const m2 = new ProfileModel({ ...profile, gpusPerWorker: 2 });
-    expect(prefillReplicas(m2, load, targets).replicas).toBeCloseTo(0.75, 12);
+    expect(prefillReplicas(m2, load, targets).replicas).toBeCloseTo(1, 12);
+    // Pooling: ten times the load (a = 10) holds the target at the 90% utilization cap, 10 / 0.9
+    // workers, under six times the workers a = 1 needs.
+    const big = prefillReplicas(m, { ...load, requestsPerS: 100 }, targets);
+    expect(big.replicas).toBeCloseTo(10 / 0.9, 9);
   });
 
   it("decode: output tokens over the best throughput within the ITL target at isl + osl/2", () => {
@@ -91,6 +146,32 @@ describe("predictors", () => {
     expect(h.predict()).toBeCloseTo(16.5, 12);
     h.add(30); // level 0.5 x 30 + 0.5 x 16.5 = 23.25, trend 0.3 x 8.25 + 0.7 x 1.5 = 3.525
     expect(h.predict()).toBeCloseTo(26.775, 12);
+    // Three intervals ahead: level + 3 x trend; a level-only predictor is flat.
+    expect(h.predict(3)).toBeCloseTo(23.25 + 3 * 3.525, 12);
+    const c = new ConstantPredictor();
+    c.add(7);
+    expect(c.predict(4)).toBe(7);
+  });
+
+  it("the SLA planner sizes for the busiest forecast until a new worker would serve (cold start)", () => {
+    // Rates 1, 2, 3 req/s (Holt): next interval 3.x, two intervals ahead more. With a 20 s cold start
+    // and 10 s intervals the planner looks 3 intervals ahead.
+    const busy: IntervalObservation = { intervalS: 10, requests: 100, inputTokens: 200_000, cachedTokens: 100_000, outputTokens: 20_000, ttftMs: null, itlMs: null };
+    const mk = (coldStartS: number) => new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, predictor: "holt", corrections: false, coldStartS });
+    const near = mk(0);
+    const far = mk(20);
+    const h = new HoltPredictor();
+    for (const r of [1, 2, 3]) {
+      const o = { ...busy, requests: r * 10, inputTokens: r * 20_000, cachedTokens: r * 10_000, outputTokens: r * 2_000 };
+      near.decide(o, { aggregated: 1 });
+      far.decide(o, { aggregated: 1 });
+      h.add(r);
+    }
+    const o = { ...busy, requests: 40, inputTokens: 80_000, cachedTokens: 40_000, outputTokens: 8_000 };
+    h.add(4);
+    expect(near.decide(o, { aggregated: 1 }).predicted!.requestsPerS).toBeCloseTo(h.predict(1)!, 9);
+    expect(far.decide(o, { aggregated: 1 }).predicted!.requestsPerS).toBeCloseTo(h.predict(3)!, 9);
+    expect(() => mk(-1)).toThrow(InvalidConfigError);
   });
 
   it("Kalman follows a ramp", () => {
@@ -188,7 +269,7 @@ describe("SlaPlanner", () => {
     const p = new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, mode: "disaggregated", corrections: false });
     const d = p.decide(busy, { prefill: 1, decode: 1 });
     expect(d.predicted).toEqual(load);
-    expect(d.wanted.prefill).toBeCloseTo(1.5, 9);
+    expect(d.wanted.prefill).toBeCloseTo(1 + 0.95 / (1 - Math.exp(-4) / 3), 9); // as in "prefill" above
     expect(d.wanted.decode).toBeCloseTo(2000 / 768.5, 6);
     expect(d.target).toEqual({ prefill: 2, decode: 3 });
     // The baseline, Dynamo's formulas, on the same interval.
@@ -199,17 +280,31 @@ describe("SlaPlanner", () => {
   it("aggregated workers: prefill stalls decoding, the decode point is chosen jointly; a hand-made change is logged and respected", () => {
     const a = aggregatedReplicas(m, load, targets);
     // Hand check of the returned operating point: rho_itl = (1/s_d - 1/I) / (1/s_d - 1/S_p), with
-    // S_p = TTFT(1000) = 100 ms, I = 35 ms; prefill share at min(2/3, rho_itl); decode added.
+    // S_p = TTFT(1000) = 100 ms, I = 35 ms. Workers: the most of prefill load / rho_itl, prefill +
+    // decode load, and the pooled TTFT count with each worker's prefill slowed by its decode share.
     const sd = a.decode.itlMs;
     expect(sd).toBeLessThan(35);
     expect(a.chunkStepMs).toBe(100);
     const rho = (1 / sd - 1 / 35) / (1 / sd - 1 / 100);
     expect(a.itlUtilization).toBeCloseTo(rho, 12);
-    expect(a.replicas).toBeCloseTo(10000 / (10000 * Math.min(2 / 3, rho)) + 2000 / a.decode.capacityPerWorker, 9);
+    const dec = a.decode.replicas;
+    const mix = serviceMix([100]);
+    const ttft = serversForMiss((c) => ({ servers: c, ratePerMs: 0.01, mix, ca2: 1, stretch: c / (c - dec) }), 500, 0.05, 1 + dec);
+    // ITL: the stall share at the 95th percentile of requests (z = 1.645) stays within rho_itl.
+    const z = normalQuantile(0.95);
+    const window = decodeWindowS(200, 35);
+    expect(stallShare(a.replicas, 10, 0.1, 1, window, z)).toBeLessThanOrEqual(rho + 1e-9);
+    expect(a.replicas).toBeGreaterThanOrEqual(Math.max(ttft, 1 / rho, 1 + dec) - 1e-9);
     // Choosing the decode point at the ITL target itself would leave no room for prefill stalls:
-    // rho_itl(34.72) = 0.0123 -> the 0.05 floor -> 20 prefill workers + 2.6 decode.
+    // rho_itl(34.72) = 0.0123 -> the 0.05 floor -> 20 workers.
     expect(a.replicas).toBeLessThan(8);
     expect(mixedItlMs(rho, 100, sd)).toBeCloseTo(35, 9);
+    // A decode correction of 2 (observed ITL twice the model's) halves the ITL the sizing aims at.
+    const c2 = aggregatedReplicas(m, load, targets, { prefill: 1, decode: 2 });
+    const sd2 = c2.decode.itlMs;
+    expect(sd2).toBeLessThan(17.5);
+    expect(c2.itlUtilization).toBeCloseTo((1 / sd2 - 1 / 17.5) / (1 / sd2 - 1 / 100), 12);
+    expect(c2.replicas).toBeGreaterThan(a.replicas);
     const p = new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, corrections: false });
     const d = p.decide(busy, { aggregated: 1 });
     expect(d.wanted.aggregated).toBeCloseTo(a.replicas, 9);

@@ -55,14 +55,28 @@ describe("kvroute profile / replay --planner / planner", () => {
     const r = await cli(["replay", "--trace", TRACE, "--limit", "150", "--planner", "sla", "--ttft-target", "3000", "--itl-target", "60", "--profile", "llama-3.1-8b-h200", "--adjustment-interval", "10", "--cold-start", "5", "--quiet", "--json", json]);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/planner sla: 150\/150 requests completed, 0 failed/);
+    expect(r.stdout).toMatch(/planner sla \(agg\): 150\/150 requests completed, 0 failed/);
     expect(r.stdout).toMatch(/within target: [\d.]+% of requests, [\d.]+% of intervals/);
     const res = JSON.parse(readFileSync(json, "utf8"));
     expect(res.workerSeconds).toBeGreaterThan(0);
     expect(res.decisions).toBeGreaterThan(0);
   });
 
+  it("replay --planner dynamo --topology disagg: prefill and decode workers both sized, none lost", async () => {
+    const json = join(dir, "d.json");
+    const r = await cli(["replay", "--trace", TRACE, "--limit", "150", "--planner", "dynamo", "--topology", "disagg", "--ttft-target", "3000", "--itl-target", "60", "--profile", "llama-3.1-8b-h200", "--adjustment-interval", "10", "--cold-start", "5", "--quiet", "--json", json]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/planner dynamo \(disagg\): 150\/150 requests completed, 0 failed/);
+    const res = JSON.parse(readFileSync(json, "utf8"));
+    expect(res.workerSecondsByKind.prefill).toBeGreaterThan(0);
+    expect(res.workerSecondsByKind.decode).toBeGreaterThan(0);
+    expect(res.workerSecondsByKind.aggregated).toBe(0);
+  });
+
   it.each([
+    [["--ttft-target", "2000", "--itl-target", "40", "--miss-budget", "1.5"], /--miss-budget must be a share between 0 and 1/],
+    [["--ttft-target", "2000", "--itl-target", "40", "--topology", "ring"], /--topology must be one of agg, disagg/],
     [["--ttft-target", "0", "--itl-target", "40"], /--ttft-target must be a number of milliseconds > 0/],
     [["--ttft-target=-5", "--itl-target", "40"], /--ttft-target must be a number of milliseconds > 0/],
     [["--ttft-target", "2000", "--itl-target", "0"], /--itl-target must be a number of milliseconds > 0/],

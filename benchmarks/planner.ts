@@ -1,16 +1,22 @@
 /**
  * `npm run bench:planner`: the Mooncake conversation trace, its rate warped into a day-like curve,
- * replayed on the virtual clock (kvroute replay --planner) against:
- * - kvroute's SLA planner,
- * - the baseline: Dynamo's published replica formulas (and corrections) with the same predictor,
- * - fixed fleets (no planner) of several sizes, to find the smallest one sized for the peak that
- *   reaches the planner's attainment.
- * Prints one markdown table: SLA attainment (requests and intervals within both targets),
- * worker-seconds, mean and peak workers. Each row is one `kvroute replay` process; they run side
- * by side (BENCH_JOBS, default 3). Settings (env): BENCH_FIXED (sizes, default 12,14,16,18,20),
- * BENCH_RATE (default 6.8 req/s: twice the trace's own), BENCH_PREDICTOR (moving-average),
- * BENCH_LIMIT (requests, default all), BENCH_MIN_WORKERS (4), BENCH_TAIL (the SLA planner's
- * --tail-factor, 4).
+ * replayed on the virtual clock (kvroute replay --planner) against fixed fleets sized for the peak
+ * and, on disaggregated workers (the fleet Dynamo's SLA planner is written for), against the
+ * baseline: Dynamo's published replica formulas and corrections with the same predictor, bounds,
+ * profile and cold start.
+ *
+ * Prints one markdown table per topology: SLA attainment (requests and intervals within both
+ * targets), worker-seconds, mean and peak workers. Each row is one `kvroute replay` process; they
+ * run side by side (BENCH_JOBS, default 2). Settings (env):
+ * - BENCH_TOPOLOGY: agg, disagg or both (default both);
+ * - BENCH_FIXED (agg sizes, default 12,14,16,24), BENCH_FIXED_DISAGG (P+D sizes, default
+ *   10+3,13+3);
+ * - the planners' predictor and minimum workers: BENCH_PREDICTOR_AGG (moving-average),
+ *   BENCH_MIN_AGG (3), BENCH_PREDICTOR_DISAGG (holt), BENCH_MIN_DISAGG (2): the recorded rows';
+ * - BENCH_RATE (default 6.8 req/s: twice the trace's own), BENCH_CURVE (default 1,0.1,1: one day
+ *   from 10% of the peak to the peak and back), BENCH_SPREAD=1 (--spread-ticks),
+ *   BENCH_COLD_START (30 s), BENCH_INTERVAL (15 s), BENCH_TTFT (2000 ms), BENCH_ITL (40 ms),
+ *   BENCH_LIMIT (requests, default all).
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
@@ -19,28 +25,40 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { machine } from "./lib/table.js";
 
+const env = process.env;
 const root = fileURLToPath(new URL("..", import.meta.url));
 const cli = join(root, "dist/cli.mjs");
-const trace = process.env.BENCH_TRACE ?? "/work/shared/traces/mooncake_conversation.jsonl";
-const fixed = (process.env.BENCH_FIXED ?? "12,14,16,18,20").split(",").map(Number);
-const jobs = Number(process.env.BENCH_JOBS ?? 3);
-const predictor = process.env.BENCH_PREDICTOR ?? "moving-average";
+const trace = env.BENCH_TRACE ?? "/work/shared/traces/mooncake_conversation.jsonl";
+const topologies = (env.BENCH_TOPOLOGY ?? "both") === "both" ? ["agg", "disagg"] : [env.BENCH_TOPOLOGY!];
+const fixedAgg = (env.BENCH_FIXED ?? "12,14,16,24").split(",").map(Number);
+const fixedDisagg = (env.BENCH_FIXED_DISAGG ?? "10+3,13+3").split(",").map((x) => x.split("+").map(Number) as [number, number]);
+const jobs = Number(env.BENCH_JOBS ?? 2);
+const planners: Record<string, { predictor: string; min: string }> = {
+  agg: { predictor: env.BENCH_PREDICTOR_AGG ?? "moving-average", min: env.BENCH_MIN_AGG ?? "3" },
+  disagg: { predictor: env.BENCH_PREDICTOR_DISAGG ?? "holt", min: env.BENCH_MIN_DISAGG ?? "2" },
+};
 const common = [
-  "replay", "--trace", trace, "--rate", process.env.BENCH_RATE ?? "6.8", "--day-curve", process.env.BENCH_CURVE ?? "1,0.1,1",
-  "--profile", "llama-3.1-8b-h200", "--ttft-target", process.env.BENCH_TTFT ?? "2000", "--itl-target", process.env.BENCH_ITL ?? "40",
-  "--adjustment-interval", "15", "--cold-start", "30", "--min-workers", process.env.BENCH_MIN_WORKERS ?? "4", "--quiet",
-  ...(process.env.BENCH_LIMIT ? ["--limit", process.env.BENCH_LIMIT] : []),
+  "replay", "--trace", trace, "--rate", env.BENCH_RATE ?? "6.8", "--day-curve", env.BENCH_CURVE ?? "1,0.1,1",
+  "--profile", "llama-3.1-8b-h200", "--ttft-target", env.BENCH_TTFT ?? "2000", "--itl-target", env.BENCH_ITL ?? "40",
+  "--adjustment-interval", env.BENCH_INTERVAL ?? "15", "--cold-start", env.BENCH_COLD_START ?? "30", "--quiet",
+  ...(env.BENCH_SPREAD === "1" ? ["--spread-ticks"] : []),
+  ...(env.BENCH_LIMIT ? ["--limit", env.BENCH_LIMIT] : []),
 ];
 const out = mkdtempSync(join(tmpdir(), "kvr-bench-planner-"));
 
-interface Result { planner: string; requestAttainment: number; intervalAttainment: number; workerSeconds: number; meanWorkers: number; peakWorkers: number; failed: number; completed: number; scaleUps: number; scaleDowns: number; wallMs: number }
-const runs: { name: string; args: string[] }[] = [
-  { name: "kvroute SLA planner", args: ["--planner", "sla", "--predictor", predictor, "--tail-factor", process.env.BENCH_TAIL ?? "4"] },
-  { name: `baseline: Dynamo's formulas (${predictor})`, args: ["--planner", "dynamo", "--predictor", predictor] },
-  ...fixed.map((n) => ({ name: `fixed fleet of ${n}`, args: ["--planner", "fixed", "--workers", String(n)] })),
-];
+interface Result { planner: string; topology: string; requestAttainment: number; intervalAttainment: number; workerSeconds: number; meanWorkers: number; peakWorkers: number; failed: number; completed: number; scaleUps: number; scaleDowns: number; wallMs: number }
+interface Run { topology: string; name: string; kind: "sla" | "dynamo" | "fixed"; args: string[] }
+const runs: Run[] = [];
+for (const t of topologies) {
+  const { predictor, min } = planners[t]!;
+  const topo = ["--topology", t, "--min-workers", min];
+  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor}, min ${min})`, args: [...topo, "--planner", "sla", "--predictor", predictor] });
+  if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor}, min ${min})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor] });
+  if (t === "agg") for (const n of fixedAgg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${n}`, args: [...topo, "--planner", "fixed", "--workers", String(n)] });
+  else for (const [p, d] of fixedDisagg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${p}P + ${d}D`, args: [...topo, "--planner", "fixed", "--workers", String(p), "--decode-workers", String(d)] });
+}
 
-function runOne(r: { name: string; args: string[] }, i: number): Promise<Result> {
+function runOne(r: Run, i: number): Promise<Result> {
   const json = join(out, `${i}.json`);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cli, ...common, ...r.args, "--json", json], { stdio: ["ignore", "ignore", "inherit"] });
@@ -50,7 +68,7 @@ function runOne(r: { name: string; args: string[] }, i: number): Promise<Result>
 
 async function main(): Promise<void> {
   console.log(`kvroute bench:planner — ${machine()}`);
-  console.log(`kvroute ${common.join(" ")} ...`);
+  console.log(`kvroute ${common.join(" ")} --topology T --planner P ...`);
   const results: Result[] = new Array(runs.length);
   let next = 0;
   await Promise.all(
@@ -58,25 +76,31 @@ async function main(): Promise<void> {
       while (next < runs.length) {
         const i = next++;
         results[i] = await runOne(runs[i]!, i);
-        process.stderr.write(`done: ${runs[i]!.name} (${(results[i]!.wallMs / 1000).toFixed(0)} s wall)\n`);
+        process.stderr.write(`done: ${runs[i]!.topology} ${runs[i]!.name} (${(results[i]!.wallMs / 1000).toFixed(0)} s wall)\n`);
       }
     }),
   );
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-  console.log("\n| fleet | requests within target | intervals within target | worker-seconds | mean workers | peak | scale-ups / downs | failed |");
-  console.log("|---|---|---|---|---|---|---|---|");
-  for (const [i, r] of results.entries()) {
-    console.log(`| ${runs[i]!.name} | ${pct(r.requestAttainment)} | ${pct(r.intervalAttainment)} | ${Math.round(r.workerSeconds).toLocaleString("en-US")} | ${r.meanWorkers.toFixed(1)} | ${r.peakWorkers} | ${r.scaleUps} / ${r.scaleDowns} | ${r.failed} |`);
+  for (const t of topologies) {
+    const rows = runs.map((r, i) => ({ r, x: results[i]! })).filter(({ r }) => r.topology === t);
+    console.log(`\n${t === "agg" ? "Aggregated workers" : "Disaggregated: prefill + decode workers"}\n`);
+    console.log("| fleet | requests within target | intervals within target | worker-seconds | mean workers | peak | scale-ups / downs | failed |");
+    console.log("|---|---|---|---|---|---|---|---|");
+    for (const { r, x } of rows) {
+      console.log(`| ${r.name} | ${pct(x.requestAttainment)} | ${pct(x.intervalAttainment)} | ${Math.round(x.workerSeconds).toLocaleString("en-US")} | ${x.meanWorkers.toFixed(1)} | ${x.peakWorkers} | ${x.scaleUps} / ${x.scaleDowns} | ${x.failed} |`);
+    }
+    const sla = rows.find(({ r }) => r.kind === "sla")!.x;
+    const fixed = rows.filter(({ r }) => r.kind === "fixed");
+    const peak = fixed.find(({ x }) => x.intervalAttainment <= sla.intervalAttainment && x.requestAttainment <= sla.requestAttainment + 1e-9);
+    console.log("");
+    for (const { r, x } of fixed) {
+      const cmp = `${pct(sla.requestAttainment - x.requestAttainment)} / ${pct(sla.intervalAttainment - x.intervalAttainment)}`;
+      console.log(`against ${r.name}: ${pct(1 - sla.workerSeconds / x.workerSeconds)} fewer worker-seconds; attainment difference (requests / intervals) ${cmp}`);
+    }
+    if (!peak) console.log("(every fixed fleet tried beats the planner's attainment on requests or intervals)");
+    const base = rows.find(({ r }) => r.kind === "dynamo")?.x;
+    if (base) console.log(`against the baseline: ${pct(1 - sla.workerSeconds / base.workerSeconds)} fewer worker-seconds, attainment ${pct(sla.requestAttainment)} vs ${pct(base.requestAttainment)} of requests, ${pct(sla.intervalAttainment)} vs ${pct(base.intervalAttainment)} of intervals`);
   }
-  const sla = results[0]!;
-  const base = results[1]!;
-  const peak = results.slice(2).find((r) => r.intervalAttainment >= sla.intervalAttainment && r.requestAttainment >= sla.requestAttainment);
-  console.log("");
-  if (peak) {
-    const n = runs[results.indexOf(peak)]!.name;
-    console.log(`smallest fixed fleet with at least the planner's attainment: ${n}; the planner uses ${pct(1 - sla.workerSeconds / peak.workerSeconds)} fewer worker-seconds`);
-  } else console.log("no fixed fleet tried reached the planner's attainment (try larger BENCH_FIXED)");
-  console.log(`against the baseline: ${pct(1 - sla.workerSeconds / base.workerSeconds)} fewer worker-seconds, attainment ${pct(sla.requestAttainment)} vs ${pct(base.requestAttainment)} of requests, ${pct(sla.intervalAttainment)} vs ${pct(base.intervalAttainment)} of intervals`);
 }
 
 void main();

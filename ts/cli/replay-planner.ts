@@ -14,8 +14,8 @@ import { PREDICTOR_NAMES } from "../planner/predictors.js";
 import { loadProfile, type PerfProfile } from "../planner/profile.js";
 import { validateTargets } from "../planner/targets.js";
 import { UnreachableTargetError } from "../planner/errors.js";
-import { PLANNER_KINDS, runPlannedReplay, type PlannerKind, type PlannedReplayResult } from "../replay/planned-replay.js";
-import { modulateRate } from "../replay/rate-curve.js";
+import { PLANNED_TOPOLOGIES, PLANNER_KINDS, runPlannedReplay, type PlannedTopology, type PlannerKind, type PlannedReplayResult } from "../replay/planned-replay.js";
+import { modulateRate, spreadTicks } from "../replay/rate-curve.js";
 import { readTrace, TraceError } from "../replay/trace.js";
 import { REPLAY_DEFAULTS } from "../replay/virtual-replay.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
@@ -35,7 +35,9 @@ intervals within target) and worker-seconds.
                           Dynamo results folder (default: a sweep of the workers' mocker profile)
   --profile NAME          the workers' engine profile: ${ENGINE_PROFILE_NAMES.join(", ")}
                           (default ${REPLAY_DEFAULTS.profile})
-  --workers N             workers at the start (fixed: all along; default: --min-workers)
+  --workers N             workers at the start (fixed: all along; default: --min-workers);
+                          disagg: prefill workers
+  --decode-workers N      disagg: decode workers at the start (default: --workers)
   --min-workers N         default 1
   --max-workers N         default: no limit
   --gpu-budget N          GPUs in all (default: no limit)
@@ -43,8 +45,12 @@ intervals within target) and worker-seconds.
   --cold-start S          seconds from asking for a worker to its first request (default 30)
   --predictor NAME        ${PREDICTOR_NAMES.join(", ")} (default constant)
   --season-period N       seasonal predictor: intervals per season
-  --tail-factor K         SLA planner: p90 / mean of a prefill queue's wait it sizes for (default 2)
+  --topology agg|disagg   aggregated workers (default) or prefill + decode workers, both sized
+  --miss-budget X         SLA planner: share of servable requests its sizing lets past the TTFT
+                          target, 0 < X < 1 (default 0.05)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
+  --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
+                          traces' 3-second ticks of ~10 requests), before the day curve
   --limit N, --rate X     as for replay
   --decision-log FILE     every decision with its reasons, one line each
   --json FILE             the result
@@ -62,6 +68,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "planner-profile": { type: "string" },
       profile: { type: "string" },
       workers: { type: "string" },
+      "decode-workers": { type: "string" },
       "min-workers": { type: "string" },
       "max-workers": { type: "string" },
       "gpu-budget": { type: "string" },
@@ -69,8 +76,10 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "cold-start": { type: "string" },
       predictor: { type: "string" },
       "season-period": { type: "string" },
-      "tail-factor": { type: "string" },
+      "miss-budget": { type: "string" },
+      topology: { type: "string" },
       "day-curve": { type: "string" },
+      "spread-ticks": { type: "boolean" },
       limit: { type: "string" },
       rate: { type: "string" },
       policy: { type: "string" },
@@ -106,11 +115,15 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     const workers = values.workers === undefined ? undefined : positiveInt("workers", values.workers);
     if (planner === "fixed" && workers === undefined) throw new UsageError("--planner fixed needs --workers N");
     let trace = readTrace(values.trace, { limit: values.limit === undefined ? undefined : positiveInt("limit", values.limit), rate: positiveNumber("rate", values.rate) });
+    if (values["spread-ticks"] === true) trace = spreadTicks(trace);
     if (values["day-curve"] !== undefined) {
       const [p, lo, hi] = values["day-curve"].split(",").map(Number);
       if (!(p! > 0) || (lo !== undefined && !(lo > 0)) || (hi !== undefined && !(hi >= (lo ?? 0.25)))) throw new UsageError(`--day-curve must be PERIODS[,LOW,HIGH] with 0 < LOW <= HIGH: got '${values["day-curve"]}'`);
       trace = modulateRate(trace, { periods: p!, ...(lo !== undefined ? { low: lo } : {}), ...(hi !== undefined ? { high: hi } : {}) });
     }
+    const topology = (values.topology ?? "agg") as PlannedTopology;
+    if (!PLANNED_TOPOLOGIES.includes(topology)) throw new UsageError(`--topology must be one of ${PLANNED_TOPOLOGIES.join(", ")}: got '${values.topology}'`);
+    if (topology === "disagg" && (planner === "load" || planner === "sla+load")) throw new UsageError(`--planner ${planner} runs on aggregated workers only in the virtual replay (--topology agg)`);
     const logFile = values["decision-log"];
     if (logFile) {
       mkdirSync(dirname(resolve(logFile)), { recursive: true });
@@ -125,13 +138,15 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       targets,
       profile: workerProfile,
       initialWorkers: workers,
+      initialDecodeWorkers: values["decode-workers"] === undefined ? undefined : positiveInt("decode-workers", values["decode-workers"]),
       adjustmentIntervalS: positiveNumber("adjustment-interval", values["adjustment-interval"]),
       coldStartS: positiveNumber("cold-start", values["cold-start"], 0, true),
       predictor: values.predictor,
       seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
       governor: { min, ...(max !== undefined ? { max } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
-      tailFactor: positiveNumber("tail-factor", values["tail-factor"], 0, true),
+      missBudget: missBudget(values["miss-budget"]),
+      topology,
       onDecision: (line: string) => {
         if (logFile) appendFileSync(logFile, `${line}\n`);
         if (!quiet) process.stderr.write(`${line}\n`);
@@ -165,12 +180,19 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+function missBudget(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const x = Number(v);
+  if (!(x > 0 && x < 1)) throw new UsageError(`--miss-budget must be a share between 0 and 1 (exclusive): got '${v}'`);
+  return x;
+}
+
 export function plannedSummary(r: PlannedReplayResult): string {
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   return [
-    `planner ${r.planner}: ${r.completed}/${r.requests} requests completed, ${r.failed} failed`,
+    `planner ${r.planner} (${r.topology}): ${r.completed}/${r.requests} requests completed, ${r.failed} failed`,
     `  within target: ${pct(r.requestAttainment)} of requests, ${pct(r.intervalAttainment)} of intervals`,
-    `  worker-seconds ${Math.round(r.workerSeconds).toLocaleString("en-US")} (mean ${r.meanWorkers.toFixed(2)} workers, peak ${r.peakWorkers}); ${r.scaleUps} scale-ups, ${r.scaleDowns} scale-downs in ${r.decisions} decisions`,
+    `  worker-seconds ${Math.round(r.workerSeconds).toLocaleString("en-US")}${r.topology === "disagg" ? ` (prefill ${Math.round(r.workerSecondsByKind.prefill).toLocaleString("en-US")}, decode ${Math.round(r.workerSecondsByKind.decode).toLocaleString("en-US")})` : ""} (mean ${r.meanWorkers.toFixed(2)} workers, peak ${r.peakWorkers}); ${r.scaleUps} scale-ups, ${r.scaleDowns} scale-downs in ${r.decisions} decisions`,
     `  TTFT p90 ${r.ttftP90Ms.toFixed(0)} ms, ITL p90 ${r.itlP90Ms.toFixed(1)} ms over ${(r.simSeconds / 60).toFixed(1)} simulated minutes (${(r.wallMs / 1000).toFixed(1)} s wall)`,
   ].join("\n");
 }

@@ -26,6 +26,10 @@ export interface PlannerConfig {
   adjustmentIntervalS: number;
   predictor: string;
   seasonPeriod?: number;
+  /** Seconds from asking for a worker to its first request (the forecast's horizon). */
+  coldStartS?: number;
+  /** Share of servable requests the sizing lets past the TTFT target (default 0.05). */
+  missBudget?: number;
   minWorkers: number;
   maxWorkers?: number;
   gpuBudget?: number;
@@ -55,7 +59,7 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   };
   if (typeof value !== "object" || value === null || Array.isArray(value)) bad("must be a JSON object");
   const v = value as Record<string, unknown>;
-  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
+  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "coldStartS", "missBudget", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
   for (const k of Object.keys(v)) if (!known.has(k)) bad(`unknown field '${k}' (expected ${[...known].join(", ")})`);
   const planner = (v["planner"] ?? "sla") as PlannerMode;
   if (!PLANNER_MODES.includes(planner)) bad(`planner must be one of ${PLANNER_MODES.join(", ")}`);
@@ -93,6 +97,10 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   const predictor = (v["predictor"] ?? "constant") as string;
   const seasonPeriod = int("seasonPeriod", 2);
   makePredictor(predictor, seasonPeriod !== undefined ? { period: seasonPeriod } : {});
+  const coldStartS = num("coldStartS", undefined);
+  if (coldStartS !== undefined && !(coldStartS >= 0)) bad("coldStartS must be >= 0 seconds");
+  const missBudget = num("missBudget", undefined);
+  if (missBudget !== undefined && !(missBudget > 0 && missBudget < 1)) bad("missBudget must be a share between 0 and 1 (exclusive)");
   const minWorkers = int("minWorkers", 0, 1)!;
   const maxWorkers = int("maxWorkers", Math.max(1, minWorkers));
   const gpuBudget = int("gpuBudget", 1);
@@ -111,6 +119,8 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
     adjustmentIntervalS,
     predictor,
     ...(seasonPeriod !== undefined ? { seasonPeriod } : {}),
+    ...(coldStartS !== undefined ? { coldStartS } : {}),
+    ...(missBudget !== undefined ? { missBudget } : {}),
     minWorkers,
     ...(maxWorkers !== undefined ? { maxWorkers } : {}),
     ...(gpuBudget !== undefined ? { gpuBudget } : {}),

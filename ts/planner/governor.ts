@@ -99,6 +99,15 @@ export class ReplicaGovernor {
     return this.change(margined, `load needs ${wanted.toFixed(2)} workers (${(this.margin * 100).toFixed(0)}% spare kept): ${cur} -> ${margined}`);
   }
 
+  /** Sets `target` (bounded) as it is, no hysteresis: Dynamo's planner, the baseline. */
+  force(target: number): GovernorDecision {
+    this.sinceChange++;
+    const cur = this.running;
+    const t = Math.min(this.max, Math.max(this.min, target));
+    if (t === cur) return { target: cur, reason: `holding ${cur}` };
+    return this.change(t, `formula says ${target}: ${cur} -> ${t}`);
+  }
+
   private change(target: number, reason: string): GovernorDecision {
     this.running = target;
     this.sinceChange = 0;

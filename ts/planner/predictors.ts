@@ -18,8 +18,11 @@ import { InvalidConfigError } from "../errors.js";
 export interface Predictor {
   readonly name: string;
   add(value: number): void;
-  /** The next interval's value; null before any data. */
-  predict(): number | null;
+  /**
+   * The value `steps` intervals ahead (default 1: the next interval); null before any data.
+   * Level-only predictors (constant, moving average) give the same value at every step.
+   */
+  predict(steps?: number): number | null;
 }
 
 export class ConstantPredictor implements Predictor {
@@ -28,7 +31,7 @@ export class ConstantPredictor implements Predictor {
   add(v: number): void {
     this.last = v;
   }
-  predict(): number | null {
+  predict(_steps?: number): number | null {
     return this.last;
   }
 }
@@ -43,7 +46,7 @@ export class MovingAveragePredictor implements Predictor {
     this.values.push(v);
     if (this.values.length > this.window) this.values.shift();
   }
-  predict(): number | null {
+  predict(_steps?: number): number | null {
     if (this.values.length === 0) return null;
     return this.values.reduce((a, b) => a + b, 0) / this.values.length;
   }
@@ -69,8 +72,8 @@ export class HoltPredictor implements Predictor {
     this.level = this.alpha * v + (1 - this.alpha) * (prev + this.trend);
     this.trend = this.beta * (this.level - prev) + (1 - this.beta) * this.trend;
   }
-  predict(): number | null {
-    return this.level === null ? null : Math.max(0, this.level + this.trend);
+  predict(steps = 1): number | null {
+    return this.level === null ? null : Math.max(0, this.level + steps * this.trend);
   }
 }
 
@@ -110,8 +113,8 @@ export class KalmanPredictor implements Predictor {
     this.scale = Math.max(this.scale, Math.abs(v), 1e-9);
   }
   private scale = 1;
-  predict(): number | null {
-    return this.x === null ? null : Math.max(0, this.x[0] + this.x[1]);
+  predict(steps = 1): number | null {
+    return this.x === null ? null : Math.max(0, this.x[0] + steps * this.x[1]);
   }
 }
 
@@ -155,9 +158,9 @@ export class SeasonalPredictor implements Predictor {
     this.season[this.t % P] = this.gamma * (v - this.level) + (1 - this.gamma) * s;
     this.t++;
   }
-  predict(): number | null {
-    if (this.history.length < this.period) return this.warmup.predict();
-    return Math.max(0, this.level + this.trend + this.season[this.t % this.period]!);
+  predict(steps = 1): number | null {
+    if (this.history.length < this.period) return this.warmup.predict(steps);
+    return Math.max(0, this.level + steps * this.trend + this.season[(this.t + steps - 1) % this.period]!);
   }
 }
 

@@ -28,11 +28,16 @@ import {
   dynamoPrefillReplicas,
   fitGpuBudget,
   prefillReplicas,
-  TAIL_WAIT_FACTOR,
+  MISS_BUDGET,
+  decodeWindowS,
+  normalQuantile,
+  prefillMix,
+  stallShare,
   type Corrections,
   type LoadForecast,
   type Targets,
 } from "./replicas.js";
+import { ttftQuantile, type PooledQueue } from "./pooled-queue.js";
 import { validateTargets } from "./targets.js";
 import type { PerfProfile } from "./profile.js";
 
@@ -54,6 +59,14 @@ export interface IntervalObservation {
   itlMs: number | null;
   /** Mean request duration (ms), null without data. */
   durationMs?: number | null;
+  /** p90 over the interval's requests of each one's mean ITL (ms): the tail the ITL target bounds. */
+  itlP90Ms?: number | null;
+  /** Mean TTFT (ms) over the interval (Dynamo's corrections use the mean), null without data. */
+  ttftMeanMs?: number | null;
+  /** Squared coefficient of variation of the interval's gaps between arrivals (1: Poisson). */
+  arrivalCv2?: number | null;
+  /** Uncached prompt tokens of (a sample of) the interval's requests: the mix of prefill sizes. */
+  uncachedTokens?: readonly number[];
 }
 
 export interface SlaPlannerOptions {
@@ -71,8 +84,19 @@ export interface SlaPlannerOptions {
   gpuBudget?: number;
   /** Apply observed/profiled corrections. Default true. */
   corrections?: boolean;
-  /** p90 / mean of the prefill queue's wait the sizing assumes (replicas.ts). Default 2. */
-  tailFactor?: number;
+  /** Share of servable requests the sizing lets past the TTFT target (replicas.ts). Default 0.05. */
+  missBudget?: number;
+  /**
+   * Arrivals' squared coefficient of variation the queue model assumes (1: Poisson). Default: the
+   * observed one (smoothed), 1 until observed.
+   */
+  arrivalCv2?: number;
+  /**
+   * Seconds from asking for a worker to its first request. Workers asked for now serve from then
+   * on: the sizing takes the highest forecast up to that horizon (trend predictors look ahead).
+   * Default 0 (the next interval only).
+   */
+  coldStartS?: number;
 }
 
 export interface PlannerDecision {
@@ -92,6 +116,10 @@ export interface PlannerDecision {
 }
 
 const CORRECTION_BOUNDS: [number, number] = [0.5, 3];
+/** Weight of the latest interval in the smoothed correction factors. */
+const CORRECTION_GAIN = 0.3;
+/** The most one interval's observed / modelled ratio may differ from the current factor. */
+const CORRECTION_STEP = 1.5;
 
 export class SlaPlanner {
   readonly model: ProfileModel;
@@ -102,7 +130,12 @@ export class SlaPlanner {
   private readonly governors: Map<WorkerKind, ReplicaGovernor>;
   private corr: Corrections = { prefill: 1, decode: 1 };
   private seenTraffic = false;
-  private readonly tail: number;
+  private readonly missBudget: number;
+  private readonly horizon: number;
+  /** Uncached lengths of the latest requests (bounded): the prompt mix the sizing assumes. */
+  private readonly mix: number[] = [];
+  /** Smoothed observed arrival burstiness (ca^2). */
+  private ca2 = 1;
   private elapsedS = 0;
 
   constructor(o: SlaPlannerOptions) {
@@ -110,8 +143,11 @@ export class SlaPlanner {
     this.model = new ProfileModel(o.profile);
     this.targets = validateTargets(this.model, o.targets);
     this.mode = o.mode ?? "aggregated";
-    this.tail = o.tailFactor ?? TAIL_WAIT_FACTOR;
-    if (!(this.tail >= 0)) throw new InvalidConfigError(`tailFactor must be >= 0 (got ${o.tailFactor})`);
+    this.missBudget = o.missBudget ?? MISS_BUDGET;
+    if (!(this.missBudget > 0 && this.missBudget < 1)) throw new InvalidConfigError(`missBudget must be in (0, 1) (got ${o.missBudget})`);
+    if (o.arrivalCv2 !== undefined && !(o.arrivalCv2 >= 0)) throw new InvalidConfigError(`arrivalCv2 must be >= 0 (got ${o.arrivalCv2})`);
+    if (o.coldStartS !== undefined && !(o.coldStartS >= 0)) throw new InvalidConfigError(`coldStartS must be >= 0 (got ${o.coldStartS})`);
+    this.horizon = 1 + Math.ceil((o.coldStartS ?? 0) / o.adjustmentIntervalS - 1e-9);
     if (!(o.adjustmentIntervalS > 0)) throw new InvalidConfigError(`the adjustment interval must be > 0 s (got ${o.adjustmentIntervalS})`);
     if (o.gpuBudget !== undefined && !(Number.isInteger(o.gpuBudget) && o.gpuBudget >= 1)) throw new InvalidConfigError(`the GPU budget must be an integer >= 1 (got ${o.gpuBudget})`);
     const kind = o.predictor ?? "constant";
@@ -157,6 +193,9 @@ export class SlaPlanner {
     }
     if (observed !== null) {
       if (this.o.corrections !== false) this.updateCorrections(obs, observed, running);
+      for (const u of obs.uncachedTokens ?? []) this.mix.push(u);
+      if (obs.arrivalCv2 != null && obs.requests >= MIN_GAPS) this.ca2 = clampTo(0.7 * this.ca2 + 0.3 * obs.arrivalCv2, CA2_BOUNDS);
+      if (this.mix.length > MIX_SAMPLES) this.mix.splice(0, this.mix.length - MIX_SAMPLES);
       this.predictors.requestsPerS.add(observed.requestsPerS);
       if (observed.requestsPerS > 0) {
         this.predictors.isl.add(observed.isl);
@@ -167,8 +206,11 @@ export class SlaPlanner {
       // An interval with no requests at all: the rate was zero.
       this.predictors.requestsPerS.add(0);
     }
+    // New workers serve `horizon` intervals from now: size for the busiest forecast until then.
+    let rate = 0;
+    for (let h = 1; h <= this.horizon; h++) rate = Math.max(rate, this.predictors.requestsPerS.predict(h) ?? 0);
     const predicted: LoadForecast = {
-      requestsPerS: this.predictors.requestsPerS.predict() ?? 0,
+      requestsPerS: rate,
       isl: this.predictors.isl.predict() ?? 0,
       osl: Math.max(1, this.predictors.osl.predict() ?? 1),
       hitRate: Math.min(1, Math.max(0, this.predictors.hitRate.predict() ?? 0)),
@@ -191,7 +233,9 @@ export class SlaPlanner {
       }
     }
     for (const k of this.kinds()) {
-      const d = this.governors.get(k)!.decide(capped[k]!);
+      const g = this.governors.get(k)!;
+      // Dynamo's planner sets its formulas' counts as they come (bounds only, no hysteresis).
+      const d = this.o.formula === "dynamo" ? g.force(Math.ceil(capped[k]! - 1e-9)) : g.decide(capped[k]!);
       target[k] = d.target;
       reasons.push(`${k}: ${d.reason}`);
     }
@@ -206,17 +250,22 @@ export class SlaPlanner {
       if (this.mode === "aggregated") return { aggregated: dynamoAggregatedReplicas(m, load, this.targets, this.corr) };
       return { prefill: dynamoPrefillReplicas(m, load, this.corr, 0), decode: dynamoDecodeReplicas(m, load, this.targets, this.corr, 0) };
     }
-    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr, 8192, this.tail).replicas };
-    const p = prefillReplicas(m, load, this.targets, this.corr, this.tail);
+    const o = this.sizingOptions();
+    if (this.mode === "aggregated") return { aggregated: aggregatedReplicas(m, load, this.targets, this.corr, o).replicas };
+    const p = prefillReplicas(m, load, this.targets, this.corr, o);
     const d = decodeReplicas(m, load, this.targets, this.corr);
     return { prefill: p.replicas, decode: d.replicas };
   }
 
-  /** TTFT and ITL the profile expects at `load` on `workers`. */
-  private estimate(load: LoadForecast, workers: Replicas): { ttftMs: number | null; itlMs: number | null } {
+  private sizingOptions(uncached: readonly number[] = this.mix) {
+    return { uncached, missBudget: this.missBudget, arrivalCv2: this.o.arrivalCv2 ?? this.ca2 };
+  }
+
+  /** TTFT (p90) and ITL the profile expects at `load` on `workers`, for the prompt mix `uncached`. */
+  private estimate(load: LoadForecast, workers: Replicas, uncached: readonly number[] = this.mix): { ttftMs: number | null; itlMs: number | null } {
     if (load.requestsPerS <= 0) return { ttftMs: null, itlMs: null };
     const m = this.model;
-    const p = prefillReplicas(m, load, this.targets, this.corr);
+    const p = prefillReplicas(m, load, this.targets, this.corr, this.sizingOptions(uncached));
     const pWorkers = workers.prefill ?? workers.aggregated ?? 0;
     const dWorkers = workers.decode ?? workers.aggregated ?? 0;
     if (pWorkers <= 0 || dWorkers <= 0) return { ttftMs: null, itlMs: null };
@@ -225,21 +274,41 @@ export class SlaPlanner {
     const itl0 = m.decode.itlMs(0, context);
     const durationS = (p.idleTtftMs + load.osl * itl0) / 1000;
     const concurrency = (load.requestsPerS * durationS) / dWorkers;
-    const decodeItl = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context) * this.corr.decode;
-    if (this.mode !== "aggregated") return { ttftMs: p.idleTtftMs / (1 - rho), itlMs: decodeItl };
-    // One worker does both: decode steps take time too, and prefill chunks stall decoding.
+    const rawItl = m.decode.itlMs(Math.min(1, m.decode.kvUsageFor(concurrency, context)), context);
+    const decodeItl = rawItl * this.corr.decode;
+    const mix = prefillMix(m, load, this.corr, uncached);
+    const queue: PooledQueue = { servers: pWorkers, ratePerMs: load.requestsPerS / 1000, mix, ca2: this.o.arrivalCv2 ?? this.ca2, stretch: 1 };
+    if (this.mode !== "aggregated") return { ttftMs: ttftQuantile(queue, 0.9), itlMs: decodeItl };
+    // One worker does both: decoding takes a share of its time, and prefill chunks stall decoding.
     const d = decodeReplicas(m, load, this.targets, this.corr);
-    const busy = Math.min(0.99, rho + d.tokensPerS / (d.capacityPerWorker * dWorkers));
-    const uncached = Math.max(1, load.isl * (1 - load.hitRate));
-    return { ttftMs: p90Ttft(p.idleTtftMs, busy), itlMs: mixedItlMs(rho, chunkStepMs(m, uncached, 8192) * this.corr.prefill, decodeItl) };
+    const decodeShare = Math.min(0.95, d.replicas / dWorkers);
+    const meanUncached = Math.max(1, load.isl * (1 - load.hitRate));
+    // p90, as observed (the planner compares this with the interval's p90 to correct itself).
+    const z = normalQuantile(0.9);
+    const stall = stallShare(dWorkers, load.requestsPerS, mix.meanMs / 1000, mix.cs2, decodeWindowS(load.osl, this.targets.itlMs), z);
+    return {
+      ttftMs: ttftQuantile({ ...queue, stretch: 1 / (1 - decodeShare) }, 0.9),
+      // The request at the p90 of stalls; the decode correction scales the
+      // mixed ITL as a whole (see aggregatedReplicas).
+      itlMs: mixedItlMs(stall, chunkStepMs(m, meanUncached, 8192) * this.corr.prefill, rawItl) * this.corr.decode,
+    };
   }
 
   private updateCorrections(obs: IntervalObservation, observed: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
     if (this.o.formula === "dynamo") return this.updateDynamoCorrections(obs, observed, running);
-    const est = this.estimateUncorrected(observed, running);
-    const smooth = (prev: number, ratio: number) => clampTo(0.5 * prev + 0.5 * clampTo(ratio, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
+    const est = this.estimateUncorrected(observed, running, obs.uncachedTokens);
+    // Smoothed (one interval's ITL or TTFT tail is noisy) and bounded: one odd interval cannot swing the fleet.
+    // An interval the fleet could not keep up with (workers still starting) shows a backlog, not a
+    // model error: one interval's ratio counts at most 1.5x either way of the current factor.
+    const smooth = (prev: number, ratio: number) => {
+      const step = clampTo(ratio, [prev / CORRECTION_STEP, prev * CORRECTION_STEP]);
+      return clampTo((1 - CORRECTION_GAIN) * prev + CORRECTION_GAIN * clampTo(step, CORRECTION_BOUNDS), CORRECTION_BOUNDS);
+    };
     if (obs.ttftMs !== null && est.ttftMs !== null && est.ttftMs > 0) this.corr.prefill = smooth(this.corr.prefill, obs.ttftMs / est.ttftMs);
-    if (obs.itlMs !== null && est.itlMs !== null && est.itlMs > 0) this.corr.decode = smooth(this.corr.decode, obs.itlMs / est.itlMs);
+    // The ITL target bounds each request's ITL: with the per-request p90 at hand, the correction
+    // carries the spread between requests as well (the model gives a fleet-wide mean).
+    const itl = obs.itlP90Ms ?? obs.itlMs;
+    if (itl !== null && est.itlMs !== null && est.itlMs > 0) this.corr.decode = smooth(this.corr.decode, itl / est.itlMs);
   }
 
   /**
@@ -249,7 +318,8 @@ export class SlaPlanner {
    */
   private updateDynamoCorrections(obs: IntervalObservation, o: NonNullable<PlannerDecision["observed"]>, running: Replicas): void {
     const m = this.model;
-    if (obs.ttftMs !== null) this.corr.prefill = obs.ttftMs / m.prefill.ttftMs(o.isl);
+    const ttft = obs.ttftMeanMs ?? obs.ttftMs;
+    if (ttft !== null) this.corr.prefill = ttft / m.prefill.ttftMs(o.isl);
     const workers = running.decode ?? running.aggregated ?? 0;
     if (obs.itlMs !== null && workers > 0) {
       const context = o.isl + o.osl / 2;
@@ -260,21 +330,23 @@ export class SlaPlanner {
     }
   }
 
-  private estimateUncorrected(o: NonNullable<PlannerDecision["observed"]>, running: Replicas): { ttftMs: number | null; itlMs: number | null } {
+  private estimateUncorrected(o: NonNullable<PlannerDecision["observed"]>, running: Replicas, uncached?: readonly number[]): { ttftMs: number | null; itlMs: number | null } {
     const saved = this.corr;
     this.corr = { prefill: 1, decode: 1 };
     try {
-      return this.estimate({ requestsPerS: o.requestsPerS, isl: o.isl, osl: o.osl, hitRate: o.hitRate }, running);
+      return this.estimate({ requestsPerS: o.requestsPerS, isl: o.isl, osl: o.osl, hitRate: o.hitRate }, running, uncached && uncached.length > 0 ? uncached : this.mix);
     } finally {
       this.corr = saved;
     }
   }
 }
 
-/** The prefill sizing's tail model (replicas.ts): TTFT p90 at utilization rho. */
-function p90Ttft(idleMs: number, rho: number): number {
-  return idleMs * (1 + (TAIL_WAIT_FACTOR * rho) / (1 - rho));
-}
+/** Arrivals an interval needs before its burstiness counts; the bounds of the smoothed ca^2. */
+const MIN_GAPS = 8;
+const CA2_BOUNDS: [number, number] = [0.5, 25];
+
+/** Uncached prompt lengths the planner keeps as its picture of the prompt mix. */
+const MIX_SAMPLES = 1024;
 
 function observedLoad(o: IntervalObservation): PlannerDecision["observed"] {
   if (!(o.requests > 0)) return null;

@@ -57,6 +57,8 @@ export async function startPlanner(c: PlannerConfig, o: StartPlannerOptions): Pr
           predictorOptions: c.seasonPeriod !== undefined ? { period: c.seasonPeriod } : {},
           governor,
           ...(c.gpuBudget !== undefined ? { gpuBudget: c.gpuBudget } : {}),
+          ...(c.coldStartS !== undefined ? { coldStartS: c.coldStartS } : {}),
+          ...(c.missBudget !== undefined ? { missBudget: c.missBudget } : {}),
         });
   const load =
     c.planner === "sla"

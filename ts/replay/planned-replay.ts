@@ -15,26 +15,35 @@
  *
  * Planners: "sla" (kvroute's sizing), "dynamo" (Dynamo's published formulas, same predictor: the
  * baseline), "load", "sla+load" (the load planner above the SLA floor), "fixed" (no planner).
- * Aggregated workers only: the virtual replay has no prefill/decode split.
+ *
+ * Topologies: "agg" (aggregated workers) or "disagg" (prefill and decode workers, each sized by
+ * the planner: the fleet Dynamo's SLA planner is written for). Disaggregated requests go as in
+ * `--topology disagg` (topology-replay.ts): a KV-aware prefill worker runs the prompt (max_tokens
+ * 1, `do_remote_decode`), then the decode worker pulls the KV at the profile's transfer cost and
+ * decodes. A draining prefill worker stops only once every decode worker has pulled its KV.
  */
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family } from "../mocker/metrics.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import type { RouterEventSink } from "../router/kv-router.js";
-import type { RouterMode } from "../router/types.js";
+import type { RouteDecision, RouterMode } from "../router/types.js";
+import type { WorkerRecord, WorkerRole } from "../workers/config.js";
 import { LoadPlanner } from "../planner/load-planner.js";
 import type { PerfProfile } from "../planner/profile.js";
 import type { Targets } from "../planner/replicas.js";
 import { SlaPlanner, type IntervalObservation } from "../planner/sla-planner.js";
 import type { GovernorOptions } from "../planner/governor.js";
+import { InvalidConfigError } from "../errors.js";
 import { EventQueue } from "./event-queue.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
-import { fleetEngine, generateRequest, REPLAY_DEFAULTS, replayRouter, virtualRecord, type FleetSettings } from "./virtual-replay.js";
+import { fleetEngine, generateRequest, REPLAY_DEFAULTS, replayRouter, type FleetSettings } from "./virtual-replay.js";
 import { VirtualWorker } from "./virtual-worker.js";
 
 export const PLANNER_KINDS = ["sla", "dynamo", "load", "sla+load", "fixed"] as const;
 export type PlannerKind = (typeof PLANNER_KINDS)[number];
+export const PLANNED_TOPOLOGIES = ["agg", "disagg"] as const;
+export type PlannedTopology = (typeof PLANNED_TOPOLOGIES)[number];
 
 export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   trace: Trace;
@@ -43,8 +52,12 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   perfProfile?: PerfProfile;
   targets: Targets;
   policy?: RouterMode;
-  /** Workers at the start (and all along for "fixed"). Default: the governor's minimum. */
+  /** "agg" (default) or "disagg": prefill and decode workers. */
+  topology?: PlannedTopology;
+  /** Workers at the start (and all along for "fixed"); disagg: of each kind. Default: the governor's minimum. */
   initialWorkers?: number;
+  /** disagg: decode workers at the start (default: `initialWorkers`). */
+  initialDecodeWorkers?: number;
   adjustmentIntervalS?: number;
   coldStartS?: number;
   predictor?: string;
@@ -52,8 +65,8 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   seasonPeriod?: number;
   governor?: GovernorOptions;
   gpuBudget?: number;
-  /** SLA planner: p90 / mean of the prefill queue's wait (default 2). */
-  tailFactor?: number;
+  /** SLA planner: share of servable requests its sizing lets past the TTFT target (default 0.05). */
+  missBudget?: number;
   /** SLA planner: apply observed / profiled correction factors (default true). */
   corrections?: boolean;
   eventDelayMs?: number;
@@ -72,6 +85,12 @@ export interface PlannedInterval {
   workersWanted: number;
 }
 
+export interface PlannedWorkerSeconds {
+  aggregated: number;
+  prefill: number;
+  decode: number;
+}
+
 export interface PlannedReplayResult {
   planner: PlannerKind;
   requests: number;
@@ -81,7 +100,10 @@ export interface PlannedReplayResult {
   requestAttainment: number;
   /** Share of intervals (with requests) whose 90% met both targets. */
   intervalAttainment: number;
+  topology: PlannedTopology;
   workerSeconds: number;
+  /** Worker-seconds by kind (disagg: prefill and decode). */
+  workerSecondsByKind: PlannedWorkerSeconds;
   peakWorkers: number;
   meanWorkers: number;
   ttftP90Ms: number;
@@ -100,24 +122,30 @@ const enum Kind {
   Scrape = 2,
   Plan = 3,
   Ready = 4,
+  Wake = 5,
 }
 
 type State = "starting" | "ready" | "draining" | "stopped";
 
 interface Slot {
   id: string;
+  role: WorkerRole;
   engine: VirtualWorker;
   state: State;
   startedAt: number;
   stoppedAt: number;
   busy: boolean;
   inflight: number;
+  /** Prefill worker: prefills done whose KV a decode worker has not pulled yet. */
+  pulls: number;
   last: { waiting: number; running: number; kvUsage: number };
 }
 
 interface Flight {
   id: string;
   slot: Slot;
+  /** disagg: the prefill worker whose KV this request's decode pulls, until it has. */
+  prefillSlot: Slot | null;
   arrival: number;
   first: number;
   generated: number;
@@ -140,6 +168,8 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   const wall0 = performance.now();
   const trace = o.trace;
   const reqs = trace.requests;
+  const topology = o.topology ?? "agg";
+  const disagg = topology === "disagg";
   const model = o.model ?? REPLAY_DEFAULTS.model;
   const blockSize = o.blockSize ?? REPLAY_DEFAULTS.blockSize;
   const { profile, numGpuBlocks } = fleetEngine({ ...o, workers: 1 });
@@ -151,24 +181,29 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
 
   const needsProfile = o.planner === "sla" || o.planner === "dynamo" || o.planner === "sla+load";
   if (needsProfile && !o.perfProfile) throw new Error(`planner ${o.planner} needs a performance profile`);
+  if (disagg && (o.planner === "load" || o.planner === "sla+load")) throw new InvalidConfigError(`planner ${o.planner}: the virtual replay runs the load planner on aggregated workers only (--topology agg)`);
   const sla = needsProfile
     ? new SlaPlanner({
         profile: o.perfProfile!,
         targets: o.targets,
-        mode: "aggregated",
+        mode: disagg ? "disaggregated" : "aggregated",
         formula: o.planner === "dynamo" ? "dynamo" : "kvroute",
         adjustmentIntervalS: intervalMs / 1000,
         predictor: o.predictor ?? "constant",
         predictorOptions: o.seasonPeriod !== undefined ? { period: o.seasonPeriod } : {},
         governor: o.governor,
         gpuBudget: o.gpuBudget,
-        ...(o.tailFactor !== undefined ? { tailFactor: o.tailFactor } : {}),
+        // kvroute's planner looks as far ahead as a new worker takes to serve; Dynamo's does not.
+        ...(o.planner === "dynamo" ? {} : { coldStartS: coldMs / 1000 }),
+        ...(o.missBudget !== undefined ? { missBudget: o.missBudget } : {}),
         ...(o.corrections !== undefined ? { corrections: o.corrections } : {}),
       })
     : null;
   const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
   const minWorkers = o.governor?.min ?? 1;
   const initial = o.initialWorkers ?? minWorkers;
+  const initialDecode = o.initialDecodeWorkers ?? initial;
+  const kinds: WorkerRole[] = disagg ? ["prefill", "decode"] : ["aggregated"];
 
   let now = reqs.length > 0 ? reqs[0]!.timestampMs : 0;
   const t0 = now;
@@ -177,7 +212,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   const queue = new EventQueue<Kind>();
   const slots: Slot[] = [];
   let sink: RouterEventSink | null = null;
-  const engineConfig = {
+  const engineConfig = (id: string, role: WorkerRole) => ({
     ...o.engine,
     profile,
     model,
@@ -186,16 +221,17 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     hashAlgorithm: o.hashAlgorithm ?? REPLAY_DEFAULTS.hashAlgorithm,
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
-  };
+    ...(role === "aggregated" ? {} : { kvTransferConfig: { kvConnector: "NixlConnector", kvRole: "kv_both" as const, engineId: id }, nixl: false }),
+  });
   let nextId = 0;
-  const addWorker = async (immediately: boolean) => {
+  const addWorker = async (role: WorkerRole, immediately: boolean) => {
     const w = slots.length;
-    const id = `worker-${nextId++}`;
-    const engine = new VirtualWorker(engineConfig, (payload) => {
+    const id = `${role === "aggregated" ? "worker" : role}-${nextId++}`;
+    const engine = new VirtualWorker(engineConfig(id, role), (payload) => {
       if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
       else deliver(w, payload);
     });
-    const slot: Slot = { id, engine, state: "starting", startedAt: now, stoppedAt: -1, busy: false, inflight: 0, last: { waiting: 0, running: 0, kvUsage: 0 } };
+    const slot: Slot = { id, role, engine, state: "starting", startedAt: now, stoppedAt: -1, busy: false, inflight: 0, pulls: 0, last: { waiting: 0, running: 0, kvUsage: 0 } };
     slots.push(slot);
     if (immediately) await makeReady(slot);
     else queue.push(now + coldMs, Kind.Ready, w);
@@ -203,7 +239,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   const makeReady = async (s: Slot) => {
     if (s.state !== "starting") return;
     s.state = "ready";
-    await registry.register(virtualRecord(s.id, model, blockSize, s.engine));
+    await registry.register(record(s.id, s.role, model, blockSize, s.engine));
   };
   const deliver = (w: number, payload: Buffer) => {
     const s = slots[w]!;
@@ -214,38 +250,56 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     s.state = "stopped";
     s.stoppedAt = now;
   };
+  const idle = (s: Slot) => !s.busy && s.inflight === 0 && s.pulls === 0;
   const drain = async (s: Slot) => {
     if (s.state === "starting") return stop(s);
     s.state = "draining";
     await registry.deregister(s.id);
-    if (!s.busy && s.inflight === 0) stop(s);
+    if (idle(s)) stop(s);
   };
-  const active = () => slots.filter((s) => s.state === "starting" || s.state === "ready");
-  const setWorkers = async (n: number) => {
-    let cur = active();
-    for (let k = cur.length; k < n; k++) await addWorker(false);
-    cur = active();
+  const active = (role: WorkerRole) => slots.filter((s) => s.role === role && (s.state === "starting" || s.state === "ready"));
+  const setWorkers = async (role: WorkerRole, n: number) => {
+    let cur = active(role);
+    for (let k = cur.length; k < n; k++) await addWorker(role, false);
+    cur = active(role);
     if (cur.length > n) {
       // Cancel workers still starting first, then drain the least loaded.
       const order = [...cur].sort((a, b) => (a.state === b.state ? a.engine.core.load() - b.engine.core.load() : a.state === "starting" ? -1 : 1));
       for (const s of order.slice(0, cur.length - n)) await drain(s);
     }
   };
-  for (let k = 0; k < initial; k++) await addWorker(true);
+  if (disagg) {
+    for (let k = 0; k < initial; k++) await addWorker("prefill", true);
+    for (let k = 0; k < initialDecode; k++) await addWorker("decode", true);
+  } else for (let k = 0; k < initial; k++) await addWorker("aggregated", true);
   sink = router.eventSink(model);
 
   const kick = (s: Slot) => {
+    const w = slots.indexOf(s);
     const d = s.engine.core.beginStep(now);
     s.busy = d !== null;
-    if (d !== null) queue.push(now + d, Kind.StepEnd, slots.indexOf(s));
-    else if (s.state === "draining" && s.inflight === 0) stop(s);
+    if (d !== null) queue.push(now + d, Kind.StepEnd, w);
+    else {
+      // Only a remote-KV transfer left (disagg decode): begin a step when it lands. The worker
+      // counts as busy until then, so a request reaching it meanwhile starts at that step (a
+      // delay of at most one transfer, as for every fleet the benchmark compares).
+      const t = s.engine.core.nextTransferTime();
+      if (t !== null) {
+        s.busy = true;
+        queue.push(Math.max(t, now), Kind.Wake, w);
+      } else if (s.state === "draining" && idle(s)) stop(s);
+    }
+  };
+  const settle = (s: Slot) => {
+    if (s.state === "draining" && idle(s)) stop(s);
   };
 
   // Per-interval accounting.
   const buckets: { requests: number; within: number; ttfts: number[]; itlSum: number; itlN: number }[] = [];
   const bucketOf = (t: number) => Math.floor((t - t0) / intervalMs);
   const bucket = (b: number) => (buckets[b] ??= { requests: 0, within: 0, ttfts: [], itlSum: 0, itlN: 0 });
-  let obs = { requests: 0, inputTokens: 0, cachedTokens: 0, firstTtfts: [] as number[], outTokens: 0, finished: 0, itlSum: 0, itlN: 0 };
+  const freshObs = () => ({ lastArrival: -1, gapSum: 0, gapSq: 0, gaps: 0, requests: 0, inputTokens: 0, cachedTokens: 0, uncached: [] as number[], firstTtfts: [] as number[], outTokens: 0, finished: 0, itls: [] as number[], itlSum: 0, itlN: 0, durationSum: 0 });
+  let obs = freshObs();
   const allTtft: number[] = [];
   const allItl: number[] = [];
   let completed = 0;
@@ -253,6 +307,13 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   let within = 0;
   let inflight = 0;
 
+  const releasePull = (f: Flight) => {
+    const p = f.prefillSlot;
+    if (!p) return;
+    f.prefillSlot = null;
+    p.pulls--;
+    settle(p);
+  };
   const sinkFor = (f: Flight) => (out: CoreOutput) => {
     const k = out.tokenIds.length;
     if (k > 0) {
@@ -260,6 +321,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         f.first = now;
         router.firstToken(f.id);
         obs.firstTtfts.push(now - f.arrival);
+        releasePull(f);
       }
       const before = f.generated;
       f.generated += k;
@@ -268,6 +330,8 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     if (out.finishReason === null) return;
     inflight--;
     f.slot.inflight--;
+    releasePull(f);
+    settle(f.slot);
     if (out.finishReason === "abort") {
       failed++;
       router.finished(f.id, "cancelled");
@@ -290,42 +354,90 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
       b.itlN++;
       obs.itlSum += itl;
       obs.itlN++;
+      obs.itls.push(itl);
     }
     obs.outTokens += f.generated;
     obs.finished++;
+    obs.durationSum += now - f.arrival;
   };
 
+  const submit = (s: Slot, req: TraceRequest, id: string, tokens: Uint32Array, maxTokens: number | undefined, kv: Record<string, unknown> | null, out: (c: CoreOutput) => void) => {
+    const g = generateRequest(req, id, tokens, now);
+    s.engine.submit({ ...g, maxTokens, ...(kv ? { kvTransferParams: kv } : {}) }, out);
+    if (!s.busy) kick(s);
+  };
+
+  const readySlot = (d: RouteDecision) => slots.find((s) => s.id === d.workerId && s.state === "ready");
   const arrive = (req: TraceRequest) => {
     const tokens = promptTokens(req);
     const id = `r${req.index}`;
     const maxTokens = req.maxTokens ?? undefined;
-    let decision;
+    let decision: RouteDecision;
+    let prefill: RouteDecision | null = null;
     try {
-      decision = router.route({ model, tokens, requestId: id, ...(maxTokens !== undefined ? { maxTokens } : {}) });
+      decision = router.route({ model, tokens, requestId: id, ...(disagg ? { role: "decode" as const } : {}), ...(maxTokens !== undefined ? { maxTokens } : {}) });
+      if (disagg) prefill = router.route({ model, tokens, requestId: `${id}~p`, role: "prefill", maxTokens: 1 });
     } catch {
       failed++;
       return;
     }
-    const slot = slots.find((s) => s.id === decision.workerId && s.state === "ready");
-    if (!slot) {
+    const slot = readySlot(decision);
+    const pslot = prefill ? readySlot(prefill) : null;
+    if (!slot || (disagg && !pslot)) {
       failed++;
       return;
     }
     router.started(decision);
+    const cachedBlocks = prefill ? prefill.overlapBlocks : decision.overlapBlocks;
+    const cached = Math.min(tokens.length, cachedBlocks * blockSize);
     obs.requests++;
-    obs.inputTokens += tokens.length;
-    obs.cachedTokens += Math.min(tokens.length, decision.overlapBlocks * blockSize);
-    const f: Flight = { id, slot, arrival: now, first: -1, generated: 0, bucket: bucketOf(now) };
-    try {
-      slot.engine.submit(generateRequest(req, id, tokens, now), sinkFor(f));
-    } catch {
-      failed++;
-      router.finished(id, "error");
-      return;
+    if (obs.lastArrival >= 0) {
+      const gap = now - obs.lastArrival;
+      obs.gapSum += gap;
+      obs.gapSq += gap * gap;
+      obs.gaps++;
     }
+    obs.lastArrival = now;
+    obs.inputTokens += tokens.length;
+    obs.cachedTokens += cached;
+    obs.uncached.push(tokens.length - cached);
+    const f: Flight = { id, slot, prefillSlot: null, arrival: now, first: -1, generated: 0, bucket: bucketOf(now) };
     inflight++;
     slot.inflight++;
-    if (!slot.busy) kick(slot);
+    try {
+      if (!pslot || !prefill) return submit(slot, req, id, tokens, maxTokens, null, sinkFor(f));
+      router.started(prefill);
+      pslot.inflight++;
+      const kvAsk = { do_remote_decode: true, do_remote_prefill: false, remote_engine_id: null, remote_block_ids: null, remote_host: null, remote_port: null, remote_request_id: null };
+      submit(pslot, req, `${id}~p`, tokens, 1, kvAsk, (out) => {
+        if (out.finishReason === null) return;
+        pslot.inflight--;
+        router.finished(prefill.requestId, out.finishReason === "abort" ? "cancelled" : "ok");
+        const kv = out.finishReason === "abort" ? null : (out.kvTransferParams ?? null);
+        // The prefill worker keeps this KV until the decode worker has pulled it (first token).
+        if (kv) {
+          pslot.pulls++;
+          f.prefillSlot = pslot;
+        }
+        settle(pslot);
+        // The decode leg: the KV arrives at the profile's transfer cost (or, refused, local prefill).
+        try {
+          submit(slot, req, id, tokens, maxTokens, kv, sinkFor(f));
+        } catch {
+          failed++;
+          inflight--;
+          slot.inflight--;
+          releasePull(f);
+          router.finished(id, "error");
+        }
+      });
+    } catch {
+      failed++;
+      inflight--;
+      slot.inflight--;
+      if (pslot && prefill) pslot.inflight = Math.max(0, pslot.inflight - 1);
+      router.finished(id, "error");
+    }
   };
 
   const scrape = () => {
@@ -342,7 +454,9 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   let downs = 0;
   const timeline: { t: number; running: number; wanted: number }[] = [];
   const plan = async () => {
-    const running = active().length;
+    const running: Partial<Record<WorkerRole, number>> = {};
+    for (const k of kinds) running[k] = active(k).length;
+    const runningAll = kinds.reduce((a, k) => a + running[k]!, 0);
     const ttft = p90(obs.firstTtfts);
     const itl = obs.itlN > 0 ? obs.itlSum / obs.itlN : null;
     const osl = obs.finished > 0 ? obs.outTokens / obs.finished : 0;
@@ -354,27 +468,34 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
       outputTokens: osl * obs.requests,
       ttftMs: ttft,
       itlMs: itl,
+      itlP90Ms: p90(obs.itls),
+      ttftMeanMs: obs.firstTtfts.length > 0 ? obs.firstTtfts.reduce((a, b) => a + b, 0) / obs.firstTtfts.length : null,
+      durationMs: obs.finished > 0 ? obs.durationSum / obs.finished : null,
+      uncachedTokens: obs.uncached,
+      arrivalCv2: obs.gaps > 1 && obs.gapSum > 0 ? (obs.gapSq / obs.gaps - (obs.gapSum / obs.gaps) ** 2) / (obs.gapSum / obs.gaps) ** 2 : null,
     };
-    let target = running;
+    const target: Partial<Record<WorkerRole, number>> = { ...running };
     const lines: string[] = [];
     if (sla) {
-      const d = sla.decide(observation, { aggregated: running });
-      target = d.target.aggregated!;
+      const d = sla.decide(observation, running);
+      for (const k of kinds) target[k] = d.target[k]!;
       lines.push(...d.reasons);
     }
     if (load) {
       const ready = slots.filter((s) => s.state === "ready");
-      const d = load.decide({ workers: ready.map((s) => s.last), ttftMs: ttft, itlMs: itl }, running, sla ? target : 0);
-      target = Math.max(target, d.target);
+      const d = load.decide({ workers: ready.map((s) => s.last), ttftMs: ttft, itlMs: itl }, running.aggregated!, sla ? target.aggregated! : 0);
+      target.aggregated = Math.max(target.aggregated!, d.target);
       lines.push(...d.reasons);
     }
+    const wantedAll = kinds.reduce((a, k) => a + target[k]!, 0);
     decisions++;
-    if (target > running) ups++;
-    if (target < running) downs++;
-    timeline.push({ t: now, running, wanted: target });
-    log(`[${((now - t0) / 1000).toFixed(0)}s] ${o.planner}: ${running} -> ${target}; ${lines.join("; ")}`);
-    if (target !== running) await setWorkers(target);
-    obs = { requests: 0, inputTokens: 0, cachedTokens: 0, firstTtfts: [], outTokens: 0, finished: 0, itlSum: 0, itlN: 0 };
+    if (kinds.some((k) => target[k]! > running[k]!)) ups++;
+    if (kinds.some((k) => target[k]! < running[k]!)) downs++;
+    timeline.push({ t: now, running: runningAll, wanted: wantedAll });
+    const counts = (r: Partial<Record<WorkerRole, number>>) => (disagg ? `${r.prefill}P+${r.decode}D` : String(r.aggregated));
+    log(`[${((now - t0) / 1000).toFixed(0)}s] ${o.planner}: ${counts(running)} -> ${counts(target)}; ${lines.join("; ")}`);
+    for (const k of kinds) if (target[k] !== running[k]) await setWorkers(k, target[k]!);
+    obs = freshObs();
   };
 
   queue.push(now + scrapeEvery, Kind.Scrape);
@@ -397,6 +518,12 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         case Kind.StepEnd: {
           const s = slots[e.worker]!;
           s.engine.core.endStep();
+          kick(s);
+          break;
+        }
+        case Kind.Wake: {
+          const s = slots[e.worker]!;
+          s.busy = false;
           kick(s);
           break;
         }
@@ -426,8 +553,10 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   }
   router.close();
   const end = now;
-  let workerMs = 0;
-  for (const s of slots) workerMs += (s.stoppedAt >= 0 ? s.stoppedAt : end) - s.startedAt;
+  const byKind: PlannedWorkerSeconds = { aggregated: 0, prefill: 0, decode: 0 };
+  for (const s of slots) byKind[s.role] += ((s.stoppedAt >= 0 ? s.stoppedAt : end) - s.startedAt) / 1000;
+  const workerMs = (byKind.aggregated + byKind.prefill + byKind.decode) * 1000;
+  const initialAll = disagg ? initial + initialDecode : initial;
   const span = Math.max(1, end - t0);
   const intervals: PlannedInterval[] = buckets.map((b, i) => {
     const tl = [...timeline].reverse().find((x) => x.t <= t0 + (i + 1) * intervalMs);
@@ -437,21 +566,23 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
       withinTarget: b?.within ?? 0,
       ttftP90Ms: b ? p90(b.ttfts) : null,
       itlMeanMs: b && b.itlN > 0 ? b.itlSum / b.itlN : null,
-      workersRunning: tl?.running ?? initial,
-      workersWanted: tl?.wanted ?? initial,
+      workersRunning: tl?.running ?? initialAll,
+      workersWanted: tl?.wanted ?? initialAll,
     };
   });
   const counted = intervals.filter((x) => x.requests > 0);
-  let peak = initial;
+  let peak = initialAll;
   for (const t of timeline) peak = Math.max(peak, t.wanted, t.running);
   return {
     planner: o.planner,
+    topology,
     requests: reqs.length,
     completed,
     failed,
     requestAttainment: completed > 0 ? within / completed : 0,
     intervalAttainment: counted.length > 0 ? counted.filter((x) => x.withinTarget >= 0.9 * x.requests).length / counted.length : 0,
     workerSeconds: workerMs / 1000,
+    workerSecondsByKind: byKind,
     peakWorkers: peak,
     meanWorkers: workerMs / span,
     ttftP90Ms: p90(allTtft) ?? 0,
@@ -462,5 +593,21 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     intervals,
     simSeconds: span / 1000,
     wallMs: performance.now() - wall0,
+  };
+}
+
+function record(id: string, role: WorkerRole, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
+  return {
+    id,
+    model,
+    role,
+    url: `http://${id}.virtual`,
+    kvEvents: null,
+    blockSize,
+    hashAlgorithm: engine.config.hashAlgorithm,
+    hashSeed: engine.config.hashSeed ?? null,
+    numGpuBlocks: engine.config.numGpuBlocks,
+    dataParallelSize: 1,
+    dpRanks: [0],
   };
 }

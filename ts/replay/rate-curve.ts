@@ -53,6 +53,37 @@ export function modulateRate(trace: Trace, curve: DayCurve = {}): Trace {
   };
 }
 
+/**
+ * Spreads requests that share one timestamp evenly over the time to the next distinct timestamp.
+ * The Mooncake traces record arrivals on 3-second ticks (about 10 requests, up to 28, on the same
+ * millisecond): replayed as recorded, every tick is a clump whose size does not shrink with the
+ * rate, so a warped trough still delivers peak-sized clumps. Spreading keeps each tick's requests
+ * and order and the trace's span; it removes the clumps the recording's resolution made.
+ */
+export function spreadTicks(trace: Trace): Trace {
+  const reqs = trace.requests;
+  if (reqs.length < 2) return trace;
+  const out = reqs.map((r) => ({ ...r }));
+  let i = 0;
+  while (i < out.length) {
+    let j = i;
+    while (j + 1 < out.length && out[j + 1]!.timestampMs === out[i]!.timestampMs) j++;
+    const t = out[i]!.timestampMs;
+    // The last tick has no next one: spread it over the trace's mean gap between ticks.
+    const next = j + 1 < out.length ? out[j + 1]!.timestampMs : t + meanTick(reqs);
+    const n = j - i + 1;
+    for (let k = 0; k < n; k++) out[i + k]!.timestampMs = t + Math.round(((next - t) * k) / n);
+    i = j + 1;
+  }
+  return { ...trace, file: `${trace.file} (ticks spread)`, requests: out };
+}
+
+function meanTick(reqs: Trace["requests"]): number {
+  let ticks = 0;
+  for (let k = 1; k < reqs.length; k++) if (reqs[k]!.timestampMs !== reqs[k - 1]!.timestampMs) ticks++;
+  return ticks > 0 ? (reqs[reqs.length - 1]!.timestampMs - reqs[0]!.timestampMs) / ticks : 0;
+}
+
 /** The curve's relative rate at time t of a span T (for reports). */
 export function curveAt(t: number, T: number, curve: DayCurve = {}): number {
   const low = curve.low ?? 0.25;
