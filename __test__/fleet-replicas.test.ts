@@ -6,6 +6,7 @@
  * pile onto the same worker (the failure Dynamo's users report). Garbage on the load subjects
  * is survived and counted.
  */
+import { setMaxListeners } from "node:events";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { EtcdRegistry } from "../ts/registry/etcd-registry.js";
@@ -88,6 +89,7 @@ describe("two gateway replicas sharing load over NATS", () => {
     // take more in total, which is not load). The bodies are not read: backpressure keeps the
     // streams from loading the machine meanwhile.
     const controller = new AbortController();
+    setMaxListeners(N, controller.signal); // one listener per request
     const streams = await Promise.all(
       Array.from({ length: N }, async (_, i) => {
         const prompt = [...SYSTEM, ...Array.from({ length: 32 }, (_, k) => 300_000 + i * 100 + k)];
