@@ -120,6 +120,15 @@ describe("VllmWorker start", () => {
     // "At once" is the reason: the exit, not the 20 s start timeout (no wall-clock bound).
   });
 
+  it("a start killed by a signal reports the signal and the engine's last words, read to the end", async () => {
+    const worker = await fakeWorker({ FAKE_ENGINE_MODE: "segfault" }, { startTimeoutMs: 20_000 });
+    const err = (await worker.start().catch((e: unknown) => e)) as WorkerStartError;
+    expect(err).toBeInstanceOf(WorkerStartError);
+    expect(err.reason).toBe("exited");
+    expect(err.signal).toBe("SIGSEGV");
+    expect(err.message).toContain("Caught signal 11 (Segmentation fault, fake)");
+  });
+
   it("names the binary when it cannot be spawned", async () => {
     const worker = await fakeWorker({}, {}, { command: ["/nonexistent/vllm", "serve"] });
     const err = (await worker.start().catch((e: unknown) => e)) as WorkerStartError;

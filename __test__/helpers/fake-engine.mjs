@@ -3,14 +3,15 @@
 // well-behaved engine (the mocker) cannot exercise. Takes vLLM's argv (only --host and --port
 // matter) and is steered by the environment:
 //   FAKE_ENGINE_MODE        healthy (default) | never-healthy (/health answers 503) |
-//                           exit-early (prints an error, exits 3) | no-listen (never binds)
+//                           exit-early (prints an error, exits 3) | no-listen (never binds) |
+//                           segfault (writes a backtrace to stderr, then dies by SIGSEGV)
 //   FAKE_ENGINE_GRANDCHILD  1: fork a long-sleeping grandchild (prints "grandchild <pid>")
 //   FAKE_ENGINE_IGNORE_SIGTERM 1: survive SIGTERM (only SIGKILL ends it)
 //   FAKE_ENGINE_FAIL_IF_EXISTS <path>: behave as exit-early while that file exists (crash loops)
 //   FAKE_ENGINE_UNHEALTHY_IF_EXISTS <path>: /health answers 503 while that file exists
 // Serves /health, /metrics (vllm:num_requests_running = open /slow requests) and /slow?ms=N.
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, writeSync } from "node:fs";
 import { createServer } from "node:http";
 
 const argv = process.argv.slice(2);
@@ -37,6 +38,12 @@ if (process.env.FAKE_ENGINE_GRANDCHILD === "1") {
 if (mode === "exit-early") {
   console.error("RuntimeError: CUDA out of memory (fake)");
   process.exit(3);
+}
+if (mode === "segfault") {
+  // Written straight to the pipe, then the signal at once: the supervisor may see the exit
+  // before it has read these lines, as with a native crash handler's backtrace.
+  writeSync(2, Array.from({ length: 40 }, (_, i) => `backtrace frame ${i}`).join("\n") + "\nCaught signal 11 (Segmentation fault, fake)\n");
+  process.kill(process.pid, "SIGSEGV");
 }
 if (mode === "no-listen") {
   setInterval(() => {}, 1000);

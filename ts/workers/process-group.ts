@@ -31,6 +31,9 @@ export interface SpawnedGroup {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>;
 }
 
+/** How long a leader's exit waits for its pipes to drain. */
+const STDIO_DRAIN_MS = 250;
+
 export function spawnGroup(
   command: string,
   args: readonly string[],
@@ -47,7 +50,16 @@ export function spawnGroup(
   const pid = child.pid;
   if (pid !== undefined) liveGroups.add(pid);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
-    child.once("exit", (code, signal) => resolve({ code, signal }));
+    child.once("exit", (code, signal) => {
+      // 'exit' can come before the last of the pipes is read (a crash's last words among it):
+      // wait for 'close', bounded, since a forked engine process may hold the pipes open.
+      const done = () => {
+        clearTimeout(timer);
+        resolve({ code, signal });
+      };
+      const timer = setTimeout(done, STDIO_DRAIN_MS);
+      child.once("close", done);
+    });
     // A spawn failure (ENOENT, EACCES) emits 'error' and no 'exit'.
     child.once("error", (error) => {
       if (child.pid === undefined || child.exitCode !== null) resolve({ code: null, signal: null, error });
