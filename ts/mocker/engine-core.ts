@@ -25,7 +25,7 @@
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
 import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
-import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
+import { BlockPool, halvesOf, MEDIUM_GPU } from "./block-pool.js";
 import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
 import { embedsDigest } from "./prompt-embeds.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
@@ -125,6 +125,8 @@ class CoreRequest {
   numCachedBlocks = 0;
   /** u64 block hashes of the first `hashes.length` full blocks of `tokens`. */
   hashes: BigUint64Array = new BigUint64Array(0);
+  /** `hashes` as 32-bit halves (`halvesOf`), for the block pool's bigint-free calls. */
+  hashHalves: Int32Array = new Int32Array(0);
   status: Status = "waiting";
   numOutput = 0;
   numPreemptions = 0;
@@ -662,8 +664,9 @@ export class EngineCore {
     const maxBlocks = Math.floor((req.numTokens - 1) / B);
     this.ensureHashes(req, maxBlocks);
     const blocks: number[] = [];
+    const halves = req.hashHalves;
     for (let i = 0; i < maxBlocks; i++) {
-      const b = this.pool.lookup(req.hashes[i]!);
+      const b = this.pool.lookupAt(halves, i);
       if (b < 0) break;
       blocks.push(b);
     }
@@ -724,6 +727,7 @@ export class EngineCore {
     req.reserve(end);
     for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) req.tokens[i] = this.modelToken(req, k);
     req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
+    req.hashHalves = halvesOf(req.hashes);
   }
 
   /**
@@ -747,10 +751,10 @@ export class EngineCore {
     const B = this.config.blockSize;
     const start = req.numCachedBlocks;
     const stored: bigint[] = [];
-    this.pool.warm(req.hashes, start, numFull);
+    this.pool.warm(req.hashHalves, start, numFull);
+    const halves = req.hashHalves;
     for (let i = start; i < numFull; i++) {
-      const h = req.hashes[i]!;
-      if (this.pool.cacheBlock(req.blocks[i]!, h)) stored.push(h);
+      if (this.pool.cacheBlockAt(req.blocks[i]!, halves, i)) stored.push(req.hashes[i]!);
     }
     req.numCachedBlocks = numFull;
     if (stored.length === 0 || !this.pool.enableEvents) return;

@@ -32,6 +32,7 @@ import type { RouterMode } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
 import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
+import { DirectBatch } from "./direct-batch.js";
 import { VirtualWorker } from "./virtual-worker.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
@@ -84,6 +85,12 @@ export interface VirtualReplayOptions extends FleetSettings {
   eventDelayMs?: number;
   /** Fraction of KV event batches lost, 0..1. Default 0. */
   eventDropRate?: number;
+  /**
+   * How KV event batches reach the router: `"direct"` (default) as typed arrays read in place
+   * (`DirectBatch`: the engines and the router share this process), `"wire"` as the msgpack bytes
+   * a live worker publishes. The router ends in the same state either way.
+   */
+  eventPath?: "direct" | "wire";
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
   seed?: number;
   onProgress?: (progress: ReplayProgress) => void;
@@ -180,13 +187,15 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
   // A batch's buffer goes back to its worker once applied or dropped (VirtualWorker.release).
-  const publisher = (id: string, w: number) => (payload: Buffer) => {
+  const deliver = (w: number, payload: Buffer | DirectBatch) => {
+    if (payload instanceof DirectBatch) sink.applyDirectBatch(ids[w]!, payload);
+    else sink.applyEventBatch(ids[w]!, payload, 0);
+    engines[w]!.release(payload);
+  };
+  const publisher = (w: number) => (payload: Buffer | DirectBatch) => {
     if (dropRate > 0 && drop() < dropRate) engines[w]!.release(payload);
     else if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
-    else {
-      sink.applyEventBatch(id, payload, 0);
-      engines[w]!.release(payload);
-    }
+    else deliver(w, payload);
   };
   const engineConfig = {
     ...options.engine,
@@ -199,7 +208,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
   };
-  const engines = ids.map((id, w) => new VirtualWorker(engineConfig, publisher(id, w)));
+  const direct = (options.eventPath ?? "direct") === "direct";
+  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), direct));
   for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
   sink = router.eventSink(model);
 
@@ -318,8 +328,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
             kick(e.worker);
             break;
           case Kind.Deliver:
-            sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
-            engines[e.worker]!.release(e.payload!);
+            deliver(e.worker, e.payload!);
             break;
           case Kind.Scrape:
             scrape();

@@ -9,11 +9,16 @@
  * events (vLLM sends one per evicted block) are merged into one BlockRemoved listing those blocks
  * (by the block pool, `BlockPool.mergeRemovals`). The router applies the same removals in the
  * same order; it just decodes fewer events.
+ *
+ * With `direct`, a batch goes out in the in-process form (`DirectBatch`: typed arrays the router's
+ * native core reads as they are) when it can, skipping the msgpack bytes entirely: the virtual
+ * replay's engines and router share the process, so only a live worker needs the wire.
  */
 import { resolveMockEngineConfig, type MockEngineConfig, type ResolvedMockEngineConfig } from "../mocker/config.js";
 import { EngineCore, type CoreOutput } from "../mocker/engine-core.js";
 import { VllmMetrics } from "../mocker/metrics.js";
 import { coreRequestInit, type GenerateRequest } from "../mocker/mock-engine.js";
+import { DirectBatch, writeDirectBatch } from "./direct-batch.js";
 import { writeKvEventBatch } from "./kv-batch-writer.js";
 
 /** Bytes of a spare batch buffer (a large prefill's batch fits). */
@@ -28,17 +33,24 @@ export class VirtualWorker {
   /** Buffers of batches handed back (`release`), to write later batches into. */
   private readonly spares: Buffer[] = [];
 
-  /** `publish` gets each step's KV event batch (msgpack bytes), when the step ends (see `release`). */
-  constructor(config: MockEngineConfig, publish: (payload: Buffer) => void) {
+  /** Direct batches handed back (`release`), to write later batches into. */
+  private readonly directSpares: DirectBatch[] = [];
+
+  /**
+   * `publish` gets each step's KV event batch when the step ends (see `release`): msgpack bytes,
+   * or with `direct` a `DirectBatch` where the events allow it.
+   */
+  constructor(config: MockEngineConfig, publish: (payload: Buffer | DirectBatch) => void, direct = false) {
     const resolved = resolveMockEngineConfig({ ...config, zeroTime: true });
     // As MockEngine.start: an unspecified max_model_len is fitted to the KV cache (vLLM 0.33).
     const capacity = (resolved.numGpuBlocks - 1) * resolved.blockSize;
     if (config.maxModelLen === undefined && resolved.maxModelLen > capacity) resolved.maxModelLen = capacity;
     this.config = resolved;
     this.metrics = new VllmMetrics(resolved.maxModelLen);
-    this.core = new EngineCore(resolved, 0, this.metrics.engine(resolved.servedModelNames[0]!, 0), (rank, events) =>
-      publish(writeKvEventBatch(0, rank, events, this.spares.pop())),
-    );
+    this.core = new EngineCore(resolved, 0, this.metrics.engine(resolved.servedModelNames[0]!, 0), (rank, events) => {
+      const d = direct ? writeDirectBatch(rank, events, this.directSpares.pop()) : null;
+      publish(d ?? writeKvEventBatch(0, rank, events, this.spares.pop()));
+    });
     this.core.pool.mergeRemovals = true;
   }
 
@@ -48,7 +60,11 @@ export class VirtualWorker {
    * rate (the prompts' token ids), and a fresh buffer for each costs allocations and garbage
    * collections (of memory outside the JS heap).
    */
-  release(payload: Buffer): void {
+  release(payload: Buffer | DirectBatch): void {
+    if (payload instanceof DirectBatch) {
+      if (this.directSpares.length < MAX_SPARES) this.directSpares.push(payload);
+      return;
+    }
     if (this.spares.length >= MAX_SPARES) return;
     // Only a whole buffer of its own (not a slice of a shared one) can be written over.
     const own = payload.byteOffset === 0 && payload.buffer.byteLength >= SPARE_BYTES;
