@@ -1,8 +1,9 @@
 /**
- * The virtual replay's in-process KV event path (`DirectBatch`, applied by
- * `KvRouterCore.applyDirectBatchInto`) leaves the router exactly as the wire path (the msgpack
- * bytes a live worker publishes) does: same event counters, same overlaps for every probe, and a
- * whole replay routes every request the same way.
+ * The virtual replay's in-process KV event paths leave the router as the wire path (the msgpack
+ * bytes a live worker publishes) does: `DirectBatch` (hashes and tokens, applied by
+ * `KvRouterCore.applyDirectBatchInto`) gives the same event counters and overlaps; keyed batches
+ * (router-keyed engines, `applyKeyedBatchInto`) the same overlaps and block counts; and a whole
+ * replay routes every request the same way on all three.
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -10,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import type { KvEvent } from "../ts/events/codec.js";
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
-import { writeDirectBatch } from "../ts/replay/direct-batch.js";
+import { writeDirectBatch, writeKeyedBatch } from "../ts/replay/direct-batch.js";
 import { writeKvEventBatch } from "../ts/replay/kv-batch-writer.js";
 import type { PolicyResult, RequestRecord } from "../ts/replay/result.js";
 import { readTrace } from "../ts/replay/trace.js";
@@ -94,6 +95,70 @@ describe("direct KV event batches", () => {
     for (const r of routers) r.close();
   });
 
+  it("keyed: router-keyed engines' keys index the same blocks as vLLM-hashed engines' wire bytes", async () => {
+    const ids = ["w0", "w1", "w2"];
+    const make = () => ids.map(() => new VirtualWorker({ model: MODEL, blockSize: BLOCK, numGpuBlocks: 90, kvEventsConfig: { enableKvCacheEvents: true } }, () => {}));
+    const vllm = make();
+    const keyed = make();
+    for (const w of keyed) w.core.keyByRouter();
+    const routers = await Promise.all(
+      [vllm, keyed].map(async (workers) => {
+        const registry = new MemoryRegistry();
+        for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, MODEL, BLOCK, workers[w]!));
+        return new KvRouter({ registry, seed: 3, log: () => {} });
+      }),
+    );
+    const [wire, direct] = routers.map((r) => r.eventSink(MODEL));
+    let keyedBatches = 0;
+    for (const [w, id] of ids.entries()) {
+      vllm[w]!.core.pool.mergeRemovals = true;
+      keyed[w]!.core.pool.mergeRemovals = true;
+      (vllm[w]!.core as unknown as { onEvents: (rank: number, events: KvEvent[]) => void }).onEvents = (rank, events) =>
+        void wire!.applyEventBatch(id, writeKvEventBatch(0, rank, events), 0);
+      (keyed[w]!.core as unknown as { onEvents: (rank: number, events: KvEvent[]) => void }).onEvents = (rank, events) => {
+        const batch = writeKeyedBatch(rank, events);
+        expect(batch?.keyed).toBe(true);
+        keyedBatches++;
+        expect(direct!.applyDirectBatch(id, batch!).malformed).toBeUndefined();
+      };
+    }
+    const probes = Array.from({ length: 30 }, (_, i) => prompt(i * 5 + 1));
+    const overlaps = (r: KvRouter) =>
+      probes.map((tokens, i) =>
+        r
+          .route({ model: MODEL, tokens, requestId: `p${i}`, explain: true })
+          .candidates!.map((c) => `${c.workerId}:${c.overlapBlocks}`)
+          .sort(),
+      );
+    let t = 0;
+    for (let i = 0; i < 120; i++) {
+      const w = (i * 5) % 3;
+      for (const set of [vllm, keyed]) {
+        const eng = set[w]!;
+        eng.submit({ requestId: `r${i}`, promptTokenIds: prompt(i), maxTokens: 20 + (i % 30), ignoreEos: true, arrivalTime: t }, () => {});
+        let tt = t;
+        for (let d = eng.core.beginStep(tt); d !== null; d = eng.core.beginStep(tt)) {
+          tt += d;
+          eng.core.endStep();
+        }
+        if (set === keyed) t = tt;
+      }
+      if (i % 20 === 19) expect(overlaps(routers[1]!)).toEqual(overlaps(routers[0]!));
+    }
+    for (const set of [vllm, keyed]) {
+      expect(set[1]!.core.resetPrefixCache()).toBe(true);
+    }
+    expect(keyedBatches).toBeGreaterThan(100);
+    expect(overlaps(routers[1]!)).toEqual(overlaps(routers[0]!));
+    const counters = (r: KvRouter) => {
+      const s = r.eventStats(MODEL)!;
+      return [s.batches, s.eventsStored, s.eventsRemoved, s.eventsCleared, s.blocksStored, s.blocksRemoved, s.skippedEvents];
+    };
+    expect(counters(routers[1]!)).toEqual(counters(routers[0]!));
+    expect(routers[1]!.eventStats(MODEL)!.blocksRemoved).toBeGreaterThan(0);
+    for (const r of routers) r.close();
+  });
+
   it("are refused when their arrays disagree, changing nothing", async () => {
     const registry = new MemoryRegistry();
     const worker = new VirtualWorker({ model: MODEL, blockSize: BLOCK, numGpuBlocks: 90 }, () => {});
@@ -103,7 +168,9 @@ describe("direct KV event batches", () => {
     const r = sink.applyDirectBatch("w0", { rank: 0, ops: Uint32Array.of(0, 2, 0, 32, 16, 1), hashes: BigUint64Array.of(1n), tokens: new Uint32Array(32) });
     expect(r.malformed).toMatch(/hashes/);
     expect(r.stored).toBe(0);
-    expect(sink.stats().malformed).toBe(1);
+    const k = sink.applyDirectBatch("w0", { rank: 0, keyed: true, ops: Uint32Array.of(0, 3, 1), hashes: BigUint64Array.of(1n), tokens: new Uint32Array(0) });
+    expect(k.malformed).toMatch(/keys/);
+    expect(sink.stats().malformed).toBe(2);
     expect(router.eventStats(MODEL)!.blocksStored).toBe(0);
     router.close();
   });
@@ -116,18 +183,20 @@ describe("direct KV event batches", () => {
     expect(writeDirectBatch(0, [{ type: "BlockStored", blockHashes: [1n], tokenIds, blockSize: 16, extraKeys: [null] }])).not.toBeNull();
   });
 
-  it.skipIf(!existsSync(MOONCAKE))("route a Mooncake replay exactly as the wire path does", async () => {
+  it.skipIf(!existsSync(MOONCAKE))("route a Mooncake replay exactly as the wire path does (direct and keyed)", async () => {
     const trace = readTrace(MOONCAKE);
     trace.requests.length = 400;
-    const run = async (eventPath: "wire" | "direct") => {
+    const run = async (eventPath: "wire" | "direct" | "keyed") => {
       const records: RequestRecord[] = [];
       const r = await runVirtualReplay({ trace, policy: "kv", workers: 4, numGpuBlocks: 4000, eventPath, onRequest: (x) => records.push(x) });
       return { r: stable(r), records };
     };
     const wire = await run("wire");
-    const direct = await run("direct");
-    expect(direct.records).toEqual(wire.records);
-    expect(direct.r).toEqual(wire.r);
+    for (const path of ["direct", "keyed"] as const) {
+      const other = await run(path);
+      expect(other.records).toEqual(wire.records);
+      expect(other.r).toEqual(wire.r);
+    }
     // A few prompts are longer than these small engines take: refused both ways.
     expect(wire.r.completed + wire.r.failed).toBe(400);
     expect(wire.r.completed).toBeGreaterThan(350);

@@ -254,7 +254,7 @@ export type EventBatchSink = (rank: number, events: KvEvent[]) => void;
 export class EngineCore {
   readonly rank: number;
   readonly pool: BlockPool;
-  private readonly hasher: BlockHasher | null;
+  private hasher: BlockHasher | null;
   private readonly waiting = new Deque<CoreRequest>();
   private running: CoreRequest[] = [];
   private readonly transferring = new Set<CoreRequest>();
@@ -363,6 +363,18 @@ export class EngineCore {
     this.adds++;
     this.metrics.requestParams(init.n, init.maxTokensParam);
     this.wake?.();
+  }
+
+  /**
+   * Keys the prefix cache with the router's own block keys (`algorithm: "router"`) instead of the
+   * configured vLLM hash, so that the KV events name router keys: for a caller in the router's
+   * process (the virtual replay, `writeKeyedBatch`). The cache hits and evicts the same blocks (a
+   * block's key names its whole prefix either way); only the 64-bit values differ. Before any
+   * request only.
+   */
+  keyByRouter(): void {
+    if (this.requests.size > 0 || this.pool.numCachedBlocks > 0) throw new Error("keyByRouter: the engine has already served requests");
+    if (this.hasher) this.hasher = new BlockHasher({ blockSize: this.config.blockSize, algorithm: "router" });
   }
 
   /** Aborts a request: its blocks are freed at once, its sink gets a final "abort" output. */

@@ -16,6 +16,12 @@ const CLEARED = 2;
 
 /** One batch; its arrays are views of buffers that `writeDirectBatch` may reuse once it is applied. */
 export class DirectBatch {
+  /**
+   * The hashes are router keys (`writeKeyedBatch`: engines that key their caches with the router's
+   * keyer): `ops` per event `[kind, n, medium]` or `[2]`, no parents, no tokens
+   * (`kvroute_core::event_applier::decode_keyed`).
+   */
+  keyed = false;
   ops: Uint32Array;
   hashes: BigUint64Array;
   tokens: Uint32Array;
@@ -86,9 +92,41 @@ export class DirectBatch {
       }
     }
     if (o !== nOps || h !== nHashes || t !== nTokens) return false;
+    this.keyed = false;
     this.ops = ops.subarray(0, o);
     this.hashes = hashes.subarray(0, h);
     this.tokens = tokens.subarray(0, t);
+    return true;
+  }
+
+  /** `fill` for the keyed form (sizes reserved). */
+  fillKeyed(events: readonly KvEvent[], nOps: number, nHashes: number): boolean {
+    const ops = this.opsBuf;
+    const hashes = this.hashBuf;
+    let o = 0;
+    let h = 0;
+    for (const e of events) {
+      if (e.type === "AllBlocksCleared") {
+        ops[o++] = CLEARED;
+        continue;
+      }
+      const medium = mediumCode(e.medium);
+      if (medium < 0) return false;
+      ops[o++] = e.type === "BlockRemoved" ? REMOVED : STORED;
+      const bh = e.blockHashes;
+      ops[o++] = bh.length;
+      ops[o++] = medium;
+      for (let i = 0; i < bh.length; i++) {
+        const x = bh[i];
+        if (typeof x !== "bigint") return false;
+        hashes[h++] = x;
+      }
+    }
+    if (o !== nOps || h !== nHashes) return false;
+    this.keyed = true;
+    this.ops = ops.subarray(0, o);
+    this.hashes = hashes.subarray(0, h);
+    this.tokens = this.tokenBuf.subarray(0, 0);
     return true;
   }
 }
@@ -142,4 +180,26 @@ export function writeDirectBatch(rank: number, events: readonly KvEvent[], into?
   b.rank = rank;
   b.reserve(nOps, nHashes, nTokens);
   return b.fill(events, nOps, nHashes, nTokens) ? b : null;
+}
+
+/**
+ * `events` of an engine whose block hashes are the router's keys (`EngineCore.keyByRouter`) as a
+ * keyed batch: the router indexes the keys as they are, no tokens cross, nothing is hashed again.
+ * Null when an event needs more than keys (LoRA, extra keys, another medium).
+ */
+export function writeKeyedBatch(rank: number, events: readonly KvEvent[], into?: DirectBatch): DirectBatch | null {
+  let nOps = 0;
+  let nHashes = 0;
+  for (const e of events) {
+    if (e.type === "AllBlocksCleared") nOps += 1;
+    else {
+      if (e.type === "BlockRemoved" ? !plainRemoved(e) : !plainStored(e)) return null;
+      nOps += 3;
+      nHashes += e.blockHashes.length;
+    }
+  }
+  const b = into ?? new DirectBatch(rank, nOps, nHashes, 0);
+  b.rank = rank;
+  b.reserve(nOps, nHashes, 0);
+  return b.fillKeyed(events, nOps, nHashes) ? b : null;
 }

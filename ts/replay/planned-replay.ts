@@ -231,7 +231,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     const engine = new VirtualWorker(engineConfig(id, role), (payload) => {
       if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
       else deliver(w, payload);
-    }, true);
+    }, "direct");
     const slot: Slot = { id, role, engine, state: "starting", startedAt: now, stoppedAt: -1, busy: false, inflight: 0, pulls: 0, last: { waiting: 0, running: 0, kvUsage: 0 } };
     slots.push(slot);
     if (immediately) await makeReady(slot);

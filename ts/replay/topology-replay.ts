@@ -148,7 +148,7 @@ export async function runTopologyReplay(o: TopologyReplayOptions): Promise<Topol
           nixl: false,
         },
         (payload) => queue.push(now + eventDelay, Kind.Deliver, w, payload),
-        true,
+        "direct",
       ),
   );
   for (const [w, id] of ids.entries()) await registry.register(record(id, model, blockSize, roles[w]!, engines[w]!));

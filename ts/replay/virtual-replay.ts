@@ -22,6 +22,7 @@
  */
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
+import { InvalidConfigError } from "../errors.js";
 import type { MockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family, VllmMetrics } from "../mocker/metrics.js";
@@ -86,11 +87,14 @@ export interface VirtualReplayOptions extends FleetSettings {
   /** Fraction of KV event batches lost, 0..1. Default 0. */
   eventDropRate?: number;
   /**
-   * How KV event batches reach the router: `"direct"` (default) as typed arrays read in place
-   * (`DirectBatch`: the engines and the router share this process), `"wire"` as the msgpack bytes
-   * a live worker publishes. The router ends in the same state either way.
+   * How KV event batches reach the router (the engines and the router share this process):
+   * `"keyed"`, the engines key their caches with the router's keyer and hand it keys only;
+   * `"direct"`, typed arrays of hashes and tokens read in place (`DirectBatch`); `"wire"`, the
+   * msgpack bytes a live worker publishes. The router routes the same way on all three
+   * (`__test__/replay-direct-events.test.ts`). Default: keyed where it applies (no CPU tier, no
+   * cache salts in the trace), else direct.
    */
-  eventPath?: "direct" | "wire";
+  eventPath?: ReplayEventPath;
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
   seed?: number;
   onProgress?: (progress: ReplayProgress) => void;
@@ -98,6 +102,17 @@ export interface VirtualReplayOptions extends FleetSettings {
   onRequest?: (record: RequestRecord) => void;
   /** Aborting stops the replay; the result covers what completed (`partial: true`). */
   signal?: AbortSignal;
+}
+
+export type ReplayEventPath = "keyed" | "direct" | "wire";
+
+/** The event path a replay takes: `requested`, or the cheapest one that applies. */
+export function replayEventPath(trace: Trace, numCpuBlocks: number, routerKeying: string | undefined, requested?: ReplayEventPath): ReplayEventPath {
+  // Keys only cover GPU blocks of plain requests (a salted block is keyed with its salt), for a
+  // router that keys by tokens (an engine-keyed router hashes prompts with the engines' algorithm).
+  const keyable = numCpuBlocks === 0 && (routerKeying ?? "tokens") === "tokens" && trace.requests.every((r) => r.hashIds || !r.openai?.cacheSalt);
+  if (requested === "keyed" && !keyable) throw new InvalidConfigError("eventPath keyed needs a trace without cache salts, no CPU tier and a router keying by tokens");
+  return requested ?? (keyable ? "keyed" : "direct");
 }
 
 export interface ReplayProgress {
@@ -208,8 +223,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
   };
-  const direct = (options.eventPath ?? "direct") === "direct";
-  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), direct));
+  const form = replayEventPath(trace, engineConfig.numCpuBlocks, options.router?.models?.[model]?.keying, options.eventPath);
+  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form));
   for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
   sink = router.eventSink(model);
 

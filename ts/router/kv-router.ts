@@ -150,6 +150,8 @@ export interface KvRouterStats {
 /** A KV event batch as typed arrays (`ts/replay/direct-batch.ts`, `kvroute_core::events::decode_direct`). */
 export interface DirectBatchArrays {
   rank: number;
+  /** `hashes` are router keys (`applyKeyedBatchInto`), `tokens` unused. */
+  keyed?: boolean;
   ops: Uint32Array;
   hashes: BigUint64Array;
   tokens: Uint32Array;
@@ -502,7 +504,9 @@ export class KvRouter implements RequestLifecycle {
       const malformed =
         payload instanceof Uint8Array
           ? m.core.applyEventBatchInto(workerId, payload, dpRank ?? null, packed)
-          : m.core.applyDirectBatchInto(workerId, payload.rank, payload.ops, payload.hashes, payload.tokens, packed);
+          : payload.keyed
+            ? m.core.applyKeyedBatchInto(workerId, payload.rank, payload.ops, payload.hashes, packed)
+            : m.core.applyDirectBatchInto(workerId, payload.rank, payload.ops, payload.hashes, payload.tokens, packed);
       const result: ApplyEventBatchResult = {
         events: packed[0]!,
         stored: packed[1]!,

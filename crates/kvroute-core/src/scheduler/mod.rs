@@ -82,7 +82,7 @@ use std::str::FromStr;
 use crate::block_keys::RouterKeyer;
 use crate::engine_hash::{EngineHasher, EngineHasherConfig, HashAlgorithm};
 use crate::error::{Error, Result};
-use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, Keying};
+use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, KeyedEvent, Keying};
 use crate::events::{DecodeError, KvEventBatch};
 use crate::extra_keys::ExtraKeys;
 use crate::indexer::{Matches, MAX_TIERS};
@@ -676,6 +676,18 @@ impl Scheduler {
         let out = self.applier.apply_batch_at(worker, batch, fallback_rank)?;
         self.set_view(worker, Some(out.dp_rank), true);
         Ok(out)
+    }
+
+    /// Applies a batch whose hashes are router keys ([`EventApplier::apply_keyed`]).
+    pub fn apply_keyed(
+        &mut self,
+        worker: &str,
+        dp_rank: u32,
+        events: &[KeyedEvent<'_>],
+    ) -> ApplyOutcome {
+        let out = self.applier.apply_keyed(worker, dp_rank, events);
+        self.set_view(worker, Some(dp_rank), true);
+        out
     }
 
     /// Drops the worker's blocks (one rank or all): a restart or a stale view. Its targets are
