@@ -248,6 +248,8 @@ interface Scheduled {
   numNew: number;
 }
 
+const NO_PLAN: readonly Scheduled[] = [];
+
 /** Where a core sends its KV event batches (MockEngine encodes and publishes them). */
 export type EventBatchSink = (rank: number, events: KvEvent[]) => void;
 
@@ -266,7 +268,14 @@ export class EngineCore {
   private stepStartWall = 0;
   private stepDuration = 0;
   /** The step in progress (between prepareStep and finishStep). */
-  private plan: Scheduled[] = [];
+  private plan: readonly Scheduled[] = NO_PLAN;
+  /**
+   * The entries `schedule` hands out, reused step after step (a step schedules every running
+   * request: a fresh object each would be most of the engine's garbage). One plan is live at a
+   * time: it is applied before the next step is scheduled.
+   */
+  private readonly planBuf: Scheduled[] = [];
+  private readonly entries: Scheduled[] = [];
   private wake: (() => void) | null = null;
   /** Real KV transfers (ts/mocker/nixl-kv.ts); null: the timing model prices them. */
   kvTransfer: KvTransferHooks | null = null;
@@ -468,7 +477,7 @@ export class EngineCore {
   /** Schedules a step at the current clock: its modelled duration, or null (nothing runnable). */
   private prepareStep(): number | null {
     this.completeTransfers();
-    const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : [];
+    const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : NO_PLAN;
     if (plan.length === 0) {
       this.flushEvents();
       this.publishScheduler();
@@ -482,7 +491,7 @@ export class EngineCore {
   /** The prepared step is over: the clock moves past it and its results come out. */
   private finishStep(): void {
     const plan = this.plan;
-    this.plan = [];
+    this.plan = NO_PLAN;
     this.vclock += this.stepDuration;
     this.stepsRun++;
     this.applyStep(plan);
@@ -535,7 +544,7 @@ export class EngineCore {
   }
 
   /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
-  private modelStep(plan: Scheduled[]): number {
+  private modelStep(plan: readonly Scheduled[]): number {
     const t = this.config.timing;
     if (t.polynomial !== undefined) return this.polynomialStep(t.polynomial, plan);
     let ms = t.stepBaseMs;
@@ -556,7 +565,7 @@ export class EngineCore {
 
   /** Dynamo's polynomial step time (./step-timing.ts): decode steps are the one-token steps of
    * requests past their prompt, the rest is prefill. */
-  private polynomialStep(p: StepPolynomial, plan: Scheduled[]): number {
+  private polynomialStep(p: StepPolynomial, plan: readonly Scheduled[]): number {
     let prefill = 0;
     let decodeSeqs = 0;
     let decodeKv = 0;
@@ -575,7 +584,8 @@ export class EngineCore {
   private schedule(): Scheduled[] {
     const { config } = this;
     let budget = config.maxNumBatchedTokens;
-    const plan: Scheduled[] = [];
+    const plan = this.planBuf;
+    plan.length = 0;
     let preempted = false;
 
     for (let i = 0; i < this.running.length && budget > 0; ) {
@@ -596,7 +606,7 @@ export class EngineCore {
         }
       }
       if (!ok) break;
-      plan.push({ req, numNew });
+      plan.push(this.entry(plan.length, req, numNew));
       budget -= numNew;
       i++;
     }
@@ -660,7 +670,20 @@ export class EngineCore {
     req.status = "running";
     req.timings.scheduled ??= this.vclock;
     this.running.push(req);
-    plan.push({ req, numNew });
+    plan.push(this.entry(plan.length, req, numNew));
+  }
+
+  /** Plan entry `i` (reused, see `entries`). */
+  private entry(i: number, req: CoreRequest, numNew: number): Scheduled {
+    const e = this.entries[i];
+    if (e === undefined) {
+      const fresh = { req, numNew };
+      this.entries.push(fresh);
+      return fresh;
+    }
+    e.req = req;
+    e.numNew = numNew;
+    return e;
   }
 
   private recordLookup(req: CoreRequest, hitTokens: number): void {
@@ -853,7 +876,7 @@ export class EngineCore {
   // ---------------------------------------------------------------------------------------------
   // After the step
 
-  private applyStep(plan: Scheduled[]): void {
+  private applyStep(plan: readonly Scheduled[]): void {
     let promptComputed = 0;
     let generated = 0;
     let anyFinished = false;
