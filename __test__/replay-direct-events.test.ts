@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { BlockHasher } from "../ts/core/block-hasher.js";
 import type { KvEvent } from "../ts/events/codec.js";
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
 import { writeDirectBatch, writeKeyedBatch } from "../ts/replay/direct-batch.js";
@@ -173,6 +174,15 @@ describe("direct KV event batches", () => {
     expect(sink.stats().malformed).toBe(2);
     expect(router.eventStats(MODEL)!.blocksStored).toBe(0);
     router.close();
+  });
+
+  it("keyed engines chain router keys on from known ones (BlockHasher.extend), never from the start", () => {
+    const h = new BlockHasher({ blockSize: BLOCK });
+    const tokens = Uint32Array.from({ length: 40 * BLOCK + 5 }, (_, i) => (i * 7919) % 50_000);
+    const all = h.hash(tokens);
+    for (const n of [0, 1, 17, 40]) expect(h.extend(all.subarray(0, n), tokens)).toEqual(all);
+    expect(h.extend(all, tokens.subarray(0, 3 * BLOCK))).toEqual(all.subarray(0, 3));
+    expect(() => new BlockHasher({ blockSize: BLOCK, algorithm: "sha256" }).extend(all, tokens)).toThrow(/router/);
   });
 
   it("fall back to the wire form for what they do not carry (LoRA, extra keys)", () => {

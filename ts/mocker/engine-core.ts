@@ -257,6 +257,8 @@ export class EngineCore {
   readonly rank: number;
   readonly pool: BlockPool;
   private hasher: BlockHasher | null;
+  /** `keyByRouter` was called: router keys chain on from known ones (`BlockHasher.extend`). */
+  private routerKeyed = false;
   private readonly waiting = new Deque<CoreRequest>();
   private running: CoreRequest[] = [];
   private readonly transferring = new Set<CoreRequest>();
@@ -274,7 +276,6 @@ export class EngineCore {
    * request: a fresh object each would be most of the engine's garbage). One plan is live at a
    * time: it is applied before the next step is scheduled.
    */
-  private readonly planBuf: Scheduled[] = [];
   private readonly entries: Scheduled[] = [];
   private wake: (() => void) | null = null;
   /** Real KV transfers (ts/mocker/nixl-kv.ts); null: the timing model prices them. */
@@ -353,11 +354,21 @@ export class EngineCore {
   }
 
   /** Queues a request; outputs go to `sink` as steps produce them. */
-  add(init: CoreRequestInit, sink: OutputSink): void {
+  /**
+   * Queues a request. `promptKeys`, with `keyByRouter`: the router keys of the prompt's full
+   * blocks, already computed by the caller (the replay's router hashed the prompt to route it),
+   * so that the engine hashes only past them; ignored for a request with extra keys or keys of
+   * another length.
+   */
+  add(init: CoreRequestInit, sink: OutputSink, promptKeys?: BigUint64Array): void {
     if (this.closed) throw new Error("engine is closed");
     if (this.requests.has(init.requestId)) throw new Error(`duplicate request id ${init.requestId}`);
     const extra = this.extraKeys(init);
     const req = new CoreRequest(init, extra, sink, init.arrivalTime ?? this.now());
+    if (this.routerKeyed && promptKeys !== undefined && extra === undefined && promptKeys.length === Math.floor(req.promptLen / this.config.blockSize)) {
+      req.hashes = promptKeys;
+      req.hashHalves = halvesOf(promptKeys);
+    }
     const kt = init.kvTransferParams;
     if (this.config.kvTransfer && kt?.do_remote_prefill === true) {
       const ids = kt.remote_block_ids;
@@ -384,6 +395,7 @@ export class EngineCore {
   keyByRouter(): void {
     if (this.requests.size > 0 || this.pool.numCachedBlocks > 0) throw new Error("keyByRouter: the engine has already served requests");
     if (this.hasher) this.hasher = new BlockHasher({ blockSize: this.config.blockSize, algorithm: "router" });
+    this.routerKeyed = this.hasher !== null;
   }
 
   /** Aborts a request: its blocks are freed at once, its sink gets a final "abort" output. */
@@ -584,8 +596,7 @@ export class EngineCore {
   private schedule(): Scheduled[] {
     const { config } = this;
     let budget = config.maxNumBatchedTokens;
-    const plan = this.planBuf;
-    plan.length = 0;
+    const plan: Scheduled[] = [];
     let preempted = false;
 
     for (let i = 0; i < this.running.length && budget > 0; ) {
@@ -761,7 +772,10 @@ export class EngineCore {
   private hashAhead(req: CoreRequest, end: number): void {
     req.reserve(end);
     for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) req.tokens[i] = this.modelToken(req, k);
-    req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
+    const tokens = req.tokens.subarray(0, end);
+    // Router keys chain: the known ones stay, only the blocks after them are hashed.
+    req.hashes =
+      this.routerKeyed && req.extraKeys === undefined && req.hashes.length > 0 ? this.hasher!.extend(req.hashes, tokens) : this.hasher!.hash(tokens, req.extraKeys);
     req.hashHalves = halvesOf(req.hashes);
   }
 

@@ -278,7 +278,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     collector.arrived(now, w);
     const f: Flight = { index: req.index, id, worker: w, arrival: now, first: -1, generated: 0 };
     try {
-      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f));
+      // Keyed engines take the prompt's keys the router just computed (the same router keys).
+      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), form === "keyed" ? router.lastPromptKeys(model) : undefined);
     } catch {
       // Rejected as vLLM would reject it (e.g. a prompt longer than the context): a failed request.
       collector.failed++;

@@ -83,8 +83,11 @@ export class VirtualWorker {
     this.spares.push(own ? Buffer.from(payload.buffer) : Buffer.allocUnsafeSlow(SPARE_BYTES));
   }
 
-  /** Validates and queues a request as `MockEngine.submit` does (throws InvalidInputError as vLLM would refuse it). */
-  submit(request: GenerateRequest & { requestId: string; promptTokenIds: Uint32Array; arrivalTime: number }, sink: (out: CoreOutput) => void): void {
-    this.core.add(coreRequestInit(this.config, request, null), sink);
+  /**
+   * Validates and queues a request as `MockEngine.submit` does (throws InvalidInputError as vLLM
+   * would refuse it). `promptKeys`: see `EngineCore.add` (keyed engines).
+   */
+  submit(request: GenerateRequest & { requestId: string; promptTokenIds: Uint32Array; arrivalTime: number }, sink: (out: CoreOutput) => void, promptKeys?: BigUint64Array): void {
+    this.core.add(coreRequestInit(this.config, request, null), sink, promptKeys);
   }
 }

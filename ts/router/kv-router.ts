@@ -524,7 +524,9 @@ export class KvRouter implements RequestLifecycle {
         m.core.clearWorker(workerId, result.dpRank);
         counts.resyncs++;
       }
-      if (counts.batches <= 32 || counts.batches % 256 === 0) checkParity(m);
+      // A keyed batch carries no tokens and no block size: nothing to check.
+      const keyed = !(payload instanceof Uint8Array) && payload.keyed === true;
+      if ((counts.batches <= 32 || counts.batches % 256 === 0) && !keyed) checkParity(m);
       return result;
     };
     const clear = (workerId: string, dpRank: number | undefined): number => {
@@ -539,6 +541,14 @@ export class KvRouter implements RequestLifecycle {
       clearWorker: (worker) => clear(worker.workerId, worker.dpRank),
       stats: () => ({ ...counts }),
     };
+  }
+
+  /**
+   * The block keys of the prompt `route` last hashed for `model` (a copy): for a simulated engine
+   * in this process that keys its cache the same way (the virtual replay's keyed engines).
+   */
+  lastPromptKeys(model: string): BigUint64Array | undefined {
+    return this.models.get(model)?.core.lastKeys();
   }
 
   /** Counters of a model's event application (as `KvIndexer.eventStats`). */
