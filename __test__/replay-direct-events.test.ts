@@ -10,13 +10,14 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { BlockHasher } from "../ts/core/block-hasher.js";
+import { InvalidConfigError } from "../ts/errors.js";
 import type { KvEvent } from "../ts/events/codec.js";
 import { MemoryRegistry } from "../ts/registry/memory-registry.js";
 import { writeDirectBatch, writeKeyedBatch } from "../ts/replay/direct-batch.js";
 import { writeKvEventBatch } from "../ts/replay/kv-batch-writer.js";
 import type { PolicyResult, RequestRecord } from "../ts/replay/result.js";
-import { readTrace } from "../ts/replay/trace.js";
-import { runVirtualReplay, virtualRecord } from "../ts/replay/virtual-replay.js";
+import { readTrace, type Trace } from "../ts/replay/trace.js";
+import { replayEventPath, runVirtualReplay, virtualRecord } from "../ts/replay/virtual-replay.js";
 import { VirtualWorker } from "../ts/replay/virtual-worker.js";
 import { KvRouter } from "../ts/router/kv-router.js";
 
@@ -183,6 +184,17 @@ describe("direct KV event batches", () => {
     for (const n of [0, 1, 17, 40]) expect(h.extend(all.subarray(0, n), tokens)).toEqual(all);
     expect(h.extend(all, tokens.subarray(0, 3 * BLOCK))).toEqual(all.subarray(0, 3));
     expect(() => new BlockHasher({ blockSize: BLOCK, algorithm: "sha256" }).extend(all, tokens)).toThrow(/router/);
+  });
+
+  it("keyed is the default only where it routes as the wire does", () => {
+    const plain = { file: "t", requests: [{ index: 0, line: 1, timestampMs: 0, inputLength: 512, maxTokens: 4, hashIds: [1] }] } as unknown as Trace;
+    expect(replayEventPath(plain, { numCpuBlocks: 0, dropRate: 0 })).toBe("keyed");
+    // A lost store leaves the wire path unable to place its children, keys would: no keys then.
+    expect(replayEventPath(plain, { numCpuBlocks: 0, dropRate: 0.1 })).toBe("direct");
+    expect(replayEventPath(plain, { numCpuBlocks: 100, dropRate: 0 })).toBe("direct");
+    expect(replayEventPath(plain, { numCpuBlocks: 0, dropRate: 0, routerKeying: "engine" })).toBe("direct");
+    expect(() => replayEventPath(plain, { numCpuBlocks: 0, dropRate: 0.1 }, "keyed")).toThrow(InvalidConfigError);
+    expect(replayEventPath(plain, { numCpuBlocks: 0, dropRate: 0.1 }, "wire")).toBe("wire");
   });
 
   it("fall back to the wire form for what they do not carry (LoRA, extra keys)", () => {

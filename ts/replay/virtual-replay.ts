@@ -92,7 +92,7 @@ export interface VirtualReplayOptions extends FleetSettings {
    * `"direct"`, typed arrays of hashes and tokens read in place (`DirectBatch`); `"wire"`, the
    * msgpack bytes a live worker publishes. The router routes the same way on all three
    * (`__test__/replay-direct-events.test.ts`). Default: keyed where it applies (no CPU tier, no
-   * cache salts in the trace), else direct.
+   * cache salts in the trace, no event drops, a router keying by tokens), else direct.
    */
   eventPath?: ReplayEventPath;
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
@@ -107,11 +107,18 @@ export interface VirtualReplayOptions extends FleetSettings {
 export type ReplayEventPath = "keyed" | "direct" | "wire";
 
 /** The event path a replay takes: `requested`, or the cheapest one that applies. */
-export function replayEventPath(trace: Trace, numCpuBlocks: number, routerKeying: string | undefined, requested?: ReplayEventPath): ReplayEventPath {
+export function replayEventPath(
+  trace: Trace,
+  s: { numCpuBlocks: number; routerKeying?: string; dropRate: number },
+  requested?: ReplayEventPath,
+): ReplayEventPath {
   // Keys only cover GPU blocks of plain requests (a salted block is keyed with its salt), for a
-  // router that keys by tokens (an engine-keyed router hashes prompts with the engines' algorithm).
-  const keyable = numCpuBlocks === 0 && (routerKeying ?? "tokens") === "tokens" && trace.requests.every((r) => r.hashIds || !r.openai?.cacheSalt);
-  if (requested === "keyed" && !keyable) throw new InvalidConfigError("eventPath keyed needs a trace without cache salts, no CPU tier and a router keying by tokens");
+  // router that keys by tokens (an engine-keyed router hashes prompts with the engines' algorithm),
+  // on a lossless link: after a lost store the token path cannot place the children (their parent
+  // hash is unknown to it), where keys would place them anyway.
+  const keyable =
+    s.numCpuBlocks === 0 && (s.routerKeying ?? "tokens") === "tokens" && s.dropRate === 0 && trace.requests.every((r) => r.hashIds || !r.openai?.cacheSalt);
+  if (requested === "keyed" && !keyable) throw new InvalidConfigError("eventPath keyed needs a trace without cache salts, no CPU tier, no event drops and a router keying by tokens");
   return requested ?? (keyable ? "keyed" : "direct");
 }
 
@@ -223,7 +230,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
   };
-  const form = replayEventPath(trace, engineConfig.numCpuBlocks, options.router?.models?.[model]?.keying, options.eventPath);
+  const form = replayEventPath(trace, { numCpuBlocks: engineConfig.numCpuBlocks, routerKeying: options.router?.models?.[model]?.keying, dropRate }, options.eventPath);
   const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form));
   for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
   sink = router.eventSink(model);
