@@ -90,6 +90,14 @@ export class BlockHasher {
     return callNative(() => this.inner.hash(ids, extra));
   }
 
+  /**
+   * `hash(tokens)` for router keys without extra keys, when `known` holds the keys of the first
+   * `known.length` full blocks of `tokens` already: only the blocks after them are hashed.
+   */
+  extend(known: BigUint64Array, tokens: Uint32Array): BigUint64Array {
+    return callNative(() => this.inner.extend(known, tokens));
+  }
+
   /** Full digests of the full blocks, one Buffer (a view, no copy) per block. */
   digests(tokens: TokenIds, extra?: ExtraKeys): Buffer[] {
     const ids = toTokenArray(tokens);

@@ -125,6 +125,15 @@ export class BlockPool {
     return slot < 0 ? -1 : this.table[4 * slot + 2]!;
   }
 
+  /**
+   * `lookup(hashes[i])` where `halves` is a 32-bit view of `hashes` (`halvesOf`): no bigint is
+   * made (a lookup per prompt block, at every admission).
+   */
+  lookupAt(halves: Int32Array, i: number): number {
+    const slot = this.findSlot(halves[2 * i]!, halves[2 * i + 1]!);
+    return slot < 0 ? -1 : this.table[4 * slot + 2]!;
+  }
+
   /** Takes a reference on each block, removing free ones from the free queue (prefix hits). */
   touch(blocks: readonly number[]): void {
     for (const b of blocks) {
@@ -167,12 +176,11 @@ export class BlockPool {
   }
 
   /**
-   * Reads the index slots where `hashes[from..to)` go, before they are cached: the index is
+   * Reads the index slots where hashes `[from..to)` go (`halves`: their 32-bit view, `halvesOf`), before they are cached: the index is
    * megabytes per engine and each access misses the CPU caches; in a loop of independent loads
    * the misses overlap instead of coming one after the other.
    */
-  warm(hashes: BigUint64Array, from: number, to: number): void {
-    const halves = new Int32Array(hashes.buffer, hashes.byteOffset, 2 * hashes.length);
+  warm(halves: Int32Array, from: number, to: number): void {
     let sink = 0;
     for (let i = from; i < to; i++) sink ^= this.table[4 * this.home(halves[2 * i]!, halves[2 * i + 1]!) + 2]!;
     this.warmSink = sink;
@@ -197,12 +205,19 @@ export class BlockPool {
 
   /** Caches `block` under `hash` (P4, P5); returns false when it already was. */
   cacheBlock(block: number, hash: bigint): boolean {
+    this.scratch64[0] = hash;
+    return this.cacheBlockAt(block, this.scratch32, 0);
+  }
+
+  /** `cacheBlock(block, hashes[i])`, `halves` a 32-bit view of `hashes` (`halvesOf`): no bigint is made. */
+  cacheBlockAt(block: number, halves: Int32Array, i: number): boolean {
     if (this.hashed[block] === 1) return false;
     this.hashed[block] = 1;
-    this.hashOf[block] = hash;
+    const lo = halves[2 * i]!;
+    const hi = halves[2 * i + 1]!;
+    this.hashHalves[2 * block] = lo;
+    this.hashHalves[2 * block + 1] = hi;
     this.cachedCount++;
-    const lo = this.hashHalves[2 * block]!;
-    const hi = this.hashHalves[2 * block + 1]!;
     const slot = this.findSlot(lo, hi);
     this.nextSame[block] = -1;
     if (slot < 0) {
@@ -357,4 +372,9 @@ export class BlockPool {
     this.prev[first] = b;
     this.free++;
   }
+}
+
+/** The 32-bit halves of u64 hashes, in the layout `lookupAt` and `cacheBlockAt` read (a view, no copy). */
+export function halvesOf(hashes: BigUint64Array): Int32Array {
+  return new Int32Array(hashes.buffer, hashes.byteOffset, 2 * hashes.length);
 }

@@ -25,7 +25,7 @@
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
 import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
-import { BlockPool, MEDIUM_GPU } from "./block-pool.js";
+import { BlockPool, halvesOf, MEDIUM_GPU } from "./block-pool.js";
 import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
 import { embedsDigest } from "./prompt-embeds.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
@@ -125,6 +125,8 @@ class CoreRequest {
   numCachedBlocks = 0;
   /** u64 block hashes of the first `hashes.length` full blocks of `tokens`. */
   hashes: BigUint64Array = new BigUint64Array(0);
+  /** `hashes` as 32-bit halves (`halvesOf`), for the block pool's bigint-free calls. */
+  hashHalves: Int32Array = new Int32Array(0);
   status: Status = "waiting";
   numOutput = 0;
   numPreemptions = 0;
@@ -246,13 +248,17 @@ interface Scheduled {
   numNew: number;
 }
 
+const NO_PLAN: readonly Scheduled[] = [];
+
 /** Where a core sends its KV event batches (MockEngine encodes and publishes them). */
 export type EventBatchSink = (rank: number, events: KvEvent[]) => void;
 
 export class EngineCore {
   readonly rank: number;
   readonly pool: BlockPool;
-  private readonly hasher: BlockHasher | null;
+  private hasher: BlockHasher | null;
+  /** `keyByRouter` was called: router keys chain on from known ones (`BlockHasher.extend`). */
+  private routerKeyed = false;
   private readonly waiting = new Deque<CoreRequest>();
   private running: CoreRequest[] = [];
   private readonly transferring = new Set<CoreRequest>();
@@ -264,7 +270,13 @@ export class EngineCore {
   private stepStartWall = 0;
   private stepDuration = 0;
   /** The step in progress (between prepareStep and finishStep). */
-  private plan: Scheduled[] = [];
+  private plan: readonly Scheduled[] = NO_PLAN;
+  /**
+   * The entries `schedule` hands out, reused step after step (a step schedules every running
+   * request: a fresh object each would be most of the engine's garbage). One plan is live at a
+   * time: it is applied before the next step is scheduled.
+   */
+  private readonly entries: Scheduled[] = [];
   private wake: (() => void) | null = null;
   /** Real KV transfers (ts/mocker/nixl-kv.ts); null: the timing model prices them. */
   kvTransfer: KvTransferHooks | null = null;
@@ -342,11 +354,21 @@ export class EngineCore {
   }
 
   /** Queues a request; outputs go to `sink` as steps produce them. */
-  add(init: CoreRequestInit, sink: OutputSink): void {
+  /**
+   * Queues a request. `promptKeys`, with `keyByRouter`: the router keys of the prompt's full
+   * blocks, already computed by the caller (the replay's router hashed the prompt to route it),
+   * so that the engine hashes only past them; ignored for a request with extra keys or keys of
+   * another length.
+   */
+  add(init: CoreRequestInit, sink: OutputSink, promptKeys?: BigUint64Array): void {
     if (this.closed) throw new Error("engine is closed");
     if (this.requests.has(init.requestId)) throw new Error(`duplicate request id ${init.requestId}`);
     const extra = this.extraKeys(init);
     const req = new CoreRequest(init, extra, sink, init.arrivalTime ?? this.now());
+    if (this.routerKeyed && promptKeys !== undefined && extra === undefined && promptKeys.length === Math.floor(req.promptLen / this.config.blockSize)) {
+      req.hashes = promptKeys;
+      req.hashHalves = halvesOf(promptKeys);
+    }
     const kt = init.kvTransferParams;
     if (this.config.kvTransfer && kt?.do_remote_prefill === true) {
       const ids = kt.remote_block_ids;
@@ -361,6 +383,19 @@ export class EngineCore {
     this.adds++;
     this.metrics.requestParams(init.n, init.maxTokensParam);
     this.wake?.();
+  }
+
+  /**
+   * Keys the prefix cache with the router's own block keys (`algorithm: "router"`) instead of the
+   * configured vLLM hash, so that the KV events name router keys: for a caller in the router's
+   * process (the virtual replay, `writeKeyedBatch`). The cache hits and evicts the same blocks (a
+   * block's key names its whole prefix either way); only the 64-bit values differ. Before any
+   * request only.
+   */
+  keyByRouter(): void {
+    if (this.requests.size > 0 || this.pool.numCachedBlocks > 0) throw new Error("keyByRouter: the engine has already served requests");
+    if (this.hasher) this.hasher = new BlockHasher({ blockSize: this.config.blockSize, algorithm: "router" });
+    this.routerKeyed = this.hasher !== null;
   }
 
   /** Aborts a request: its blocks are freed at once, its sink gets a final "abort" output. */
@@ -454,7 +489,7 @@ export class EngineCore {
   /** Schedules a step at the current clock: its modelled duration, or null (nothing runnable). */
   private prepareStep(): number | null {
     this.completeTransfers();
-    const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : [];
+    const plan = this.running.length + this.waiting.length > 0 ? this.schedule() : NO_PLAN;
     if (plan.length === 0) {
       this.flushEvents();
       this.publishScheduler();
@@ -468,7 +503,7 @@ export class EngineCore {
   /** The prepared step is over: the clock moves past it and its results come out. */
   private finishStep(): void {
     const plan = this.plan;
-    this.plan = [];
+    this.plan = NO_PLAN;
     this.vclock += this.stepDuration;
     this.stepsRun++;
     this.applyStep(plan);
@@ -521,7 +556,7 @@ export class EngineCore {
   }
 
   /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
-  private modelStep(plan: Scheduled[]): number {
+  private modelStep(plan: readonly Scheduled[]): number {
     const t = this.config.timing;
     if (t.polynomial !== undefined) return this.polynomialStep(t.polynomial, plan);
     let ms = t.stepBaseMs;
@@ -542,7 +577,7 @@ export class EngineCore {
 
   /** Dynamo's polynomial step time (./step-timing.ts): decode steps are the one-token steps of
    * requests past their prompt, the rest is prefill. */
-  private polynomialStep(p: StepPolynomial, plan: Scheduled[]): number {
+  private polynomialStep(p: StepPolynomial, plan: readonly Scheduled[]): number {
     let prefill = 0;
     let decodeSeqs = 0;
     let decodeKv = 0;
@@ -582,7 +617,7 @@ export class EngineCore {
         }
       }
       if (!ok) break;
-      plan.push({ req, numNew });
+      plan.push(this.entry(plan.length, req, numNew));
       budget -= numNew;
       i++;
     }
@@ -646,7 +681,20 @@ export class EngineCore {
     req.status = "running";
     req.timings.scheduled ??= this.vclock;
     this.running.push(req);
-    plan.push({ req, numNew });
+    plan.push(this.entry(plan.length, req, numNew));
+  }
+
+  /** Plan entry `i` (reused, see `entries`). */
+  private entry(i: number, req: CoreRequest, numNew: number): Scheduled {
+    const e = this.entries[i];
+    if (e === undefined) {
+      const fresh = { req, numNew };
+      this.entries.push(fresh);
+      return fresh;
+    }
+    e.req = req;
+    e.numNew = numNew;
+    return e;
   }
 
   private recordLookup(req: CoreRequest, hitTokens: number): void {
@@ -662,8 +710,9 @@ export class EngineCore {
     const maxBlocks = Math.floor((req.numTokens - 1) / B);
     this.ensureHashes(req, maxBlocks);
     const blocks: number[] = [];
+    const halves = req.hashHalves;
     for (let i = 0; i < maxBlocks; i++) {
-      const b = this.pool.lookup(req.hashes[i]!);
+      const b = this.pool.lookupAt(halves, i);
       if (b < 0) break;
       blocks.push(b);
     }
@@ -723,7 +772,11 @@ export class EngineCore {
   private hashAhead(req: CoreRequest, end: number): void {
     req.reserve(end);
     for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) req.tokens[i] = this.modelToken(req, k);
-    req.hashes = this.hasher!.hash(req.tokens.subarray(0, end), req.extraKeys);
+    const tokens = req.tokens.subarray(0, end);
+    // Router keys chain: the known ones stay, only the blocks after them are hashed.
+    req.hashes =
+      this.routerKeyed && req.extraKeys === undefined && req.hashes.length > 0 ? this.hasher!.extend(req.hashes, tokens) : this.hasher!.hash(tokens, req.extraKeys);
+    req.hashHalves = halvesOf(req.hashes);
   }
 
   /**
@@ -747,10 +800,10 @@ export class EngineCore {
     const B = this.config.blockSize;
     const start = req.numCachedBlocks;
     const stored: bigint[] = [];
-    this.pool.warm(req.hashes, start, numFull);
+    this.pool.warm(req.hashHalves, start, numFull);
+    const halves = req.hashHalves;
     for (let i = start; i < numFull; i++) {
-      const h = req.hashes[i]!;
-      if (this.pool.cacheBlock(req.blocks[i]!, h)) stored.push(h);
+      if (this.pool.cacheBlockAt(req.blocks[i]!, halves, i)) stored.push(req.hashes[i]!);
     }
     req.numCachedBlocks = numFull;
     if (stored.length === 0 || !this.pool.enableEvents) return;
@@ -837,7 +890,7 @@ export class EngineCore {
   // ---------------------------------------------------------------------------------------------
   // After the step
 
-  private applyStep(plan: Scheduled[]): void {
+  private applyStep(plan: readonly Scheduled[]): void {
     let promptComputed = 0;
     let generated = 0;
     let anyFinished = false;

@@ -189,6 +189,9 @@ export class EngineMetrics {
   private readonly generationTokens: Series;
   private readonly success: Map<string, Series>;
   private readonly hist = new Map<Family, Series>();
+  /** The histograms observed every token or step, without the map lookup. */
+  private readonly itlSeries: Series;
+  private readonly iterationSeries: Series;
 
   constructor(
     private readonly m: VllmMetrics,
@@ -201,6 +204,8 @@ export class EngineMetrics {
         if (f.kind === "histogram") this.hist.set(f, s);
       }
     }
+    this.itlSeries = this.hist.get(m.itl)!;
+    this.iterationSeries = this.hist.get(m.iterationTokens)!;
     this.waitingCapacity = m.waitingByReason.labels(...labels, "capacity");
     this.waitingDeferred = m.waitingByReason.labels(...labels, "deferred");
     m.sleepState.labels(...labels, "awake").value = 1;
@@ -264,13 +269,13 @@ export class EngineMetrics {
   }
 
   interTokenLatency(itl: number): void {
-    this.observe(this.m.itl, itl);
+    observe(this.m.itl, this.itlSeries, itl);
   }
 
   /** One engine step: tokens computed (prefill) + generated. */
   iteration(promptComputed: number, generated: number): void {
     this.generationTokens.value += generated;
-    this.observe(this.m.iterationTokens, promptComputed + generated);
+    observe(this.m.iterationTokens, this.iterationSeries, promptComputed + generated);
   }
 
   requestParams(n: number, maxTokens: number | null): void {

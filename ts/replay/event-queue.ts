@@ -6,13 +6,15 @@
  * Invariant: `heap[i]` is not later than its children `heap[2i+1]`, `heap[2i+2]` under (t, seq).
  */
 
+import type { DirectBatch } from "./direct-batch.js";
+
 export interface TimedEvent<K extends number = number> {
   t: number;
   seq: number;
   kind: K;
   /** The worker (index) the event concerns, or -1. */
   worker: number;
-  payload: Buffer | null;
+  payload: Buffer | DirectBatch | null;
 }
 
 export class EventQueue<K extends number = number> {
@@ -28,7 +30,7 @@ export class EventQueue<K extends number = number> {
     return this.heap.length === 0 ? Infinity : this.heap[0]!.t;
   }
 
-  push(t: number, kind: K, worker = -1, payload: Buffer | null = null): void {
+  push(t: number, kind: K, worker = -1, payload: Buffer | DirectBatch | null = null): void {
     const h = this.heap;
     const e: TimedEvent<K> = { t, seq: this.seq++, kind, worker, payload };
     let i = h.length;

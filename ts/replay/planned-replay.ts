@@ -38,6 +38,7 @@ import { InvalidConfigError } from "../errors.js";
 import { EventQueue } from "./event-queue.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
 import { fleetEngine, generateRequest, REPLAY_DEFAULTS, replayRouter, type FleetSettings } from "./virtual-replay.js";
+import { DirectBatch } from "./direct-batch.js";
 import { VirtualWorker } from "./virtual-worker.js";
 
 export const PLANNER_KINDS = ["sla", "dynamo", "load", "sla+load", "fixed"] as const;
@@ -230,7 +231,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     const engine = new VirtualWorker(engineConfig(id, role), (payload) => {
       if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
       else deliver(w, payload);
-    });
+    }, "direct");
     const slot: Slot = { id, role, engine, state: "starting", startedAt: now, stoppedAt: -1, busy: false, inflight: 0, pulls: 0, last: { waiting: 0, running: 0, kvUsage: 0 } };
     slots.push(slot);
     if (immediately) await makeReady(slot);
@@ -241,9 +242,12 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     s.state = "ready";
     await registry.register(record(s.id, s.role, model, blockSize, s.engine));
   };
-  const deliver = (w: number, payload: Buffer) => {
+  const deliver = (w: number, payload: Buffer | DirectBatch) => {
     const s = slots[w]!;
-    if (s.state === "ready" && sink) sink.applyEventBatch(s.id, payload, 0);
+    if (s.state === "ready" && sink) {
+      if (payload instanceof DirectBatch) sink.applyDirectBatch(s.id, payload);
+      else sink.applyEventBatch(s.id, payload, 0);
+    }
     s.engine.release(payload);
   };
   const stop = (s: Slot) => {

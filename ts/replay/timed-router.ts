@@ -71,6 +71,7 @@ export class TimedRouter extends KvRouter {
       applyBatch: timed(inner.applyBatch),
       clear: timed(inner.clear),
       applyEventBatch: timed(inner.applyEventBatch) as (workerId: string, payload: Uint8Array, dpRank?: number) => ApplyEventBatchResult,
+      applyDirectBatch: timed(inner.applyDirectBatch),
       clearWorker: timed(inner.clearWorker),
       stats: inner.stats,
     };

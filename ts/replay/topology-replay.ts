@@ -26,6 +26,7 @@ import type { WorkerRecord, WorkerRole } from "../workers/config.js";
 import { decideDisagg, type DisaggPolicyConfig } from "../gateway/disagg-policy.js";
 import { EventQueue } from "./event-queue.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
+import { DirectBatch } from "./direct-batch.js";
 import { VirtualWorker } from "./virtual-worker.js";
 import { fleetEngine, REPLAY_DEFAULTS, replayRouter, type FleetSettings } from "./virtual-replay.js";
 
@@ -147,6 +148,7 @@ export async function runTopologyReplay(o: TopologyReplayOptions): Promise<Topol
           nixl: false,
         },
         (payload) => queue.push(now + eventDelay, Kind.Deliver, w, payload),
+        "direct",
       ),
   );
   for (const [w, id] of ids.entries()) await registry.register(record(id, model, blockSize, roles[w]!, engines[w]!));
@@ -302,7 +304,8 @@ export async function runTopologyReplay(o: TopologyReplayOptions): Promise<Topol
             kick(e.worker);
             break;
           case Kind.Deliver:
-            sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
+            if (e.payload instanceof DirectBatch) sink.applyDirectBatch(ids[e.worker]!, e.payload);
+            else sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
             engines[e.worker]!.release(e.payload!);
             break;
           case Kind.Scrape:

@@ -22,6 +22,7 @@
  */
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
+import { InvalidConfigError } from "../errors.js";
 import type { MockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family, VllmMetrics } from "../mocker/metrics.js";
@@ -32,6 +33,7 @@ import type { RouterMode } from "../router/types.js";
 import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
 import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
+import { DirectBatch } from "./direct-batch.js";
 import { VirtualWorker } from "./virtual-worker.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
@@ -84,6 +86,15 @@ export interface VirtualReplayOptions extends FleetSettings {
   eventDelayMs?: number;
   /** Fraction of KV event batches lost, 0..1. Default 0. */
   eventDropRate?: number;
+  /**
+   * How KV event batches reach the router (the engines and the router share this process):
+   * `"keyed"`, the engines key their caches with the router's keyer and hand it keys only;
+   * `"direct"`, typed arrays of hashes and tokens read in place (`DirectBatch`); `"wire"`, the
+   * msgpack bytes a live worker publishes. The router routes the same way on all three
+   * (`__test__/replay-direct-events.test.ts`). Default: keyed where it applies (no CPU tier, no
+   * cache salts in the trace, no event drops, a router keying by tokens), else direct.
+   */
+  eventPath?: ReplayEventPath;
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
   seed?: number;
   onProgress?: (progress: ReplayProgress) => void;
@@ -91,6 +102,24 @@ export interface VirtualReplayOptions extends FleetSettings {
   onRequest?: (record: RequestRecord) => void;
   /** Aborting stops the replay; the result covers what completed (`partial: true`). */
   signal?: AbortSignal;
+}
+
+export type ReplayEventPath = "keyed" | "direct" | "wire";
+
+/** The event path a replay takes: `requested`, or the cheapest one that applies. */
+export function replayEventPath(
+  trace: Trace,
+  s: { numCpuBlocks: number; routerKeying?: string; dropRate: number },
+  requested?: ReplayEventPath,
+): ReplayEventPath {
+  // Keys only cover GPU blocks of plain requests (a salted block is keyed with its salt), for a
+  // router that keys by tokens (an engine-keyed router hashes prompts with the engines' algorithm),
+  // on a lossless link: after a lost store the token path cannot place the children (their parent
+  // hash is unknown to it), where keys would place them anyway.
+  const keyable =
+    s.numCpuBlocks === 0 && (s.routerKeying ?? "tokens") === "tokens" && s.dropRate === 0 && trace.requests.every((r) => r.hashIds || !r.openai?.cacheSalt);
+  if (requested === "keyed" && !keyable) throw new InvalidConfigError("eventPath keyed needs a trace without cache salts, no CPU tier, no event drops and a router keying by tokens");
+  return requested ?? (keyable ? "keyed" : "direct");
 }
 
 export interface ReplayProgress {
@@ -180,13 +209,15 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
   // A batch's buffer goes back to its worker once applied or dropped (VirtualWorker.release).
-  const publisher = (id: string, w: number) => (payload: Buffer) => {
+  const deliver = (w: number, payload: Buffer | DirectBatch) => {
+    if (payload instanceof DirectBatch) sink.applyDirectBatch(ids[w]!, payload);
+    else sink.applyEventBatch(ids[w]!, payload, 0);
+    engines[w]!.release(payload);
+  };
+  const publisher = (w: number) => (payload: Buffer | DirectBatch) => {
     if (dropRate > 0 && drop() < dropRate) engines[w]!.release(payload);
     else if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w, payload);
-    else {
-      sink.applyEventBatch(id, payload, 0);
-      engines[w]!.release(payload);
-    }
+    else deliver(w, payload);
   };
   const engineConfig = {
     ...options.engine,
@@ -199,7 +230,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     hashSeed: REPLAY_DEFAULTS.hashSeed,
     kvEventsConfig: { enableKvCacheEvents: true },
   };
-  const engines = ids.map((id, w) => new VirtualWorker(engineConfig, publisher(id, w)));
+  const form = replayEventPath(trace, { numCpuBlocks: engineConfig.numCpuBlocks, routerKeying: options.router?.models?.[model]?.keying, dropRate }, options.eventPath);
+  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form));
   for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
   sink = router.eventSink(model);
 
@@ -253,7 +285,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     collector.arrived(now, w);
     const f: Flight = { index: req.index, id, worker: w, arrival: now, first: -1, generated: 0 };
     try {
-      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f));
+      // Keyed engines take the prompt's keys the router just computed (the same router keys).
+      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), form === "keyed" ? router.lastPromptKeys(model) : undefined);
     } catch {
       // Rejected as vLLM would reject it (e.g. a prompt longer than the context): a failed request.
       collector.failed++;
@@ -318,8 +351,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
             kick(e.worker);
             break;
           case Kind.Deliver:
-            sink.applyEventBatch(ids[e.worker]!, e.payload!, 0);
-            engines[e.worker]!.release(e.payload!);
+            deliver(e.worker, e.payload!);
             break;
           case Kind.Scrape:
             scrape();

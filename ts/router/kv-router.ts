@@ -147,9 +147,24 @@ export interface KvRouterStats {
   models: Record<string, KvRouterModelStats>;
 }
 
+/** A KV event batch as typed arrays (`ts/replay/direct-batch.ts`, `kvroute_core::events::decode_direct`). */
+export interface DirectBatchArrays {
+  rank: number;
+  /** `hashes` are router keys (`applyKeyedBatchInto`), `tokens` unused. */
+  keyed?: boolean;
+  ops: Uint32Array;
+  hashes: BigUint64Array;
+  tokens: Uint32Array;
+}
+
 /** What `eventSink(model)` returns: a sink for VllmEventSource and an applier for KvEventReplica. */
 export interface RouterEventSink extends KvEventSink {
   applyEventBatch(workerId: string, payload: Uint8Array, dpRank?: number): ApplyEventBatchResult;
+  /**
+   * A batch in the in-process form of a virtual replay's engines (`DirectBatch`): the same effect
+   * as its wire bytes, without them.
+   */
+  applyDirectBatch(workerId: string, batch: DirectBatchArrays): ApplyEventBatchResult;
   clearWorker(worker: { workerId: string; dpRank?: number }): number;
   stats(): RouterEventSinkStats;
 }
@@ -484,9 +499,14 @@ export class KvRouter implements RequestLifecycle {
     };
     // The outcome comes back packed (a native object's properties cost more than applying a small batch).
     const packed = new Uint32Array(7);
-    const apply = (workerId: string, payload: Uint8Array, dpRank: number | undefined): ApplyEventBatchResult => {
+    const apply = (workerId: string, payload: Uint8Array | DirectBatchArrays, dpRank: number | undefined): ApplyEventBatchResult => {
       const m = state();
-      const malformed = m.core.applyEventBatchInto(workerId, payload, dpRank ?? null, packed);
+      const malformed =
+        payload instanceof Uint8Array
+          ? m.core.applyEventBatchInto(workerId, payload, dpRank ?? null, packed)
+          : payload.keyed
+            ? m.core.applyKeyedBatchInto(workerId, payload.rank, payload.ops, payload.hashes, packed)
+            : m.core.applyDirectBatchInto(workerId, payload.rank, payload.ops, payload.hashes, payload.tokens, packed);
       const result: ApplyEventBatchResult = {
         events: packed[0]!,
         stored: packed[1]!,
@@ -504,7 +524,9 @@ export class KvRouter implements RequestLifecycle {
         m.core.clearWorker(workerId, result.dpRank);
         counts.resyncs++;
       }
-      if (counts.batches <= 32 || counts.batches % 256 === 0) checkParity(m);
+      // A keyed batch carries no tokens and no block size: nothing to check.
+      const keyed = !(payload instanceof Uint8Array) && payload.keyed === true;
+      if ((counts.batches <= 32 || counts.batches % 256 === 0) && !keyed) checkParity(m);
       return result;
     };
     const clear = (workerId: string, dpRank: number | undefined): number => {
@@ -515,9 +537,18 @@ export class KvRouter implements RequestLifecycle {
       applyBatch: (workerId, dpRank, _seq, payload) => void apply(workerId, payload, dpRank),
       clear: (workerId, dpRank) => void clear(workerId, dpRank),
       applyEventBatch: (workerId, payload, dpRank) => apply(workerId, payload, dpRank),
+      applyDirectBatch: (workerId, batch) => apply(workerId, batch, batch.rank),
       clearWorker: (worker) => clear(worker.workerId, worker.dpRank),
       stats: () => ({ ...counts }),
     };
+  }
+
+  /**
+   * The block keys of the prompt `route` last hashed for `model` (a copy): for a simulated engine
+   * in this process that keys its cache the same way (the virtual replay's keyed engines).
+   */
+  lastPromptKeys(model: string): BigUint64Array | undefined {
+    return this.models.get(model)?.core.lastKeys();
   }
 
   /** Counters of a model's event application (as `KvIndexer.eventStats`). */

@@ -59,6 +59,23 @@ impl RouterKeyer {
         with_scratch(|buf| key(buf, parent.unwrap_or(ROOT_KEY), block_tokens, block_extra))
     }
 
+    /// `keys(tokens)` (no extra keys) when `known` holds the keys of the first `known.len()`
+    /// blocks already: those are copied, the rest chained on from the last of them, so a
+    /// sequence that grows is never hashed from its start again. Appended to `out`.
+    pub fn extend(&self, known: &[u64], tokens: &[u32], out: &mut Vec<u64>) {
+        let blocks = tokens.len() / self.block_size;
+        let n = known.len().min(blocks);
+        out.reserve(blocks);
+        out.extend_from_slice(&known[..n]);
+        with_scratch(|buf| {
+            let mut parent = if n == 0 { ROOT_KEY } else { known[n - 1] };
+            for block in tokens[n * self.block_size..].chunks_exact(self.block_size) {
+                parent = key(buf, parent, block, &BlockExtraKeys::NONE);
+                out.push(parent);
+            }
+        })
+    }
+
     /// Keys of every full block of `tokens`, chained from [`ROOT_KEY`], appended to `out`.
     /// A trailing partial block gets none.
     pub fn keys(&self, tokens: &[u32], extra: &ExtraKeys, out: &mut Vec<u64>) {
@@ -134,6 +151,22 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 mod tests {
     use super::*;
     use crate::extra_keys::MmFeature;
+
+    #[test]
+    fn extend_continues_from_known_keys() {
+        let k = RouterKeyer::new(4).unwrap();
+        let tokens: Vec<u32> = (0..37).collect();
+        let mut all = Vec::new();
+        k.keys(&tokens, &ExtraKeys::default(), &mut all);
+        for n in 0..=all.len() {
+            let mut out = Vec::new();
+            k.extend(&all[..n], &tokens, &mut out);
+            assert_eq!(out, all, "{n} known");
+        }
+        let mut out = Vec::new();
+        k.extend(&all, &tokens[..8], &mut out);
+        assert_eq!(out, all[..2]);
+    }
 
     #[test]
     fn first_key_is_xxh3_of_root_and_tokens() {

@@ -131,6 +131,9 @@ use crate::extra_keys::{BlockExtraKeys, BlockMm, LoraKey, MmBlockKey};
 use crate::indexer::{Indexer, MAX_TIERS};
 use crate::tiers::{self, Placement, Tier};
 
+mod keyed;
+pub use keyed::{decode_keyed, KeyedEvent};
+
 /// Default bound of each `(worker, dp_rank)` engine map.
 pub const DEFAULT_MAX_ENGINE_MAP_ENTRIES: usize = 1 << 20;
 /// Default number of leading `BlockStored` events checked per `(worker, dp_rank)`.
@@ -1164,33 +1167,7 @@ impl Core {
                     self.parity_check(rs, e, bs);
                 }
                 let parent = e.parent_block_hash.as_ref().map(BlockHash::to_u64);
-                let keys = e.block_hashes.keys();
-                // Keys held before are duplicates (rare: noted here, counted below). After a
-                // bypass, a key not held may have a stale count (its holding was removed behind
-                // our back): dropped below too.
-                let heal = self.bypassed && !rs.copies.is_empty();
-                let pending = &mut self.pending;
-                pending.clear();
-                let stored =
-                    self.index
-                        .apply_stored_with(w, rank, medium, parent, keys, |i, held| {
-                            if held || heal {
-                                pending.push((keys[i], held));
-                            }
-                        });
-                match stored {
-                    Ok(tier) => {
-                        for &(k, held) in &self.pending {
-                            if held {
-                                rs.copies.add(k, tier, &mut self.c);
-                            } else {
-                                rs.copies.forget(k, 1 << tier);
-                            }
-                        }
-                        self.count_stored(keys.len(), out);
-                    }
-                    Err(_) => self.c.skip("indexer_rejected", out),
-                }
+                self.store_keys(w, rank, rs, medium, parent, e.block_hashes.keys(), out);
             }
             Keying::Tokens if !has_tokens => self.store_by_hash(w, rank, rs, e, medium, out),
             Keying::Tokens => match bs {
@@ -1198,6 +1175,47 @@ impl Core {
                 BlockSizeCheck::Partial => self.c.skip("partial_block", out),
                 BlockSizeCheck::Mismatch => self.c.skip("block_size_mismatch", out),
             },
+        }
+    }
+
+    /// Stores `keys` as they are (engine keying, or keys already the router's): duplicates
+    /// counted in `rs.copies`.
+    #[allow(clippy::too_many_arguments)]
+    fn store_keys(
+        &mut self,
+        w: &str,
+        rank: u32,
+        rs: &mut RankState,
+        medium: Option<&str>,
+        parent: Option<u64>,
+        keys: &[u64],
+        out: &mut ApplyOutcome,
+    ) {
+        // Keys held before are duplicates (rare: noted here, counted below). After a bypass, a
+        // key not held may have a stale count (its holding was removed behind our back): dropped
+        // below too.
+        let heal = self.bypassed && !rs.copies.is_empty();
+        let pending = &mut self.pending;
+        pending.clear();
+        let stored = self
+            .index
+            .apply_stored_with(w, rank, medium, parent, keys, |i, held| {
+                if held || heal {
+                    pending.push((keys[i], held));
+                }
+            });
+        match stored {
+            Ok(tier) => {
+                for &(k, held) in &self.pending {
+                    if held {
+                        rs.copies.add(k, tier, &mut self.c);
+                    } else {
+                        rs.copies.forget(k, 1 << tier);
+                    }
+                }
+                self.count_stored(keys.len(), out);
+            }
+            Err(_) => self.c.skip("indexer_rejected", out),
         }
     }
 
@@ -1349,58 +1367,77 @@ impl Core {
                     .skip(placement.skip_reason().unwrap_or("unknown_medium"), out)
             }
         };
-        // A tier the index never saw holds nothing: no copies, the bits stay as they are.
-        let tier = self.index.tier_id(medium);
-        let (keys, n): (&[u64], usize) = match self.cfg.keying {
-            Keying::Engine => {
-                let keys = e.block_hashes.keys();
-                match tier {
-                    // Some hash is duplicated: the ones with extra copies lose one and stay.
-                    Some(t) if !rs.copies.is_empty() => {
-                        self.keys.clear();
-                        for &k in keys {
-                            if !rs.copies.take(k, t, &mut self.c) {
-                                self.keys.push(k);
-                            }
-                        }
-                        (&self.keys, keys.len())
-                    }
-                    _ => (keys, keys.len()),
-                }
-            }
-            Keying::Tokens => {
-                let bit = tier.map_or(0, |t| 1u8 << t);
-                self.keys.clear();
-                let mut resolved = 0;
-                for h in e.block_hashes.keys() {
-                    let Entry::Occupied(mut o) = rs.map.entry(*h) else {
-                        self.c.unresolved_hashes += 1;
-                        continue;
-                    };
-                    resolved += 1;
-                    if let Some(t) = tier.filter(|_| o.get().tiers & bit != 0) {
-                        if rs.copies.take(*h, t, &mut self.c) {
-                            continue;
-                        }
-                    }
-                    self.keys.push(o.get().key);
-                    o.get_mut().tiers &= !bit;
-                    if o.get().tiers == 0 {
-                        o.remove();
-                    }
-                }
-                rs.maybe_compact();
-                if resolved == 0 && !e.block_hashes.is_empty() {
-                    return self.c.skip("unknown_block_hashes", out);
-                }
-                (&self.keys, resolved)
-            }
-        };
-        if !keys.is_empty() {
-            self.index.apply_removed(w, rank, medium, keys);
+        if self.cfg.keying == Keying::Engine {
+            return self.remove_keys(w, rank, rs, medium, e.block_hashes.keys(), out);
         }
-        self.c.blocks_removed += n as u64;
-        out.removed = out.removed.saturating_add(n.try_into().unwrap_or(u32::MAX));
+        // Token keying: each hash through the engine map. A tier the index never saw holds
+        // nothing: no copies, the bits stay as they are.
+        let tier = self.index.tier_id(medium);
+        let bit = tier.map_or(0, |t| 1u8 << t);
+        self.keys.clear();
+        let mut resolved = 0usize;
+        for h in e.block_hashes.keys() {
+            let Entry::Occupied(mut o) = rs.map.entry(*h) else {
+                self.c.unresolved_hashes += 1;
+                continue;
+            };
+            resolved += 1;
+            if let Some(t) = tier.filter(|_| o.get().tiers & bit != 0) {
+                if rs.copies.take(*h, t, &mut self.c) {
+                    continue;
+                }
+            }
+            self.keys.push(o.get().key);
+            o.get_mut().tiers &= !bit;
+            if o.get().tiers == 0 {
+                o.remove();
+            }
+        }
+        rs.maybe_compact();
+        if resolved == 0 && !e.block_hashes.is_empty() {
+            return self.c.skip("unknown_block_hashes", out);
+        }
+        if !self.keys.is_empty() {
+            self.index.apply_removed(w, rank, medium, &self.keys);
+        }
+        self.c.blocks_removed += resolved as u64;
+        out.removed = out
+            .removed
+            .saturating_add(resolved.try_into().unwrap_or(u32::MAX));
+    }
+
+    /// Removes `keys` as they are (engine keying, or keys already the router's): a duplicated
+    /// key loses one copy and stays.
+    fn remove_keys(
+        &mut self,
+        w: &str,
+        rank: u32,
+        rs: &mut RankState,
+        medium: Option<&str>,
+        keys: &[u64],
+        out: &mut ApplyOutcome,
+    ) {
+        // A tier the index never saw holds nothing: no copies.
+        let tier = self.index.tier_id(medium);
+        let left: &[u64] = match tier {
+            Some(t) if !rs.copies.is_empty() => {
+                self.keys.clear();
+                for &k in keys {
+                    if !rs.copies.take(k, t, &mut self.c) {
+                        self.keys.push(k);
+                    }
+                }
+                &self.keys
+            }
+            _ => keys,
+        };
+        if !left.is_empty() {
+            self.index.apply_removed(w, rank, medium, left);
+        }
+        self.c.blocks_removed += keys.len() as u64;
+        out.removed = out
+            .removed
+            .saturating_add(keys.len().try_into().unwrap_or(u32::MAX));
     }
 
     /// Removes from the index the router keys of entries that left the map (evicted or rekeyed).

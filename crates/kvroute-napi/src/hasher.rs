@@ -3,7 +3,7 @@
 
 use kvroute_core::block_keys::RouterKeyer;
 use kvroute_core::engine_hash::{EngineHasher, EngineHasherConfig, HashAlgorithm};
-use napi::bindgen_prelude::{BigUint64Array, Buffer, Uint32ArraySlice};
+use napi::bindgen_prelude::{BigUint64Array, BigUint64ArraySlice, Buffer, Uint32ArraySlice};
 use napi_derive::napi;
 
 use crate::convert::{extra_keys, invalid_config, to_napi, ExtraKeysInput};
@@ -71,6 +71,24 @@ impl BlockHasher {
         Ok(BigUint64Array::new(
             self.keys_of(&tokens, &extra_keys(extra)?),
         ))
+    }
+
+    /// `hash(tokens)` for a sequence whose first `known.length` block keys are known (router
+    /// keys, no extra keys): only the blocks after them are hashed.
+    #[napi]
+    pub fn extend(
+        &self,
+        known: BigUint64ArraySlice,
+        tokens: Uint32ArraySlice,
+    ) -> napi::Result<BigUint64Array> {
+        let Keying::Router(k) = &self.keying else {
+            return Err(invalid_config(
+                "extend needs router keys (algorithm \"router\")",
+            ));
+        };
+        let mut keys = Vec::new();
+        k.extend(&known, &tokens, &mut keys);
+        Ok(BigUint64Array::new(keys))
     }
 
     /// The full digests of every full block, concatenated (`digestLength` bytes each).

@@ -4,6 +4,8 @@
 //! the caller's reused `Float64Array`, so the JS side never loops over blocks and allocates
 //! nothing per decision but the decision object it builds.
 
+use kvroute_core::event_applier::decode_keyed;
+use kvroute_core::events::{decode_direct, DecodeError};
 use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::scheduler::{
     Decision, Mode, Role, RouteRequest, Scheduler, SchedulerConfig, WorkerMetrics,
@@ -422,6 +424,89 @@ impl KvRouterCore {
                 .apply_payload(&worker_id, &payload, dp_rank.unwrap_or(0)),
             dp_rank.unwrap_or(0),
         );
+        out[..APPLY_WORDS].copy_from_slice(&[
+            r.events,
+            r.stored,
+            r.removed,
+            r.cleared,
+            r.skipped,
+            r.skipped_known,
+            r.dp_rank,
+        ]);
+        Ok(r.malformed)
+    }
+
+    /// `applyEventBatchInto` for a batch in the in-process form of a virtual replay's engines
+    /// (`kvroute_core::events::decode_direct`: `ops`, `hashes`, `tokens` instead of msgpack
+    /// bytes): the same effect on the router as the batch's wire bytes, without encoding or
+    /// decoding them. Returns why the arrays do not form a batch (null when they do).
+    #[napi]
+    pub fn apply_direct_batch_into(
+        &mut self,
+        worker_id: String,
+        dp_rank: u32,
+        ops: Uint32ArraySlice,
+        hashes: BigUint64ArraySlice,
+        tokens: Uint32ArraySlice,
+        mut out: Uint32ArraySlice,
+    ) -> napi::Result<Option<String>> {
+        // SAFETY: as in `apply_event_batch_into`.
+        let out = unsafe { out.as_mut() };
+        if out.len() < APPLY_WORDS {
+            return Err(invalid_config(
+                "applyDirectBatchInto output buffer too small",
+            ));
+        }
+        let outcome = match decode_direct(&ops, &hashes, &tokens, dp_rank) {
+            Ok(batch) => self.sched.apply_batch(&worker_id, &batch, dp_rank),
+            Err(reason) => Err(DecodeError {
+                reason,
+                event_index: None,
+                offset: 0,
+            }),
+        };
+        let r = apply_result(outcome, dp_rank);
+        out[..APPLY_WORDS].copy_from_slice(&[
+            r.events,
+            r.stored,
+            r.removed,
+            r.cleared,
+            r.skipped,
+            r.skipped_known,
+            r.dp_rank,
+        ]);
+        Ok(r.malformed)
+    }
+
+    /// `applyDirectBatchInto` for a batch whose hashes are already router keys (a virtual
+    /// replay's engines keying their caches with the router's keyer; layout in
+    /// `kvroute_core::event_applier::decode_keyed`). Returns why the arrays do not form a batch
+    /// (null when they do).
+    #[napi]
+    pub fn apply_keyed_batch_into(
+        &mut self,
+        worker_id: String,
+        dp_rank: u32,
+        ops: Uint32ArraySlice,
+        keys: BigUint64ArraySlice,
+        mut out: Uint32ArraySlice,
+    ) -> napi::Result<Option<String>> {
+        // SAFETY: as in `apply_event_batch_into`.
+        let out = unsafe { out.as_mut() };
+        if out.len() < APPLY_WORDS {
+            return Err(invalid_config(
+                "applyKeyedBatchInto output buffer too small",
+            ));
+        }
+        let outcome = match decode_keyed(&ops, &keys) {
+            Ok(events) => Ok(self.sched.apply_keyed(&worker_id, dp_rank, &events)),
+            Err(reason) => Err(DecodeError {
+                reason,
+                event_index: None,
+                offset: 0,
+            }),
+        };
+        let r = apply_result(outcome, dp_rank);
         out[..APPLY_WORDS].copy_from_slice(&[
             r.events,
             r.stored,

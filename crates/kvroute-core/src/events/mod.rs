@@ -28,9 +28,11 @@
 //!   The rest of the batch is applied; a consumer that needs exactness should treat any skipped
 //!   `BlockStored`/`BlockRemoved` as a reason to resync that worker.
 
+mod direct;
 pub mod msgpack;
 mod wire;
 
+pub use direct::{decode_direct, DirectError, DIRECT_CLEARED, DIRECT_REMOVED, DIRECT_STORED};
 pub use wire::{decode_batch, encode_batch};
 
 use std::fmt;

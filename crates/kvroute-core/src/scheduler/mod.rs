@@ -82,8 +82,8 @@ use std::str::FromStr;
 use crate::block_keys::RouterKeyer;
 use crate::engine_hash::{EngineHasher, EngineHasherConfig, HashAlgorithm};
 use crate::error::{Error, Result};
-use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, Keying};
-use crate::events::DecodeError;
+use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, KeyedEvent, Keying};
+use crate::events::{DecodeError, KvEventBatch};
 use crate::extra_keys::ExtraKeys;
 use crate::indexer::{Matches, MAX_TIERS};
 use crate::tiers::{Tier, TIERS};
@@ -663,6 +663,31 @@ impl Scheduler {
             .apply_payload_at(worker, payload, fallback_rank)?;
         self.set_view(worker, Some(out.dp_rank), true);
         Ok(out)
+    }
+
+    /// Applies a batch already in its typed form (the in-process path of a virtual replay,
+    /// [`decode_direct`](crate::events::decode_direct)): the same effect as its wire bytes.
+    pub fn apply_batch(
+        &mut self,
+        worker: &str,
+        batch: &KvEventBatch,
+        fallback_rank: u32,
+    ) -> std::result::Result<ApplyOutcome, DecodeError> {
+        let out = self.applier.apply_batch_at(worker, batch, fallback_rank)?;
+        self.set_view(worker, Some(out.dp_rank), true);
+        Ok(out)
+    }
+
+    /// Applies a batch whose hashes are router keys ([`EventApplier::apply_keyed`]).
+    pub fn apply_keyed(
+        &mut self,
+        worker: &str,
+        dp_rank: u32,
+        events: &[KeyedEvent<'_>],
+    ) -> ApplyOutcome {
+        let out = self.applier.apply_keyed(worker, dp_rank, events);
+        self.set_view(worker, Some(dp_rank), true);
+        out
     }
 
     /// Drops the worker's blocks (one rank or all): a restart or a stale view. Its targets are
