@@ -68,6 +68,15 @@ pub fn load(dir: Option<&Path>) -> Result<&'static NixlLibrary, NixlError> {
             std::env::set_var("NIXL_PLUGIN_DIR", &plugins);
         }
     }
+    // UCX's memory hooks patch libc's mmap/munmap code (and its malloc) at run time, while
+    // V8's and libuv's threads call them: a race that can crash the host process. Their only
+    // use is invalidating UCX's registration cache, and NIXL registers its memory explicitly,
+    // so both stay off unless the user sets them (UCX then patches no libc function).
+    for (name, value) in [("UCX_MEM_EVENTS", "n"), ("UCX_RCACHE_ENABLE", "n")] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
     // SAFETY: loading runs the library's initialisers; NIXL's are ordinary C++ static
     // constructors with no preconditions on the host process.
     let lib = unsafe { libloading::Library::new(&path) }
