@@ -68,11 +68,15 @@ pub fn load(dir: Option<&Path>) -> Result<&'static NixlLibrary, NixlError> {
             std::env::set_var("NIXL_PLUGIN_DIR", &plugins);
         }
     }
-    // UCX's memory hooks patch libc's mmap/munmap code (and its malloc) at run time, while
-    // V8's and libuv's threads call them: a race that can crash the host process. Their only
-    // use is invalidating UCX's registration cache, and NIXL registers its memory explicitly,
-    // so both stay off unless the user sets them (UCX then patches no libc function).
-    for (name, value) in [("UCX_MEM_EVENTS", "n"), ("UCX_RCACHE_ENABLE", "n")] {
+    // UCX's memory hooks replace malloc and, in its default "bistro" mode, rewrite the code of
+    // libc's mmap/munmap at run time while V8's and libuv's threads may be running it: a race
+    // that can crash the host process. Malloc hooks off, and mmap hooked through the relocation
+    // tables instead (pointer writes), unless the user chose. Memory events stay on: with them
+    // off, UCX's registration cache goes too, and a GPU READ over its host path ran 7x slower.
+    for (name, value) in [
+        ("UCX_MEM_MALLOC_HOOKS", "n"),
+        ("UCX_MEM_MMAP_HOOK_MODE", "reloc"),
+    ] {
         if std::env::var_os(name).is_none() {
             std::env::set_var(name, value);
         }
