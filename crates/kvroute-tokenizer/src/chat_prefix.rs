@@ -33,8 +33,9 @@ struct Entry {
 }
 
 impl Entry {
+    /// What it holds, allocations counted whole.
     fn bytes(&self) -> usize {
-        self.text.len() + 4 * self.ids.len() + 16 * self.cuts.len() + 64
+        self.text.capacity() + 4 * self.ids.capacity() + 16 * self.cuts.capacity() + 64
     }
 }
 
@@ -121,12 +122,27 @@ impl ChatPrefixCache {
         Some(Reuse { ids, cuts, from })
     }
 
-    /// Keeps `text` as the conversation's last prompt (replacing the one before).
-    pub fn store(&mut self, key: u128, text: String, ids: Vec<u32>, cuts: Vec<(usize, usize)>) {
+    /// Keeps `text` as the conversation's last prompt (replacing the one before, whose id buffer
+    /// is reused: its pages are already mapped, a fresh one of this size is not).
+    pub fn store(&mut self, key: u128, text: String, ids: &[u32], cuts: Vec<(usize, usize)>) {
         self.stamp += 1;
+        let mut buffer = match self.map.remove(&key) {
+            Some(old) => {
+                self.bytes -= old.bytes();
+                old.ids
+            }
+            None => Vec::new(),
+        };
+        buffer.clear();
+        buffer.reserve_exact(ids.len());
+        buffer.extend_from_slice(ids);
+        let mut text = text;
+        // A rendered prompt's spare capacity can be as large as the prompt (large blocks shrink in
+        // place, without a copy).
+        text.shrink_to_fit();
         let entry = Entry {
             text,
-            ids,
+            ids: buffer,
             cuts,
             used: self.stamp,
         };
@@ -136,9 +152,7 @@ impl ChatPrefixCache {
             return;
         }
         self.bytes += size;
-        if let Some(old) = self.map.insert(key, entry) {
-            self.bytes -= old.bytes();
-        }
+        self.map.insert(key, entry);
         self.order.push_back((key, self.stamp));
         while self.bytes > self.capacity {
             let Some((key, stamp)) = self.order.pop_front() else {
@@ -210,7 +224,7 @@ mod tests {
         cache.store(
             7,
             "aaaa<T>bbb<T>ccc<T>".into(),
-            vec![1, 9, 2, 9, 3, 9],
+            &[1, 9, 2, 9, 3, 9],
             vec![(7, 2), (13, 4), (19, 6)],
         );
         // Shares 17 bytes; with tokens up to 3 bytes long the cut must end by 14: the second.
@@ -231,7 +245,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_conversations_within_bytes() {
-        let entry = |c: char| (c.to_string().repeat(100), vec![0; 10], vec![(100, 10)]);
+        let entry = |c: char| (c.to_string().repeat(100), vec![0u32; 10], vec![(100, 10)]);
         let one = {
             let (t, i, c) = entry('a');
             Entry {
@@ -245,11 +259,11 @@ mod tests {
         let mut cache = ChatPrefixCache::new(3 * one);
         for (k, c) in [(1, 'a'), (2, 'b'), (3, 'c')] {
             let (t, i, cuts) = entry(c);
-            cache.store(k, t, i, cuts);
+            cache.store(k, t, &i, cuts);
         }
         assert!(cache.reuse(1, &"a".repeat(100), 1).is_some());
         let (t, i, cuts) = entry('d');
-        cache.store(4, t, i, cuts);
+        cache.store(4, t, &i, cuts);
         let s = cache.stats();
         assert_eq!((s.conversations, s.evictions), (3, 1));
         assert!(s.bytes <= cache.capacity());

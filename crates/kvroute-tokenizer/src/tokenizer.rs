@@ -25,8 +25,8 @@ use crate::template::ChatTemplate;
 /// Token ids the segment cache holds by default (~16 MiB of ids).
 pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
 
-/// Bytes the conversation cache (src/chat_prefix.rs) holds by default: the last prompt of about
-/// a hundred 60k-token conversations.
+/// Bytes the conversation cache (src/chat_prefix.rs) holds by default: the last prompt and ids of
+/// about 130 60k-token conversations (~0.5 MB each).
 pub const DEFAULT_CONVERSATION_CACHE_BYTES: usize = 64 << 20;
 
 struct LoadedTemplate {
@@ -403,7 +403,7 @@ impl ModelTokenizer {
         self.extend_pieces(splitter, &prompt, from, &mut ids, &mut cuts)?;
         if let Ok(mut c) = self.conversations.lock() {
             if c.capacity() > 0 {
-                c.store(key, prompt, ids.clone(), cuts);
+                c.store(key, prompt, &ids, cuts);
             }
         }
         Ok(ids)
