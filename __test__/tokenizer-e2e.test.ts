@@ -80,6 +80,9 @@ describe("real tokenization through the gateway", () => {
     expect(metricValue(metrics, "kvroute_tokenization_checks_total")).toBeGreaterThanOrEqual(2);
     expect(metricValue(metrics, "kvroute_tokenization_mismatch_total")).toBe(0);
     expect(metricValue(metrics, "kvroute_requests_untokenized_total")).toBe(0);
+    // The tokenizer's bounded caches say what they dropped (nothing, at this size).
+    expect(metrics).toMatch(/^kvroute_tokenizer_cache_evictions_total\{cache="conversations"\} 0$/m);
+    expect(metricValue(metrics, "kvroute_tokenizer_cache_evictions_total", { cache: "segments" })).toBe(0);
     up.child.kill("SIGINT");
     expect(await up.exit).toBe(0);
   });

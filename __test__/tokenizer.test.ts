@@ -63,6 +63,25 @@ describe("Tokenizer (vLLM-exact, via N-API)", () => {
       messages.push({ role: "assistant", content: `answer ${turn}` });
     }
     expect(tk.cacheStats().hits).toBeGreaterThan(tk.cacheStats().misses);
+    // Each turn after the first reused the ids of the turn before (the conversation cache).
+    expect(tk.cacheStats().conversationHits).toBe(11);
+  });
+
+  it("the conversation cache stays within its bytes, counts what it drops, and stays exact", () => {
+    const tiny = Tokenizer.fromDir(tokenizerDir(golden, "qwen3"), { conversationCacheBytes: 600 });
+    const off = Tokenizer.fromDir(tokenizerDir(golden, "qwen3"), { conversationCacheBytes: 0 });
+    const conversations = [0, 1, 2].map((c) => [{ role: "system", content: `You are assistant ${c}.` }]);
+    for (let turn = 0; turn < 6; turn++) {
+      for (const [c, messages] of conversations.entries()) {
+        messages.push({ role: "user", content: `conversation ${c}, question ${turn}` });
+        expect(Array.from(tiny.encodeChat({ messages }))).toEqual(Array.from(off.encodeChat({ messages })));
+        messages.push({ role: "assistant", content: `answer ${turn}` });
+      }
+    }
+    const s = tiny.cacheStats();
+    expect(s.conversationEvictions).toBeGreaterThan(0);
+    expect(s.conversationBytes).toBeLessThanOrEqual(600);
+    expect(off.cacheStats().conversationHits).toBe(0);
   });
 
   it("a request the template refuses, or malformed JSON, is a typed input error", () => {

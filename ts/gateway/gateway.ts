@@ -130,6 +130,7 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
     fleet,
     log,
   });
+  metrics.observeTokenizerCaches(() => tokenizers.cacheStats());
   const ctx: GatewayContext = {
     router: options.router,
     registry: options.registry,

@@ -122,6 +122,30 @@ export class GatewayMetrics {
     });
   }
 
+  /**
+   * Counts, at each scrape, what the tokenizers' bounded caches dropped to stay within their
+   * budgets (`cache`: segments or conversations), from `source`'s counters.
+   */
+  observeTokenizerCaches(source: () => readonly { evictions: number; conversationEvictions: number }[]): void {
+    new Counter({
+      name: "kvroute_tokenizer_cache_evictions_total",
+      help: "Entries the tokenizers' bounded caches dropped to stay within their budgets: chat segments (cache segments) or conversations' last prompts (cache conversations)",
+      labelNames: ["cache"],
+      registers: [this.registry],
+      collect() {
+        let segments = 0;
+        let conversations = 0;
+        for (const s of source()) {
+          segments += s.evictions;
+          conversations += s.conversationEvictions;
+        }
+        this.reset();
+        this.inc({ cache: "segments" }, segments);
+        this.inc({ cache: "conversations" }, conversations);
+      },
+    });
+  }
+
   // Label lookups hash their label object on every call: the per-request series are cached.
   private readonly children = new Map<string, unknown>();
 

@@ -6,6 +6,7 @@
  * model untokenized. There is no fallback tokenizer: a model without one has its text and chat
  * requests routed by load (gateway.ts counts them).
  */
+import type { TokenizerCacheStats } from "../../index.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import type { FleetView, PromptTokenizer } from "./context.js";
 
@@ -62,6 +63,14 @@ export class ModelTokenizers {
     if (this.refusalsLogged.has(model)) return;
     this.refusalsLogged.add(model);
     this.options.log(`model ${model}: the tokenizer refused a prompt (${err.message}); such requests are routed by load and the worker answers them (logged once per model)`);
+  }
+
+  /** The cache counters of every tokenizer in use that keeps them (for /metrics). */
+  cacheStats(): TokenizerCacheStats[] {
+    const all = new Set<unknown>([...this.loaded.values(), ...Object.values(this.options.byModel ?? {}), this.options.all]);
+    const out: TokenizerCacheStats[] = [];
+    for (const t of all) if (t instanceof Tokenizer) out.push(t.cacheStats());
+    return out;
   }
 
   /** Models among `models` that have no tokenizer. */

@@ -12,6 +12,11 @@ import type { NativeTokenizer, OpenAiRequestFields, TokenizerCacheStats } from "
 export interface TokenizerOptions {
   /** Token ids the chat segment cache holds at most (default 4,194,304 ≈ 16 MiB). */
   cacheTokens?: number;
+  /**
+   * Bytes the conversation cache holds at most: each conversation's last chat prompt and its ids,
+   * so the next turn reuses the ids of the text they share (default 64 MiB; 0 turns it off).
+   */
+  conversationCacheBytes?: number;
 }
 
 export interface EncodeOptions {
@@ -55,7 +60,7 @@ export class Tokenizer {
 
   /** Loads a model folder; a bad folder throws `TokenizerLoadError` naming the file and cause. */
   static fromDir(dir: string, options: TokenizerOptions = {}): Tokenizer {
-    const inner = callNative(() => native.NativeTokenizer.fromDir(dir, { cacheTokens: options.cacheTokens }));
+    const inner = callNative(() => native.NativeTokenizer.fromDir(dir, { cacheTokens: options.cacheTokens, conversationCacheBytes: options.conversationCacheBytes }));
     return new Tokenizer(inner, dir);
   }
 

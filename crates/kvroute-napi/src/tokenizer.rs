@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kvroute_tokenizer::{ModelTokenizer, DEFAULT_CACHE_TOKENS};
+use kvroute_tokenizer::{ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES};
 use napi::bindgen_prelude::{Buffer, Uint32Array, Uint32ArraySlice};
 use napi_derive::napi;
 
@@ -15,6 +15,8 @@ use crate::openai::OpenAiRequestFields;
 pub struct NativeTokenizerOptions {
     /// Token ids the chat segment cache holds at most (default 4,194,304).
     pub cache_tokens: Option<u32>,
+    /// Bytes the conversation cache holds at most (default 64 MiB; 0 turns it off).
+    pub conversation_cache_bytes: Option<f64>,
 }
 
 #[napi(object)]
@@ -23,6 +25,14 @@ pub struct TokenizerCacheStats {
     pub misses: f64,
     pub pieces: u32,
     pub tokens: u32,
+    /// Pieces dropped from the segment cache to stay within `cacheTokens`.
+    pub evictions: f64,
+    /// Chat prompts that reused the ids of their conversation's previous turn, and those that did not.
+    pub conversation_hits: f64,
+    pub conversation_misses: f64,
+    /// Conversations dropped from the conversation cache to stay within its bytes.
+    pub conversation_evictions: f64,
+    pub conversation_bytes: f64,
 }
 
 #[napi]
@@ -40,9 +50,15 @@ impl NativeTokenizer {
     #[napi(factory)]
     pub fn from_dir(dir: String, options: Option<NativeTokenizerOptions>) -> napi::Result<Self> {
         let cache = options
+            .as_ref()
             .and_then(|o| o.cache_tokens)
             .map_or(DEFAULT_CACHE_TOKENS, |n| n as usize);
-        let inner = ModelTokenizer::from_dir_with_cache(Path::new(&dir), cache).map_err(to_napi)?;
+        let conversations = options
+            .and_then(|o| o.conversation_cache_bytes)
+            .map_or(DEFAULT_CONVERSATION_CACHE_BYTES, |n| n.max(0.0) as usize);
+        let inner = ModelTokenizer::from_dir_with_cache(Path::new(&dir), cache)
+            .map_err(to_napi)?
+            .with_conversation_cache(conversations);
         Ok(NativeTokenizer { inner })
     }
 
@@ -126,6 +142,11 @@ impl NativeTokenizer {
             misses: s.misses as f64,
             pieces: s.pieces as u32,
             tokens: s.tokens as u32,
+            evictions: s.evictions as f64,
+            conversation_hits: s.conversation_hits as f64,
+            conversation_misses: s.conversation_misses as f64,
+            conversation_evictions: s.conversation_evictions as f64,
+            conversation_bytes: s.conversation_bytes as f64,
         }
     }
 

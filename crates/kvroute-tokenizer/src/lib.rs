@@ -8,8 +8,10 @@
 //! - [`conversation`]: the request body rewritten as vLLM rewrites it before rendering.
 //! - [`pretokenize`] and `fast_encoder`: the fast path for GPT-4-style byte-level BPE.
 //! - [`segments`]: incremental encoding of rendered chats, piece by piece through a bounded LRU.
+//! - [`chat_prefix`]: a conversation's next turn reuses the ids of the text it shares with the last.
 //! - [`tokenizer`]: [`ModelTokenizer`], which ties them together.
 
+pub mod chat_prefix;
 mod clock;
 pub mod conversation;
 mod fast_encoder;
@@ -21,4 +23,6 @@ pub mod segments;
 pub mod template;
 pub mod tokenizer;
 
-pub use tokenizer::{CacheStats, ModelTokenizer, DEFAULT_CACHE_TOKENS};
+pub use tokenizer::{
+    CacheStats, ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES,
+};

@@ -23,6 +23,8 @@ pub struct Splitter {
     matcher: AhoCorasick,
     /// Pattern index -> the added token's id.
     ids: Vec<u32>,
+    /// The longest added token, in bytes.
+    longest: usize,
 }
 
 /// One piece of rendered text: plain text to encode, or an added token's id.
@@ -59,24 +61,53 @@ impl Splitter {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&contents)
             .ok()?;
-        Some(Splitter { matcher, ids })
+        let longest = contents.iter().map(String::len).max().unwrap_or(0);
+        Some(Splitter {
+            matcher,
+            ids,
+            longest,
+        })
     }
 
     /// The pieces of `text` in order; empty text between two added tokens is skipped.
     pub fn split<'a>(&self, text: &'a str) -> Vec<Piece<'a>> {
         let mut out = Vec::new();
+        self.each_piece(text, |piece, _| {
+            out.push(piece);
+            Ok::<(), ()>(())
+        })
+        .ok();
+        out
+    }
+
+    /// Calls `f` with each piece of `text` in order and the offset just past it.
+    pub fn each_piece<'a, E>(
+        &self,
+        text: &'a str,
+        mut f: impl FnMut(Piece<'a>, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut at = 0;
         for m in self.matcher.find_iter(text) {
             if m.start() > at {
-                out.push(Piece::Text(&text[at..m.start()]));
+                f(Piece::Text(&text[at..m.start()]), m.start())?;
             }
-            out.push(Piece::Added(self.ids[m.pattern().as_usize()]));
+            f(Piece::Added(self.ids[m.pattern().as_usize()]), m.end())?;
             at = m.end();
         }
         if at < text.len() {
-            out.push(Piece::Text(&text[at..]));
+            f(Piece::Text(&text[at..]), text.len())?;
         }
-        out
+        Ok(())
+    }
+
+    /// The end offsets of the added tokens in `text`, in order.
+    pub fn token_ends<'a>(&'a self, text: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.matcher.find_iter(text).map(|m| m.end())
+    }
+
+    /// The longest added token, in bytes (how far ahead a match decision looks).
+    pub fn longest(&self) -> usize {
+        self.longest
     }
 }
 
@@ -108,6 +139,8 @@ pub struct SegmentCache {
     capacity: usize,
     pub hits: u64,
     pub misses: u64,
+    /// Pieces dropped to stay within capacity (or too large to keep).
+    pub evictions: u64,
 }
 
 impl SegmentCache {
@@ -121,6 +154,7 @@ impl SegmentCache {
             capacity,
             hits: 0,
             misses: 0,
+            evictions: 0,
         }
     }
 
@@ -143,6 +177,7 @@ impl SegmentCache {
     pub fn insert(&mut self, key: u128, ids: Arc<[u32]>) {
         self.misses += 1;
         if ids.len() > self.capacity {
+            self.evictions += 1;
             return;
         }
         self.stamp += 1;
@@ -158,6 +193,7 @@ impl SegmentCache {
             if self.map.get(&key).is_some_and(|(_, used)| *used == stamp) {
                 if let Some((ids, _)) = self.map.remove(&key) {
                     self.held -= ids.len();
+                    self.evictions += 1;
                 }
             }
         }

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 use tokenizers::Tokenizer;
 
+use crate::chat_prefix::{ChatPrefixCache, Reuse};
 use crate::conversation::{self, ContentFormat, TemplateInput};
 use crate::fast_encoder::FastEncoder;
 use crate::model_dir;
@@ -23,6 +24,10 @@ use crate::template::ChatTemplate;
 
 /// Token ids the segment cache holds by default (~16 MiB of ids).
 pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
+
+/// Bytes the conversation cache (src/chat_prefix.rs) holds by default: the last prompt and ids of
+/// about 130 60k-token conversations (~0.5 MB each).
+pub const DEFAULT_CONVERSATION_CACHE_BYTES: usize = 64 << 20;
 
 struct LoadedTemplate {
     template: ChatTemplate,
@@ -45,6 +50,7 @@ pub struct ModelTokenizer {
     special_affixes: Option<(Vec<u32>, Vec<u32>)>,
     cache: Mutex<SegmentCache>,
     messages: Mutex<MessageCache>,
+    conversations: Mutex<ChatPrefixCache>,
 }
 
 /// Rewritten messages by their raw JSON text (and the template's content format).
@@ -76,6 +82,14 @@ pub struct CacheStats {
     pub misses: u64,
     pub pieces: usize,
     pub tokens: usize,
+    /// Pieces dropped from the segment cache.
+    pub evictions: u64,
+    /// Chat prompts that reused an earlier turn's ids (src/chat_prefix.rs), and those that did not.
+    pub conversation_hits: u64,
+    pub conversation_misses: u64,
+    /// Conversations dropped from the conversation cache.
+    pub conversation_evictions: u64,
+    pub conversation_bytes: usize,
 }
 
 impl ModelTokenizer {
@@ -131,7 +145,16 @@ impl ModelTokenizer {
             special_affixes,
             cache: Mutex::new(SegmentCache::new(cache_tokens)),
             messages: Mutex::new(MessageCache::default()),
+            conversations: Mutex::new(ChatPrefixCache::new(DEFAULT_CONVERSATION_CACHE_BYTES)),
         })
+    }
+
+    /// Sets the conversation cache's budget in bytes (0: every chat prompt is split in full).
+    pub fn with_conversation_cache(self, bytes: usize) -> Self {
+        ModelTokenizer {
+            conversations: Mutex::new(ChatPrefixCache::new(bytes)),
+            ..self
+        }
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -353,7 +376,73 @@ impl ModelTokenizer {
         if add_special_tokens {
             return self.encode(&rendered, true);
         }
-        self.encode_pieces(&rendered)
+        self.encode_turn(rendered)
+    }
+
+    /// `encode(prompt, false)` for a rendered chat prompt, reusing the ids of the text it shares
+    /// with its conversation's last prompt (src/chat_prefix.rs), the rest piece by piece.
+    fn encode_turn(&self, prompt: String) -> Result<Vec<u32>, Error> {
+        let Some(splitter) = &self.splitter else {
+            return self.encode(&prompt, false);
+        };
+        let key = ChatPrefixCache::key(&prompt, splitter.token_ends(&prompt), 0);
+        let reused = self
+            .conversations
+            .lock()
+            .ok()
+            .and_then(|mut c| c.reuse(key, &prompt, splitter.longest()));
+        let Reuse {
+            mut ids,
+            mut cuts,
+            from,
+        } = reused.unwrap_or_else(|| Reuse {
+            ids: Vec::with_capacity(prompt.len() / 3),
+            cuts: Vec::new(),
+            from: 0,
+        });
+        self.extend_pieces(splitter, &prompt, from, &mut ids, &mut cuts)?;
+        if let Ok(mut c) = self.conversations.lock() {
+            if c.capacity() > 0 {
+                c.store(key, prompt, &ids, cuts);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Appends the ids of `text[from..]` (`from` is 0 or just past an added token), piece by
+    /// piece through the segment cache, and a cut after each added token.
+    fn extend_pieces(
+        &self,
+        splitter: &crate::segments::Splitter,
+        text: &str,
+        from: usize,
+        ids: &mut Vec<u32>,
+        cuts: &mut Vec<(usize, usize)>,
+    ) -> Result<(), Error> {
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| Error::input("segment cache poisoned"))?;
+        splitter.each_piece(&text[from..], |piece, end| {
+            match piece {
+                Piece::Added(id) => {
+                    ids.push(id);
+                    cuts.push((from + end, ids.len()));
+                }
+                Piece::Text(t) => {
+                    let key = SegmentCache::key(t);
+                    match cache.get(key) {
+                        Some(p) => ids.extend_from_slice(&p),
+                        None => {
+                            let p: Arc<[u32]> = Arc::from(self.encode_piece(t)?);
+                            ids.extend_from_slice(&p);
+                            cache.insert(key, p);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// One message of a request body, rewritten and converted, through the message cache.
@@ -421,7 +510,7 @@ impl ModelTokenizer {
         if add_special_tokens {
             return self.encode(&rendered, true);
         }
-        self.encode_pieces(&rendered)
+        self.encode_turn(rendered)
     }
 
     /// `encode(text, false)`, piece by piece through the cache where that is exact.
@@ -430,43 +519,30 @@ impl ModelTokenizer {
             return self.encode(text, false);
         };
         let mut ids = Vec::with_capacity(text.len() / 3);
-        for piece in splitter.split(text) {
-            match piece {
-                Piece::Added(id) => ids.push(id),
-                Piece::Text(t) => {
-                    let key = SegmentCache::key(t);
-                    let cached = self
-                        .cache
-                        .lock()
-                        .map_err(|_| Error::input("segment cache poisoned"))?
-                        .get(key);
-                    let piece_ids = match cached {
-                        Some(p) => p,
-                        None => {
-                            let p: Arc<[u32]> = Arc::from(self.encode_piece(t)?);
-                            if let Ok(mut cache) = self.cache.lock() {
-                                cache.insert(key, p.clone());
-                            }
-                            p
-                        }
-                    };
-                    ids.extend_from_slice(&piece_ids);
-                }
-            }
-        }
+        self.extend_pieces(splitter, text, 0, &mut ids, &mut Vec::new())?;
         Ok(ids)
     }
 
     pub fn cache_stats(&self) -> CacheStats {
-        match self.cache.lock() {
+        let mut stats = match self.cache.lock() {
             Ok(c) => CacheStats {
                 hits: c.hits,
                 misses: c.misses,
                 pieces: c.len(),
                 tokens: c.held(),
+                evictions: c.evictions,
+                ..CacheStats::default()
             },
             Err(_) => CacheStats::default(),
+        };
+        if let Ok(c) = self.conversations.lock() {
+            let s = c.stats();
+            stats.conversation_hits = s.hits;
+            stats.conversation_misses = s.misses;
+            stats.conversation_evictions = s.evictions;
+            stats.conversation_bytes = s.bytes;
         }
+        stats
     }
 
     /// Forgets every cached piece (benchmarks measure cold encodes with it).
@@ -477,6 +553,10 @@ impl ModelTokenizer {
         }
         if let Ok(mut m) = self.messages.lock() {
             *m = MessageCache::default();
+        }
+        if let Ok(mut c) = self.conversations.lock() {
+            let capacity = c.capacity();
+            *c = ChatPrefixCache::new(capacity);
         }
     }
 
