@@ -48,6 +48,8 @@ intervals within target) and worker-seconds.
   --topology agg|disagg   aggregated workers (default) or prefill + decode workers, both sized
   --miss-budget X         SLA planner: share of servable requests its sizing lets past the TTFT
                           target, 0 < X < 1 (default 0.05)
+  --burst-window S        SLA planner: keep at least the workers the busiest interval of the last S
+                          seconds needed, its arrivals replayed onto idle workers (0: off; default 120)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
                           traces' 3-second ticks of ~10 requests), before the day curve
@@ -77,6 +79,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       predictor: { type: "string" },
       "season-period": { type: "string" },
       "miss-budget": { type: "string" },
+      "burst-window": { type: "string" },
       topology: { type: "string" },
       "day-curve": { type: "string" },
       "spread-ticks": { type: "boolean" },
@@ -146,6 +149,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       governor: { min, ...(max !== undefined ? { max } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
       missBudget: missBudget(values["miss-budget"]),
+      burstWindowS: values["burst-window"] === undefined ? undefined : positiveNumber("burst-window", values["burst-window"], 0, true),
       topology,
       onDecision: (line: string) => {
         if (logFile) appendFileSync(logFile, `${line}\n`);
