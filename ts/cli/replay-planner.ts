@@ -50,6 +50,8 @@ intervals within target) and worker-seconds.
                           target, 0 < X < 1 (default 0.05)
   --burst-window S        SLA planner: keep at least the workers the busiest interval of the last S
                           seconds needed, its arrivals replayed onto idle workers (0: off; default 120)
+  --down-step X           the most of the fleet one scale-down removes, 0 < X <= 1 (default 0.25 for
+                          the SLA planners, 1 for dynamo and load)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
                           traces' 3-second ticks of ~10 requests), before the day curve
@@ -80,6 +82,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "season-period": { type: "string" },
       "miss-budget": { type: "string" },
       "burst-window": { type: "string" },
+      "down-step": { type: "string" },
       topology: { type: "string" },
       "day-curve": { type: "string" },
       "spread-ticks": { type: "boolean" },
@@ -146,7 +149,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       coldStartS: positiveNumber("cold-start", values["cold-start"], 0, true),
       predictor: values.predictor,
       seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
-      governor: { min, ...(max !== undefined ? { max } : {}) },
+      governor: { min, ...(max !== undefined ? { max } : {}), ...(values["down-step"] !== undefined ? { downStepMax: downStep(values["down-step"]) } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
       missBudget: missBudget(values["miss-budget"]),
       burstWindowS: values["burst-window"] === undefined ? undefined : positiveNumber("burst-window", values["burst-window"], 0, true),
@@ -182,6 +185,12 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     console.log(`JSON:   ${resolve(json)}`);
   }
   return 0;
+}
+
+function downStep(v: string): number {
+  const x = Number(v);
+  if (!(x > 0 && x <= 1)) throw new UsageError(`--down-step must be a share in (0, 1]: got '${v}'`);
+  return x;
 }
 
 function missBudget(v: string | undefined): number | undefined {

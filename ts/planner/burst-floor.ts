@@ -49,13 +49,13 @@ export function burstMissShare(arrivals: readonly BurstArrival[], workers: numbe
 export function burstWorkers(arrivals: readonly BurstArrival[], targetMs: number, budget: number, stretchAt: (workers: number) => number = () => 1, max = 256): number {
   if (arrivals.length === 0) return 0;
   const sorted = [...arrivals].sort((a, b) => a.atMs - b.atMs);
-  const top = Math.min(max, sorted.length);
-  for (let c = 1; c <= top; c++) {
+  for (let c = 1; c <= max; c++) {
     const stretch = stretchAt(c);
     if (!Number.isFinite(stretch)) continue;
-    if (burstMissShare(sorted, c, targetMs, stretch) <= budget) return c;
+    // As many workers as requests: each has its own; more would only shrink the stretch.
+    if (c >= sorted.length || burstMissShare(sorted, c, targetMs, stretch) <= budget) return c;
   }
-  return top;
+  return max;
 }
 
 /** The largest of the last `window` values: the floor the planner keeps. */

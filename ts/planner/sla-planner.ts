@@ -180,7 +180,9 @@ export class SlaPlanner {
     const budgetMax = o.gpuBudget === undefined ? undefined : Math.floor(o.gpuBudget / gpus);
     const gov = (): ReplicaGovernor => {
       const max = Math.min(o.governor?.max ?? Number.POSITIVE_INFINITY, budgetMax ?? Number.POSITIVE_INFINITY);
-      return new ReplicaGovernor({ ...o.governor, max });
+      // kvroute's planner scales down slower than up (a quarter of the fleet a decision at most).
+      const downStepMax = o.formula === "dynamo" ? undefined : (o.governor?.downStepMax ?? DOWN_STEP_MAX);
+      return new ReplicaGovernor({ ...o.governor, max, ...(downStepMax !== undefined ? { downStepMax } : {}) });
     };
     this.governors = new Map(this.kinds().map((k) => [k, gov()]));
   }
@@ -385,6 +387,9 @@ export class SlaPlanner {
     }
   }
 }
+
+/** Share of the running fleet one scale-down may remove (GovernorOptions.downStepMax). */
+const DOWN_STEP_MAX = 0.25;
 
 /** Seconds of intervals whose arrivals set the burst floor (SlaPlannerOptions.burstWindowS). */
 const BURST_WINDOW_S = 120;
