@@ -40,6 +40,9 @@ intervals within target) and worker-seconds.
   --decode-workers N      disagg: decode workers at the start (default: --workers)
   --min-workers N         default 1
   --max-workers N         default: no limit
+  --min-prefill-workers N, --min-decode-workers N
+                          disagg: one kind's own minimum, over --min-workers (Dynamo's
+                          prefill_min_endpoint, decode_min_endpoint)
   --gpu-budget N          GPUs in all (default: no limit)
   --adjustment-interval S seconds between decisions (default 30)
   --cold-start S          seconds from asking for a worker to its first request (default 30)
@@ -75,6 +78,8 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "decode-workers": { type: "string" },
       "min-workers": { type: "string" },
       "max-workers": { type: "string" },
+      "min-prefill-workers": { type: "string" },
+      "min-decode-workers": { type: "string" },
       "gpu-budget": { type: "string" },
       "adjustment-interval": { type: "string" },
       "cold-start": { type: "string" },
@@ -149,6 +154,10 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       coldStartS: positiveNumber("cold-start", values["cold-start"], 0, true),
       predictor: values.predictor,
       seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
+      minByKind: {
+        ...(values["min-prefill-workers"] !== undefined ? { prefill: positiveInt("min-prefill-workers", values["min-prefill-workers"]) } : {}),
+        ...(values["min-decode-workers"] !== undefined ? { decode: positiveInt("min-decode-workers", values["min-decode-workers"]) } : {}),
+      },
       governor: { min, ...(max !== undefined ? { max } : {}), ...(values["down-step"] !== undefined ? { downStepMax: downStep(values["down-step"]) } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
       missBudget: missBudget(values["miss-budget"]),

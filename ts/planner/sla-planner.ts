@@ -83,6 +83,11 @@ export interface SlaPlannerOptions {
   predictorOptions?: PredictorOptions;
   /** Per worker kind: bounds and hysteresis. */
   governor?: GovernorOptions;
+  /**
+   * A kind's own minimum, over `governor.min` (disaggregated: Dynamo's `prefill_min_endpoint` and
+   * `decode_min_endpoint`).
+   */
+  minByKind?: Partial<Record<WorkerKind, number>>;
   /** GPUs the fleet may use in all. Default: no limit. */
   gpuBudget?: number;
   /** Apply observed/profiled corrections. Default true. */
@@ -178,13 +183,14 @@ export class SlaPlanner {
     };
     const gpus = o.profile.gpusPerWorker;
     const budgetMax = o.gpuBudget === undefined ? undefined : Math.floor(o.gpuBudget / gpus);
-    const gov = (): ReplicaGovernor => {
+    const gov = (k: WorkerKind): ReplicaGovernor => {
+      const min = o.minByKind?.[k] ?? o.governor?.min;
       const max = Math.min(o.governor?.max ?? Number.POSITIVE_INFINITY, budgetMax ?? Number.POSITIVE_INFINITY);
       // kvroute's planner scales down slower than up (a quarter of the fleet a decision at most).
       const downStepMax = o.formula === "dynamo" ? undefined : (o.governor?.downStepMax ?? DOWN_STEP_MAX);
-      return new ReplicaGovernor({ ...o.governor, max, ...(downStepMax !== undefined ? { downStepMax } : {}) });
+      return new ReplicaGovernor({ ...o.governor, ...(min !== undefined ? { min } : {}), max, ...(downStepMax !== undefined ? { downStepMax } : {}) });
     };
-    this.governors = new Map(this.kinds().map((k) => [k, gov()]));
+    this.governors = new Map(this.kinds().map((k) => [k, gov(k)]));
   }
 
   kinds(): WorkerKind[] {

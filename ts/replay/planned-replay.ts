@@ -64,6 +64,8 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   /** Seasonal predictor: intervals per season. */
   seasonPeriod?: number;
   governor?: GovernorOptions;
+  /** disagg: a kind's own minimum (Dynamo's prefill_min_endpoint / decode_min_endpoint). */
+  minByKind?: { prefill?: number; decode?: number };
   gpuBudget?: number;
   /** SLA planner: share of servable requests its sizing lets past the TTFT target (default 0.05). */
   missBudget?: number;
@@ -215,6 +217,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         predictor: o.predictor ?? "constant",
         predictorOptions: o.seasonPeriod !== undefined ? { period: o.seasonPeriod } : {},
         governor: o.governor,
+        ...(o.minByKind ? { minByKind: o.minByKind } : {}),
         gpuBudget: o.gpuBudget,
         // kvroute's planner looks as far ahead as a new worker takes to serve; Dynamo's does not.
         ...(o.planner === "dynamo" ? {} : { coldStartS: coldMs / 1000 }),
@@ -226,8 +229,8 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     : null;
   const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
   const minWorkers = o.governor?.min ?? 1;
-  const initial = o.initialWorkers ?? minWorkers;
-  const initialDecode = o.initialDecodeWorkers ?? initial;
+  const initial = o.initialWorkers ?? (disagg ? Math.max(minWorkers, o.minByKind?.prefill ?? 0) : minWorkers);
+  const initialDecode = o.initialDecodeWorkers ?? o.initialWorkers ?? Math.max(minWorkers, o.minByKind?.decode ?? 0);
   const kinds: WorkerRole[] = disagg ? ["prefill", "decode"] : ["aggregated"];
 
   let now = reqs.length > 0 ? reqs[0]!.timestampMs : 0;
