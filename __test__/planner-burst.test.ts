@@ -79,7 +79,7 @@ describe("burst floor", () => {
     expect(dOff.wanted.aggregated!).toBeLessThan(dOn.wanted.aggregated!);
     // At least ceil(20 / prefills one worker fits in the target), more with decode sharing the worker.
     expect(dOn.wanted.aggregated!).toBeGreaterThanOrEqual(Math.ceil(n / perWorker));
-    expect(dOn.reasons.join("\n")).toMatch(/burst floor: the last 120 s of arrivals needed/);
+    expect(dOn.reasons.join("\n")).toMatch(/burst floor: the last 300 s of arrivals needed/);
     expect(() => new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, burstWindowS: -1 })).toThrow(InvalidConfigError);
   });
 });

@@ -52,7 +52,7 @@ intervals within target) and worker-seconds.
   --miss-budget X         SLA planner: share of servable requests its sizing lets past the TTFT
                           target, 0 < X < 1 (default 0.05)
   --burst-window S        SLA planner: keep at least the workers the busiest interval of the last S
-                          seconds needed, its arrivals replayed onto idle workers (0: off; default 120)
+                          seconds needed, its arrivals replayed onto idle workers (0: off; default 300)
   --down-step X           the most of the fleet one scale-down removes, 0 < X <= 1 (default 0.25 for
                           the SLA planners, 1 for dynamo and load)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)

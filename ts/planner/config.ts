@@ -30,7 +30,7 @@ export interface PlannerConfig {
   coldStartS?: number;
   /** Share of servable requests the sizing lets past the TTFT target (default 0.05). */
   missBudget?: number;
-  /** Seconds of arrivals whose bursts set the SLA planner's floor (0: off; default 120). */
+  /** Seconds of arrivals whose bursts set the SLA planner's floor (0: off; default 300). */
   burstWindowS?: number;
   /** Share of the running fleet one scale-down may remove, (0, 1] (SLA planner default 0.25). */
   downStepMax?: number;

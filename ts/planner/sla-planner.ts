@@ -108,7 +108,7 @@ export interface SlaPlannerOptions {
   /**
    * Burst floor (burst-floor.ts): keep at least the workers the busiest of the last this-many
    * seconds of observed arrivals needed, replayed onto idle workers (0: off). Needs the
-   * observation's `arrivalsMs`. Default 120.
+   * observation's `arrivalsMs`. Default 300.
    */
   burstWindowS?: number;
   /**
@@ -398,7 +398,7 @@ export class SlaPlanner {
 const DOWN_STEP_MAX = 0.25;
 
 /** Seconds of intervals whose arrivals set the burst floor (SlaPlannerOptions.burstWindowS). */
-const BURST_WINDOW_S = 120;
+const BURST_WINDOW_S = 300;
 const BURST_WINDOW_LABEL = (s: number | undefined) => `${s ?? BURST_WINDOW_S} s`;
 
 /** Arrivals an interval needs before its burstiness counts; the bounds of the smoothed ca^2. */

@@ -69,7 +69,7 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   gpuBudget?: number;
   /** SLA planner: share of servable requests its sizing lets past the TTFT target (default 0.05). */
   missBudget?: number;
-  /** SLA planner: seconds of arrivals whose bursts set its floor (0: off; default 120). */
+  /** SLA planner: seconds of arrivals whose bursts set its floor (0: off; default 300). */
   burstWindowS?: number;
   /** SLA planner: size for at least the last interval's observed rate (default true). */
   observedRateFloor?: boolean;
