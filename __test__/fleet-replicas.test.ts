@@ -6,6 +6,7 @@
  * pile onto the same worker (the failure Dynamo's users report). Garbage on the load subjects
  * is survived and counted.
  */
+import { setMaxListeners } from "node:events";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { EtcdRegistry } from "../ts/registry/etcd-registry.js";
@@ -83,15 +84,33 @@ describe("two gateway replicas sharing load over NATS", () => {
     const SYSTEM = Array.from({ length: 1024 }, (_, i) => 200_000 + i);
     const N = 64;
     const perWorker = new Map<string, number>();
-    await Promise.all(
+    // The whole burst stays in flight until every request has been placed, so the counts are the
+    // load each worker carries at once (short requests would let a worker that finishes early
+    // take more in total, which is not load). The bodies are not read: backpressure keeps the
+    // streams from loading the machine meanwhile.
+    const controller = new AbortController();
+    setMaxListeners(N, controller.signal); // one listener per request
+    const streams = await Promise.all(
       Array.from({ length: N }, async (_, i) => {
         const prompt = [...SYSTEM, ...Array.from({ length: 32 }, (_, k) => 300_000 + i * 100 + k)];
-        const r = await post(replicas[i % 2]!.url, "/v1/completions", { model: MODEL, prompt, max_tokens: 64, ignore_eos: true });
-        expect(r.status).toBe(200);
-        const w = r.headers["x-kvroute-worker"] as string;
+        const res = await request(`${replicas[i % 2]!.url}/v1/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          // 2,000 tokens keep them running for seconds while up to ~28 fit one worker's KV cache
+          // (4,000 blocks) with their shared prefix: none waits for KV space.
+          body: JSON.stringify({ model: MODEL, prompt, max_tokens: 2000, ignore_eos: true, stream: true }),
+          signal: controller.signal,
+          dispatcher: agent,
+        });
+        expect(res.statusCode).toBe(200);
+        res.body.on("error", () => {});
+        const w = res.headers["x-kvroute-worker"] as string;
         perWorker.set(w, (perWorker.get(w) ?? 0) + 1);
+        return res;
       }),
     );
+    controller.abort();
+    await Promise.allSettled(streams.map((s) => s.body.text()));
     const mean = N / WORKERS;
     const max = Math.max(...perWorker.values());
     console.log(`burst per worker: ${JSON.stringify(Object.fromEntries([...perWorker].sort()))}`);

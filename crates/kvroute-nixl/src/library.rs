@@ -68,6 +68,19 @@ pub fn load(dir: Option<&Path>) -> Result<&'static NixlLibrary, NixlError> {
             std::env::set_var("NIXL_PLUGIN_DIR", &plugins);
         }
     }
+    // UCX's memory hooks replace malloc and, in its default "bistro" mode, rewrite the code of
+    // libc's mmap/munmap at run time while V8's and libuv's threads may be running it: a race
+    // that can crash the host process. Malloc hooks off, and mmap hooked through the relocation
+    // tables instead (pointer writes), unless the user chose. Memory events stay on: with them
+    // off, UCX's registration cache goes too, and a GPU READ over its host path ran 7x slower.
+    for (name, value) in [
+        ("UCX_MEM_MALLOC_HOOKS", "n"),
+        ("UCX_MEM_MMAP_HOOK_MODE", "reloc"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
     // SAFETY: loading runs the library's initialisers; NIXL's are ordinary C++ static
     // constructors with no preconditions on the host process.
     let lib = unsafe { libloading::Library::new(&path) }
