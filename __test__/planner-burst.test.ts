@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { InvalidConfigError } from "../ts/errors.js";
 import { burstMissShare, burstWorkers, RecentMax } from "../ts/planner/burst-floor.js";
 import { ReplicaGovernor } from "../ts/planner/governor.js";
+import { parsePlannerConfig } from "../ts/planner/config.js";
 import { parseProfile } from "../ts/planner/profile.js";
 import { ProfileModel } from "../ts/planner/interpolate.js";
 import { SlaPlanner, type IntervalObservation } from "../ts/planner/sla-planner.js";
@@ -109,5 +110,17 @@ describe("asymmetric scale-down", () => {
     expect(up).toBeGreaterThan(8);
     p.decide(tiny, { aggregated: up });
     expect(p.decide(tiny, { aggregated: up }).target.aggregated).toBe(up - Math.floor(up / 4));
+  });
+});
+
+describe("planner config", () => {
+  it("reads burstWindowS and downStepMax, and refuses bad values with the field named", () => {
+    const base = { planner: "load", ttftTargetMs: 500, itlTargetMs: 35, minWorkers: 1 };
+    const c = parsePlannerConfig({ ...base, burstWindowS: 60, downStepMax: 0.5 });
+    expect(c.burstWindowS).toBe(60);
+    expect(c.downStepMax).toBe(0.5);
+    expect(() => parsePlannerConfig({ ...base, burstWindowS: -1 })).toThrow(/burstWindowS/);
+    expect(() => parsePlannerConfig({ ...base, downStepMax: 0 })).toThrow(/downStepMax/);
+    expect(() => parsePlannerConfig({ ...base, downStepMax: "half" })).toThrow(/downStepMax/);
   });
 });
