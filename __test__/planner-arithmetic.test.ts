@@ -157,20 +157,25 @@ describe("predictors", () => {
     // Rates 1, 2, 3 req/s (Holt): next interval 3.x, two intervals ahead more. With a 20 s cold start
     // and 10 s intervals the planner looks 3 intervals ahead.
     const busy: IntervalObservation = { intervalS: 10, requests: 100, inputTokens: 200_000, cachedTokens: 100_000, outputTokens: 20_000, ttftMs: null, itlMs: null };
-    const mk = (coldStartS: number) => new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, predictor: "holt", corrections: false, coldStartS });
+    const mk = (coldStartS: number, observedRateFloor = false) => new SlaPlanner({ profile, targets, adjustmentIntervalS: 10, predictor: "holt", corrections: false, coldStartS, observedRateFloor });
     const near = mk(0);
     const far = mk(20);
+    // By default the last interval's observed rate is a floor: 4 req/s here, above Holt's 3.89.
+    const floored = mk(0, true);
     const h = new HoltPredictor();
     for (const r of [1, 2, 3]) {
       const o = { ...busy, requests: r * 10, inputTokens: r * 20_000, cachedTokens: r * 10_000, outputTokens: r * 2_000 };
       near.decide(o, { aggregated: 1 });
       far.decide(o, { aggregated: 1 });
+      floored.decide(o, { aggregated: 1 });
       h.add(r);
     }
     const o = { ...busy, requests: 40, inputTokens: 80_000, cachedTokens: 40_000, outputTokens: 8_000 };
     h.add(4);
     expect(near.decide(o, { aggregated: 1 }).predicted!.requestsPerS).toBeCloseTo(h.predict(1)!, 9);
     expect(far.decide(o, { aggregated: 1 }).predicted!.requestsPerS).toBeCloseTo(h.predict(3)!, 9);
+    expect(h.predict(1)!).toBeLessThan(4);
+    expect(floored.decide(o, { aggregated: 1 }).predicted!.requestsPerS).toBe(4);
     expect(() => mk(-1)).toThrow(InvalidConfigError);
   });
 

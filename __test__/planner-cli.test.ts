@@ -77,6 +77,9 @@ describe("kvroute profile / replay --planner / planner", () => {
   it.each([
     [["--ttft-target", "2000", "--itl-target", "40", "--miss-budget", "1.5"], /--miss-budget must be a share between 0 and 1/],
     [["--ttft-target", "2000", "--itl-target", "40", "--topology", "ring"], /--topology must be one of agg, disagg/],
+    [["--ttft-target", "2000", "--itl-target", "40", "--down-step", "0"], /--down-step must be a share in \(0, 1\]/],
+    [["--ttft-target", "2000", "--itl-target", "40", "--burst-window=-3"], /--burst-window must be a number >= 0/],
+    [["--ttft-target", "2000", "--itl-target", "40", "--min-prefill-workers", "0"], /min-prefill-workers/],
     [["--ttft-target", "0", "--itl-target", "40"], /--ttft-target must be a number of milliseconds > 0/],
     [["--ttft-target=-5", "--itl-target", "40"], /--ttft-target must be a number of milliseconds > 0/],
     [["--ttft-target", "2000", "--itl-target", "0"], /--itl-target must be a number of milliseconds > 0/],

@@ -9,14 +9,16 @@
  * targets), worker-seconds, mean and peak workers. Each row is one `kvroute replay` process; they
  * run side by side (BENCH_JOBS, default 2). Settings (env):
  * - BENCH_TOPOLOGY: agg, disagg or both (default both);
- * - BENCH_FIXED (agg sizes, default 12,14,16,24), BENCH_FIXED_DISAGG (P+D sizes, default
- *   10+3,13+3);
+ * - BENCH_FIXED (agg sizes, default 12,13,14,16), BENCH_FIXED_DISAGG (P+D sizes, default
+ *   9+3,10+3: the peak-sized fleets are 14 and 9P + 3D, RESULTS.md);
  * - the planners' predictor and minimum workers: BENCH_PREDICTOR_AGG (moving-average),
  *   BENCH_MIN_AGG (3), BENCH_PREDICTOR_DISAGG (holt), BENCH_MIN_DISAGG (2): the recorded rows';
  * - BENCH_RATE (default 6.8 req/s: twice the trace's own), BENCH_CURVE (default 1,0.1,1: one day
  *   from 10% of the peak to the peak and back), BENCH_SPREAD=1 (--spread-ticks),
  *   BENCH_COLD_START (30 s), BENCH_INTERVAL (15 s), BENCH_TTFT (2000 ms), BENCH_ITL (40 ms),
- *   BENCH_LIMIT (requests, default all).
+ *   BENCH_LIMIT (requests, default all);
+ * - BENCH_START_AGG (aggregated planner's workers at the start, default 8: the fleet its burst
+ *   floor holds at the trough, as a planner running all night would have; third pass).
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
@@ -30,8 +32,8 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const cli = join(root, "dist/cli.mjs");
 const trace = env.BENCH_TRACE ?? "/work/shared/traces/mooncake_conversation.jsonl";
 const topologies = (env.BENCH_TOPOLOGY ?? "both") === "both" ? ["agg", "disagg"] : [env.BENCH_TOPOLOGY!];
-const fixedAgg = (env.BENCH_FIXED ?? "12,14,16,24").split(",").map(Number);
-const fixedDisagg = (env.BENCH_FIXED_DISAGG ?? "10+3,13+3").split(",").map((x) => x.split("+").map(Number) as [number, number]);
+const fixedAgg = (env.BENCH_FIXED ?? "12,13,14,16").split(",").map(Number);
+const fixedDisagg = (env.BENCH_FIXED_DISAGG ?? "9+3,10+3").split(",").map((x) => x.split("+").map(Number) as [number, number]);
 const jobs = Number(env.BENCH_JOBS ?? 2);
 const planners: Record<string, { predictor: string; min: string }> = {
   agg: { predictor: env.BENCH_PREDICTOR_AGG ?? "moving-average", min: env.BENCH_MIN_AGG ?? "3" },
@@ -52,7 +54,8 @@ const runs: Run[] = [];
 for (const t of topologies) {
   const { predictor, min } = planners[t]!;
   const topo = ["--topology", t, "--min-workers", min];
-  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor}, min ${min})`, args: [...topo, "--planner", "sla", "--predictor", predictor] });
+  const start = t === "agg" ? ["--workers", env.BENCH_START_AGG ?? "8"] : [];
+  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor}, min ${min})`, args: [...topo, "--planner", "sla", "--predictor", predictor, ...start] });
   if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor}, min ${min})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor] });
   if (t === "agg") for (const n of fixedAgg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${n}`, args: [...topo, "--planner", "fixed", "--workers", String(n)] });
   else for (const [p, d] of fixedDisagg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${p}P + ${d}D`, args: [...topo, "--planner", "fixed", "--workers", String(p), "--decode-workers", String(d)] });

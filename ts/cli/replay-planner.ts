@@ -40,6 +40,9 @@ intervals within target) and worker-seconds.
   --decode-workers N      disagg: decode workers at the start (default: --workers)
   --min-workers N         default 1
   --max-workers N         default: no limit
+  --min-prefill-workers N, --min-decode-workers N
+                          disagg: one kind's own minimum, over --min-workers (Dynamo's
+                          prefill_min_endpoint, decode_min_endpoint)
   --gpu-budget N          GPUs in all (default: no limit)
   --adjustment-interval S seconds between decisions (default 30)
   --cold-start S          seconds from asking for a worker to its first request (default 30)
@@ -48,6 +51,10 @@ intervals within target) and worker-seconds.
   --topology agg|disagg   aggregated workers (default) or prefill + decode workers, both sized
   --miss-budget X         SLA planner: share of servable requests its sizing lets past the TTFT
                           target, 0 < X < 1 (default 0.05)
+  --burst-window S        SLA planner: keep at least the workers the busiest interval of the last S
+                          seconds needed, its arrivals replayed onto idle workers (0: off; default 300)
+  --down-step X           the most of the fleet one scale-down removes, 0 < X <= 1 (default 0.25 for
+                          the SLA planners, 1 for dynamo and load)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
                           traces' 3-second ticks of ~10 requests), before the day curve
@@ -71,12 +78,16 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "decode-workers": { type: "string" },
       "min-workers": { type: "string" },
       "max-workers": { type: "string" },
+      "min-prefill-workers": { type: "string" },
+      "min-decode-workers": { type: "string" },
       "gpu-budget": { type: "string" },
       "adjustment-interval": { type: "string" },
       "cold-start": { type: "string" },
       predictor: { type: "string" },
       "season-period": { type: "string" },
       "miss-budget": { type: "string" },
+      "burst-window": { type: "string" },
+      "down-step": { type: "string" },
       topology: { type: "string" },
       "day-curve": { type: "string" },
       "spread-ticks": { type: "boolean" },
@@ -143,9 +154,14 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       coldStartS: positiveNumber("cold-start", values["cold-start"], 0, true),
       predictor: values.predictor,
       seasonPeriod: values["season-period"] === undefined ? undefined : positiveInt("season-period", values["season-period"]),
-      governor: { min, ...(max !== undefined ? { max } : {}) },
+      minByKind: {
+        ...(values["min-prefill-workers"] !== undefined ? { prefill: positiveInt("min-prefill-workers", values["min-prefill-workers"]) } : {}),
+        ...(values["min-decode-workers"] !== undefined ? { decode: positiveInt("min-decode-workers", values["min-decode-workers"]) } : {}),
+      },
+      governor: { min, ...(max !== undefined ? { max } : {}), ...(values["down-step"] !== undefined ? { downStepMax: downStep(values["down-step"]) } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
       missBudget: missBudget(values["miss-budget"]),
+      burstWindowS: values["burst-window"] === undefined ? undefined : positiveNumber("burst-window", values["burst-window"], 0, true),
       topology,
       onDecision: (line: string) => {
         if (logFile) appendFileSync(logFile, `${line}\n`);
@@ -178,6 +194,12 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     console.log(`JSON:   ${resolve(json)}`);
   }
   return 0;
+}
+
+function downStep(v: string): number {
+  const x = Number(v);
+  if (!(x > 0 && x <= 1)) throw new UsageError(`--down-step must be a share in (0, 1]: got '${v}'`);
+  return x;
 }
 
 function missBudget(v: string | undefined): number | undefined {

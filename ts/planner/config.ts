@@ -30,6 +30,10 @@ export interface PlannerConfig {
   coldStartS?: number;
   /** Share of servable requests the sizing lets past the TTFT target (default 0.05). */
   missBudget?: number;
+  /** Seconds of arrivals whose bursts set the SLA planner's floor (0: off; default 300). */
+  burstWindowS?: number;
+  /** Share of the running fleet one scale-down may remove, (0, 1] (SLA planner default 0.25). */
+  downStepMax?: number;
   minWorkers: number;
   maxWorkers?: number;
   gpuBudget?: number;
@@ -59,7 +63,7 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   };
   if (typeof value !== "object" || value === null || Array.isArray(value)) bad("must be a JSON object");
   const v = value as Record<string, unknown>;
-  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "coldStartS", "missBudget", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
+  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "coldStartS", "missBudget", "burstWindowS", "downStepMax", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
   for (const k of Object.keys(v)) if (!known.has(k)) bad(`unknown field '${k}' (expected ${[...known].join(", ")})`);
   const planner = (v["planner"] ?? "sla") as PlannerMode;
   if (!PLANNER_MODES.includes(planner)) bad(`planner must be one of ${PLANNER_MODES.join(", ")}`);
@@ -101,6 +105,10 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   if (coldStartS !== undefined && !(coldStartS >= 0)) bad("coldStartS must be >= 0 seconds");
   const missBudget = num("missBudget", undefined);
   if (missBudget !== undefined && !(missBudget > 0 && missBudget < 1)) bad("missBudget must be a share between 0 and 1 (exclusive)");
+  const burstWindowS = num("burstWindowS", undefined);
+  if (burstWindowS !== undefined && !(burstWindowS >= 0)) bad("burstWindowS must be >= 0 seconds");
+  const downStepMax = num("downStepMax", undefined);
+  if (downStepMax !== undefined && !(downStepMax > 0 && downStepMax <= 1)) bad("downStepMax must be a share in (0, 1]");
   const minWorkers = int("minWorkers", 0, 1)!;
   const maxWorkers = int("maxWorkers", Math.max(1, minWorkers));
   const gpuBudget = int("gpuBudget", 1);
@@ -121,6 +129,8 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
     ...(seasonPeriod !== undefined ? { seasonPeriod } : {}),
     ...(coldStartS !== undefined ? { coldStartS } : {}),
     ...(missBudget !== undefined ? { missBudget } : {}),
+    ...(burstWindowS !== undefined ? { burstWindowS } : {}),
+    ...(downStepMax !== undefined ? { downStepMax } : {}),
     minWorkers,
     ...(maxWorkers !== undefined ? { maxWorkers } : {}),
     ...(gpuBudget !== undefined ? { gpuBudget } : {}),

@@ -9,6 +9,8 @@
  *    consecutive decisions, and `downCooldownIntervals` must have passed since the last change.
  *    It steps down to that margined count (never below it), so a load hovering at a boundary
  *    (1.9 ↔ 2.1 workers) neither adds and removes a worker each interval.
+ *    One decision removes at most `downStepMax` of the running fleet (scale-down slower than
+ *    scale-up: a load that dips for a minute inside a rise does not halve the fleet).
  * 3. Bounds: [min, max] last (a GPU budget arrives through `max`).
  *
  * Invariant: `running` is what the planner believes runs; `observe` resets it to what the
@@ -27,6 +29,8 @@ export interface GovernorOptions {
   downCooldownIntervals?: number;
   /** Decisions after any change before growing. Default 0. */
   upCooldownIntervals?: number;
+  /** Share of the running fleet one decision may remove, (0, 1]. Default 1 (no cap). */
+  downStepMax?: number;
 }
 
 export interface GovernorDecision {
@@ -42,6 +46,7 @@ export class ReplicaGovernor {
   private readonly stable: number;
   private readonly downCooldown: number;
   private readonly upCooldown: number;
+  private readonly downStep: number;
   private running: number;
   private sinceChange = Number.POSITIVE_INFINITY;
   private downVotes = 0;
@@ -53,6 +58,8 @@ export class ReplicaGovernor {
     this.stable = o.downStableIntervals ?? 2;
     this.downCooldown = o.downCooldownIntervals ?? 3;
     this.upCooldown = o.upCooldownIntervals ?? 0;
+    this.downStep = o.downStepMax ?? 1;
+    if (!(this.downStep > 0 && this.downStep <= 1)) throw new InvalidConfigError(`downStepMax must be in (0, 1] (got ${o.downStepMax})`);
     if (!Number.isInteger(this.min) || this.min < 0) throw new InvalidConfigError(`minimum replicas must be an integer >= 0 (got ${this.min})`);
     if (!(this.max >= this.min) || (Number.isFinite(this.max) && !Number.isInteger(this.max))) throw new InvalidConfigError(`maximum replicas must be an integer >= the minimum ${this.min} (got ${this.max})`);
     if (!(this.margin >= 0 && this.margin <= 0.9)) throw new InvalidConfigError(`downMargin must be in [0, 0.9] (got ${this.margin})`);
@@ -96,6 +103,8 @@ export class ReplicaGovernor {
     this.downVotes++;
     if (this.downVotes < this.stable) return { target: cur, reason: `could shrink to ${margined} (needs ${wanted.toFixed(2)}), waiting for ${this.stable} intervals in a row (${this.downVotes})` };
     if (this.sinceChange <= this.downCooldown) return { target: cur, reason: `could shrink to ${margined}, cooldown after the last change (${this.sinceChange}/${this.downCooldown + 1} intervals)` };
+    const lowest = cur - Math.max(1, Math.floor(cur * this.downStep));
+    if (margined < lowest) return this.change(lowest, `load needs ${wanted.toFixed(2)} workers (${(this.margin * 100).toFixed(0)}% spare kept; at most ${(this.downStep * 100).toFixed(0)}% removed a decision): ${cur} -> ${lowest}`);
     return this.change(margined, `load needs ${wanted.toFixed(2)} workers (${(this.margin * 100).toFixed(0)}% spare kept): ${cur} -> ${margined}`);
   }
 

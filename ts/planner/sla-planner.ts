@@ -39,6 +39,7 @@ import {
 } from "./replicas.js";
 import { ttftQuantile, type PooledQueue } from "./pooled-queue.js";
 import { validateTargets } from "./targets.js";
+import { burstWorkers, RecentMax, type BurstArrival } from "./burst-floor.js";
 import type { PerfProfile } from "./profile.js";
 
 export type FleetMode = "aggregated" | "disaggregated";
@@ -67,6 +68,8 @@ export interface IntervalObservation {
   arrivalCv2?: number | null;
   /** Uncached prompt tokens of (a sample of) the interval's requests: the mix of prefill sizes. */
   uncachedTokens?: readonly number[];
+  /** Arrival times (ms, any origin) of the same requests, in the same order: the burst floor. */
+  arrivalsMs?: readonly number[];
 }
 
 export interface SlaPlannerOptions {
@@ -80,6 +83,11 @@ export interface SlaPlannerOptions {
   predictorOptions?: PredictorOptions;
   /** Per worker kind: bounds and hysteresis. */
   governor?: GovernorOptions;
+  /**
+   * A kind's own minimum, over `governor.min` (disaggregated: Dynamo's `prefill_min_endpoint` and
+   * `decode_min_endpoint`).
+   */
+  minByKind?: Partial<Record<WorkerKind, number>>;
   /** GPUs the fleet may use in all. Default: no limit. */
   gpuBudget?: number;
   /** Apply observed/profiled corrections. Default true. */
@@ -97,6 +105,17 @@ export interface SlaPlannerOptions {
    * Default 0 (the next interval only).
    */
   coldStartS?: number;
+  /**
+   * Burst floor (burst-floor.ts): keep at least the workers the busiest of the last this-many
+   * seconds of observed arrivals needed, replayed onto idle workers (0: off). Needs the
+   * observation's `arrivalsMs`. Default 300.
+   */
+  burstWindowS?: number;
+  /**
+   * Size for at least the rate observed in the last interval, whatever the predictor says (a
+   * moving average lags a rise). Default true.
+   */
+  observedRateFloor?: boolean;
 }
 
 export interface PlannerDecision {
@@ -137,6 +156,8 @@ export class SlaPlanner {
   /** Smoothed observed arrival burstiness (ca^2). */
   private ca2 = 1;
   private elapsedS = 0;
+  /** Workers the recent intervals' arrivals needed (burst-floor.ts); null when off. */
+  private readonly bursts: RecentMax | null;
 
   constructor(o: SlaPlannerOptions) {
     this.o = o;
@@ -148,6 +169,9 @@ export class SlaPlanner {
     if (o.arrivalCv2 !== undefined && !(o.arrivalCv2 >= 0)) throw new InvalidConfigError(`arrivalCv2 must be >= 0 (got ${o.arrivalCv2})`);
     if (o.coldStartS !== undefined && !(o.coldStartS >= 0)) throw new InvalidConfigError(`coldStartS must be >= 0 (got ${o.coldStartS})`);
     this.horizon = 1 + Math.ceil((o.coldStartS ?? 0) / o.adjustmentIntervalS - 1e-9);
+    if (o.burstWindowS !== undefined && !(o.burstWindowS >= 0)) throw new InvalidConfigError(`burstWindowS must be >= 0 (got ${o.burstWindowS})`);
+    const burstWindowS = o.burstWindowS ?? BURST_WINDOW_S;
+    this.bursts = o.formula === "dynamo" || burstWindowS === 0 ? null : new RecentMax(Math.max(1, Math.ceil(burstWindowS / o.adjustmentIntervalS - 1e-9)));
     if (!(o.adjustmentIntervalS > 0)) throw new InvalidConfigError(`the adjustment interval must be > 0 s (got ${o.adjustmentIntervalS})`);
     if (o.gpuBudget !== undefined && !(Number.isInteger(o.gpuBudget) && o.gpuBudget >= 1)) throw new InvalidConfigError(`the GPU budget must be an integer >= 1 (got ${o.gpuBudget})`);
     const kind = o.predictor ?? "constant";
@@ -159,11 +183,14 @@ export class SlaPlanner {
     };
     const gpus = o.profile.gpusPerWorker;
     const budgetMax = o.gpuBudget === undefined ? undefined : Math.floor(o.gpuBudget / gpus);
-    const gov = (): ReplicaGovernor => {
+    const gov = (k: WorkerKind): ReplicaGovernor => {
+      const min = o.minByKind?.[k] ?? o.governor?.min;
       const max = Math.min(o.governor?.max ?? Number.POSITIVE_INFINITY, budgetMax ?? Number.POSITIVE_INFINITY);
-      return new ReplicaGovernor({ ...o.governor, max });
+      // kvroute's planner scales down slower than up (a quarter of the fleet a decision at most).
+      const downStepMax = o.formula === "dynamo" ? undefined : (o.governor?.downStepMax ?? DOWN_STEP_MAX);
+      return new ReplicaGovernor({ ...o.governor, ...(min !== undefined ? { min } : {}), max, ...(downStepMax !== undefined ? { downStepMax } : {}) });
     };
-    this.governors = new Map(this.kinds().map((k) => [k, gov()]));
+    this.governors = new Map(this.kinds().map((k) => [k, gov(k)]));
   }
 
   kinds(): WorkerKind[] {
@@ -196,6 +223,7 @@ export class SlaPlanner {
       for (const u of obs.uncachedTokens ?? []) this.mix.push(u);
       if (obs.arrivalCv2 != null && obs.requests >= MIN_GAPS) this.ca2 = clampTo(0.7 * this.ca2 + 0.3 * obs.arrivalCv2, CA2_BOUNDS);
       if (this.mix.length > MIX_SAMPLES) this.mix.splice(0, this.mix.length - MIX_SAMPLES);
+      if (this.bursts && obs.arrivalsMs && obs.uncachedTokens && obs.arrivalsMs.length === obs.uncachedTokens.length) this.bursts.add(this.burstNeed(obs, observed));
       this.predictors.requestsPerS.add(observed.requestsPerS);
       if (observed.requestsPerS > 0) {
         this.predictors.isl.add(observed.isl);
@@ -205,10 +233,13 @@ export class SlaPlanner {
     } else {
       // An interval with no requests at all: the rate was zero.
       this.predictors.requestsPerS.add(0);
+      this.bursts?.add(0);
     }
     // New workers serve `horizon` intervals from now: size for the busiest forecast until then.
     let rate = 0;
     for (let h = 1; h <= this.horizon; h++) rate = Math.max(rate, this.predictors.requestsPerS.predict(h) ?? 0);
+    // A rise shows in the latest interval before any average follows it.
+    if (this.o.formula !== "dynamo" && this.o.observedRateFloor !== false && observed !== null) rate = Math.max(rate, observed.requestsPerS);
     const predicted: LoadForecast = {
       requestsPerS: rate,
       isl: this.predictors.isl.predict() ?? 0,
@@ -222,6 +253,12 @@ export class SlaPlanner {
       );
     }
     const wanted = this.size(predicted);
+    const floorKind: WorkerKind = this.mode === "aggregated" ? "aggregated" : "prefill";
+    const burst = this.bursts?.value ?? 0;
+    if (burst > (wanted[floorKind] ?? 0)) {
+      reasons.push(`burst floor: the last ${BURST_WINDOW_LABEL(this.o.burstWindowS)} of arrivals needed ${burst} ${floorKind} workers (sizing says ${(wanted[floorKind] ?? 0).toFixed(2)})`);
+      wanted[floorKind] = burst;
+    }
     const target: Replicas = {};
     let capped = { ...wanted };
     if (this.o.gpuBudget !== undefined && this.mode === "disaggregated") {
@@ -255,6 +292,22 @@ export class SlaPlanner {
     const p = prefillReplicas(m, load, this.targets, this.corr, o);
     const d = decodeReplicas(m, load, this.targets, this.corr);
     return { prefill: p.replicas, decode: d.replicas };
+  }
+
+  /**
+   * Workers this interval's own arrivals needed (burst-floor.ts): each request's prefill time from
+   * the profile at its uncached length (corrected); aggregated workers' prefills slowed by the
+   * observed decode load's share of each worker.
+   */
+  private burstNeed(obs: IntervalObservation, observed: NonNullable<PlannerDecision["observed"]>): number {
+    const m = this.model;
+    const gpus = m.profile.gpusPerWorker;
+    const arrivals: BurstArrival[] = obs.uncachedTokens!.map((u, i) => {
+      const n = Math.max(1, u);
+      return { atMs: obs.arrivalsMs![i]!, serviceMs: ((1000 * n) / (m.prefill.thptPerGpu(n) * gpus)) * this.corr.prefill };
+    });
+    const decode = this.mode === "aggregated" ? decodeReplicas(m, { requestsPerS: observed.requestsPerS, isl: observed.isl, osl: observed.osl, hitRate: observed.hitRate }, this.targets, this.corr).replicas : 0;
+    return burstWorkers(arrivals, this.targets.ttftMs, this.missBudget, (c) => (c > decode ? c / (c - decode) : Number.POSITIVE_INFINITY));
   }
 
   private sizingOptions(uncached: readonly number[] = this.mix) {
@@ -340,6 +393,13 @@ export class SlaPlanner {
     }
   }
 }
+
+/** Share of the running fleet one scale-down may remove (GovernorOptions.downStepMax). */
+const DOWN_STEP_MAX = 0.25;
+
+/** Seconds of intervals whose arrivals set the burst floor (SlaPlannerOptions.burstWindowS). */
+const BURST_WINDOW_S = 300;
+const BURST_WINDOW_LABEL = (s: number | undefined) => `${s ?? BURST_WINDOW_S} s`;
 
 /** Arrivals an interval needs before its burstiness counts; the bounds of the smoothed ca^2. */
 const MIN_GAPS = 8;

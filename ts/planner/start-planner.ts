@@ -44,7 +44,7 @@ async function workerLoads(registry: Registry | undefined, kind: WorkerKind): Pr
 
 export async function startPlanner(c: PlannerConfig, o: StartPlannerOptions): Promise<PlannerLoop> {
   const kinds: WorkerKind[] = c.mode === "aggregated" ? ["aggregated"] : ["prefill", "decode"];
-  const governor = { min: c.minWorkers, ...(c.maxWorkers !== undefined ? { max: c.maxWorkers } : {}) };
+  const governor = { min: c.minWorkers, ...(c.maxWorkers !== undefined ? { max: c.maxWorkers } : {}), ...(c.downStepMax !== undefined ? { downStepMax: c.downStepMax } : {}) };
   const sla =
     c.planner === "load"
       ? undefined
@@ -59,6 +59,7 @@ export async function startPlanner(c: PlannerConfig, o: StartPlannerOptions): Pr
           ...(c.gpuBudget !== undefined ? { gpuBudget: c.gpuBudget } : {}),
           ...(c.coldStartS !== undefined ? { coldStartS: c.coldStartS } : {}),
           ...(c.missBudget !== undefined ? { missBudget: c.missBudget } : {}),
+          ...(c.burstWindowS !== undefined ? { burstWindowS: c.burstWindowS } : {}),
         });
   const load =
     c.planner === "sla"

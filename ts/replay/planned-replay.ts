@@ -65,15 +65,38 @@ export interface PlannedReplayOptions extends Omit<FleetSettings, "workers"> {
   /** Seasonal predictor: intervals per season. */
   seasonPeriod?: number;
   governor?: GovernorOptions;
+  /** disagg: a kind's own minimum (Dynamo's prefill_min_endpoint / decode_min_endpoint). */
+  minByKind?: { prefill?: number; decode?: number };
   gpuBudget?: number;
   /** SLA planner: share of servable requests its sizing lets past the TTFT target (default 0.05). */
   missBudget?: number;
+  /** SLA planner: seconds of arrivals whose bursts set its floor (0: off; default 300). */
+  burstWindowS?: number;
+  /** SLA planner: size for at least the last interval's observed rate (default true). */
+  observedRateFloor?: boolean;
   /** SLA planner: apply observed / profiled correction factors (default true). */
   corrections?: boolean;
   eventDelayMs?: number;
   seed?: number;
   signal?: AbortSignal;
   onDecision?: (line: string) => void;
+  /** Each finished request (for analysis: which requests missed and why). */
+  onRequest?: (r: PlannedRequestOutcome) => void;
+}
+
+export interface PlannedRequestOutcome {
+  id: string;
+  /** Arrival, ms since the replay's start. */
+  arrivalMs: number;
+  ttftMs: number;
+  /** The request's own mean ITL (ms); 0 with one output token. */
+  itlMs: number;
+  promptTokens: number;
+  /** Prompt tokens the chosen worker already held. */
+  cachedTokens: number;
+  outputTokens: number;
+  worker: string;
+  withinTarget: boolean;
 }
 
 export interface PlannedInterval {
@@ -151,6 +174,8 @@ interface Flight {
   first: number;
   generated: number;
   bucket: number;
+  promptTokens: number;
+  cached: number;
 }
 
 function total(f: Family): number {
@@ -193,17 +218,20 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
         predictor: o.predictor ?? "constant",
         predictorOptions: o.seasonPeriod !== undefined ? { period: o.seasonPeriod } : {},
         governor: o.governor,
+        ...(o.minByKind ? { minByKind: o.minByKind } : {}),
         gpuBudget: o.gpuBudget,
         // kvroute's planner looks as far ahead as a new worker takes to serve; Dynamo's does not.
         ...(o.planner === "dynamo" ? {} : { coldStartS: coldMs / 1000 }),
         ...(o.missBudget !== undefined ? { missBudget: o.missBudget } : {}),
         ...(o.corrections !== undefined ? { corrections: o.corrections } : {}),
+        ...(o.burstWindowS !== undefined ? { burstWindowS: o.burstWindowS } : {}),
+        ...(o.observedRateFloor !== undefined ? { observedRateFloor: o.observedRateFloor } : {}),
       })
     : null;
   const load = o.planner === "load" || o.planner === "sla+load" ? new LoadPlanner({ targets: o.targets, governor: o.governor }) : null;
   const minWorkers = o.governor?.min ?? 1;
-  const initial = o.initialWorkers ?? minWorkers;
-  const initialDecode = o.initialDecodeWorkers ?? initial;
+  const initial = o.initialWorkers ?? (disagg ? Math.max(minWorkers, o.minByKind?.prefill ?? 0) : minWorkers);
+  const initialDecode = o.initialDecodeWorkers ?? o.initialWorkers ?? Math.max(minWorkers, o.minByKind?.decode ?? 0);
   const kinds: WorkerRole[] = disagg ? ["prefill", "decode"] : ["aggregated"];
 
   let now = reqs.length > 0 ? reqs[0]!.timestampMs : 0;
@@ -302,7 +330,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
   const buckets: { requests: number; within: number; ttfts: number[]; itlSum: number; itlN: number }[] = [];
   const bucketOf = (t: number) => Math.floor((t - t0) / intervalMs);
   const bucket = (b: number) => (buckets[b] ??= { requests: 0, within: 0, ttfts: [], itlSum: 0, itlN: 0 });
-  const freshObs = () => ({ lastArrival: -1, gapSum: 0, gapSq: 0, gaps: 0, requests: 0, inputTokens: 0, cachedTokens: 0, uncached: [] as number[], firstTtfts: [] as number[], outTokens: 0, finished: 0, itls: [] as number[], itlSum: 0, itlN: 0, durationSum: 0 });
+  const freshObs = () => ({ lastArrival: -1, gapSum: 0, gapSq: 0, gaps: 0, requests: 0, inputTokens: 0, cachedTokens: 0, uncached: [] as number[], arrivals: [] as number[], firstTtfts: [] as number[], outTokens: 0, finished: 0, itls: [] as number[], itlSum: 0, itlN: 0, durationSum: 0 });
   let obs = freshObs();
   const allTtft: number[] = [];
   const allItl: number[] = [];
@@ -349,6 +377,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     if (f.generated > 1) allItl.push(itl);
     const ok = ttft <= o.targets.ttftMs && itl <= o.targets.itlMs;
     if (ok) within++;
+    o.onRequest?.({ id: f.id, arrivalMs: f.arrival - t0, ttftMs: ttft, itlMs: itl, promptTokens: f.promptTokens, cachedTokens: f.cached, outputTokens: f.generated, worker: f.slot.id, withinTarget: ok });
     const b = bucket(f.bucket);
     b.requests++;
     if (ok) b.within++;
@@ -405,7 +434,8 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
     obs.inputTokens += tokens.length;
     obs.cachedTokens += cached;
     obs.uncached.push(tokens.length - cached);
-    const f: Flight = { id, slot, prefillSlot: null, arrival: now, first: -1, generated: 0, bucket: bucketOf(now) };
+    obs.arrivals.push(now - t0);
+    const f: Flight = { id, slot, prefillSlot: null, arrival: now, first: -1, generated: 0, bucket: bucketOf(now), promptTokens: tokens.length, cached };
     inflight++;
     slot.inflight++;
     try {
@@ -476,6 +506,7 @@ export async function runPlannedReplay(o: PlannedReplayOptions): Promise<Planned
       ttftMeanMs: obs.firstTtfts.length > 0 ? obs.firstTtfts.reduce((a, b) => a + b, 0) / obs.firstTtfts.length : null,
       durationMs: obs.finished > 0 ? obs.durationSum / obs.finished : null,
       uncachedTokens: obs.uncached,
+      arrivalsMs: obs.arrivals,
       arrivalCv2: obs.gaps > 1 && obs.gapSum > 0 ? (obs.gapSq / obs.gaps - (obs.gapSum / obs.gaps) ** 2) / (obs.gapSum / obs.gaps) ** 2 : null,
     };
     const target: Partial<Record<WorkerRole, number>> = { ...running };
