@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { InvalidConfigError } from "../ts/errors.js";
-import { curveAt, modulateRate, spreadTicks } from "../ts/replay/rate-curve.js";
+import { curveAt, modulateRate, spreadTicks, tileTenants } from "../ts/replay/rate-curve.js";
 import type { Trace } from "../ts/replay/trace.js";
 
 function trace(times: number[]): Trace {
@@ -34,5 +34,18 @@ describe("rate curve", () => {
     expect(ratio).toBeLessThan(10.5);
     expect(curveAt(50, 100, { low: 0.1, high: 1 })).toBeCloseTo(1, 12);
     expect(() => modulateRate(trace(times), { low: 0 })).toThrow(InvalidConfigError);
+  });
+
+  it("tenants: K copies with prefixes of their own, each rotated by 1/K of the span, renumbered", () => {
+    // Span 0..300 (period 301): copy 1 shifted by 151 (mod 301) lands at 151, 251, 50 and 150 (the last two wrapped).
+    const base = { file: "t", format: "mooncake" as const, requests: [0, 100, 200, 300].map((t, i) => ({ index: i, line: i + 1, timestampMs: t, inputLength: 1024, maxTokens: 1, hashIds: [7, 7 + i] })) };
+    const t = tileTenants(base, 2);
+    expect(t.requests.map((r) => r.timestampMs)).toEqual([0, 50, 100, 150, 151, 200, 251, 300]);
+    expect(t.requests.map((r) => r.index)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    // Block ids up to 10: copy 1's ids move by 11, so no prefix is shared between copies.
+    expect(t.requests.map((r) => r.hashIds)).toEqual([[7, 7], [18, 20], [7, 8], [18, 21], [18, 18], [7, 9], [18, 19], [7, 10]]);
+    expect(tileTenants(base, 1)).toBe(base);
+    expect(() => tileTenants(base, 0)).toThrow(InvalidConfigError);
+    expect(() => tileTenants({ ...base, requests: [{ ...base.requests[0]!, hashIds: undefined }] }, 2)).toThrow(/Mooncake/);
   });
 });

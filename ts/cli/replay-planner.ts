@@ -15,7 +15,7 @@ import { loadProfile, type PerfProfile } from "../planner/profile.js";
 import { validateTargets } from "../planner/targets.js";
 import { UnreachableTargetError } from "../planner/errors.js";
 import { PLANNED_TOPOLOGIES, PLANNER_KINDS, runPlannedReplay, type PlannedTopology, type PlannerKind, type PlannedReplayResult } from "../replay/planned-replay.js";
-import { modulateRate, spreadTicks } from "../replay/rate-curve.js";
+import { modulateRate, spreadTicks, tileTenants } from "../replay/rate-curve.js";
 import { readTrace, TraceError } from "../replay/trace.js";
 import { REPLAY_DEFAULTS } from "../replay/virtual-replay.js";
 import { parseCommandArgs, positiveInt, UsageError } from "./args.js";
@@ -58,6 +58,9 @@ intervals within target) and worker-seconds.
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
                           traces' 3-second ticks of ~10 requests), before the day curve
+  --tenants K             K copies of a Mooncake trace as user populations sharing no prefix, each
+                          rotated by 1/K of the span (a K-times larger service, same span; before
+                          the day curve)
   --limit N, --rate X     as for replay
   --decision-log FILE     every decision with its reasons, one line each
   --json FILE             the result
@@ -91,6 +94,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       topology: { type: "string" },
       "day-curve": { type: "string" },
       "spread-ticks": { type: "boolean" },
+      tenants: { type: "string" },
       limit: { type: "string" },
       rate: { type: "string" },
       policy: { type: "string" },
@@ -127,6 +131,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     if (planner === "fixed" && workers === undefined) throw new UsageError("--planner fixed needs --workers N");
     let trace = readTrace(values.trace, { limit: values.limit === undefined ? undefined : positiveInt("limit", values.limit), rate: positiveNumber("rate", values.rate) });
     if (values["spread-ticks"] === true) trace = spreadTicks(trace);
+    if (values.tenants !== undefined) trace = tileTenants(trace, positiveInt("tenants", values.tenants));
     if (values["day-curve"] !== undefined) {
       const [p, lo, hi] = values["day-curve"].split(",").map(Number);
       if (!(p! > 0) || (lo !== undefined && !(lo > 0)) || (hi !== undefined && !(hi >= (lo ?? 0.25)))) throw new UsageError(`--day-curve must be PERIODS[,LOW,HIGH] with 0 < LOW <= HIGH: got '${values["day-curve"]}'`);

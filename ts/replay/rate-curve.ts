@@ -90,3 +90,38 @@ export function curveAt(t: number, T: number, curve: DayCurve = {}): number {
   const high = curve.high ?? 1;
   return low + ((high - low) * (1 - Math.cos((2 * Math.PI * (curve.periods ?? 1) * t) / T))) / 2;
 }
+
+/**
+ * A bigger service from one trace: `tenants` copies of its requests as user populations that share
+ * no prefix (each copy's Mooncake block ids moved to a range of its own), copy k rotated in time by
+ * k/tenants of the span so the populations are at different moments of their own traffic (their
+ * bursts do not line up). The span is kept, the rate multiplied by `tenants`; requests are
+ * renumbered in arrival order. A copy's requests that rotate past the span's end wrap to its start.
+ */
+export function tileTenants(trace: Trace, tenants: number): Trace {
+  if (!(Number.isInteger(tenants) && tenants >= 1)) throw new InvalidConfigError(`tenants must be an integer >= 1 (got ${tenants})`);
+  if (tenants === 1) return trace;
+  const reqs = trace.requests;
+  if (reqs.some((r) => r.hashIds === undefined)) {
+    throw new InvalidConfigError("tenants need a Mooncake trace (block ids to give each copy its own prefixes)");
+  }
+  if (reqs.length === 0) return trace;
+  let maxId = 0;
+  for (const r of reqs) for (const h of r.hashIds!) if (h > maxId) maxId = h;
+  const stride = maxId + 1;
+  if (stride * tenants > Number.MAX_SAFE_INTEGER) throw new InvalidConfigError(`tenants: ${tenants} copies of block ids up to ${maxId} overflow`);
+  const t0 = reqs[0]!.timestampMs;
+  const span = reqs[reqs.length - 1]!.timestampMs - t0;
+  const period = span > 0 ? span + 1 : 1;
+  const out: Trace["requests"] = [];
+  for (let k = 0; k < tenants; k++) {
+    const shift = Math.round((k * period) / tenants);
+    for (const r of reqs) {
+      out.push({ ...r, timestampMs: t0 + ((r.timestampMs - t0 + shift) % period), hashIds: k === 0 ? r.hashIds : r.hashIds!.map((h) => h + k * stride) });
+    }
+  }
+  // Stable: within a timestamp, copy order then trace order.
+  out.sort((a, b) => a.timestampMs - b.timestampMs);
+  for (let i = 0; i < out.length; i++) out[i] = { ...out[i]!, index: i };
+  return { ...trace, file: `${trace.file} (x${tenants} tenants)`, requests: out };
+}
