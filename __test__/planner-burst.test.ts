@@ -114,11 +114,13 @@ describe("asymmetric scale-down", () => {
 });
 
 describe("planner config", () => {
-  it("reads burstWindowS and downStepMax, and refuses bad values with the field named", () => {
+  it("reads burstWindowS, downStepMax and downMargin, and refuses bad values with the field named", () => {
     const base = { planner: "load", ttftTargetMs: 500, itlTargetMs: 35, minWorkers: 1 };
-    const c = parsePlannerConfig({ ...base, burstWindowS: 60, downStepMax: 0.5 });
+    const c = parsePlannerConfig({ ...base, burstWindowS: 60, downStepMax: 0.5, downMargin: 0 });
     expect(c.burstWindowS).toBe(60);
     expect(c.downStepMax).toBe(0.5);
+    expect(c.downMargin).toBe(0);
+    expect(() => parsePlannerConfig({ ...base, downMargin: 0.95 })).toThrow(/downMargin/);
     expect(() => parsePlannerConfig({ ...base, burstWindowS: -1 })).toThrow(/burstWindowS/);
     expect(() => parsePlannerConfig({ ...base, downStepMax: 0 })).toThrow(/downStepMax/);
     expect(() => parsePlannerConfig({ ...base, downStepMax: "half" })).toThrow(/downStepMax/);

@@ -55,6 +55,7 @@ intervals within target) and worker-seconds.
                           seconds needed, its arrivals replayed onto idle workers (0: off; default 300)
   --down-step X           the most of the fleet one scale-down removes, 0 < X <= 1 (default 0.25 for
                           the SLA planners, 1 for dynamo and load)
+  --down-margin X         spare share the fleet keeps before it shrinks, 0 <= X <= 0.9 (default 0.15)
   --day-curve P[,LOW,HIGH]  warp arrivals into P day-like peaks (rate LOW..HIGH, default 0.25..1)
   --spread-ticks          spread requests sharing a timestamp evenly to the next one (the Mooncake
                           traces' 3-second ticks of ~10 requests), before the day curve
@@ -91,6 +92,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
       "miss-budget": { type: "string" },
       "burst-window": { type: "string" },
       "down-step": { type: "string" },
+      "down-margin": { type: "string" },
       topology: { type: "string" },
       "day-curve": { type: "string" },
       "spread-ticks": { type: "boolean" },
@@ -163,7 +165,7 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
         ...(values["min-prefill-workers"] !== undefined ? { prefill: positiveInt("min-prefill-workers", values["min-prefill-workers"]) } : {}),
         ...(values["min-decode-workers"] !== undefined ? { decode: positiveInt("min-decode-workers", values["min-decode-workers"]) } : {}),
       },
-      governor: { min, ...(max !== undefined ? { max } : {}), ...(values["down-step"] !== undefined ? { downStepMax: downStep(values["down-step"]) } : {}) },
+      governor: { min, ...(max !== undefined ? { max } : {}), ...(values["down-step"] !== undefined ? { downStepMax: downStep(values["down-step"]) } : {}), ...(values["down-margin"] !== undefined ? { downMargin: downMargin(values["down-margin"]) } : {}) },
       gpuBudget: values["gpu-budget"] === undefined ? undefined : positiveInt("gpu-budget", values["gpu-budget"]),
       missBudget: missBudget(values["miss-budget"]),
       burstWindowS: values["burst-window"] === undefined ? undefined : positiveNumber("burst-window", values["burst-window"], 0, true),
@@ -199,6 +201,12 @@ export async function runPlannedReplayCommand(argv: string[]): Promise<number> {
     console.log(`JSON:   ${resolve(json)}`);
   }
   return 0;
+}
+
+function downMargin(v: string): number {
+  const x = Number(v);
+  if (!(x >= 0 && x <= 0.9)) throw new UsageError(`--down-margin must be a share in [0, 0.9]: got '${v}'`);
+  return x;
 }
 
 function downStep(v: string): number {

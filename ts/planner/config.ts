@@ -34,6 +34,8 @@ export interface PlannerConfig {
   burstWindowS?: number;
   /** Share of the running fleet one scale-down may remove, (0, 1] (SLA planner default 0.25). */
   downStepMax?: number;
+  /** Spare share the fleet keeps before it shrinks, [0, 0.9] (default 0.15). */
+  downMargin?: number;
   minWorkers: number;
   maxWorkers?: number;
   gpuBudget?: number;
@@ -63,7 +65,7 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   };
   if (typeof value !== "object" || value === null || Array.isArray(value)) bad("must be a JSON object");
   const v = value as Record<string, unknown>;
-  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "coldStartS", "missBudget", "burstWindowS", "downStepMax", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
+  const known = new Set(["planner", "mode", "ttftTargetMs", "itlTargetMs", "profile", "adjustmentIntervalS", "predictor", "seasonPeriod", "coldStartS", "missBudget", "burstWindowS", "downStepMax", "downMargin", "minWorkers", "maxWorkers", "gpuBudget", "gateway", "connector", "decisionLog", "metricsPort"]);
   for (const k of Object.keys(v)) if (!known.has(k)) bad(`unknown field '${k}' (expected ${[...known].join(", ")})`);
   const planner = (v["planner"] ?? "sla") as PlannerMode;
   if (!PLANNER_MODES.includes(planner)) bad(`planner must be one of ${PLANNER_MODES.join(", ")}`);
@@ -109,6 +111,8 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
   if (burstWindowS !== undefined && !(burstWindowS >= 0)) bad("burstWindowS must be >= 0 seconds");
   const downStepMax = num("downStepMax", undefined);
   if (downStepMax !== undefined && !(downStepMax > 0 && downStepMax <= 1)) bad("downStepMax must be a share in (0, 1]");
+  const downMargin = num("downMargin", undefined);
+  if (downMargin !== undefined && !(downMargin >= 0 && downMargin <= 0.9)) bad("downMargin must be a share in [0, 0.9]");
   const minWorkers = int("minWorkers", 0, 1)!;
   const maxWorkers = int("maxWorkers", Math.max(1, minWorkers));
   const gpuBudget = int("gpuBudget", 1);
@@ -131,6 +135,7 @@ export function parsePlannerConfig(value: unknown, source = "planner config", gi
     ...(missBudget !== undefined ? { missBudget } : {}),
     ...(burstWindowS !== undefined ? { burstWindowS } : {}),
     ...(downStepMax !== undefined ? { downStepMax } : {}),
+    ...(downMargin !== undefined ? { downMargin } : {}),
     minWorkers,
     ...(maxWorkers !== undefined ? { maxWorkers } : {}),
     ...(gpuBudget !== undefined ? { gpuBudget } : {}),

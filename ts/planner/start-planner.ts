@@ -44,7 +44,7 @@ async function workerLoads(registry: Registry | undefined, kind: WorkerKind): Pr
 
 export async function startPlanner(c: PlannerConfig, o: StartPlannerOptions): Promise<PlannerLoop> {
   const kinds: WorkerKind[] = c.mode === "aggregated" ? ["aggregated"] : ["prefill", "decode"];
-  const governor = { min: c.minWorkers, ...(c.maxWorkers !== undefined ? { max: c.maxWorkers } : {}), ...(c.downStepMax !== undefined ? { downStepMax: c.downStepMax } : {}) };
+  const governor = { min: c.minWorkers, ...(c.maxWorkers !== undefined ? { max: c.maxWorkers } : {}), ...(c.downStepMax !== undefined ? { downStepMax: c.downStepMax } : {}), ...(c.downMargin !== undefined ? { downMargin: c.downMargin } : {}) };
   const sla =
     c.planner === "load"
       ? undefined
