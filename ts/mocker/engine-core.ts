@@ -2,6 +2,10 @@
  * One simulated vLLM engine core (one data-parallel rank): vLLM v1's FCFS scheduler with chunked
  * prefill and preemption (vllm/v1/core/sched/scheduler.py), its KV cache manager over a
  * `BlockPool`, the NixlConnector's request-level protocol, and a timing model instead of a GPU.
+ * This file holds the scheduler, its loop and clocks, and sampling; the other parts live beside
+ * it, one file each: a request's state and types (./core-request.ts), the KV cache manager
+ * (./kv-cache-manager.ts), the NixlConnector protocol (./nixl-protocol.ts), and a step's modelled
+ * duration (./step-timing.ts).
  *
  * The loop runs steps: schedule (running requests first, one decode token each or the next prefill
  * chunk; then waiting requests, FCFS, after a prefix-cache lookup, while the token budget, the
@@ -23,230 +27,30 @@
  * - C3: `numComputed <= numTokens`; a token is sampled exactly when a step makes them equal.
  */
 import { setImmediate as yieldImmediate } from "node:timers/promises";
-import { BlockHasher, type ExtraKeys } from "../core/block-hasher.js";
-import type { KvEvent, BlockStoredEvent } from "../events/codec.js";
-import { BlockPool, halvesOf, MEDIUM_GPU } from "./block-pool.js";
+import type { KvEvent } from "../events/codec.js";
+import { BlockPool } from "./block-pool.js";
 import { CpuOffloadTier, cpuHitRun } from "./cpu-offload.js";
-import { embedsDigest } from "./prompt-embeds.js";
 import type { ResolvedMockEngineConfig } from "./config.js";
+import {
+  CoreRequest,
+  Deque,
+  extraKeysOf,
+  modelToken,
+  type CoreOutput,
+  type CoreRequestInit,
+  type OutputSink,
+  type Scheduled,
+} from "./core-request.js";
+import { KvCacheManager } from "./kv-cache-manager.js";
 import type { EngineMetrics, FinishReasonLabel } from "./metrics.js";
 import { modelTokenizerFor, type ModelTokenizer } from "./model-tokenizer.js";
-import { contextFingerprint } from "./toy-tokenizer.js";
-import { polynomialStepMs, type StepPolynomial } from "./step-timing.js";
+import { nixlEngineId, producerTransferParams, remotePrefillParams, type KvTransferHooks } from "./nixl-protocol.js";
+import { stepDurationMs } from "./step-timing.js";
 
-export interface LoraRef {
-  name: string;
-  /** The adapter's integer id (1, 2, ... in `--lora-modules` order), as vLLM's `lora_int_id`. */
-  id: number;
-  path: string;
-}
-
-/** What the engine core needs of a request (the serving layer validated and clamped it). */
-export interface CoreRequestInit {
-  requestId: string;
-  promptTokenIds: Uint32Array;
-  /** Already clamped to maxModelLen - prompt length, >= 1. */
-  maxTokens: number;
-  minTokens: number;
-  ignoreEos: boolean;
-  stopTokenIds: readonly number[];
-  stop: readonly string[];
-  includeStopStrInOutput: boolean;
-  /**
-   * vLLM's `SamplingParams.detokenize`: false skips the output text (outputs carry tokens only),
-   * for callers that never read it (the virtual replay). Requires no stop strings.
-   */
-  detokenize: boolean;
-  /** Mixed into the sampled tokens (request `seed`, choice index for n > 1). */
-  sampleSeed: number;
-  lora: LoraRef | null;
-  cacheSalt: string | null;
-  /** Prompt embeddings' per-block digests, concatenated (prompt-embeds.ts). */
-  promptEmbeds?: Buffer | null;
-  kvTransferParams: Record<string, unknown> | null;
-  /** The request's own max_tokens, for the metrics histogram (null when it had none). */
-  maxTokensParam: number | null;
-  n: number;
-  /** Simulated arrival time (ms); default: now. */
-  arrivalTime?: number;
-}
-
-export interface RequestTimings {
-  /** Simulated milliseconds on the engine's clock. */
-  arrival: number;
-  scheduled: number | null;
-  firstToken: number | null;
-  lastToken: number | null;
-}
-
-/** One step's news for a request: the tokens sampled since the last delta, and the end. */
-export interface CoreOutput {
-  requestId: string;
-  /** New token ids (one per step, none on abort). */
-  tokenIds: number[];
-  /** New text (held back while it could still turn out to be part of a stop string). */
-  text: string;
-  finishReason: "stop" | "length" | "abort" | null;
-  stopReason: string | number | null;
-  /** Prompt tokens served from the prefix cache (local) or a remote prefill (external). */
-  numCachedTokens: number;
-  numPromptTokens: number;
-  kvTransferParams: Record<string, unknown> | null;
-  timings: RequestTimings;
-  dpRank: number;
-}
-
-export type OutputSink = (out: CoreOutput) => void;
-
-/** Moves a disaggregated request's KV for real (ts/mocker/nixl-kv.ts implements it). */
-export interface KvTransferHooks {
-  /** Prefill side: a prefill-only request finished; its blocks hold its KV. */
-  produced(blocks: readonly number[], tokens: Uint32Array, promptLen: number, blockSize: number): void;
-  /** Decode side: pulls the remote blocks from `firstBlock` on into `localBlocks`; false: it failed. */
-  pull(params: Record<string, unknown> | null, localBlocks: readonly number[], firstBlock: number, tokens: Uint32Array, promptLen: number, blockSize: number): Promise<boolean>;
-}
-
-type Status = "waiting" | "running" | "transferring" | "finished";
-
-/** Output tokens the block hashes run ahead of a request's tokens (see `ensureHashes`). */
-const HASH_AHEAD = 1024;
-
-class CoreRequest {
-  readonly id: string;
-  readonly promptLen: number;
-  /**
-   * Prompt then output tokens; capacity grows by doubling. Past `numTokens` it may hold the simulated
-   * model's next tokens (hashed ahead), which sampling then appends.
-   */
-  tokens: Uint32Array;
-  numTokens: number;
-  numComputed = 0;
-  blocks: number[] = [];
-  numCachedBlocks = 0;
-  /** u64 block hashes of the first `hashes.length` full blocks of `tokens`. */
-  hashes: BigUint64Array = new BigUint64Array(0);
-  /** `hashes` as 32-bit halves (`halvesOf`), for the block pool's bigint-free calls. */
-  hashHalves: Int32Array = new Int32Array(0);
-  status: Status = "waiting";
-  numOutput = 0;
-  numPreemptions = 0;
-  /** Set at the first admission. */
-  numLocalCached = -1;
-  numExternalCached = 0;
-  /** Prompt tokens the next step loads from the CPU tier (charged at PCIe speed, then 0). */
-  cpuLoadTokens = 0;
-  /** Text sampled but not delivered yet (the stop-string holdback). */
-  unsent = "";
-  /** The last (longest stop - 1) delivered characters: a stop string may start in them. */
-  sentTail = "";
-  readonly holdback: number;
-  readonly maxStop: number;
-  readonly timings: RequestTimings;
-  /** Simulated time the remote KV is in (decode side of a disaggregated request). */
-  transferReadyAt = 0;
-  remotePrefill: Record<string, unknown> | null = null;
-  readonly remoteDecode: boolean;
-  /** max_tokens, forced to 1 for a prefill-only (remote decode) request. */
-  readonly maxTokens: number;
-
-  constructor(
-    readonly init: CoreRequestInit,
-    readonly extraKeys: ExtraKeys | undefined,
-    readonly sink: OutputSink,
-    arrival: number,
-  ) {
-    this.id = init.requestId;
-    this.promptLen = init.promptTokenIds.length;
-    this.tokens = new Uint32Array(Math.max(16, this.promptLen + Math.min(init.maxTokens, HASH_AHEAD)));
-    this.tokens.set(init.promptTokenIds);
-    this.numTokens = this.promptLen;
-    this.maxStop = init.stop.length > 0 ? Math.max(...init.stop.map((s) => s.length)) : 0;
-    this.holdback = this.maxStop > 0 && !init.includeStopStrInOutput ? this.maxStop - 1 : 0;
-    this.timings = { arrival, scheduled: null, firstToken: null, lastToken: null };
-    this.remoteDecode = init.kvTransferParams?.do_remote_decode === true;
-    this.maxTokens = this.remoteDecode ? 1 : init.maxTokens;
-  }
-
-  append(token: number): void {
-    if (this.numTokens === this.tokens.length) this.reserve(this.numTokens + 1);
-    this.tokens[this.numTokens++] = token;
-  }
-
-  /** Capacity for at least `n` tokens. */
-  reserve(n: number): void {
-    if (n <= this.tokens.length) return;
-    const grown = new Uint32Array(Math.max(n, this.tokens.length * 2));
-    grown.set(this.tokens);
-    this.tokens = grown;
-  }
-}
-
-/** A FIFO with cheap push-front (preempted requests go back to the head). */
-class Deque<T> {
-  private items: (T | undefined)[] = new Array(16);
-  private head = 0;
-  private size = 0;
-
-  get length(): number {
-    return this.size;
-  }
-
-  peek(): T | undefined {
-    return this.size === 0 ? undefined : this.items[this.head];
-  }
-
-  push(v: T): void {
-    this.grow();
-    this.items[(this.head + this.size++) % this.items.length] = v;
-  }
-
-  unshift(v: T): void {
-    this.grow();
-    this.head = (this.head - 1 + this.items.length) % this.items.length;
-    this.items[this.head] = v;
-    this.size++;
-  }
-
-  shift(): T | undefined {
-    if (this.size === 0) return undefined;
-    const v = this.items[this.head];
-    this.items[this.head] = undefined;
-    this.head = (this.head + 1) % this.items.length;
-    this.size--;
-    return v;
-  }
-
-  remove(v: T): boolean {
-    const all = this.toArray();
-    const at = all.indexOf(v);
-    if (at < 0) return false;
-    all.splice(at, 1);
-    this.items = new Array(Math.max(16, all.length * 2));
-    this.head = 0;
-    this.size = all.length;
-    all.forEach((x, i) => (this.items[i] = x));
-    return true;
-  }
-
-  toArray(): T[] {
-    const out: T[] = [];
-    for (let i = 0; i < this.size; i++) out.push(this.items[(this.head + i) % this.items.length] as T);
-    return out;
-  }
-
-  private grow(): void {
-    if (this.size < this.items.length) return;
-    const all = this.toArray();
-    this.items = new Array(this.items.length * 2);
-    all.forEach((x, i) => (this.items[i] = x));
-    this.head = 0;
-  }
-}
-
-interface Scheduled {
-  req: CoreRequest;
-  numNew: number;
-}
+// The request types live with the request (./core-request.ts), the transfer hooks with the
+// protocol (./nixl-protocol.ts); the serving layer imports them all from here.
+export type { CoreOutput, CoreRequestInit, LoraRef, OutputSink, RequestTimings } from "./core-request.js";
+export type { KvTransferHooks } from "./nixl-protocol.js";
 
 const NO_PLAN: readonly Scheduled[] = [];
 
@@ -256,9 +60,8 @@ export type EventBatchSink = (rank: number, events: KvEvent[]) => void;
 export class EngineCore {
   readonly rank: number;
   readonly pool: BlockPool;
-  private hasher: BlockHasher | null;
-  /** `keyByRouter` was called: router keys chain on from known ones (`BlockHasher.extend`). */
-  private routerKeyed = false;
+  /** The prefix cache over `pool`: lookups, allocation, block hashes (./kv-cache-manager.ts). */
+  private readonly kv: KvCacheManager;
   private readonly waiting = new Deque<CoreRequest>();
   private running: CoreRequest[] = [];
   private readonly transferring = new Set<CoreRequest>();
@@ -304,12 +107,9 @@ export class EngineCore {
       this.pool.offload = new CpuOffloadTier(config.numCpuBlocks);
       this.pool.offloadBlockSize = config.blockSize;
     }
-    this.hasher = caching
-      ? new BlockHasher({ blockSize: config.blockSize, algorithm: config.hashAlgorithm, seed: config.hashSeed })
-      : null;
-    const kt = config.kvTransfer;
-    this.engineId = kt ? (config.dataParallelSize > 1 ? `${kt.engineId}_dp${rank}` : kt.engineId) : null;
+    this.engineId = nixlEngineId(config, rank);
     this.vocab = modelTokenizerFor(config.tokenizer);
+    this.kv = new KvCacheManager(this.pool, config, this.vocab);
     this.metrics.scheduler(0, 0, 0, 0);
   }
 
@@ -363,21 +163,9 @@ export class EngineCore {
   add(init: CoreRequestInit, sink: OutputSink, promptKeys?: BigUint64Array): void {
     if (this.closed) throw new Error("engine is closed");
     if (this.requests.has(init.requestId)) throw new Error(`duplicate request id ${init.requestId}`);
-    const extra = this.extraKeys(init);
-    const req = new CoreRequest(init, extra, sink, init.arrivalTime ?? this.now());
-    if (this.routerKeyed && promptKeys !== undefined && extra === undefined && promptKeys.length === Math.floor(req.promptLen / this.config.blockSize)) {
-      req.hashes = promptKeys;
-      req.hashHalves = halvesOf(promptKeys);
-    }
-    const kt = init.kvTransferParams;
-    if (this.config.kvTransfer && kt?.do_remote_prefill === true) {
-      const ids = kt.remote_block_ids;
-      const complete = ["remote_engine_id", "remote_request_id", "remote_host", "remote_port"].every((k) => k in kt);
-      if (Array.isArray(ids) && ids.flat().length > 0 && complete) req.remotePrefill = kt;
-    }
-    // The prompt and the first output tokens in one go (see ensureHashes): the request's first
-    // output blocks then do not hash its whole prompt again.
-    if (this.hasher) this.hashAhead(req, Math.max(req.promptLen, Math.min(this.hashLimit(req), req.promptLen + HASH_AHEAD)));
+    const req = new CoreRequest(init, extraKeysOf(init), sink, init.arrivalTime ?? this.now());
+    req.remotePrefill = remotePrefillParams(this.config, init.kvTransferParams);
+    this.kv.hashPrompt(req, promptKeys);
     this.requests.set(req.id, req);
     this.waiting.push(req);
     this.adds++;
@@ -394,8 +182,7 @@ export class EngineCore {
    */
   keyByRouter(): void {
     if (this.requests.size > 0 || this.pool.numCachedBlocks > 0) throw new Error("keyByRouter: the engine has already served requests");
-    if (this.hasher) this.hasher = new BlockHasher({ blockSize: this.config.blockSize, algorithm: "router" });
-    this.routerKeyed = this.hasher !== null;
+    this.kv.keyByRouter();
   }
 
   /** Aborts a request: its blocks are freed at once, its sink gets a final "abort" output. */
@@ -496,7 +283,7 @@ export class EngineCore {
       return null;
     }
     this.plan = plan;
-    this.stepDuration = this.modelStep(plan);
+    this.stepDuration = stepDurationMs(this.config, plan);
     return this.stepDuration;
   }
 
@@ -555,41 +342,6 @@ export class EngineCore {
     else await yieldImmediate();
   }
 
-  /** Simulated duration of a step (docs/mocker.md, "Timing model"). */
-  private modelStep(plan: readonly Scheduled[]): number {
-    const t = this.config.timing;
-    if (t.polynomial !== undefined) return this.polynomialStep(t.polynomial, plan);
-    let ms = t.stepBaseMs;
-    for (const { req, numNew } of plan) {
-      if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
-        // Decode: one token against the whole context.
-        ms += t.decodePerSeqMs + t.decodePerContextTokenMs * req.numComputed;
-      } else {
-        ms += t.prefillPerTokenMs * numNew + t.attentionPerTokenPairMs * numNew * (req.numComputed + numNew / 2);
-      }
-      if (req.cpuLoadTokens > 0) {
-        ms += t.cpuLoadPerTokenMs * req.cpuLoadTokens;
-        req.cpuLoadTokens = 0;
-      }
-    }
-    return ms;
-  }
-
-  /** Dynamo's polynomial step time (./step-timing.ts): decode steps are the one-token steps of
-   * requests past their prompt, the rest is prefill. */
-  private polynomialStep(p: StepPolynomial, plan: readonly Scheduled[]): number {
-    let prefill = 0;
-    let decodeSeqs = 0;
-    let decodeKv = 0;
-    for (const { req, numNew } of plan) {
-      if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
-        decodeSeqs++;
-        decodeKv += req.numComputed;
-      } else prefill += numNew;
-    }
-    return polynomialStepMs(p, prefill, decodeSeqs, decodeKv, this.config.numGpuBlocks * this.config.blockSize);
-  }
-
   // ---------------------------------------------------------------------------------------------
   // Scheduling (vLLM v1, FCFS)
 
@@ -607,7 +359,7 @@ export class EngineCore {
         continue;
       }
       let ok = true;
-      while (!this.allocateSlots(req, numNew)) {
+      while (!this.kv.allocateSlots(req, numNew)) {
         const victim = this.running.pop()!;
         this.preempt(victim);
         preempted = true;
@@ -628,17 +380,17 @@ export class EngineCore {
         if (req.numComputed > 0) {
           // Its remote KV arrived: only the last prompt token is left to compute.
           const numNew = Math.min(req.numTokens - req.numComputed, budget);
-          if (!this.allocateSlots(req, numNew)) break;
+          if (!this.kv.allocateSlots(req, numNew)) break;
           this.waiting.shift();
           this.admit(req, plan, numNew);
           budget -= numNew;
           continue;
         }
-        const [hitBlocks, hitTokens] = this.findCacheHit(req);
+        const [hitBlocks, hitTokens] = this.kv.findCacheHit(req);
         if (req.remotePrefill) {
           // NixlConnector (decode side): pull the rest of the prompt from the prefill engine.
           const external = req.promptLen - hitTokens;
-          if (!this.allocateSlots(req, external, hitBlocks, hitTokens, true)) break;
+          if (!this.kv.allocateSlots(req, external, hitBlocks, hitTokens, true)) break;
           this.waiting.shift();
           this.recordLookup(req, hitTokens);
           req.numExternalCached = external;
@@ -662,7 +414,7 @@ export class EngineCore {
         // The OffloadingConnector's hits: the run of CPU-tier blocks right after the GPU hits.
         const cpuTokens = cpuHitRun(this.pool.offload, req.hashes, hitBlocks.length, Math.floor((req.numTokens - 1) / config.blockSize)) * config.blockSize;
         const numNew = Math.min(req.numTokens - hitTokens - cpuTokens, budget);
-        if (!this.allocateSlots(req, numNew, hitBlocks, hitTokens + cpuTokens)) break;
+        if (!this.kv.allocateSlots(req, numNew, hitBlocks, hitTokens + cpuTokens)) break;
         this.waiting.shift();
         if (cpuTokens > 0) {
           req.cpuLoadTokens = cpuTokens;
@@ -700,160 +452,16 @@ export class EngineCore {
   private recordLookup(req: CoreRequest, hitTokens: number): void {
     if (req.numLocalCached < 0) req.numLocalCached = hitTokens;
     // vLLM counts previously preempted requests separately (not in queries/hits).
-    if (req.numPreemptions === 0 && this.hasher) this.metrics.prefixCache(req.numTokens, hitTokens);
-  }
-
-  /** Longest cached prefix, at most numTokens - 1 tokens (the last one is always recomputed). */
-  private findCacheHit(req: CoreRequest): [number[], number] {
-    if (!this.hasher) return [[], 0];
-    const B = this.config.blockSize;
-    const maxBlocks = Math.floor((req.numTokens - 1) / B);
-    this.ensureHashes(req, maxBlocks);
-    const blocks: number[] = [];
-    const halves = req.hashHalves;
-    for (let i = 0; i < maxBlocks; i++) {
-      const b = this.pool.lookupAt(halves, i);
-      if (b < 0) break;
-      blocks.push(b);
-    }
-    return [blocks, blocks.length * B];
-  }
-
-  /**
-   * vLLM's allocate_slots: room for `numNew` more tokens after the computed ones (and the new
-   * prefix hits), or false without side effects; on success the blocks that are now full (or will
-   * be once this step computes them) are cached, unless `delayCache` (remote KV still to come).
-   */
-  private allocateSlots(req: CoreRequest, numNew: number, hitBlocks: number[] = [], hitTokens = 0, delayCache = false): boolean {
-    const B = this.config.blockSize;
-    const totalComputed = req.numComputed + hitTokens;
-    const required = Math.ceil((totalComputed + numNew) / B);
-    const newBlocks = required - req.blocks.length - hitBlocks.length;
-    let evictable = 0;
-    for (const b of hitBlocks) if (this.pool.refCount(b) === 0) evictable++;
-    if (Math.max(newBlocks, 0) + evictable > this.pool.numFree) return false;
-    if (hitTokens > 0) {
-      this.pool.touch(hitBlocks);
-      for (const b of hitBlocks) req.blocks.push(b);
-      req.numCachedBlocks = req.blocks.length;
-      req.numComputed = totalComputed;
-    }
-    if (newBlocks > 0) for (const b of this.pool.allocate(newBlocks)) req.blocks.push(b);
-    if (!delayCache) this.cacheFullBlocks(req, Math.floor(Math.min(totalComputed + numNew, req.numTokens) / B));
-    return true;
-  }
-
-  /**
-   * Makes `req.hashes` cover at least `numBlocks` blocks. Block hashes chain from the first block,
-   * so extending them means hashing from the start: to keep that from happening at every output
-   * block (prompt x output / blockSize work), the hashes run ahead over the tokens the model will
-   * generate next (`modelToken`: the simulated model's output is a function of the prompt), up to 1,024
-   * tokens or as many as generated so far beyond what exists (from the request's arrival on). A
-   * hash is used only once its block is full of real tokens, which are those predicted ones.
-   */
-  private ensureHashes(req: CoreRequest, numBlocks: number): void {
-    if (!this.hasher || req.hashes.length >= numBlocks) return;
-    const B = this.config.blockSize;
-    const full = Math.floor(req.numTokens / B);
-    const want = Math.max(numBlocks, full) * B;
-    const end = req.numOutput > 0 ? Math.max(want, Math.min(this.hashLimit(req), req.numTokens + Math.max(HASH_AHEAD, req.numOutput))) : want;
-    this.hashAhead(req, end);
-  }
-
-  /** The most tokens `req` can have. */
-  private hashLimit(req: CoreRequest): number {
-    return Math.min(this.config.maxModelLen, req.promptLen + req.maxTokens);
-  }
-
-  /**
-   * Sets `req.hashes` to the hashes of its first `end` tokens: its own, then the simulated model's next
-   * ones, written past its tokens (where sampling appends the very same ones: no copy).
-   */
-  private hashAhead(req: CoreRequest, end: number): void {
-    req.reserve(end);
-    for (let i = req.numTokens, k = req.numOutput; i < end; i++, k++) req.tokens[i] = this.modelToken(req, k);
-    const tokens = req.tokens.subarray(0, end);
-    // Router keys chain: the known ones stay, only the blocks after them are hashed.
-    req.hashes =
-      this.routerKeyed && req.extraKeys === undefined && req.hashes.length > 0 ? this.hasher!.extend(req.hashes, tokens) : this.hasher!.hash(tokens, req.extraKeys);
-    req.hashHalves = halvesOf(req.hashes);
-  }
-
-  /**
-   * The token the model emits at output position `k` (0-based) of `req`: what `sample` appends. A
-   * function of the tokens before it (`req.tokens` holds them, real or hashed ahead in order), as
-   * greedy decoding is: a migrated stream continues exactly as the unbroken run. Only the EOS
-   * position (`eosAfterTokens`) counts output tokens.
-   */
-  private modelToken(req: CoreRequest, k: number): number {
-    const { init } = req;
-    const eos = this.vocab.eosTokenId;
-    const eosAt = Math.max(this.config.eosAfterTokens, init.minTokens + 1);
-    if (eos !== null && !init.ignoreEos && k + 1 === eosAt) return eos;
-    return this.vocab.sampleToken(contextFingerprint(req.tokens, req.promptLen + k, (this.config.seed ^ init.sampleSeed) | 0), 0);
-  }
-
-  /** vLLM's cache_full_blocks: caches blocks [numCachedBlocks, numFull), one BlockStored. */
-  private cacheFullBlocks(req: CoreRequest, numFull: number): void {
-    if (!this.hasher || numFull <= req.numCachedBlocks) return;
-    this.ensureHashes(req, numFull);
-    const B = this.config.blockSize;
-    const start = req.numCachedBlocks;
-    const stored: bigint[] = [];
-    this.pool.warm(req.hashHalves, start, numFull);
-    const halves = req.hashHalves;
-    for (let i = start; i < numFull; i++) {
-      if (this.pool.cacheBlockAt(req.blocks[i]!, halves, i)) stored.push(req.hashes[i]!);
-    }
-    req.numCachedBlocks = numFull;
-    if (stored.length === 0 || !this.pool.enableEvents) return;
-    const lora = req.init.lora;
-    const salt = req.init.cacheSalt;
-    const embeds = req.init.promptEmbeds;
-    const extraKeys: ((string | Uint8Array)[] | null)[] = [];
-    for (let i = start; i < numFull; i++) {
-      const salted = i === 0 && salt;
-      // Most blocks have no extra keys: no array for them.
-      if (!lora && !salted && !embeds) {
-        extraKeys.push(null);
-        continue;
-      }
-      const keys: (string | Uint8Array)[] = [];
-      if (lora) keys.push(lora.name);
-      if (salted) keys.push(salt);
-      if (embeds) keys.push(embedsDigest(embeds, i));
-      extraKeys.push(keys);
-    }
-    const event: BlockStoredEvent = {
-      type: "BlockStored",
-      blockHashes: stored,
-      parentBlockHash: start === 0 ? null : req.hashes[start - 1]!,
-      // A view, not a copy: tokens below `numTokens` never change (a grown array keeps the old one).
-      tokenIds: req.tokens.subarray(start * B, numFull * B),
-      blockSize: B,
-      loraId: lora ? lora.id : null,
-      medium: MEDIUM_GPU,
-      loraName: lora ? lora.name : null,
-      extraKeys,
-      groupIdx: 0,
-    };
-    this.pool.pushEvent(event);
+    if (req.numPreemptions === 0 && this.kv.caching) this.metrics.prefixCache(req.numTokens, hitTokens);
   }
 
   private preempt(req: CoreRequest): void {
-    this.freeBlocks(req);
+    this.kv.freeBlocks(req);
     req.numComputed = 0;
     req.status = "waiting";
     req.numPreemptions++;
     this.waiting.unshift(req);
     this.metrics.preemption();
-  }
-
-  private freeBlocks(req: CoreRequest): void {
-    // vLLM frees a request's blocks tail first, so its last blocks are evicted first.
-    this.pool.freeBlocks(req.blocks.slice().reverse());
-    req.blocks = [];
-    req.numCachedBlocks = 0;
   }
 
   private nextTransferAt(): number | null {
@@ -880,7 +488,7 @@ export class EngineCore {
       const req = done[i]!;
       this.transferring.delete(req);
       req.numComputed = req.promptLen;
-      this.cacheFullBlocks(req, Math.floor(req.numComputed / B));
+      this.kv.cacheFullBlocks(req, Math.floor(req.numComputed / B));
       req.numComputed = req.numTokens - 1;
       req.status = "waiting";
       this.waiting.unshift(req);
@@ -911,7 +519,7 @@ export class EngineCore {
   private sample(req: CoreRequest, now: number): boolean {
     const { init } = req;
     const k = req.numOutput + 1;
-    const token = this.modelToken(req, req.numOutput);
+    const token = modelToken(req, req.numOutput, this.vocab, this.config);
     req.append(token);
     req.numOutput = k;
     // Without detokenization no text is built: the per-token string work is most of a decode step.
@@ -964,11 +572,11 @@ export class EngineCore {
   private finish(req: CoreRequest, reason: "stop" | "length" | "abort", stopReason: string | number | null, tokens: number[] = []): void {
     let kvParams: Record<string, unknown> | null = null;
     if (req.remoteDecode && this.config.kvTransfer && reason !== "abort") {
-      kvParams = this.transferParams(req);
+      kvParams = producerTransferParams(req, this.config, this.engineId, this.rank);
       this.kvTransfer?.produced(req.blocks, req.tokens, req.promptLen, this.config.blockSize);
     }
     req.status = "finished";
-    this.freeBlocks(req);
+    this.kv.freeBlocks(req);
     this.requests.delete(req.id);
     const t = req.timings;
     const now = this.now();
@@ -994,27 +602,6 @@ export class EngineCore {
     req.sink(this.output(req, tokens, text, reason, stopReason, kvParams));
   }
 
-  /** The producer's `kv_transfer_params` (NixlConnector pull mode, vLLM 0.33). */
-  private transferParams(req: CoreRequest): Record<string, unknown> {
-    const kt = this.config.kvTransfer!;
-    return {
-      do_remote_prefill: true,
-      do_remote_decode: false,
-      remote_block_ids: [req.blocks.slice()],
-      remote_engine_id: this.engineId ?? kt.engineId,
-      remote_request_id: req.id,
-      remote_host: this.config.nixlSideChannelHost,
-      remote_port: this.config.nixlSideChannelPort + this.rank,
-      tp_size: 1,
-      dcp_size: 1,
-      pp_size: 1,
-      remote_num_tokens: req.numComputed,
-      remote_blocks_expiry_time: null,
-      remote_registration_generation: 0,
-      transfer_mode: "pull",
-    };
-  }
-
   private output(
     req: CoreRequest,
     tokenIds: number[],
@@ -1035,18 +622,6 @@ export class EngineCore {
       timings: req.timings,
       dpRank: this.rank,
     };
-  }
-
-  private extraKeys(init: CoreRequestInit): ExtraKeys | undefined {
-    if (!init.lora && !init.cacheSalt && !init.promptEmbeds) return undefined;
-    const extra: ExtraKeys = {};
-    if (init.promptEmbeds) extra.promptEmbeds = init.promptEmbeds;
-    if (init.lora) {
-      extra.loraName = init.lora.name;
-      extra.loraPath = init.lora.path;
-    }
-    if (init.cacheSalt) extra.cacheSalt = init.cacheSalt;
-    return extra;
   }
 
   private flushEvents(): void {

@@ -1,4 +1,8 @@
 /**
+ * A step's simulated duration, from the step's plan (docs/mocker.md, "Timing model"): kvroute's
+ * linear model (`TimingModel`), or Dynamo's polynomial. The engine core (./engine-core.ts) calls
+ * `stepDurationMs` once per step.
+ *
  * Dynamo's default engine timing (its mocker's `PerfModel::Polynomial`, the AISimulate baseline),
  * for side-by-side runs at matched engines (`benchmarks/vs-dynamo.ts`):
  *
@@ -9,6 +13,8 @@
  * - a step that does both lasts prefill + decode; a request's first token (the end of its
  *   prefill) adds no decode time.
  */
+import type { ResolvedMockEngineConfig } from "./config.js";
+import type { Scheduled } from "./core-request.js";
 
 export interface StepPolynomial {
   /** Prefill ms = p[0] + p[1]·t + p[2]·t². */
@@ -41,6 +47,44 @@ export function polynomialStepMs(
     ms += Math.max(p.decodeFloorMs, p.decode[0] + p.decode[1] * u + p.decode[2] * u * u);
   }
   return ms;
+}
+
+/**
+ * Simulated duration of a step (docs/mocker.md, "Timing model"). Charges the CPU-tier loads of the
+ * linear model's requests, and clears them: they are paid once.
+ */
+export function stepDurationMs(config: ResolvedMockEngineConfig, plan: readonly Scheduled[]): number {
+  const t = config.timing;
+  if (t.polynomial !== undefined) return polynomialStep(config, t.polynomial, plan);
+  let ms = t.stepBaseMs;
+  for (const { req, numNew } of plan) {
+    if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
+      // Decode: one token against the whole context.
+      ms += t.decodePerSeqMs + t.decodePerContextTokenMs * req.numComputed;
+    } else {
+      ms += t.prefillPerTokenMs * numNew + t.attentionPerTokenPairMs * numNew * (req.numComputed + numNew / 2);
+    }
+    if (req.cpuLoadTokens > 0) {
+      ms += t.cpuLoadPerTokenMs * req.cpuLoadTokens;
+      req.cpuLoadTokens = 0;
+    }
+  }
+  return ms;
+}
+
+/** Dynamo's polynomial step time: decode steps are the one-token steps of requests past their
+ * prompt, the rest is prefill. */
+function polynomialStep(config: ResolvedMockEngineConfig, p: StepPolynomial, plan: readonly Scheduled[]): number {
+  let prefill = 0;
+  let decodeSeqs = 0;
+  let decodeKv = 0;
+  for (const { req, numNew } of plan) {
+    if (req.numTokens - req.numComputed === 1 && numNew === 1 && req.numOutput > 0) {
+      decodeSeqs++;
+      decodeKv += req.numComputed;
+    } else prefill += numNew;
+  }
+  return polynomialStepMs(p, prefill, decodeSeqs, decodeKv, config.numGpuBlocks * config.blockSize);
 }
 
 /** Checks a polynomial's shape: clear errors, never NaN timings later. */
