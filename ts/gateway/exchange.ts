@@ -32,145 +32,108 @@
  * `started` is matched by exactly one `finished` and every `take` by one `release`
  * (`closeAttempt`); after the client is gone nothing more is written and the live attempt is
  * aborted.
+ *
+ * This file is the exchange's control flow: admission, routing, forwarding, backpressure, retry
+ * and migration decisions, cancellation, endings. An attempt's state, lifecycle and failure
+ * classes are in attempt.ts; the client's stream, its continuation and the chunk rewriting in
+ * stream-continuation.ts; the disaggregated prefill leg in remote-prefill.ts.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomBytes, randomUUID } from "node:crypto";
 import type { Dispatcher } from "undici";
 import type { RouteDecision, WorkerTarget } from "../router/types.js";
-import type { WorkerRecord } from "../workers/config.js";
 import type { TokenIds } from "../core/block-hasher.js";
 import type { GatewayContext } from "./context.js";
 import type { PromptKey } from "./gateway.js";
 import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeoutError, toGatewayError } from "./errors.js";
 import type { ParsedRequest } from "./openai-request.js";
-import { forEachData, SseSplitter, sseEvent } from "./sse.js";
+import { forEachData, sseEvent } from "./sse.js";
 import { scanTokenEvent } from "./sse-scan.js";
-import { chooseDisaggPath, covers, routePrefillWorker, type DisaggDecision } from "./disagg-route.js";
-import { decodeLegParams, prefillLegBody } from "./prefill-leg.js";
+import { covers, type DisaggDecision } from "./disagg-route.js";
+import {
+  abortAttempt,
+  closeAttempt,
+  closeLifecycle,
+  describe,
+  failureKind,
+  isAbortedResponse,
+  MAX_RESPONSE_BYTES,
+  newAttempt,
+  PATHS,
+  upstreamHeaders,
+  type Attempt,
+  type FailureKind,
+  type Format,
+  type StreamChunk,
+} from "./attempt.js";
+import { canContinue, continuationBody, firstEvents, inspectEvent, noteIds, rewriteEvent, type ClientStream } from "./stream-continuation.js";
+import { remotePrefill, type PrefillState } from "./remote-prefill.js";
 
-type Format = "completions" | "chat";
-
-const PATHS: Record<Format, string> = { completions: "/v1/completions", chat: "/v1/chat/completions" };
-
-/** Largest non-streamed response body accepted from a worker. */
-const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 /** Largest single SSE event accepted from a worker. */
 const MAX_EVENT_BYTES = 16 * 1024 * 1024;
 
-/** Sampling fields carried from a chat request into its completions continuation. */
-const CONTINUATION_FIELDS = [
-  "temperature",
-  "top_p",
-  "top_k",
-  "min_p",
-  "seed",
-  "stop",
-  "stop_token_ids",
-  "ignore_eos",
-  "presence_penalty",
-  "frequency_penalty",
-  "repetition_penalty",
-  "logit_bias",
-  "include_stop_str_in_output",
-  "skip_special_tokens",
-  "spaces_between_special_tokens",
-  "cache_salt",
-  "priority",
-  "bad_words",
-  "allowed_token_ids",
-  "user",
-  "structured_outputs",
-  "vllm_xargs",
-];
-
 /** Headers not copied from a worker's response. */
 const HOP_HEADERS = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "upgrade", "proxy-connection", "te", "trailer"]);
-
-type FailureKind = "not_started" | "broken" | "aborted" | "timeout";
 
 let nextExchange = 0;
 /** 64 random bits: gateways sharing workers do not collide on engine request ids. */
 const ROUTER_ID_PREFIX = `kvg-${randomBytes(8).toString("hex")}-`;
 
-interface Attempt {
-  n: number;
-  decision: RouteDecision;
-  requestId: string;
-  record: WorkerRecord | undefined;
-  /** What the worker is asked and answers in. */
-  format: Format;
-  /** Rewrite events into the client's stream (continuation, or ids to strip). */
-  rewrite: boolean;
-  /** Tokens already sent to the client when this attempt began. */
-  baseTokens: number;
-  controller: Dispatcher.DispatchController | null;
-  status: number;
-  headers: Record<string, string | string[] | undefined> | null;
-  splitter: SseSplitter;
-  chunks: Buffer[];
-  bytes: number;
-  sawDone: boolean;
-  errorEvent: boolean;
-  tokens: number;
-  firstToken: boolean;
-  /** Lifecycle closed (finished + released). */
-  closed: boolean;
-  /** The request was aborted by us (cancellation). */
-  aborted: boolean;
-  /** The engine answered `finish_reason: "abort"`, which the gateway did not ask for. */
-  engineAbort: boolean;
-}
-
-export class Exchange {
+/**
+ * Members without `private` are the state this exchange hands, as itself, to
+ * stream-continuation.ts (ClientStream) and remote-prefill.ts (PrefillState): no copy, no
+ * per-request object beyond the exchange.
+ */
+export class Exchange implements ClientStream, PrefillState {
   private readonly t0 = performance.now();
   /** The client's x-request-id, or a fresh UUID: echoed to the client and logged, never sent to engines. */
   private readonly baseId: string;
   /** Unique in this gateway: the prefix of the router's and the engines' request ids. */
-  private readonly routerBase = `${ROUTER_ID_PREFIX}${(nextExchange++).toString(36)}`;
+  readonly routerBase = `${ROUTER_ID_PREFIX}${(nextExchange++).toString(36)}`;
   private attempt: Attempt | null = null;
   private attempts = 0;
   private migrations = 0;
   private connectRetries = 0;
   private readonly failed: WorkerTarget[] = [];
   private done = false;
-  private clientGone = false;
+  clientGone = false;
   private waitAbort: AbortController | null = null;
   /** The phase the request is in, for the cancellation metric. */
-  private phase: "queued" | "prefill" | "upstream" = "queued";
-  private prefillController: Dispatcher.DispatchController | null = null;
-  private prefillWorker: string | null = null;
+  phase: "queued" | "prefill" | "upstream" = "queued";
+  prefillController: Dispatcher.DispatchController | null = null;
+  prefillWorker: string | null = null;
   /** The conditional-disaggregation choice (disaggregated models only), for headers and logs. */
-  private disagg: DisaggDecision | null = null;
-  private kvTransferParams: Record<string, unknown> | null = null;
+  disagg: DisaggDecision | null = null;
+  kvTransferParams: Record<string, unknown> | null = null;
 
   // The client's view of a stream.
-  private headersSent = false;
-  private streamId: string | null = null;
-  private streamCreated: number | null = null;
-  private roleSent = false;
+  headersSent = false;
+  streamId: string | null = null;
+  streamCreated: number | null = null;
+  roleSent = false;
   /** Token ids sent to the client (when the worker returns them). */
-  private readonly sentIds: number[] = [];
-  private sentTokens = 0;
-  private idsComplete = true;
-  private enginePromptIds: number[] | null = null;
+  readonly sentIds: number[] = [];
+  sentTokens = 0;
+  idsComplete = true;
+  enginePromptIds: number[] | null = null;
   private lastTokenAt = 0;
   private firstTokenSeen = false;
   private waitingDrain = false;
   private wroteBody = false;
   /** Ask workers for token ids (migration on and the request can be continued). */
-  private readonly trackIds: boolean;
+  readonly trackIds: boolean;
   /** Compare the worker's prompt ids with the router's (the tokenization parity check); decided at the first send. */
   private checkIds: boolean | null = null;
   private checkedIds = false;
-  private readonly tokens: TokenIds;
+  readonly tokens: TokenIds;
 
   constructor(
-    private readonly ctx: GatewayContext,
+    readonly ctx: GatewayContext,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
-    private readonly parsed: ParsedRequest,
-    private readonly model: string,
-    private readonly key: PromptKey,
+    readonly parsed: ParsedRequest,
+    readonly model: string,
+    readonly key: PromptKey,
     /** The client's body bytes when they can be forwarded unchanged. */
     private readonly raw: Buffer | null,
   ) {
@@ -189,12 +152,12 @@ export class Exchange {
       const fleet = this.ctx.fleet.of(this.model);
       const decision = await this.admit();
       if (this.clientGone) {
-        this.closeLifecycle(decision, "cancelled");
+        closeLifecycle(this.ctx, decision, "cancelled");
         return;
       }
-      if (fleet.disaggregated) await this.remotePrefill(decision);
+      if (fleet.disaggregated) await remotePrefill(this, decision);
       if (this.clientGone) {
-        this.closeLifecycle(decision, "cancelled");
+        closeLifecycle(this.ctx, decision, "cancelled");
         return;
       }
       this.send(decision);
@@ -246,146 +209,11 @@ export class Exchange {
     return decision;
   }
 
-  private closeLifecycle(decision: RouteDecision, outcome: "ok" | "error" | "cancelled"): void {
-    this.ctx.router.finished(decision.requestId, outcome);
-    this.ctx.admission.release(decision.workerId, decision.dpRank);
-  }
-
-  // ---- disaggregation ----
-
-  /**
-   * Decides (disagg-policy.ts) whether a prefill worker prefills, chosen KV-aware among the
-   * prefill workers (overlap and prefill load); if so runs the prefill leg (prefill-leg.ts) and
-   * keeps the `kv_transfer_params` it returns for the decode leg. A prefill worker that fails
-   * (refused, reset, died) is replaced once by another prefill worker; then the decode worker
-   * prefills itself.
-   */
-  private async remotePrefill(decode: RouteDecision): Promise<void> {
-    // Untokenized prompts: about four characters a token, so long prompts still prefill remotely.
-    const promptTokens = this.key.untokenized ? estimatedTokens(this.parsed) : this.tokens.length;
-    const failed: WorkerTarget[] = [];
-    for (let attempt = 0; attempt < 2; attempt++) {
-      const pDecision = routePrefillWorker(this.ctx, {
-        model: this.model,
-        tokens: this.tokens,
-        requestId: `${this.routerBase}~prefill${failed.length > 0 ? failed.length : ""}`,
-        cacheSalt: this.parsed.cacheSalt,
-        failed,
-      });
-      if (attempt === 0) {
-        this.disagg = chooseDisaggPath(this.ctx, decode, pDecision, promptTokens, true);
-        this.ctx.metrics.disaggDecisions.inc({ model: this.model, path: this.disagg.path, reason: this.disagg.reason });
-        if (this.disagg.path === "local") {
-          if (pDecision) this.ctx.router.finished(pDecision.requestId, "cancelled");
-          this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local" });
-          return;
-        }
-      }
-      if (!pDecision) break;
-      const result = await this.runPrefill(pDecision, decode);
-      if (result === "ok" || result === "cancelled" || this.clientGone) return;
-      if (result === "refused") break;
-      failed.push(pDecision);
-    }
-    this.prefillWorker = null;
-    this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "local_fallback" });
-  }
-
-  /** One prefill leg: "ok" (params kept), "cancelled" (client gone), "refused" or "failed". */
-  private async runPrefill(pDecision: RouteDecision, decode: RouteDecision): Promise<"ok" | "cancelled" | "refused" | "failed"> {
-    this.phase = "prefill";
-    this.ctx.router.started(pDecision);
-    this.ctx.admission.take(pDecision.workerId, pDecision.dpRank);
-    this.prefillWorker = pDecision.workerId;
-    const body = prefillLegBody(this.parsed.body, this.model);
-    let outcome: "ok" | "error" | "cancelled" = "error";
-    try {
-      const { status, text } = await this.collect(
-        pDecision.url,
-        PATHS[this.parsed.endpoint],
-        Buffer.from(JSON.stringify(body)),
-        (c) => (this.prefillController = c),
-        pDecision.requestId,
-        pDecision,
-      );
-      if (this.clientGone) {
-        outcome = "cancelled";
-        return "cancelled";
-      }
-      let params: Record<string, unknown> | null = null;
-      if (status === 200) {
-        try {
-          params = decodeLegParams(JSON.parse(text));
-        } catch {
-          params = null;
-        }
-      }
-      if (params) {
-        this.kvTransferParams = params;
-        outcome = "ok";
-        this.ctx.metrics.remotePrefills.inc({ model: this.model, where: "remote" });
-        return "ok";
-      }
-      this.ctx.log(`prefill on ${pDecision.workerId} answered ${status} without usable kv_transfer_params; prefilling on ${decode.workerId}`);
-      this.prefillWorker = null;
-      return "refused";
-    } catch (err) {
-      if (this.clientGone) {
-        outcome = "cancelled";
-        return "cancelled";
-      }
-      this.ctx.metrics.upstreamErrors.inc({ worker: pDecision.workerId, kind: "prefill" });
-      this.ctx.suspects.mark(pDecision.workerId);
-      this.ctx.log(`prefill on ${pDecision.workerId} failed (${describe(err)})`);
-      this.prefillWorker = null;
-      return "failed";
-    } finally {
-      this.prefillController = null;
-      this.closeLifecycle(pDecision, outcome);
-      this.phase = "upstream";
-    }
-  }
-
-  /** A whole (non-streamed) upstream exchange, bounded in size. */
-  private collect(
-    url: string,
-    path: string,
-    body: Buffer,
-    onStart: (c: Dispatcher.DispatchController) => void,
-    requestId: string,
-    target: WorkerTarget,
-  ): Promise<{ status: number; text: string }> {
-    return new Promise((resolve, reject) => {
-      let status = 0;
-      const chunks: Buffer[] = [];
-      let size = 0;
-      this.ctx.upstream.send(url, path, body, {
-        onStart: (c) => {
-          onStart(c);
-          if (this.clientGone) c.abort(new Error("client disconnected"));
-        },
-        onHeaders: (s) => {
-          status = s;
-        },
-        onData: (chunk) => {
-          size += chunk.length;
-          if (size > MAX_RESPONSE_BYTES) {
-            this.prefillController?.abort(new Error("response too large"));
-            return;
-          }
-          chunks.push(chunk);
-        },
-        onEnd: () => resolve({ status, text: Buffer.concat(chunks).toString("utf8") }),
-        onError: reject,
-      }, upstreamHeaders(requestId, target, this.ctx.fleet.record(target.workerId)));
-    });
-  }
-
   // ---- forwarding ----
 
   private send(decision: RouteDecision): void {
     if (this.clientGone) {
-      this.closeLifecycle(decision, "cancelled");
+      closeLifecycle(this.ctx, decision, "cancelled");
       return;
     }
     this.phase = "upstream";
@@ -393,34 +221,14 @@ export class Exchange {
     const continuing = this.headersSent && this.parsed.stream;
     const canContinueIds = continuing && this.sentTokens > 0;
     const format: Format = canContinueIds ? "completions" : this.parsed.endpoint;
-    const attempt: Attempt = {
-      n: this.attempts - 1,
-      decision,
-      requestId: decision.requestId,
-      record: this.ctx.fleet.record(decision.workerId),
-      format,
-      rewrite: continuing || (this.asksIds && !this.parsed.returnTokenIds),
-      baseTokens: this.sentTokens,
-      controller: null,
-      status: 0,
-      headers: null,
-      splitter: new SseSplitter(),
-      chunks: [],
-      bytes: 0,
-      sawDone: false,
-      errorEvent: false,
-      tokens: 0,
-      firstToken: false,
-      closed: false,
-      aborted: false,
-      engineAbort: false,
-    };
+    const rewrite = continuing || (this.asksIds && !this.parsed.returnTokenIds);
+    const attempt = newAttempt(this.attempts - 1, decision, this.ctx.fleet.record(decision.workerId), format, rewrite, this.sentTokens);
     this.attempt = attempt;
-    const body = canContinueIds ? this.continuationBody() : this.wholeBody();
+    const body = canContinueIds ? continuationBody(this, this.model) : this.wholeBody();
     this.ctx.upstream.send(decision.url, PATHS[format], body, {
       onStart: (c) => {
         attempt.controller = c;
-        if (this.clientGone) this.abortAttempt(attempt);
+        if (this.clientGone) abortAttempt(attempt);
       },
       onHeaders: (status, headers) => this.onHeaders(attempt, status, headers),
       onData: (chunk) => this.onData(attempt, chunk),
@@ -445,7 +253,7 @@ export class Exchange {
   }
 
   /** The parity check, once per request, on the first prompt ids a worker reports. */
-  private checkPromptIds(attempt: Attempt, ids: readonly number[]): void {
+  checkPromptIds(attempt: Attempt, ids: readonly number[]): void {
     if (!this.checkIds || this.checkedIds) return;
     this.checkedIds = true;
     this.ctx.tokenizationCheck.compare(this.model, attempt.decision.workerId, this.tokens, ids, this.key.tokenizer);
@@ -471,31 +279,6 @@ export class Exchange {
       if (c.token_ids !== undefined) c.token_ids = null;
     }
     return Buffer.from(JSON.stringify(obj));
-  }
-
-  /** A completions request continuing the stream: prompt = engine prompt ids + ids sent so far. */
-  private continuationBody(): Buffer {
-    const src = this.parsed.body;
-    const body: Record<string, unknown> = {};
-    if (this.parsed.endpoint === "completions") {
-      Object.assign(body, src);
-      delete body["prompt_logprobs"];
-      delete body["kv_transfer_params"];
-    } else {
-      for (const f of CONTINUATION_FIELDS) if (src[f] !== undefined) body[f] = src[f];
-    }
-    body["model"] = this.model;
-    body["prompt"] = [...this.enginePromptIds!, ...this.sentIds];
-    body["stream"] = true;
-    body["echo"] = false;
-    body["return_token_ids"] = true;
-    delete body["max_completion_tokens"];
-    if (this.parsed.maxTokens !== null) body["max_tokens"] = Math.max(1, this.parsed.maxTokens - this.sentTokens);
-    else delete body["max_tokens"];
-    if (this.parsed.minTokens !== null) body["min_tokens"] = Math.max(0, this.parsed.minTokens - this.sentTokens);
-    if (this.parsed.includeUsage) body["stream_options"] = { include_usage: true };
-    else delete body["stream_options"];
-    return Buffer.from(JSON.stringify(body));
   }
 
   private kvrouteHeaders(attempt: Attempt): Record<string, string> {
@@ -558,11 +341,11 @@ export class Exchange {
         if (attempt.engineAbort) return;
         const scanned = fast ? scanTokenEvent(data, !this.parsed.returnTokenIds) : null;
         if (scanned) {
-          tokens += this.noteIds(scanned.tokenIds);
+          tokens += noteIds(this, scanned.tokenIds);
           out += sseEvent(scanned.data);
           return;
         }
-        const r = this.rewriteEvent(attempt, data);
+        const r = rewriteEvent(this, attempt, data);
         if (attempt.engineAbort) return;
         tokens += r.tokens;
         if (r.text !== null) out += r.text;
@@ -572,7 +355,7 @@ export class Exchange {
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
         const scanned = fast ? scanTokenEvent(data, false) : null;
-        const n = scanned ? this.noteIds(scanned.tokenIds) : this.inspectEvent(attempt, data);
+        const n = scanned ? noteIds(this, scanned.tokenIds) : inspectEvent(this, attempt, data);
         if (attempt.engineAbort) return;
         tokens += n;
         kept++;
@@ -611,131 +394,6 @@ export class Exchange {
     );
   }
 
-  /** A scanned token event: its ids counted and, for migration, remembered. */
-  private noteIds(ids: number[]): number {
-    if (this.trackIds) for (const id of ids) this.sentIds.push(id);
-    return ids.length;
-  }
-
-  /** Passthrough: counts tokens and notes ids, ids of the prompt and the stream's identity. */
-  private inspectEvent(attempt: Attempt, data: string): number {
-    if (data === "[DONE]") {
-      attempt.sawDone = true;
-      return 0;
-    }
-    let obj: StreamChunk;
-    try {
-      obj = JSON.parse(data) as StreamChunk;
-    } catch {
-      return 0;
-    }
-    return this.noteChunk(attempt, obj);
-  }
-
-  private noteChunk(attempt: Attempt, obj: StreamChunk): number {
-    if (obj.error !== undefined) {
-      attempt.errorEvent = true;
-      return 0;
-    }
-    if (isEngineAbort(obj)) {
-      attempt.engineAbort = true;
-      return 0;
-    }
-    if (this.streamId === null && typeof obj.id === "string") {
-      this.streamId = obj.id;
-      this.streamCreated = typeof obj.created === "number" ? obj.created : null;
-    }
-    if (this.enginePromptIds === null) {
-      const p = obj.prompt_token_ids ?? obj.choices?.[0]?.prompt_token_ids;
-      if (Array.isArray(p)) {
-        this.enginePromptIds = p;
-        this.checkPromptIds(attempt, p);
-      }
-    }
-    let tokens = 0;
-    const choices = obj.choices;
-    if (Array.isArray(choices)) {
-      for (const c of choices) {
-        const ids = c.token_ids;
-        if (Array.isArray(ids)) {
-          tokens += ids.length;
-          if (this.trackIds && c.index === 0) for (const id of ids) this.sentIds.push(id);
-        } else if ((typeof c.text === "string" && c.text.length > 0) || (typeof c.delta?.content === "string" && c.delta.content.length > 0)) {
-          tokens += 1;
-          if (this.trackIds) this.idsComplete = false;
-        }
-        if (c.delta?.role !== undefined) this.roleSent = true;
-      }
-    }
-    return tokens;
-  }
-
-  /** Rewrites one event into the client's stream; returns the text to send (null: drop). */
-  private rewriteEvent(attempt: Attempt, data: string): { text: string | null; tokens: number } {
-    if (data === "[DONE]") {
-      attempt.sawDone = true;
-      return { text: sseEvent("[DONE]"), tokens: 0 };
-    }
-    let obj: StreamChunk;
-    try {
-      obj = JSON.parse(data) as StreamChunk;
-    } catch {
-      return { text: sseEvent(data), tokens: 0 };
-    }
-    if (obj.error !== undefined) {
-      attempt.errorEvent = true;
-      return { text: sseEvent(data), tokens: 0 };
-    }
-    if (isEngineAbort(obj)) {
-      attempt.engineAbort = true;
-      return { text: null, tokens: 0 };
-    }
-    const continuing = attempt.baseTokens > 0 || attempt.n > 0;
-    const hadRole = this.roleSent;
-    const tokens = this.noteChunk(attempt, obj);
-    const keepIds = this.parsed.returnTokenIds;
-    if (continuing && this.streamId !== null) {
-      obj.id = this.streamId;
-      if (this.streamCreated !== null) obj.created = this.streamCreated;
-    }
-    if (attempt.format === "completions" && this.parsed.endpoint === "chat") {
-      // A chat stream continued through /v1/completions: back to chat chunks.
-      const chat: StreamChunk = {
-        id: obj.id,
-        object: "chat.completion.chunk",
-        created: obj.created,
-        model: obj.model,
-        choices: (obj.choices ?? []).map((c) => {
-          // vLLM's chat chunk: stop_reason only on the final one; token_ids null unless asked for.
-          const choice: StreamChoice = { index: c.index, delta: c.text ? { content: c.text } : {}, logprobs: null, finish_reason: c.finish_reason ?? null };
-          if (c.finish_reason) choice.stop_reason = c.stop_reason ?? null;
-          choice.token_ids = keepIds ? (c.token_ids ?? null) : null;
-          return choice;
-        }),
-      };
-      if (obj.usage) chat.usage = obj.usage;
-      obj = chat;
-    } else if (continuing && hadRole) {
-      // A chat stream re-issued whole after its role chunk was sent: do not send it twice.
-      const choices = obj.choices ?? [];
-      for (const c of choices) if (c.delta?.role !== undefined) delete c.delta.role;
-      if (choices.length > 0 && choices.every((c) => c.delta && Object.keys(c.delta).length === 0 && !c.finish_reason) && !obj.usage) {
-        return { text: null, tokens };
-      }
-    }
-    // Ids the client did not ask for read null, as the engine would have sent them.
-    if (obj.prompt_token_ids !== undefined && (continuing || !keepIds)) obj.prompt_token_ids = null;
-    for (const c of obj.choices ?? []) {
-      if (c.prompt_token_ids !== undefined && (continuing || !keepIds)) c.prompt_token_ids = null;
-      if (c.token_ids !== undefined && !keepIds) c.token_ids = null;
-    }
-    if (obj.usage && continuing) {
-      const prompt = this.enginePromptIds?.length ?? obj.usage.prompt_tokens - attempt.baseTokens;
-      const completion = attempt.baseTokens + (obj.usage.completion_tokens ?? 0);
-      obj.usage = { ...obj.usage, prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
-    }
-    return { text: sseEvent(JSON.stringify(obj)), tokens };
-  }
 
   private onTokens(attempt: Attempt, n: number): void {
     const now = performance.now();
@@ -775,10 +433,10 @@ export class Exchange {
 
   private onEnd(attempt: Attempt): void {
     if (this.attempt !== attempt || attempt.closed) return;
-    if (this.clientGone) return this.closeAttempt(attempt, "cancelled");
+    if (this.clientGone) return closeAttempt(this.ctx, attempt, "cancelled");
     if (attempt.status === 200 && this.parsed.stream) {
       if (attempt.sawDone) {
-        this.closeAttempt(attempt, attempt.errorEvent ? "error" : "ok");
+        closeAttempt(this.ctx, attempt, attempt.errorEvent ? "error" : "ok");
         this.complete();
         return;
       }
@@ -798,7 +456,7 @@ export class Exchange {
       const completion = usageCompletionTokens(body);
       if (completion !== null) this.ctx.router.tokens(attempt.requestId, completion);
     }
-    this.closeAttempt(attempt, attempt.status === 200 ? "ok" : "error");
+    closeAttempt(this.ctx, attempt, attempt.status === 200 ? "ok" : "error");
     if (this.headersSent) {
       // A continuation answered with an error (e.g. the prompt grew past the context): end the stream.
       this.streamError(new UpstreamFailedError(attempt.decision.workerId, `HTTP ${attempt.status}: ${body.toString("utf8").slice(0, 500)}`));
@@ -816,14 +474,9 @@ export class Exchange {
 
   private onError(attempt: Attempt, err: Error): void {
     if (this.attempt !== attempt || attempt.closed) return;
-    if (attempt.sawDone) return this.closeAttempt(attempt, attempt.errorEvent ? "error" : "ok");
-    if (this.clientGone || attempt.aborted) return this.closeAttempt(attempt, "cancelled");
-    const code = (err as { code?: string }).code ?? "";
-    let kind: FailureKind;
-    if (code === "UND_ERR_HEADERS_TIMEOUT") kind = "timeout";
-    else if (attempt.status === 0 && NOT_STARTED.has(code)) kind = "not_started";
-    else kind = "broken";
-    this.onFailure(attempt, kind, err);
+    if (attempt.sawDone) return closeAttempt(this.ctx, attempt, attempt.errorEvent ? "error" : "ok");
+    if (this.clientGone || attempt.aborted) return closeAttempt(this.ctx, attempt, "cancelled");
+    this.onFailure(attempt, failureKind(attempt, err), err);
   }
 
   /** A stream the engine aborted: a failure like a broken stream; the rest of it is not read. */
@@ -837,7 +490,7 @@ export class Exchange {
     const worker = attempt.decision.workerId;
     this.ctx.metrics.upstreamErrors.inc({ worker, kind });
     this.ctx.suspects.mark(worker);
-    this.closeAttempt(attempt, "error");
+    closeAttempt(this.ctx, attempt, "error");
     if (kind === "timeout") {
       const timeout = new UpstreamTimeoutError(worker, this.ctx.config.upstreamTimeoutMs);
       return this.headersSent ? this.streamError(timeout) : this.fail(timeout);
@@ -848,7 +501,7 @@ export class Exchange {
     if (kind === "not_started" && !streaming && this.connectRetries < this.ctx.config.connectRetries) {
       this.connectRetries++;
       retry = true;
-    } else if (this.migrations < this.ctx.config.migrationLimit && this.canContinue()) {
+    } else if (this.migrations < this.ctx.config.migrationLimit && canContinue(this)) {
       this.migrations++;
       this.ctx.metrics.migrations.inc({ model: this.model });
       retry = true;
@@ -873,24 +526,6 @@ export class Exchange {
     this.send(decision);
   }
 
-  /** Whether what was sent so far can be continued on another worker. */
-  private canContinue(): boolean {
-    if (!(this.headersSent && this.parsed.stream)) return true;
-    if (this.sentTokens === 0) return true;
-    return this.trackIds && this.idsComplete && this.enginePromptIds !== null && this.sentIds.length === this.sentTokens;
-  }
-
-  private closeAttempt(attempt: Attempt, outcome: "ok" | "error" | "cancelled"): void {
-    if (attempt.closed) return;
-    attempt.closed = true;
-    this.closeLifecycle(attempt.decision, outcome);
-  }
-
-  private abortAttempt(attempt: Attempt): void {
-    attempt.aborted = true;
-    attempt.controller?.abort(new Error("client disconnected"));
-  }
-
   // ---- endings ----
 
   private onClientGone(): void {
@@ -903,8 +538,8 @@ export class Exchange {
     this.prefillController?.abort(new Error("client disconnected"));
     const a = this.attempt;
     if (a && !a.closed) {
-      this.abortAttempt(a);
-      this.closeAttempt(a, "cancelled");
+      abortAttempt(a);
+      closeAttempt(this.ctx, a, "cancelled");
     }
   }
 
@@ -943,27 +578,6 @@ export function sendJsonError(res: ServerResponse, err: GatewayError, close = fa
   res.end(body);
 }
 
-/**
- * Headers of a request to a worker: its request id (vLLM's `X-Request-Id`) and, when the process
- * hosts several DP ranks behind one port, the rank the router chose (vLLM's
- * `X-data-parallel-rank`; a process running one external rank takes no rank header).
- */
-function upstreamHeaders(requestId: string, target: WorkerTarget, record: WorkerRecord | undefined): Record<string, string> {
-  const h: Record<string, string> = { "x-request-id": requestId };
-  if (record && record.dpRanks.length > 1) h["x-data-parallel-rank"] = String(target.dpRank);
-  return h;
-}
-
-const ABORT_MARK = Buffer.from('"finish_reason":"abort"');
-
-/** A chunk or response some choice of which the engine aborted. */
-function isEngineAbort(obj: StreamChunk): boolean {
-  const choices = obj.choices;
-  if (!Array.isArray(choices)) return false;
-  for (const c of choices) if (c && c.finish_reason === "abort") return true;
-  return false;
-}
-
 const CLOSE_BRACE = 0x7d;
 const OPEN_BRACE = 0x7b;
 
@@ -991,73 +605,9 @@ export function withFields(raw: Buffer, fields: Record<string, unknown>): Buffer
   return Buffer.concat([raw.subarray(0, end), tail, raw.subarray(end)], raw.length + tail.length);
 }
 
-/**
- * A whole 200 response with `finish_reason: "abort"`. The byte match is exact on vLLM's compact
- * JSON (that sequence cannot occur inside a JSON string, whose quotes are escaped); it only
- * decides whether to parse.
- */
-function isAbortedResponse(body: Buffer): boolean {
-  if (body.indexOf(ABORT_MARK) < 0) return false;
-  try {
-    return isEngineAbort(JSON.parse(body.toString("utf8")) as StreamChunk);
-  } catch {
-    return false;
-  }
-}
-
-/** The first `count` events of `whole` (vLLM's one `data:` line per event), re-framed. */
-function firstEvents(whole: Buffer, count: number): string {
-  let out = "";
-  let i = 0;
-  forEachData(whole, (data) => {
-    if (i++ < count) out += sseEvent(data);
-  });
-  return out;
-}
-
-/** Errors that prove the request never reached the worker. */
-const NOT_STARTED = new Set(["ECONNREFUSED", "ENOTFOUND", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT", "UND_ERR_CLOSED", "UND_ERR_DESTROYED"]);
-
-function describe(err: unknown): string {
-  if (!(err instanceof Error)) return String(err);
-  const code = (err as { code?: string }).code;
-  return code ? `${code}: ${err.message}` : err.message;
-}
-
-/** About how many tokens an untokenized prompt has (four characters a token). */
-function estimatedTokens(parsed: ParsedRequest): number {
-  let chars = parsed.promptText?.length ?? 0;
-  for (const m of parsed.messages ?? []) chars += m.text.length;
-  return Math.ceil(chars / 4);
-}
-
 /** `usage.completion_tokens` of a non-streamed response, without parsing the whole body. */
 function usageCompletionTokens(body: Buffer): number | null {
   const tail = body.subarray(Math.max(0, body.length - 512)).toString("latin1");
   const m = /"completion_tokens":\s*(\d+)/.exec(tail);
   return m ? Number(m[1]) : null;
-}
-
-interface StreamChoice {
-  index: number;
-  text?: string;
-  delta?: { role?: string; content?: string | null; [k: string]: unknown };
-  logprobs?: unknown;
-  finish_reason?: string | null;
-  stop_reason?: unknown;
-  token_ids?: number[] | null;
-  prompt_token_ids?: number[] | null;
-  [k: string]: unknown;
-}
-
-interface StreamChunk {
-  id?: string;
-  object?: string;
-  created?: number;
-  model?: string;
-  choices?: StreamChoice[];
-  usage?: { prompt_tokens: number; completion_tokens?: number; total_tokens?: number; [k: string]: unknown } | null;
-  prompt_token_ids?: number[] | null;
-  error?: unknown;
-  [k: string]: unknown;
 }
