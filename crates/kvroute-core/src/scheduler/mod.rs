@@ -35,30 +35,17 @@
 //! [`load`] for the bookkeeping.
 //!
 //! `prompt blocks = ceil(prompt tokens / block size)` (a trailing partial block is always
-//! computed). The penalty is the *metrics correction*: when a scrape of a worker arrives
-//! ([`Scheduler::update_metrics`]), `external = max(0, running + waiting - our requests there)` is
-//! the load the router did not place itself (other routers, direct traffic, lost lifecycle
-//! calls), of which `external waiting = min(external, max(0, waiting - our prefilling requests))`
-//! also sits in its prefill queue. *Our requests* are counted at that moment: those booked there
-//! now plus those the router finished there since the scrape was taken (`taken_at`, default
-//! `metrics_lag_ms` before its arrival), which the scrape may still show running. Both numbers
-//! are stored with the scrape and never recomputed against later bookkeeping: the router's own
-//! requests finishing after a scrape must not turn the scrape's count of them into "external"
-//! load (with short requests that starved a worker for a whole scrape interval). They fade
-//! linearly to 0 over `metrics_ttl_ms` (a later scrape replaces them) and are priced with the
-//! router's running means (EWMA) of its requests' prompt and context blocks. Without metrics the
-//! penalty is 0.
+//! computed). The penalty is the *metrics correction* ([`metrics`]): the load a worker's last
+//! scrape showed that the router did not place itself, fading over `metrics_ttl_ms`, priced with
+//! the router's running means of its requests' prompt and context blocks; 0 without metrics.
 //!
 //! **Busy**: a target is busy when its fresh metrics show `kv_usage > busy_kv_usage` or
 //! `waiting > busy_queue_depth`, or the router has `≥ busy_active_requests` requests on it.
 //! Busy targets are skipped unless every candidate is busy (`all_busy`), in every mode.
 //!
-//! **Choice**: `temperature == 0`: the minimum cost, ties (within 1e-9 relative) broken uniformly
-//! at random with the seeded PRNG, so equal candidates (e.g. cache misses everywhere at low
-//! concurrency) spread instead of all landing on the first. `temperature > 0`: sample with
-//! probability ∝ `exp(-z / temperature)`, `z = (cost - min) / (max - min)` (costs normalized to
-//! `[0, 1]` over the eligible candidates, so the temperature is unitless; uniform when all are
-//! equal). Other modes: `round-robin` (cursor over the eligible targets in target order),
+//! **Choice** ([`choice`]): `temperature == 0`: the minimum cost, ties broken uniformly at
+//! random with the seeded PRNG; `temperature > 0`: softmax sampling over the costs normalized to
+//! `[0, 1]`. Other modes: `round-robin` (cursor over the eligible targets in target order),
 //! `random` (uniform), `least-loaded` (minimum of `w × queued + decode + λ × context +
 //! penalty`, random tie-break). All modes compute overlaps (for the decision's numbers) and book
 //! load; only `kv` credits speculative entries (the only mode they steer).
@@ -70,27 +57,43 @@
 //! it there before the worker's events do ([`speculative`] has the exact semantics). Credit is
 //! not cleared when events confirm the blocks (the indexed part of a later query simply covers
 //! them); it lapses.
+//!
+//! # The parts, one file each
+//!
+//! - this file: the [`Scheduler`], its configuration and decision types, lifecycle calls and
+//!   the decision itself ([`Scheduler::route`]: keys, index walk, scoring);
+//! - [`targets`]: target registration and bookkeeping (ids, worker → targets), and the KV
+//!   events that give targets their KV view ([`Scheduler::apply_payload`] and siblings);
+//! - [`metrics`]: scraped worker metrics and the external-load penalty they give;
+//! - [`choice`]: argmin / softmax over the scored candidates, and the PRNG;
+//! - [`load`]: the router's own load bookkeeping (queued, decode and context blocks);
+//! - [`speculative`]: the speculative overlay (and its `pair_table`).
 
+mod choice;
 pub mod load;
+mod metrics;
 mod pair_table;
 mod speculative;
+mod targets;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
 use crate::block_keys::RouterKeyer;
 use crate::engine_hash::{EngineHasher, EngineHasherConfig, HashAlgorithm};
 use crate::error::{Error, Result};
-use crate::event_applier::{ApplyOutcome, EventApplier, EventApplierConfig, KeyedEvent, Keying};
-use crate::events::{DecodeError, KvEventBatch};
+use crate::event_applier::{EventApplier, EventApplierConfig, Keying};
 use crate::extra_keys::ExtraKeys;
 use crate::indexer::{Matches, MAX_TIERS};
 use crate::tiers::{Tier, TIERS};
 
+use choice::Rng;
 use load::LoadBook;
 pub use load::TargetLoad;
+pub use metrics::WorkerMetrics;
 use speculative::Overlay;
+use targets::Target;
 
 /// A candidate's id: dense, reused lowest first after its worker leaves.
 pub type TargetId = u32;
@@ -247,17 +250,6 @@ impl SchedulerConfig {
     }
 }
 
-/// A worker's scraped metrics (one rank's share when the worker hosts several).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct WorkerMetrics {
-    /// `vllm:num_requests_waiting`.
-    pub waiting: f64,
-    /// `vllm:num_requests_running`.
-    pub running: f64,
-    /// `vllm:kv_cache_usage_perc` (a fraction, 0..1).
-    pub kv_usage: f64,
-}
-
 /// One decision's input.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRequest<'a> {
@@ -337,81 +329,9 @@ pub struct SchedulerStats {
     pub all_busy_decisions: u64,
 }
 
-struct Target {
-    worker: Box<str>,
-    dp_rank: u32,
-    role: Role,
-    /// Cached index slot of `(worker, dp_rank)`, validated on use.
-    slot: Option<u32>,
-    kv_view: bool,
-    metrics: Option<Scraped>,
-    /// When the router's started requests here finished, oldest first: the last
-    /// [`RECENT_FINISHES_MS`], at most [`RECENT_FINISHES_CAP`] of them.
-    finished_at: VecDeque<f64>,
-}
-
-impl Target {
-    fn note_finish(&mut self, now_ms: f64) {
-        while self
-            .finished_at
-            .front()
-            .is_some_and(|&t| t < now_ms - RECENT_FINISHES_MS)
-            || self.finished_at.len() >= RECENT_FINISHES_CAP
-        {
-            self.finished_at.pop_front();
-        }
-        self.finished_at.push_back(now_ms);
-    }
-
-    /// The router's requests here that finished after `since`.
-    fn finished_since(&self, since: f64) -> u32 {
-        self.finished_at
-            .iter()
-            .rev()
-            .take_while(|&&t| t > since)
-            .count() as u32
-    }
-}
-
-/// A target's last scrape with the load it showed that the router did not place, as of its
-/// arrival (see the module docs).
-#[derive(Debug, Clone, Copy)]
-struct Scraped {
-    m: WorkerMetrics,
-    at: f64,
-    external: f64,
-    external_waiting: f64,
-}
-
-/// How long finish times are kept for [`Scheduler::update_metrics`].
-const RECENT_FINISHES_MS: f64 = 5_000.0;
-/// At most this many finish times per target.
-const RECENT_FINISHES_CAP: usize = 4096;
-
 enum RequestKeyer {
     Router(RouterKeyer),
     Engine(EngineHasher),
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    fn f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
 }
 
 /// EWMA weight of the running means.
@@ -516,265 +436,7 @@ impl Scheduler {
         &self.applier
     }
 
-    // ---- targets ----------------------------------------------------------------------------
-
-    /// Makes `worker`'s targets exactly its `dp_ranks` (deduplicated), all with `role`; returns
-    /// their ids in `dp_ranks` order. Ranks no longer listed are removed as by
-    /// [`Scheduler::remove_worker`] (their blocks leave the index).
-    pub fn upsert_worker(&mut self, worker: &str, dp_ranks: &[u32], role: Role) -> Vec<TargetId> {
-        let old: Vec<TargetId> = self.by_worker.get(worker).cloned().unwrap_or_default();
-        for &tid in &old {
-            let rank = self.target(tid).dp_rank;
-            if !dp_ranks.contains(&rank) {
-                self.drop_target(tid);
-                self.applier.clear_worker(worker, Some(rank));
-            }
-        }
-        let mut out = Vec::with_capacity(dp_ranks.len());
-        for &rank in dp_ranks {
-            let existing = self
-                .by_worker
-                .get(worker)
-                .and_then(|v| v.iter().copied().find(|&t| self.target(t).dp_rank == rank));
-            let tid = match existing {
-                Some(t) => t,
-                None => self.add_target(worker, rank, role),
-            };
-            if let Some(t) = self.targets[tid as usize].as_mut() {
-                t.role = role;
-            }
-            out.push(tid);
-        }
-        out
-    }
-
-    fn add_target(&mut self, worker: &str, dp_rank: u32, role: Role) -> TargetId {
-        let index = self.applier.indexer();
-        let slot = index.slot_of(worker, dp_rank);
-        let kv_view = slot.is_some() || self.applier.worker_stats(worker, dp_rank).is_some();
-        let t = Target {
-            worker: worker.into(),
-            dp_rank,
-            role,
-            slot,
-            kv_view,
-            metrics: None,
-            finished_at: VecDeque::new(),
-        };
-        let tid = match self.free.pop_first() {
-            Some(tid) => {
-                self.targets[tid as usize] = Some(t);
-                tid
-            }
-            None => {
-                self.targets.push(Some(t));
-                (self.targets.len() - 1) as TargetId
-            }
-        };
-        self.by_worker.entry(worker.into()).or_default().push(tid);
-        tid
-    }
-
-    fn target(&self, tid: TargetId) -> &Target {
-        self.targets[tid as usize]
-            .as_ref()
-            .expect("by_worker lists live targets")
-    }
-
-    /// Forgets one target: its bookings, speculative credit and metrics (not its index blocks).
-    fn drop_target(&mut self, tid: TargetId) {
-        let Some(t) = self.targets[tid as usize].take() else {
-            return;
-        };
-        if let Some(v) = self.by_worker.get_mut(&*t.worker) {
-            v.retain(|&x| x != tid);
-            if v.is_empty() {
-                self.by_worker.remove(&*t.worker);
-            }
-        }
-        self.book.remove_target(tid);
-        self.overlay.remove_target(tid);
-        self.free.insert(tid);
-        while let Some(None) = self.targets.last() {
-            self.targets.pop();
-            self.free.remove(&(self.targets.len() as TargetId));
-        }
-    }
-
-    /// The worker left: its targets, bookings and speculative credit go, and every block of it
-    /// leaves the index. Returns whether it was known (as a target or in the index).
-    pub fn remove_worker(&mut self, worker: &str) -> bool {
-        let tids = self.by_worker.get(worker).cloned().unwrap_or_default();
-        for &tid in &tids {
-            self.drop_target(tid);
-        }
-        let indexed = self.applier.remove_worker(worker);
-        indexed || !tids.is_empty()
-    }
-
-    /// The target of `(worker, dp_rank)`, if registered.
-    pub fn target_of(&self, worker: &str, dp_rank: u32) -> Option<TargetId> {
-        self.by_worker
-            .get(worker)?
-            .iter()
-            .copied()
-            .find(|&t| self.target(t).dp_rank == dp_rank)
-    }
-
-    /// `(worker, dp_rank)` of a live target.
-    pub fn target_worker(&self, tid: TargetId) -> Option<(&str, u32)> {
-        self.targets
-            .get(tid as usize)?
-            .as_ref()
-            .map(|t| (&*t.worker, t.dp_rank))
-    }
-
-    /// One past the highest live target id.
-    pub fn target_bound(&self) -> usize {
-        self.targets.len()
-    }
-
-    pub fn has_kv_view(&self, worker: &str, dp_rank: Option<u32>) -> bool {
-        self.by_worker.get(worker).is_some_and(|v| {
-            v.iter().any(|&t| {
-                let t = self.target(t);
-                t.kv_view && dp_rank.is_none_or(|r| r == t.dp_rank)
-            })
-        })
-    }
-
-    /// The router's predicted load on a target.
-    pub fn load(&self, tid: TargetId) -> TargetLoad {
-        self.book.load(tid)
-    }
-
-    // ---- events and metrics ----------------------------------------------------------------
-
-    /// One KV event payload of `worker` (see [`EventApplier::apply_payload_at`]); the target of
-    /// the batch's rank gains a KV view.
-    pub fn apply_payload(
-        &mut self,
-        worker: &str,
-        payload: &[u8],
-        fallback_rank: u32,
-    ) -> std::result::Result<ApplyOutcome, DecodeError> {
-        let out = self
-            .applier
-            .apply_payload_at(worker, payload, fallback_rank)?;
-        self.set_view(worker, Some(out.dp_rank), true);
-        Ok(out)
-    }
-
-    /// Applies a batch already in its typed form (the in-process path of a virtual replay,
-    /// [`decode_direct`](crate::events::decode_direct)): the same effect as its wire bytes.
-    pub fn apply_batch(
-        &mut self,
-        worker: &str,
-        batch: &KvEventBatch,
-        fallback_rank: u32,
-    ) -> std::result::Result<ApplyOutcome, DecodeError> {
-        let out = self.applier.apply_batch_at(worker, batch, fallback_rank)?;
-        self.set_view(worker, Some(out.dp_rank), true);
-        Ok(out)
-    }
-
-    /// Applies a batch whose hashes are router keys ([`EventApplier::apply_keyed`]).
-    pub fn apply_keyed(
-        &mut self,
-        worker: &str,
-        dp_rank: u32,
-        events: &[KeyedEvent<'_>],
-    ) -> ApplyOutcome {
-        let out = self.applier.apply_keyed(worker, dp_rank, events);
-        self.set_view(worker, Some(dp_rank), true);
-        out
-    }
-
-    /// Drops the worker's blocks (one rank or all): a restart or a stale view. Its targets are
-    /// blind until their next batch.
-    pub fn clear_worker(&mut self, worker: &str, dp_rank: Option<u32>) -> u64 {
-        self.set_view(worker, dp_rank, false);
-        self.applier.clear_worker(worker, dp_rank)
-    }
-
-    fn set_view(&mut self, worker: &str, dp_rank: Option<u32>, view: bool) {
-        if let Some(v) = self.by_worker.get(worker) {
-            for &tid in v {
-                if let Some(t) = self.targets[tid as usize].as_mut() {
-                    if dp_rank.is_none_or(|r| r == t.dp_rank) {
-                        t.kv_view = view;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A worker's scraped metrics arriving at `now_ms`, for one rank, or (`None`) for the whole
-    /// worker: then counts are split evenly over its ranks and the KV usage applies to each.
-    /// `taken_at_ms`: when the scrape was requested (default `now_ms - metrics_lag_ms`). The
-    /// load the router did not place is computed here, against its bookkeeping now, and stored
-    /// (module docs).
-    pub fn update_metrics(
-        &mut self,
-        worker: &str,
-        dp_rank: Option<u32>,
-        m: WorkerMetrics,
-        now_ms: f64,
-        taken_at_ms: Option<f64>,
-    ) -> bool {
-        let Some(v) = self.by_worker.get(worker) else {
-            return false;
-        };
-        // Sanitized so the cost stays finite whatever a scrape returned.
-        let clean = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
-        let m = WorkerMetrics {
-            waiting: clean(m.waiting),
-            running: clean(m.running),
-            kv_usage: clean(m.kv_usage),
-        };
-        let since = taken_at_ms
-            .filter(|t| t.is_finite())
-            .unwrap_or(now_ms - self.cfg.metrics_lag_ms)
-            .min(now_ms);
-        // The router's requests the scrape may count, over the targets it covers.
-        let (mut ours, mut prefilling, mut n) = (0.0, 0.0, 0usize);
-        for &tid in v {
-            let Some(t) = self.targets[tid as usize].as_ref() else {
-                continue;
-            };
-            if dp_rank.is_none_or(|r| r == t.dp_rank) {
-                let l = self.book.load(tid);
-                ours += (l.requests + t.finished_since(since)) as f64;
-                prefilling += l.prefilling as f64;
-                n += 1;
-            }
-        }
-        if n == 0 {
-            return false;
-        }
-        let external = (m.running + m.waiting - ours).max(0.0);
-        let external_waiting = (m.waiting - prefilling).clamp(0.0, external);
-        let share = 1.0 / n as f64;
-        for &tid in v {
-            if let Some(t) = self.targets[tid as usize].as_mut() {
-                if dp_rank.is_none_or(|r| r == t.dp_rank) {
-                    t.metrics = Some(Scraped {
-                        m: WorkerMetrics {
-                            waiting: m.waiting * share,
-                            running: m.running * share,
-                            kv_usage: m.kv_usage,
-                        },
-                        at: now_ms,
-                        external: external * share,
-                        external_waiting: external_waiting * share,
-                    });
-                }
-            }
-        }
-        true
-    }
-
-    // ---- lifecycle -------------------------------------------------------------------------
+    // ---- lifecycle (targets and KV views: `targets.rs`; metrics: `metrics.rs`) ------------
 
     /// The request was sent to `target` (confirms the decision's booking, or books it from
     /// these numbers). Returns whether the booking existed.
@@ -966,25 +628,12 @@ impl Scheduler {
                 .cfg
                 .busy_active_requests
                 .is_some_and(|n| load.requests >= n);
-            if let Some(Scraped {
-                m,
-                at,
-                external,
-                external_waiting,
-            }) = t.metrics
+            if let Some((p, b)) = t
+                .metrics
+                .and_then(|m| m.correction(now_ms, &self.cfg, mean_context, mean_prompt))
             {
-                let (age, ttl) = (now_ms - at, self.cfg.metrics_ttl_ms);
-                if age <= ttl {
-                    // As of the scrape (never against later bookkeeping), fading with its age.
-                    let fade = if ttl > 0.0 && ttl.is_finite() {
-                        (1.0 - age / ttl).clamp(0.0, 1.0)
-                    } else {
-                        1.0
-                    };
-                    penalty = fade * (external * mean_context + w * external_waiting * mean_prompt);
-                    busy |= self.cfg.busy_kv_usage.is_some_and(|b| m.kv_usage > b)
-                        || self.cfg.busy_queue_depth.is_some_and(|b| m.waiting > b);
-                }
+                penalty = p;
+                busy |= b;
             }
             out.candidates.push(CandidateScore {
                 target: tid,
@@ -1103,58 +752,6 @@ impl Scheduler {
             }
         }
         true
-    }
-
-    /// Index into `cands` of the eligible minimum, ties broken uniformly.
-    fn argmin(&mut self, cands: &[CandidateScore]) -> u32 {
-        let min = self
-            .eligible
-            .iter()
-            .map(|&i| cands[i as usize].cost)
-            .fold(f64::INFINITY, f64::min);
-        let tol = 1e-9 * min.abs().max(1.0);
-        let mut n = 0usize;
-        let mut pick = self.eligible[0];
-        // Reservoir sampling over the tied candidates: one pass, no allocation.
-        for &i in &self.eligible {
-            if cands[i as usize].cost <= min + tol {
-                n += 1;
-                if self.rng.below(n) == 0 {
-                    pick = i;
-                }
-            }
-        }
-        pick
-    }
-
-    /// Index into `cands` sampled with probability ∝ exp(-normalized cost / temperature).
-    fn softmax(&mut self, cands: &[CandidateScore]) -> u32 {
-        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for &i in &self.eligible {
-            let c = cands[i as usize].cost;
-            lo = lo.min(c);
-            hi = hi.max(c);
-        }
-        let range = hi - lo;
-        if range <= 1e-12 * lo.abs().max(1.0) {
-            return self.eligible[self.rng.below(self.eligible.len())];
-        }
-        self.weights.clear();
-        let mut total = 0.0;
-        for &i in &self.eligible {
-            let z = (cands[i as usize].cost - lo) / range;
-            let wt = (-z / self.cfg.temperature).exp();
-            total += wt;
-            self.weights.push(wt);
-        }
-        let mut r = self.rng.f64() * total;
-        for (k, &wt) in self.weights.iter().enumerate() {
-            if r < wt {
-                return self.eligible[k];
-            }
-            r -= wt;
-        }
-        *self.eligible.last().expect("eligible is not empty")
     }
 
     pub fn stats(&self) -> SchedulerStats {
