@@ -53,8 +53,12 @@ console.log(`gateway under test on CPU ${GATEWAY_CPUS}; load generator and ${MOC
 
 // ---- processes ----
 
+/** Every process this run started: stopped on the way out, whatever way that is. */
+const started = new Set<ChildProcess>();
+
 function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = []): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
   const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  started.add(child);
   return new Promise((resolve, reject) => {
     let out = "";
     const onData = (d: Buffer) => {
@@ -348,7 +352,17 @@ function printRows(head: string[], rows: string[][]): void {
   for (const r of rows) console.log(r.map((v, i) => (i < 4 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join("  "));
 }
 
+// A gateway or mocker that fails to start, or Ctrl-C, must not leave the others running.
+function killStarted(): void {
+  for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
+}
+process.once("SIGINT", () => {
+  killStarted();
+  process.exit(130);
+});
+
 main().catch((err: unknown) => {
   console.error(err);
+  killStarted();
   process.exit(1);
 });
