@@ -41,8 +41,9 @@ const planners: Record<string, { predictor: string; min: string }> = {
   agg: { predictor: env.BENCH_PREDICTOR_AGG ?? "moving-average", min: env.BENCH_MIN_AGG ?? "3" },
   disagg: { predictor: env.BENCH_PREDICTOR_DISAGG ?? "holt", min: env.BENCH_MIN_DISAGG ?? "2" },
 };
+const curve = env.BENCH_CURVE ?? "1,0.1,1";
 const common = [
-  "replay", "--trace", trace, "--rate", env.BENCH_RATE ?? "6.8", "--day-curve", env.BENCH_CURVE ?? "1,0.1,1",
+  "replay", "--trace", trace, "--rate", env.BENCH_RATE ?? "6.8", "--day-curve", curve,
   "--profile", "llama-3.1-8b-h200", "--ttft-target", env.BENCH_TTFT ?? "2000", "--itl-target", env.BENCH_ITL ?? "40",
   "--adjustment-interval", env.BENCH_INTERVAL ?? "15", "--cold-start", env.BENCH_COLD_START ?? "30", "--quiet",
   ...(env.BENCH_SPREAD === "1" ? ["--spread-ticks"] : []),
@@ -79,7 +80,7 @@ function runOne(r: Run, i: number): Promise<Result> {
  * peak hours as a whole; RESULTS.md, third pass).
  */
 function peakShare(x: Result): number {
-  const [periods, low, high] = (env.BENCH_CURVE ?? "1,0.1,1").split(",").map(Number);
+  const [periods, low, high] = curve.split(",").map(Number);
   const step = Number(env.BENCH_INTERVAL ?? 15);
   const span = Math.max(...x.intervals.map((i) => i.startS)) + step;
   const peak = high ?? 1;

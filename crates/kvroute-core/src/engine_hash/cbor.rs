@@ -93,21 +93,15 @@ pub fn block(buf: &mut Vec<u8>, parent: &[u8], tokens: &[u32], extra: &BlockExtr
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_bytes::{hex, P, P_HEX};
     use super::*;
     use crate::extra_keys::{LoraKey, MmBlockKey};
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
 
     fn cbor_block(parent: &[u8], tokens: &[u32], extra: &BlockExtraKeys<'_>) -> String {
         let mut buf = Vec::new();
         block(&mut buf, parent, tokens, extra);
         hex(&buf)
     }
-
-    const P: [u8; 32] = [0x11; 32];
-    const P_HEX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
     // Expected bytes below are `cbor2.dumps(obj, canonical=True).hex()` (cbor2 6.3.0).
 

@@ -40,6 +40,8 @@ use crate::extra_keys::{BlockExtraKeys, ExtraKeys};
 pub(crate) mod cbor;
 pub(crate) mod pickle;
 mod scratch;
+#[cfg(test)]
+mod test_bytes;
 
 use scratch::with_scratch;
 
