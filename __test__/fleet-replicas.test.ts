@@ -54,26 +54,32 @@ async function workerCounters(): Promise<{ hits: number; queries: number }> {
   return { hits, queries };
 }
 
-/** Chat sessions: each turn resends the whole conversation so far plus a new user message. */
+/**
+ * Chat sessions in lockstep: each turn resends the whole conversation so far (a 2,000-token
+ * history) plus a new user message, every session alternating between the given replicas turn by
+ * turn; all sessions send turn t together once every session has its answer to turn t-1. (Free-
+ * running sessions make the hit rate hang on sub-millisecond races between one session's next
+ * turn and another's first prefill on the same worker, which trade the cache for load with one
+ * router as with two; lockstep keeps the comparison about what the replicas know.)
+ */
 async function chatWorkload(urls: string[], offset: number): Promise<number> {
   const before = await workerCounters();
   const SESSIONS = 8;
   const TURNS = 6;
-  let n = 0;
   const trail: string[] = [];
-  await Promise.all(
-    Array.from({ length: SESSIONS }, async (_, s) => {
-      const history: number[] = Array.from({ length: 200 }, (_, k) => offset + s * 10_000 + k);
-      for (let t = 0; t < TURNS; t++) {
-        history.push(...Array.from({ length: 60 }, (_, k) => offset + s * 10_000 + 1000 + t * 100 + k));
-        const url = urls[n++ % urls.length]!; // client-side round-robin over the replicas
+  const histories = Array.from({ length: SESSIONS }, (_, s) => Array.from({ length: 2000 }, (_, k) => offset + s * 10_000 + k));
+  for (let t = 0; t < TURNS; t++) {
+    await Promise.all(
+      histories.map(async (history, s) => {
+        history.push(...Array.from({ length: 60 }, (_, k) => offset + s * 10_000 + 3000 + t * 100 + k));
+        const url = urls[(s + t) % urls.length]!; // client-side round-robin: the next turn goes to the next replica
         const r = await post(url, "/v1/completions", { model: MODEL, prompt: history, max_tokens: 8, ignore_eos: true });
         expect(r.status).toBe(200);
-        trail[s] = `${trail[s] ?? ""} ${r.headers["x-kvroute-worker"]}@${urls.indexOf(url)}`;
-        history.push(...Array.from({ length: 8 }, (_, k) => offset + s * 10_000 + 5000 + t * 100 + k));
-      }
-    }),
-  );
+        trail[s] = `${trail[s] ?? ""} ${r.headers["x-kvroute-worker"]}@${urls.indexOf(url)}:${r.headers["x-kvroute-overlap-blocks"]}`;
+        history.push(...Array.from({ length: 8 }, (_, k) => offset + s * 10_000 + 7000 + t * 100 + k));
+      }),
+    );
+  }
   const after = await workerCounters();
   if (process.env.TRAIL === "1") console.log(trail.join("\n"));
   return (after.hits - before.hits) / (after.queries - before.queries);

@@ -213,6 +213,15 @@ export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: 
         for (const [reason, n] of rows("expired")) this.inc({ reason }, n);
       },
     });
+    new Counter({
+      name: "kvroute_fleet_finish_ack_timeouts_total",
+      help: "Responses ended before the NATS server acknowledged their finished message (it took longer than 100 ms)",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(load.stats().finishAckTimeouts);
+      },
+    });
     new Gauge({
       name: "kvroute_fleet_remote_requests",
       help: "Other replicas' requests in flight, booked in this replica's router",

@@ -38,6 +38,11 @@ export interface ReplicaLoadSyncOptions {
   maxRemoteRequests?: number;
   /** Token counts are published when they cross a multiple of this. Default 16. */
   tokensEvery?: number;
+  /**
+   * How long the gateway may hold a finished response until the NATS server has acknowledged its
+   * `finished` (see `awaitFinishAck`); past it the response goes anyway. Default 100 ms; 0: no wait.
+   */
+  finishAckTimeoutMs?: number;
   log?: (message: string) => void;
 }
 
@@ -53,6 +58,8 @@ export interface ReplicaLoadStats {
   expired: Record<string, number>;
   /** Remote requests booked now. */
   remoteInFlight: number;
+  /** Waits for the server's acknowledgement of `finished` messages that ran past `finishAckTimeoutMs`. */
+  finishAckTimeouts: number;
   /** Other replicas heard from in the last 3 heartbeats. */
   replicas: number;
 }
@@ -95,11 +102,14 @@ export class ReplicaLoadSync {
   private readonly replicas = new Map<string, { keys: Set<string>; at: number }>();
   private readonly sub: Subscription;
   private readonly timer: NodeJS.Timeout;
-  private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {} };
+  private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {}, finishAckTimeouts: 0 };
   private closed = false;
   private readonly outbox: Entry[] = [];
   private readonly subscribed: Promise<void>;
   private flushScheduled = false;
+  private readonly finishAckTimeoutMs: number;
+  /** The acknowledgement every `finished` of this synchronous run waits for (one PING for all). */
+  private finishAck: Promise<void> | null = null;
 
   constructor(options: ReplicaLoadSyncOptions) {
     this.nc = options.connection;
@@ -111,6 +121,7 @@ export class ReplicaLoadSync {
     this.expiryMs = options.expiryMs ?? 600_000;
     this.maxRemote = options.maxRemoteRequests ?? 100_000;
     this.tokensEvery = Math.max(1, options.tokensEvery ?? 16);
+    this.finishAckTimeoutMs = Math.max(0, options.finishAckTimeoutMs ?? 100);
     this.log = options.log ?? (() => {});
     this.sub = this.nc.subscribe(`${this.subjectBase}.>`, {
       callback: (err, msg) => {
@@ -138,14 +149,49 @@ export class ReplicaLoadSync {
         if (!this.local.delete(id)) return;
         this.lastTokens.delete(id);
         this.publish({ k: "e", i: id });
-        // Out at once, before the gateway answers the client: the client's next turn may go to
-        // another replica at once, which must not still count this request on the worker that
-        // holds the conversation's prefix (it would steer the next turn away from its cache).
+        // Out at once, and acknowledged before the gateway answers the client: the client's next
+        // turn may go to another replica at once, which must not still count this request on the
+        // worker that holds the conversation's prefix (it would steer the turn away from its cache).
         this.flush();
+        this.awaitFinishAck();
       },
+      delivered: () => this.finishAck,
     };
     this.router.observeLifecycle(observer);
     this.snapshot(); // tells the others this replica is here
+  }
+
+  /**
+   * One acknowledgement from the NATS server (a PING after everything published so far) for all
+   * the `finished` of this synchronous run; the gateway ends those responses once it arrives
+   * (`KvRouter.lifecycleDelivered`). The server has then passed the messages on to the other
+   * replicas, so a client's next turn, sent to another replica the moment this one answers, finds
+   * its last turn over there. Without the wait a busy machine lets the turn arrive first, and the
+   * prefill and decode load that replica still books on the conversation's worker outweighs the
+   * cached prefix. Bounded by `finishAckTimeoutMs` (a NATS outage must not hold answers).
+   */
+  private awaitFinishAck(): void {
+    if (this.finishAck || this.finishAckTimeoutMs === 0) return;
+    let release!: () => void;
+    this.finishAck = new Promise<void>((resolve) => (release = resolve));
+    queueMicrotask(() => {
+      // After every `finished` of this run is queued: one PING covers them all.
+      this.finishAck = null;
+      let timer: NodeJS.Timeout | null = setTimeout(() => {
+        timer = null;
+        this.stats_.finishAckTimeouts++;
+        release();
+      }, this.finishAckTimeoutMs);
+      timer.unref();
+      const settle = () => {
+        if (timer === null) return;
+        clearTimeout(timer);
+        timer = null;
+        release();
+      };
+      if (this.closed) return settle();
+      this.nc.flush().then(settle, settle);
+    });
   }
 
   /** Resolves once NATS has this replica's subscription: from then on no other replica's step is missed. */

@@ -20,6 +20,8 @@ import type { UpstreamPool } from "./upstream.js";
  */
 export interface GatewayRouter extends RequestLifecycle {
   route(request: RouteRequest): RouteDecision;
+  /** Settles once the `finished` of the requests that just ended is known where it must be (fleet mode); the gateway ends their responses after it. */
+  lifecycleDelivered?(): Promise<void> | null;
 }
 
 /**

@@ -466,10 +466,12 @@ export class Exchange implements ClientStream, PrefillState {
     for (const [k, v] of Object.entries(attempt.headers ?? {})) if (v !== undefined && !HOP_HEADERS.has(k)) out[k] = v;
     out["content-length"] = String(body.length);
     Object.assign(out, this.kvrouteHeaders(attempt));
-    this.res.writeHead(attempt.status, out);
     this.headersSent = true;
-    this.res.end(body);
-    this.complete();
+    this.done = true;
+    this.afterLifecycle(() => {
+      this.res.writeHead(attempt.status, out);
+      this.res.end(body);
+    });
   }
 
   private onError(attempt: Attempt, err: Error): void {
@@ -545,7 +547,14 @@ export class Exchange implements ClientStream, PrefillState {
 
   private complete(): void {
     this.done = true;
-    if (this.parsed.stream && !this.res.writableEnded) this.res.end();
+    if (this.parsed.stream) this.afterLifecycle(() => this.res.writableEnded || this.res.end());
+  }
+
+  /** Runs `end` once the router's lifecycle steps are delivered (fleet mode), at once otherwise. */
+  private afterLifecycle(end: () => void): void {
+    const delivered = this.ctx.router.lifecycleDelivered?.();
+    if (delivered) void delivered.then(end);
+    else end();
   }
 
   /** An error after the stream started: vLLM's in-stream error event, then [DONE]. */

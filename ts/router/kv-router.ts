@@ -188,6 +188,8 @@ export interface PromptKeys {
 /** Told of this router's own lifecycle steps; `started` gets the prompt's block keys when known. */
 export interface LifecycleObserver extends Omit<RequestLifecycle, "started"> {
   started(decision: RouteDecision, prompt?: PromptKeys): void;
+  /** Settles once the steps told so far have reached their audience; null when nothing is pending. */
+  delivered?(): Promise<void> | null;
 }
 
 interface TargetInfo extends WorkerTarget {
@@ -401,6 +403,15 @@ export class KvRouter implements RequestLifecycle {
   finished(requestId: string, outcome: "ok" | "error" | "cancelled"): void {
     this.book.finished(requestId, outcome);
     this.observer?.finished(requestId, outcome);
+  }
+
+  /**
+   * Settles once the lifecycle observer has passed on the steps told so far (fleet mode: the
+   * NATS server has the `finished` of the requests that just ended); null when nothing waits.
+   * The gateway ends those responses after it.
+   */
+  lifecycleDelivered(): Promise<void> | null {
+    return this.observer?.delivered?.() ?? null;
   }
 
   /**
