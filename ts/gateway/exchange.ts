@@ -368,10 +368,12 @@ export class Exchange implements ClientStream, PrefillState {
       return this.onEngineAbort(attempt);
     }
     if (attempt.sawDone && !attempt.errorEvent && this.attempt === attempt) {
-      // The stream is complete: the last events and the end of the response in one write.
+      // The stream is complete: its booking ends now, and the last events and the end of the
+      // response go in one write (in fleet mode the end waits for the bus, as a whole answer does).
       this.done = true;
       this.wroteBody = true;
-      this.res.end(out);
+      closeAttempt(this.ctx, attempt, "ok");
+      this.afterLifecycle(() => this.res.writableEnded || this.res.end(out));
       return;
     }
     if (out.length > 0) this.write(attempt, out);
