@@ -12,6 +12,7 @@
  *
  * Added routing latency = p50/p99 of (route + started) with the sync minus without, measured in
  * the same run. One process plays both replicas and the NATS clients next to the nats-server.
+ * Last, the wait fleet mode adds before a response ends: finished to the NATS acknowledgement.
  *
  *   npx tsx benchmarks/fleet.ts [decisions]   (default 20,000 per case)
  */
@@ -74,6 +75,24 @@ async function run(routers: KvRouter[], n: number, settle: () => Promise<void>):
   return { perSecond: n / seconds, p50: percentile(lat, 0.5), p99: percentile(lat, 0.99) };
 }
 
+/**
+ * How long the gateway holds the end of a response in fleet mode: from `finished` to the NATS
+ * server's acknowledgement (`lifecycleDelivered`), one request at a time.
+ */
+async function finishAck(r: KvRouter, n: number): Promise<{ p50: number; p99: number }> {
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const d = r.route({ model: "m", tokens: prompts[i % prompts.length]!, maxTokens: 128 });
+    r.started(d);
+    const t = process.hrtime.bigint();
+    r.finished(d.requestId, "ok");
+    await r.lifecycleDelivered();
+    lat.push(Number(process.hrtime.bigint() - t) / 1000);
+  }
+  lat.sort((a, b) => a - b);
+  return { p50: percentile(lat, 0.5), p99: percentile(lat, 0.99) };
+}
+
 async function main(): Promise<void> {
   console.log(`kvroute bench:fleet — ${machine()}`);
   console.log(`${N} decisions per case, ${WORKERS} simulated workers, 2,048-token prompts, ${IN_FLIGHT} in flight per replica`);
@@ -112,6 +131,7 @@ async function main(): Promise<void> {
       while (!folded() && !clean() && Date.now() < deadline) await new Promise((res) => setTimeout(res, 1));
     });
     const lost = N - expected(sa) - expected(sb);
+    const ack = await finishAck(ra, 2000);
     const remoteLeft = sa.stats().remoteInFlight + sb.stats().remoteInFlight;
     sa.close();
     sb.close();
@@ -123,6 +143,7 @@ async function main(): Promise<void> {
       { name: "1 replica publishing: added latency p50", value: one.p50 - base.p50, unit: "µs", baseline: `p99 +${fmt(one.p99 - base.p99)} µs` },
       { name: "2 replicas sharing load: decisions/s (both)", value: two.perSecond, unit: "decisions/s", baseline: `${((two.perSecond / base.perSecond) * 100).toFixed(0)}% of baseline, folds included` },
       { name: "2 replicas: added latency p50", value: two.p50 - base.p50, unit: "µs", baseline: `p99 +${fmt(two.p99 - base.p99)} µs` },
+      { name: "2 replicas: a response's end waits for the finished ack, p50", value: ack.p50, unit: "µs", baseline: `p99 ${fmt(ack.p99)} µs; 0 without NATS` },
       { name: "2 replicas: finished messages not received", value: lost, unit: "messages", baseline: "0 expected (core NATS drops only for slow consumers)" },
       { name: "2 replicas: remote requests left after all finished", value: remoteLeft, unit: "requests", baseline: "0 unless messages were lost (snapshots clear them within 1 s)" },
     ];

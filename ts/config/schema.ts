@@ -135,6 +135,8 @@ export interface FleetConfig {
   leaseTtlSeconds: number;
   /** In-flight requests another replica announced are forgotten after this long without news. */
   loadExpiryMs: number;
+  /** How long a response's end may wait for NATS to acknowledge its `finished` (0: no wait). */
+  finishAckMs: number;
   /** Where each replica reads KV events: each worker's ZMQ publisher, or the JetStream stream (`kvroute worker --bus` relays). */
   kvEvents: "zmq" | "bus";
   etcdUsername: string;
@@ -295,6 +297,7 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
       namespace: { kind: "string", default: "default", env: true, nonEmpty: true, doc: "etcd key and NATS subject namespace of this fleet." },
       leaseTtlSeconds: { kind: "int", min: 1, max: 3600, default: 10, env: true, doc: "Lease TTL of the records this process registers." },
       loadExpiryMs: { kind: "int", min: 1000, default: 600_000, env: true, doc: "Another replica's in-flight request is forgotten after this long without news." },
+      finishAckMs: { kind: "int", min: 0, max: 10_000, default: 100, env: true, doc: "A response's end waits up to this long for NATS to acknowledge its finished message, so the client's next turn finds it over on every replica; 0: no wait." },
       kvEvents: { kind: "string", enum: ["zmq", "bus"], default: "zmq", env: true, doc: "Where replicas read KV events: zmq (each worker's publisher) or bus (the JetStream stream that 'kvroute worker --bus' fills; late replicas replay it)." },
       etcdUsername: { kind: "string", default: "", env: true, doc: "etcd user (with etcdPassword)." },
       etcdPassword: { kind: "string", default: "", env: true, doc: "etcd password." },

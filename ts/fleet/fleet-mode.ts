@@ -94,7 +94,7 @@ export interface FleetReplica {
 export function startFleetReplica(config: GatewayConfig, parts: { nats: NatsConnection | null; router: KvRouter; registry: Registry; log: (m: string) => void }): FleetReplica {
   const { nats, router, registry } = parts;
   if (!nats) return { load: null, ready: async () => {}, kvStreams: () => [], close: async () => {} };
-  const load = new ReplicaLoadSync({ connection: nats, router, namespace: config.fleet.namespace, expiryMs: config.fleet.loadExpiryMs, log: parts.log });
+  const load = new ReplicaLoadSync({ connection: nats, router, namespace: config.fleet.namespace, expiryMs: config.fleet.loadExpiryMs, finishAckTimeoutMs: config.fleet.finishAckMs, log: parts.log });
   const replicas = new Map<string, Promise<{ bus: NatsJetStreamBus; replica: KvEventReplica } | null>>();
   const ready = new Map<string, KvEventReplica>();
   let unwatch = () => {};
@@ -215,7 +215,7 @@ export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: 
     });
     new Counter({
       name: "kvroute_fleet_finish_ack_timeouts_total",
-      help: "Responses ended before the NATS server acknowledged their finished message (it took longer than 100 ms)",
+      help: "Responses ended before the NATS server acknowledged their finished message (it took longer than fleet.finishAckMs)",
       registers,
       collect() {
         this.reset();
