@@ -48,7 +48,7 @@ import type { PromptKey } from "./gateway.js";
 import { GatewayError, NoHealthyWorkerError, UpstreamFailedError, UpstreamTimeoutError, toGatewayError } from "./errors.js";
 import type { ParsedRequest } from "./openai-request.js";
 import { forEachData, sseEvent } from "./sse.js";
-import { scanTokenEvent } from "./sse-scan.js";
+import { scanTextEvent, scanTokenEvent } from "./sse-scan.js";
 import { covers, type DisaggDecision } from "./disagg-route.js";
 import {
   abortAttempt,
@@ -352,10 +352,16 @@ export class Exchange implements ClientStream, PrefillState {
       });
     } else {
       const fast = this.fastPathOpen(attempt);
+      // Events carry ids only when someone asked the engine for them.
+      const withIds = this.asksIds || this.parsed.returnTokenIds;
       forEachData(whole, (data) => {
         if (attempt.engineAbort) return;
-        const scanned = fast ? scanTokenEvent(data, false) : null;
-        const n = scanned ? noteIds(this, scanned.tokenIds) : inspectEvent(this, attempt, data);
+        let n: number | null = null;
+        if (fast && withIds) {
+          const scanned = scanTokenEvent(data, false);
+          if (scanned) n = noteIds(this, scanned.tokenIds);
+        } else if (fast) n = scanTextEvent(data);
+        n ??= inspectEvent(this, attempt, data);
         if (attempt.engineAbort) return;
         tokens += n;
         kept++;

@@ -8,6 +8,9 @@
  * brace, optional spaces, then the unescaped quote) can only be a key. Anything the scan is not
  * sure of (errors, aborts, the role chunk, usage, several choices, the prompt's ids, text
  * without ids) returns null and takes the full parse. A false "not sure" only costs time.
+ *
+ * When nobody asked the engine for ids (no migration, no parity check, no client asking), its
+ * events carry text only, and `scanTextEvent` counts their one token the same way.
  */
 
 /** A `token_ids`/`prompt_token_ids` key with its array (or null) value. */
@@ -51,4 +54,34 @@ function parseIdList(list: string): number[] {
     }
   }
   return out;
+}
+
+/** The keys `scanTextEvent` looks at, with the first character of their value. */
+const TEXT_KEYS = /[{,]\s*"(text|content|token_ids|index)"\s*:\s*(.)/g;
+
+/**
+ * Counts the tokens of an event without ids (`token_ids` absent or null, as vLLM sends them) as the full parse does (one for a choice with
+ * non-empty `text` or `delta.content`, none otherwise); null when it needs the full parse: the
+ * markers above, logprobs, ids, several choices (or tool calls: more than one `index`), or more
+ * than one text field.
+ */
+export function scanTextEvent(data: string): number | null {
+  if (data.charCodeAt(0) !== 0x7b /* { */) return null;
+  for (const mark of NEEDS_PARSE) if (data.includes(mark)) return null;
+  if (data.includes('"logprobs":{')) return null;
+  let index = 0;
+  let texts = 0;
+  let tokens = 0;
+  for (const m of data.matchAll(TEXT_KEYS)) {
+    const key = m[1];
+    if (key === "token_ids") {
+      if (m[2] !== "n") return null; // ids: the other scan's case; vLLM sends `null` otherwise
+    } else if (key === "index") index++;
+    else {
+      texts++;
+      // A string value that is not empty: its first character is not the closing quote.
+      if (m[2] === '"' && data.charCodeAt(m.index + m[0].length) !== 0x22) tokens = 1;
+    }
+  }
+  return index === 1 && texts <= 1 ? tokens : null;
 }
