@@ -60,10 +60,10 @@ function parseIdList(list: string): number[] {
 const TEXT_KEYS = /[{,]\s*"(text|content|token_ids|index)"\s*:\s*(.)/g;
 
 /**
- * Counts the tokens of an event without ids (`token_ids` absent or null, as vLLM sends them) as the full parse does (one for a choice with
- * non-empty `text` or `delta.content`, none otherwise); null when it needs the full parse: the
- * markers above, logprobs, ids, several choices (or tool calls: more than one `index`), or more
- * than one text field.
+ * Counts the tokens of an event without ids (`token_ids` absent or null, as vLLM sends them) as
+ * the full parse does: one for a choice with non-empty `text` or `delta.content`, none otherwise.
+ * Null when it needs the full parse: the markers above, logprobs, ids, several choices (or tool
+ * calls: more than one `index`), or more than one text field.
  */
 export function scanTextEvent(data: string): number | null {
   if (data.charCodeAt(0) !== 0x7b /* { */) return null;
