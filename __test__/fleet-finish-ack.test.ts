@@ -1,7 +1,8 @@
 /**
  * The wait fleet mode puts before the end of a response (`KvRouter.lifecycleDelivered`): it
  * settles once a real nats-server has acknowledged the `finished`, never waits longer than
- * `finishAckTimeoutMs` (counted when it runs out: here the server is stopped), and is absent
+ * `finishAckTimeoutMs`, counts every end without the acknowledgement (here the server is killed:
+ * the wait runs out or the connection fails it, whichever comes first), and is absent
  * when the wait is off or nothing finished.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -47,7 +48,7 @@ describe("the finished acknowledgement", () => {
     expect(first).not.toBeNull();
     expect(router.lifecycleDelivered()).toBe(first);
     await first; // settles long before the 60 s bound: the server answered
-    expect(sync.stats().finishAckTimeouts).toBe(0);
+    expect(sync.stats().finishUnacked).toBe(0);
     expect(router.lifecycleDelivered()).toBeNull();
     sync.close();
   });
@@ -59,7 +60,7 @@ describe("the finished acknowledgement", () => {
     sync.close();
   });
 
-  it("never holds a response past its bound while NATS is away, and counts it", async () => {
+  it("never holds a response past its bound while NATS is away, and counts it unacknowledged", async () => {
     const { router, sync } = routerWithSync(50);
     await sync.ready();
     await nats.stop("SIGKILL");
@@ -67,7 +68,7 @@ describe("the finished acknowledgement", () => {
     const wait = router.lifecycleDelivered();
     expect(wait).not.toBeNull();
     await wait;
-    expect(sync.stats().finishAckTimeouts).toBe(1);
+    expect(sync.stats().finishUnacked).toBe(1);
     sync.close();
   });
 });

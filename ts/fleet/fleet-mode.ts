@@ -214,12 +214,12 @@ export function registerFleetMetrics(metrics: MetricsRegistry, src: { registry: 
       },
     });
     new Counter({
-      name: "kvroute_fleet_finish_ack_timeouts_total",
-      help: "Responses ended before the NATS server acknowledged their finished message (it took longer than fleet.finishAckMs)",
+      name: "kvroute_fleet_finish_unacked_total",
+      help: "Responses ended without the NATS server's acknowledgement of their finished message (it took longer than fleet.finishAckMs, or the connection was lost)",
       registers,
       collect() {
         this.reset();
-        this.inc(load.stats().finishAckTimeouts);
+        this.inc(load.stats().finishUnacked);
       },
     });
     new Gauge({

@@ -58,8 +58,8 @@ export interface ReplicaLoadStats {
   expired: Record<string, number>;
   /** Remote requests booked now. */
   remoteInFlight: number;
-  /** Waits for the server's acknowledgement of `finished` messages that ran past `finishAckTimeoutMs`. */
-  finishAckTimeouts: number;
+  /** Responses that ended without the server's acknowledgement of their `finished`: past `finishAckTimeoutMs`, or the connection lost it. */
+  finishUnacked: number;
   /** Other replicas heard from in the last 3 heartbeats. */
   replicas: number;
 }
@@ -102,7 +102,7 @@ export class ReplicaLoadSync {
   private readonly replicas = new Map<string, { keys: Set<string>; at: number }>();
   private readonly sub: Subscription;
   private readonly timer: NodeJS.Timeout;
-  private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {}, finishAckTimeouts: 0 };
+  private readonly stats_: Omit<ReplicaLoadStats, "replicaId" | "remoteInFlight" | "replicas"> = { published: 0, publishErrors: 0, received: {}, invalid: {}, expired: {}, finishUnacked: 0 };
   private closed = false;
   private readonly outbox: Entry[] = [];
   private readonly subscribed: Promise<void>;
@@ -179,18 +179,22 @@ export class ReplicaLoadSync {
       this.finishAck = null;
       let timer: NodeJS.Timeout | null = setTimeout(() => {
         timer = null;
-        this.stats_.finishAckTimeouts++;
+        this.stats_.finishUnacked++;
         release();
       }, this.finishAckTimeoutMs);
       timer.unref();
-      const settle = () => {
+      const settle = (acked: boolean) => {
         if (timer === null) return;
         clearTimeout(timer);
         timer = null;
+        if (!acked) this.stats_.finishUnacked++;
         release();
       };
-      if (this.closed) return settle();
-      this.nc.flush().then(settle, settle);
+      if (this.closed) return settle(true); // shutting down: nothing to wait for
+      this.nc.flush().then(
+        () => settle(true),
+        () => settle(false), // disconnected: the server never had it
+      );
     });
   }
 
