@@ -162,12 +162,17 @@ describe("two gateway replicas sharing load over NATS", () => {
   });
 
   it("round-robin over two replicas reaches a prefix-cache hit rate within 5% of one replica's on the same chat workload", async () => {
-    const one = await chatWorkload([replicas[0]!.url], 1_000_000);
-    const two = await chatWorkload(replicas.map((r) => r.url), 2_000_000);
-    console.log(`prefix-cache hit rate: one replica ${one.toFixed(3)}, two replicas ${two.toFixed(3)}`);
-    expect(one).toBeGreaterThan(0.5);
-    expect(two, `one replica ${one.toFixed(3)}, two ${two.toFixed(3)}`).toBeGreaterThanOrEqual(one * 0.95);
-  });
+    // KVROUTE_TEST_ROUNDS=40 repeats the comparison (docs/fleet.md's counts; with
+    // KVROUTE_FLEET_FINISH_ACK_MS=0 in the environment the replicas answer without the ack).
+    const rounds = Number(process.env.KVROUTE_TEST_ROUNDS ?? 1);
+    for (let round = 0; round < rounds; round++) {
+      const one = await chatWorkload([replicas[0]!.url], 1_000_000 + round * 200_000);
+      const two = await chatWorkload(replicas.map((r) => r.url), 1_100_000 + round * 200_000);
+      console.log(`prefix-cache hit rate: one replica ${one.toFixed(3)}, two replicas ${two.toFixed(3)}`);
+      expect(one).toBeGreaterThan(0.5);
+      expect(two, `round ${round}: one replica ${one.toFixed(3)}, two ${two.toFixed(3)}`).toBeGreaterThanOrEqual(one * 0.95);
+    }
+  }, 600_000);
 
   it("remote load drains: once every request finished, no replica holds another's requests", async () => {
     for (const r of replicas) {
