@@ -19,7 +19,14 @@
  *   BENCH_LIMIT (requests, default all), BENCH_TENANTS (K copies of the trace as separate user
  *   populations, `--tenants`: a K-times larger service over the same day; default 1);
  * - BENCH_START_AGG (aggregated planner's workers at the start, default 8: the fleet its burst
- *   floor holds at the trough, as a planner running all night would have; third pass).
+ *   floor holds at the trough, as a planner running all night would have; third pass);
+ * - BENCH_SLA_FLAGS: more `kvroute replay` flags for the SLA planner rows (e.g. "--miss-budget
+ *   0.05 --max-workers 64 --burst-window 120"); BENCH_START_DISAGG ("P+D" at the start);
+ *   BENCH_BASELINE_FLOORS ("P+D": the baseline's own minimums, Dynamo's min_endpoint per kind).
+ *
+ * After each table it names the peak-sized fleet (the smallest fixed fleet tried with 90% of the
+ * peak hours' requests within target) and says whether the planner matched its attainment on
+ * both shares, and with how many fewer worker-seconds.
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
@@ -59,9 +66,13 @@ const runs: Run[] = [];
 for (const t of topologies) {
   const { predictor, min } = planners[t]!;
   const topo = ["--topology", t, "--min-workers", min];
-  const start = t === "agg" ? ["--workers", env.BENCH_START_AGG ?? "8"] : [];
-  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${predictor}, min ${min})`, args: [...topo, "--planner", "sla", "--predictor", predictor, ...start] });
-  if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor}, min ${min})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor] });
+  const startDisagg = env.BENCH_START_DISAGG?.split("+");
+  const start = t === "agg" ? ["--workers", env.BENCH_START_AGG ?? "8"] : startDisagg ? ["--workers", startDisagg[0]!, "--decode-workers", startDisagg[1]!] : [];
+  const slaFlags = env.BENCH_SLA_FLAGS ? env.BENCH_SLA_FLAGS.trim().split(/\s+/) : [];
+  runs.push({ topology: t, kind: "sla", name: `kvroute SLA planner (${[predictor, `min ${min}`, ...(slaFlags.length ? [slaFlags.join(" ")] : [])].join(", ")})`, args: [...topo, "--planner", "sla", "--predictor", predictor, ...start, ...slaFlags] });
+  const floors = env.BENCH_BASELINE_FLOORS?.split("+");
+  const floorArgs = floors ? ["--min-prefill-workers", floors[0]!, "--min-decode-workers", floors[1]!] : [];
+  if (t === "disagg") runs.push({ topology: t, kind: "dynamo", name: `baseline: Dynamo's formulas and corrections (${predictor}, min ${floors ? `${floors[0]}P / ${floors[1]}D` : min})`, args: [...topo, "--planner", "dynamo", "--predictor", predictor, ...floorArgs] });
   if (t === "agg") for (const n of fixedAgg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${n}`, args: [...topo, "--planner", "fixed", "--workers", String(n)] });
   else for (const [p, d] of fixedDisagg) runs.push({ topology: t, kind: "fixed", name: `fixed fleet of ${p}P + ${d}D`, args: [...topo, "--planner", "fixed", "--workers", String(p), "--decode-workers", String(d)] });
 }
@@ -126,6 +137,12 @@ async function main(): Promise<void> {
       console.log(`against ${r.name}: ${pct(1 - sla.workerSeconds / x.workerSeconds)} fewer worker-seconds; attainment difference (requests / intervals) ${cmp}`);
     }
     if (!peak) console.log("(every fixed fleet tried beats the planner's attainment on requests or intervals)");
+    const sized = fixed.filter(({ x }) => peakShare(x) >= 0.9).sort((a, b) => a.x.workerSeconds - b.x.workerSeconds)[0];
+    if (!sized) console.log("peak-sized fleet: none of the fixed fleets tried holds 90% of the peak hours' requests (try larger ones)");
+    else {
+      const equal = sla.requestAttainment >= sized.x.requestAttainment - 1e-9 && sla.intervalAttainment >= sized.x.intervalAttainment - 1e-9;
+      console.log(`peak-sized fleet: ${sized.r.name} (${pct(peakShare(sized.x))} of the peak hours' requests within target); the planner: ${pct(1 - sla.workerSeconds / sized.x.workerSeconds)} fewer worker-seconds, attainment ${equal ? "equal or higher on both shares" : "LOWER on requests or intervals"}`);
+    }
     const base = rows.find(({ r }) => r.kind === "dynamo")?.x;
     if (base) console.log(`against the baseline: ${pct(1 - sla.workerSeconds / base.workerSeconds)} fewer worker-seconds, attainment ${pct(sla.requestAttainment)} vs ${pct(base.requestAttainment)} of requests, ${pct(sla.intervalAttainment)} vs ${pct(base.intervalAttainment)} of intervals`);
   }
