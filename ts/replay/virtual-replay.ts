@@ -23,9 +23,10 @@
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
 import { InvalidConfigError } from "../errors.js";
-import type { MockEngineConfig } from "../mocker/config.js";
+import type { MockEngineConfig, ResolvedMockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family, VllmMetrics } from "../mocker/metrics.js";
+import { coreRequestInit } from "../mocker/mock-engine.js";
 import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import { tierCredit, type KvRouterOptions, type RouterEventSink } from "../router/kv-router.js";
@@ -34,7 +35,8 @@ import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
 import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
 import { DirectBatch } from "./direct-batch.js";
-import { VirtualWorker } from "./virtual-worker.js";
+import { virtualEngineConfig, VirtualWorker } from "./virtual-worker.js";
+import { OUTPUT_WORDS, RustEngines, rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
 import { mulberry32 } from "../util/prng.js";
@@ -95,6 +97,14 @@ export interface VirtualReplayOptions extends FleetSettings {
    * cache salts in the trace, no event drops, a router keying by tokens), else direct.
    */
   eventPath?: ReplayEventPath;
+  /**
+   * Which engine steps the workers: `"rust"`, the engine core in Rust (`RustEngines`: the same
+   * scheduler, block pool and timing, at a fraction of the cost), or `"ts"`, the mocker's own
+   * (`VirtualWorker`). Default: rust where it applies (the keyed event path, no CPU tier, the
+   * toy tokenizer, no stop strings: `rustEngineProblem`), else ts. Both replay a trace alike
+   * (`__test__/replay-rust-engine.test.ts`).
+   */
+  engineImpl?: ReplayEngineImpl;
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
   seed?: number;
   onProgress?: (progress: ReplayProgress) => void;
@@ -140,11 +150,20 @@ const enum Kind {
 
 interface Flight {
   index: number;
+  /** Its position in the trace (the Rust engines' handle). */
+  handle: number;
   id: string;
   worker: number;
   arrival: number;
   first: number;
   generated: number;
+}
+
+/** The engine a replay runs, when `options.engineImpl` (or the default) allows. */
+export function replayEngineImpl(config: ResolvedMockEngineConfig, trace: Trace, eventPath: ReplayEventPath, requested?: ReplayEngineImpl): ReplayEngineImpl {
+  const problem = rustEngineProblem(config, trace, eventPath);
+  if (requested === "rust" && problem !== null) throw new InvalidConfigError(`engineImpl rust cannot replay this configuration: ${problem}`);
+  return requested ?? (problem === null ? "rust" : "ts");
 }
 
 /** Prompt tokens an engine loaded from its CPU tier (`prompt_tokens_cached_by_source{source="host"}`). */
@@ -209,7 +228,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
   // A batch's buffer goes back to its worker once applied or dropped (VirtualWorker.release).
-  const deliver = (w: number, payload: Buffer | DirectBatch) => {
+  const deliver = (w: number, payload: Buffer | DirectBatch | null) => {
+    if (payload === null) return void sink.applyDirectBatch(ids[w]!, rust!.takeBatch(w));
     if (payload instanceof DirectBatch) sink.applyDirectBatch(ids[w]!, payload);
     else sink.applyEventBatch(ids[w]!, payload, 0);
     engines[w]!.release(payload);
@@ -231,8 +251,19 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     kvEventsConfig: { enableKvCacheEvents: true },
   };
   const form = replayEventPath(trace, { numCpuBlocks: engineConfig.numCpuBlocks, routerKeying: options.router?.models?.[model]?.keying, dropRate }, options.eventPath);
-  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form));
-  for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
+  const resolved = virtualEngineConfig(engineConfig);
+  const impl = replayEngineImpl(resolved, trace, form, options.engineImpl);
+  // Exactly one of the two is used: the TS workers, or the Rust engines.
+  const engines = impl === "ts" ? ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form)) : [];
+  const rust = impl === "rust" ? new RustEngines(resolved, n) : null;
+  // A Rust engine's batches stay with it until delivered, oldest first (`RustEngines.takeBatch`).
+  const flushed = (w: number, batches: number) => {
+    for (let i = 0; i < batches; i++) {
+      if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w);
+      else deliver(w, null);
+    }
+  };
+  for (const id of ids) await registry.register(virtualRecord(id, model, blockSize, { config: resolved }));
   sink = router.eventSink(model);
 
   const collector = new ResultCollector(ids, sampleEvery);
@@ -242,16 +273,23 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   let next = 0;
   let inflight = 0;
 
+  const begin = (w: number): number | null => {
+    if (rust === null) return engines[w]!.core.beginStep(now);
+    const d = rust.begin(w, now);
+    if (d >= 0) return d;
+    flushed(w, -1 - d);
+    return null;
+  };
   const kick = (w: number) => {
-    const d = engines[w]!.core.beginStep(now);
+    const d = begin(w);
     stepping -= busy[w]!;
     busy[w] = d === null ? 0 : 1;
     stepping += busy[w]!;
     if (d !== null) queue.push(now + d, Kind.StepEnd, w);
   };
 
-  const outputSink = (f: Flight) => (out: CoreOutput) => {
-    const k = out.tokenIds.length;
+  // A request's news from a step: `k` tokens more, and its end (null: goes on).
+  const progress = (f: Flight, k: number, finishReason: CoreOutput["finishReason"], cachedTokens: number) => {
     if (k > 0) {
       if (f.first < 0) {
         f.first = now;
@@ -261,21 +299,36 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
       f.generated += k;
       if (Math.floor(f.generated / blockSize) !== Math.floor(before / blockSize)) router.tokens(f.id, f.generated);
     }
-    if (out.finishReason !== null) {
+    if (finishReason !== null) {
       inflight--;
-      if (out.finishReason === "abort") {
+      flights[f.handle] = undefined;
+      if (finishReason === "abort") {
         collector.failed++;
         router.finished(f.id, "cancelled");
       } else {
         router.finished(f.id, "ok");
         const ttft = (f.first < 0 ? now : f.first) - f.arrival;
         collector.finished(ttft, now - f.arrival, now, f.generated);
-        options.onRequest?.({ index: f.index, worker: ids[f.worker]!, ttftMs: ttft, e2eMs: now - f.arrival, outputTokens: f.generated });
+        options.onRequest?.({ index: f.index, worker: ids[f.worker]!, ttftMs: ttft, e2eMs: now - f.arrival, outputTokens: f.generated, cachedTokens });
       }
     }
   };
+  const outputSink = (f: Flight) => (out: CoreOutput) => progress(f, out.tokenIds.length, out.finishReason, out.numCachedTokens);
+  // The Rust engines' requests by handle (their position in the trace).
+  const flights: (Flight | undefined)[] = [];
+  const endStep = (w: number) => {
+    if (rust === null) return engines[w]!.core.endStep();
+    const r = rust.end(w);
+    const out = rust.out;
+    for (let i = 0, n = r >>> 1; i < n; i++) {
+      const at = OUTPUT_WORDS * i;
+      const f = flights[out[at]!]!;
+      progress(f, out[at + 1]! - f.generated, out[at + 2] === 1 ? "length" : null, out[at + 3]!);
+    }
+    flushed(w, r & 1);
+  };
 
-  const arrive = (req: TraceRequest) => {
+  const arrive = (req: TraceRequest, handle: number) => {
     const tokens = promptTokens(req);
     const id = `r${req.index}`;
     const maxTokens = req.maxTokens ?? undefined;
@@ -283,10 +336,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     const w = indexOf.get(decision.workerId)!;
     router.started(decision);
     collector.arrived(now, w);
-    const f: Flight = { index: req.index, id, worker: w, arrival: now, first: -1, generated: 0 };
+    const f: Flight = { index: req.index, handle, id, worker: w, arrival: now, first: -1, generated: 0 };
     try {
       // Keyed engines take the prompt's keys the router just computed (the same router keys).
-      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), form === "keyed" ? router.lastPromptKeys(model) : undefined);
+      const keys = form === "keyed" ? router.lastPromptKeys(model) : undefined;
+      if (rust !== null) {
+        rust.add(w, handle, coreRequestInit(resolved, generateRequest(req, id, tokens, now), null), keys);
+        flights[handle] = f;
+      } else engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), keys);
     } catch {
       // Rejected as vLLM would reject it (e.g. a prompt longer than the context): a failed request.
       collector.failed++;
@@ -299,6 +356,11 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
 
   const scrape = () => {
     for (let w = 0; w < n; w++) {
+      if (rust !== null) {
+        const st = rust.stats(w);
+        router.updateMetrics(ids[w]!, { numRequestsWaiting: st[1]!, numRequestsRunning: st[0]!, kvCacheUsagePerc: st[2]! });
+        continue;
+      }
       const m = engines[w]!.metrics;
       router.updateMetrics(ids[w]!, { numRequestsWaiting: total(m.waiting), numRequestsRunning: total(m.running), kvCacheUsagePerc: total(m.kvUsage) });
     }
@@ -307,6 +369,13 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const counters = () => {
     let queries = 0;
     let hits = 0;
+    if (rust !== null) {
+      for (let w = 0; w < n; w++) {
+        const st = rust.stats(w);
+        queries += st[3]!;
+        hits += st[4]!;
+      }
+    }
     for (const e of engines) {
       queries += total(e.metrics.prefixQueries);
       hits += total(e.metrics.prefixHits);
@@ -315,7 +384,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   };
   const sample = () => {
     const { queries, hits } = counters();
-    collector.sample(now, queries, hits, engines.map((e) => e.core.load()));
+    collector.sample(now, queries, hits, rust !== null ? ids.map((_, w) => rust.stats(w)[5]!) : engines.map((e) => e.core.load()));
   };
 
   const t0 = requests[0]!.timestampMs;
@@ -347,7 +416,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
         now = e.t;
         switch (e.kind) {
           case Kind.StepEnd:
-            engines[e.worker]!.core.endStep();
+            endStep(e.worker);
             kick(e.worker);
             break;
           case Kind.Deliver:
@@ -364,7 +433,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
         }
       } else {
         now = tArrival;
-        arrive(requests[next++]!);
+        arrive(requests[next]!, next);
+        next++;
       }
     }
     report();
@@ -386,7 +456,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     trace: trace.file,
     partial: aborted,
     wallMs,
-    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
+    prefixCache:
+      rust !== null
+        ? ids.map((_, w) => {
+            const st = rust.stats(w);
+            return { queries: st[3]!, hits: st[4]!, hostHits: 0 };
+          })
+        : engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
+    preemptions: rust !== null ? ids.reduce((sum, _, w) => sum + rust.stats(w)[6]!, 0) : engines.reduce((sum, e) => sum + total(e.metrics.preemptions), 0),
   });
 }
 
@@ -415,7 +492,7 @@ export function generateRequest(req: TraceRequest, requestId: string, tokens: Ui
   };
 }
 
-export function virtualRecord(id: string, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
+export function virtualRecord(id: string, model: string, blockSize: number, engine: { config: ResolvedMockEngineConfig }): WorkerRecord {
   return {
     id,
     model,

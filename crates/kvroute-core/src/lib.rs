@@ -10,6 +10,8 @@
 //! - [`scheduler`]: one model's routing decisions (cost model, load bookkeeping, speculative
 //!   entries, busy threshold, modes).
 //! - [`prompt_embeds`]: `torch.save` prompt embeddings read, cast and keyed per block as vLLM does.
+//! - [`sim_engine`]: a simulated vLLM engine (scheduler step, block pool, timing) for the
+//!   virtual-time replay.
 //! - [`tiers`]: the `medium` of KV events mapped to the GPU, CPU and disk tiers.
 
 pub mod block_keys;
@@ -21,6 +23,7 @@ pub mod extra_keys;
 pub mod indexer;
 pub mod prompt_embeds;
 pub mod scheduler;
+pub mod sim_engine;
 pub mod tiers;
 
 pub use error::{Error, ErrorCode};

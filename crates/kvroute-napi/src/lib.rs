@@ -10,6 +10,7 @@ mod indexer;
 pub mod nixl;
 pub mod openai;
 mod router;
+mod sim_engine;
 mod tokenizer;
 
 use napi_derive::napi;
