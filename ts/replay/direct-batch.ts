@@ -50,19 +50,6 @@ export class DirectBatch {
     if (this.tokenBuf.length < tokens) this.tokenBuf = new Uint32Array(Math.max(tokens, 2 * this.tokenBuf.length));
   }
 
-  /** The whole buffers the batch's arrays are views of (`fillKeyedFrom` writes into them). */
-  buffers(): { ops: Uint32Array; hashes: BigUint64Array } {
-    return { ops: this.opsBuf, hashes: this.hashBuf };
-  }
-
-  /** Makes the batch the keyed one of the first `nOps` ops and `nHashes` hashes of its buffers. */
-  setKeyed(nOps: number, nHashes: number): void {
-    this.keyed = true;
-    this.ops = this.opsBuf.subarray(0, nOps);
-    this.hashes = this.hashBuf.subarray(0, nHashes);
-    this.tokens = this.tokenBuf.subarray(0, 0);
-  }
-
   /** Fills the batch from `events` (sizes reserved); false, leaving it unusable, if one cannot be carried. */
   fill(events: readonly KvEvent[], nOps: number, nHashes: number, nTokens: number): boolean {
     const ops = this.opsBuf;
@@ -141,24 +128,6 @@ export class DirectBatch {
     this.hashes = hashes.subarray(0, h);
     this.tokens = this.tokenBuf.subarray(0, 0);
     return true;
-  }
-}
-
-/**
- * Fills `b` as a keyed batch from `write`, which copies a batch into the arrays it gets and
- * reports the sizes in `sizes` (`[ops, hashes]`): true when it wrote them, false when there is
- * no batch (sizes 0) or it needs more room (then the batch grows and `write` is called again).
- * For a native source of keyed batches (the Rust engines, `RustEngines`).
- */
-export function fillKeyedFrom(b: DirectBatch, sizes: Uint32Array, write: (ops: Uint32Array, hashes: BigUint64Array, sizes: Uint32Array) => boolean): boolean {
-  for (;;) {
-    const buffers = b.buffers();
-    if (write(buffers.ops, buffers.hashes, sizes)) {
-      b.setKeyed(sizes[0]!, sizes[1]!);
-      return true;
-    }
-    if (sizes[0] === 0 && sizes[1] === 0) return false;
-    b.reserve(sizes[0]!, sizes[1]!, 0);
   }
 }
 

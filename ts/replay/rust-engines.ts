@@ -12,22 +12,21 @@
 import { native } from "../native.js";
 import type { ResolvedMockEngineConfig } from "../mocker/config.js";
 import type { CoreRequestInit } from "../mocker/core-request.js";
-import { DirectBatch, fillKeyedFrom } from "./direct-batch.js";
 import type { Trace } from "./trace.js";
 
 /** Which engine a virtual replay steps: the Rust one or the mocker's TS one. */
 export type ReplayEngineImpl = "rust" | "ts";
 
-/** Words per packed step output: handle, output tokens so far, finished (0/1), cached tokens. */
-export const OUTPUT_WORDS = 4;
+/** Words per packed output: engine, handle, output tokens so far, finished (0/1), cached tokens. */
+export const OUTPUT_WORDS = 5;
 /** `stats` words: running and waiting (as last published), KV usage, prefix queries, hits, load, preemptions. */
 const STATS_WORDS = 7;
 
 /**
  * Why the Rust engines cannot replay `trace` on engines configured as `config` with the event
- * path `eventPath`, or null when they can.
+ * path `eventPath` and KV events `eventDelayMs` late, or null when they can.
  */
-export function rustEngineProblem(config: ResolvedMockEngineConfig, trace: Trace, eventPath: string): string | null {
+export function rustEngineProblem(config: ResolvedMockEngineConfig, trace: Trace, eventPath: string, eventDelayMs: number): string | null {
   if (eventPath !== "keyed") return `the ${eventPath} event path (the Rust engines publish keyed batches)`;
   if (!config.enablePrefixCaching) return "prefix caching off";
   if (config.numCpuBlocks > 0) return "a CPU offload tier";
@@ -35,6 +34,7 @@ export function rustEngineProblem(config: ResolvedMockEngineConfig, trace: Trace
   if (config.kvTransfer !== null) return "a KV transfer connector";
   if (!config.kvEvents.enabled) return "KV events off";
   if (!config.zeroTime) return "an engine on wall time";
+  if (!(eventDelayMs > 0)) return "no KV event delay (a batch applied mid-step)";
   for (const r of trace.requests) {
     const body = r.openai?.body;
     if (body === undefined) continue;
@@ -45,23 +45,36 @@ export function rustEngineProblem(config: ResolvedMockEngineConfig, trace: Trace
   return null;
 }
 
-/** The fleet's engines; each request has a caller-chosen handle (a small integer). */
+/** Why `RustEngines.run` returned (else: the kind of one of the caller's events, >= 2). */
+export const RUN_UNTIL = 0;
+export const RUN_OUTPUTS = 1;
+
+type NativeRouterCore = Parameters<InstanceType<typeof native.SimEngines>["run"]>[1];
+
+/**
+ * The fleet's engines and their agenda (steps, KV event deliveries, and the caller's own timed
+ * events, in one queue ordered as `EventQueue` orders them). Each request has a caller-chosen
+ * handle (a small integer).
+ */
 export class RustEngines {
   private readonly inner: InstanceType<typeof native.SimEngines>;
-  /** Packed outputs of the latest `end`. */
+  /** Packed outputs of the latest `run` that returned `RUN_OUTPUTS` (`OUTPUT_WORDS` each). */
   readonly out: Int32Array;
+  /** `[now, engines stepping, outputs]` after the latest `run`. */
+  readonly state = new Float64Array(3);
   private readonly stat = new Float64Array(STATS_WORDS);
-  private readonly sizes = new Uint32Array(2);
-  private readonly batch = new DirectBatch(0);
 
   constructor(
     readonly config: ResolvedMockEngineConfig,
-    readonly count: number,
+    workerIds: readonly string[],
+    eventDelayMs: number,
   ) {
     const t = config.timing;
     const p = t.polynomial;
     this.inner = new native.SimEngines({
-      engines: count,
+      engines: workerIds.length,
+      workerIds: [...workerIds],
+      eventDelayMs,
       blockSize: config.blockSize,
       numGpuBlocks: config.numGpuBlocks,
       maxModelLen: config.maxModelLen,
@@ -87,24 +100,28 @@ export class RustEngines {
     this.inner.add(w, handle, init.promptTokenIds, promptKeys ?? null, init.maxTokens, init.minTokens, init.ignoreEos, (this.config.seed ^ init.sampleSeed) | 0, stops);
   }
 
+  /** Starts a step of engine `w` at `now` unless it is stepping; returns the engines stepping. */
+  kick(w: number, now: number): number {
+    return this.inner.kick(w, now);
+  }
+
+  /** Schedules one of the caller's events (`kind` >= 2) at `t`. */
+  push(t: number, kind: number): void {
+    this.inner.push(t, kind);
+  }
+
   /**
-   * Schedules a step of engine `w` at `now`: its duration, or -1 - (KV event batches flushed)
-   * when nothing is runnable (`takeBatch` them).
+   * Runs the agenda up to `until` (inclusive), KV event batches applied to `router` (the
+   * router's native core: `KvRouter.keyedEventCore`): `RUN_UNTIL`, `RUN_OUTPUTS` (see `out`),
+   * or the kind of the caller's event now due. `state` tells the time and the engines stepping.
    */
-  begin(w: number, now: number): number {
-    return this.inner.beginStep(w, now);
+  run(until: number, router: NativeRouterCore): number {
+    return this.inner.run(until, router, this.out, this.state);
   }
 
-  /** Ends engine `w`'s step: outputs x 2 + batches flushed (0 or 1); the outputs are in `out`. */
-  end(w: number): number {
-    return this.inner.endStep(w, this.out);
-  }
-
-  /** Engine `w`'s oldest flushed KV event batch as a keyed batch (reused: apply it before the next call). */
-  takeBatch(w: number): DirectBatch {
-    const ok = fillKeyedFrom(this.batch, this.sizes, (ops, hashes, sizes) => this.inner.takeBatch(w, ops, hashes, sizes));
-    if (!ok) throw new Error(`rust engines: engine ${w} has no KV event batch to deliver`);
-    return this.batch;
+  /** Milliseconds spent applying KV event batches to the router. */
+  get deliverMs(): number {
+    return this.inner.deliverMs;
   }
 
   /** Engine `w`'s `[running, waiting]` (as last published), KV usage, prefix queries, hits, load now, preemptions. */

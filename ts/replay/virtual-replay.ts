@@ -36,7 +36,7 @@ import { EventQueue } from "./event-queue.js";
 import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
 import { DirectBatch } from "./direct-batch.js";
 import { virtualEngineConfig, VirtualWorker } from "./virtual-worker.js";
-import { OUTPUT_WORDS, RustEngines, rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
+import { OUTPUT_WORDS, RUN_OUTPUTS, RUN_UNTIL, RustEngines, rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
 import { mulberry32 } from "../util/prng.js";
@@ -160,8 +160,8 @@ interface Flight {
 }
 
 /** The engine a replay runs, when `options.engineImpl` (or the default) allows. */
-export function replayEngineImpl(config: ResolvedMockEngineConfig, trace: Trace, eventPath: ReplayEventPath, requested?: ReplayEngineImpl): ReplayEngineImpl {
-  const problem = rustEngineProblem(config, trace, eventPath);
+export function replayEngineImpl(config: ResolvedMockEngineConfig, trace: Trace, eventPath: ReplayEventPath, eventDelayMs: number, requested?: ReplayEngineImpl): ReplayEngineImpl {
+  const problem = rustEngineProblem(config, trace, eventPath, eventDelayMs);
   if (requested === "rust" && problem !== null) throw new InvalidConfigError(`engineImpl rust cannot replay this configuration: ${problem}`);
   return requested ?? (problem === null ? "rust" : "ts");
 }
@@ -228,8 +228,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const drop = mulberry32((options.seed ?? REPLAY_DEFAULTS.seed) ^ 0x5eed);
   let sink: RouterEventSink;
   // A batch's buffer goes back to its worker once applied or dropped (VirtualWorker.release).
-  const deliver = (w: number, payload: Buffer | DirectBatch | null) => {
-    if (payload === null) return void sink.applyDirectBatch(ids[w]!, rust!.takeBatch(w));
+  const deliver = (w: number, payload: Buffer | DirectBatch) => {
     if (payload instanceof DirectBatch) sink.applyDirectBatch(ids[w]!, payload);
     else sink.applyEventBatch(ids[w]!, payload, 0);
     engines[w]!.release(payload);
@@ -252,19 +251,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   };
   const form = replayEventPath(trace, { numCpuBlocks: engineConfig.numCpuBlocks, routerKeying: options.router?.models?.[model]?.keying, dropRate }, options.eventPath);
   const resolved = virtualEngineConfig(engineConfig);
-  const impl = replayEngineImpl(resolved, trace, form, options.engineImpl);
-  // Exactly one of the two is used: the TS workers, or the Rust engines.
+  const impl = replayEngineImpl(resolved, trace, form, eventDelay, options.engineImpl);
+  // Exactly one of the two is used: the TS workers on this file's agenda, or the Rust engines
+  // on theirs (which also holds this file's scrapes and samples: one order for all events).
   const engines = impl === "ts" ? ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form)) : [];
-  const rust = impl === "rust" ? new RustEngines(resolved, n) : null;
-  // A Rust engine's batches stay with it until delivered, oldest first (`RustEngines.takeBatch`).
-  const flushed = (w: number, batches: number) => {
-    for (let i = 0; i < batches; i++) {
-      if (eventDelay > 0) queue.push(now + eventDelay, Kind.Deliver, w);
-      else deliver(w, null);
-    }
-  };
+  const rust = impl === "rust" ? new RustEngines(resolved, ids, eventDelay) : null;
   for (const id of ids) await registry.register(virtualRecord(id, model, blockSize, { config: resolved }));
   sink = router.eventSink(model);
+  const routerCore = rust !== null ? router.keyedEventCore(model) : null;
 
   const collector = new ResultCollector(ids, sampleEvery);
   const busy = new Uint8Array(n);
@@ -273,15 +267,9 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   let next = 0;
   let inflight = 0;
 
-  const begin = (w: number): number | null => {
-    if (rust === null) return engines[w]!.core.beginStep(now);
-    const d = rust.begin(w, now);
-    if (d >= 0) return d;
-    flushed(w, -1 - d);
-    return null;
-  };
   const kick = (w: number) => {
-    const d = begin(w);
+    if (rust !== null) return void (stepping = rust.kick(w, now));
+    const d = engines[w]!.core.beginStep(now);
     stepping -= busy[w]!;
     busy[w] = d === null ? 0 : 1;
     stepping += busy[w]!;
@@ -316,16 +304,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const outputSink = (f: Flight) => (out: CoreOutput) => progress(f, out.tokenIds.length, out.finishReason, out.numCachedTokens);
   // The Rust engines' requests by handle (their position in the trace).
   const flights: (Flight | undefined)[] = [];
-  const endStep = (w: number) => {
-    if (rust === null) return engines[w]!.core.endStep();
-    const r = rust.end(w);
+  /** What the Rust engines' latest step said (only the outputs the router hears about). */
+  const outputs = (rust: RustEngines) => {
     const out = rust.out;
-    for (let i = 0, n = r >>> 1; i < n; i++) {
+    for (let i = 0, k = rust.state[2]!; i < k; i++) {
       const at = OUTPUT_WORDS * i;
-      const f = flights[out[at]!]!;
-      progress(f, out[at + 1]! - f.generated, out[at + 2] === 1 ? "length" : null, out[at + 3]!);
+      const f = flights[out[at + 1]!]!;
+      progress(f, out[at + 2]! - f.generated, out[at + 3] === 1 ? "length" : null, out[at + 4]!);
     }
-    flushed(w, r & 1);
   };
 
   const arrive = (req: TraceRequest, handle: number) => {
@@ -388,8 +374,9 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   };
 
   const t0 = requests[0]!.timestampMs;
-  queue.push(t0 + scrapeEvery, Kind.Scrape);
-  queue.push(t0 + sampleEvery, Kind.Sample);
+  const schedule = (t: number, kind: Kind) => (rust !== null ? rust.push(t, kind) : queue.push(t, kind));
+  schedule(t0 + scrapeEvery, Kind.Scrape);
+  schedule(t0 + sampleEvery, Kind.Sample);
   const report = () =>
     options.onProgress?.({ policy, sent: next, completed: collector.completed, total: requests.length, simMs: now - t0 });
 
@@ -411,12 +398,31 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
         done = true;
         break;
       }
+      if (rust !== null) {
+        // The Rust agenda runs up to the next arrival; it stops early for what this loop does.
+        const core = rust.run(tArrival, routerCore!);
+        now = rust.state[0]!;
+        stepping = rust.state[1]!;
+        if (core === RUN_UNTIL) {
+          now = tArrival;
+          arrive(requests[next]!, next);
+          next++;
+        } else if (core === RUN_OUTPUTS) outputs(rust);
+        else if (core === Kind.Scrape) {
+          scrape();
+          rust.push(now + scrapeEvery, Kind.Scrape);
+        } else if (core === Kind.Sample) {
+          sample();
+          rust.push(now + sampleEvery, Kind.Sample);
+        }
+        continue;
+      }
       if (queue.peekTime() <= tArrival) {
         const e = queue.pop()!;
         now = e.t;
         switch (e.kind) {
           case Kind.StepEnd:
-            endStep(e.worker);
+            engines[e.worker]!.core.endStep();
             kick(e.worker);
             break;
           case Kind.Deliver:
@@ -448,7 +454,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const wallMs = performance.now() - wall0;
   const cpu = process.cpuUsage(cpu0);
   const cpuShare = Math.min(1, (cpu.user + cpu.system) / 1000 / Math.max(wallMs, 1e-3));
-  collector.routerMs = router.busyMs * cpuShare;
+  collector.routerMs = (router.busyMs + (rust?.deliverMs ?? 0)) * cpuShare;
   router.close();
   return collector.build({
     policy,

@@ -1,22 +1,28 @@
-//! `SimEngines`: the virtual replay's simulated engines (`kvroute_core::sim_engine`), one object
-//! for the whole fleet, behind N-API. Per step and engine: one call to begin it, one to end it
-//! (the outputs come back packed into the caller's reused `Int32Array`), one per KV event batch
-//! to copy it into the caller's reused arrays (the keyed layout the router's
-//! `applyKeyedBatchInto` reads). Nothing is allocated on the JS heap per step.
+//! `SimEngines`: the virtual replay's simulated engines and their agenda
+//! (`kvroute_core::sim_engine::SimFleet`), one object for the whole fleet, behind N-API. The
+//! replay calls `run` up to its next arrival; steps whose outputs the router does not hear about,
+//! and the delivery of KV event batches (applied to the router's `KvRouterCore` here, in Rust),
+//! never cross to JS. What does comes back packed into the caller's reused typed arrays: nothing
+//! is allocated on the JS heap per step.
+
+use std::time::Instant;
 
 use kvroute_core::sim_engine::engine::NewRequest;
-use kvroute_core::sim_engine::{SimConfig, SimEngine, StepOutput, StepTiming};
+use kvroute_core::sim_engine::{SimConfig, SimEngine, SimFleet, StepTiming, Stop};
 use napi::bindgen_prelude::{
     BigUint64ArraySlice, Float64ArraySlice, Int32ArraySlice, Uint32ArraySlice,
 };
 use napi_derive::napi;
 
 use crate::convert::{invalid_config, invalid_input, to_napi};
+use crate::router::KvRouterCore;
 
-/// Words per packed step output: handle, output tokens so far, finished (0/1), cached tokens.
-pub const SIM_OUTPUT_WORDS: u32 = 4;
+/// Words per packed output: engine, handle, output tokens so far, finished (0/1), cached tokens.
+const OUTPUT_WORDS: usize = 5;
 /// Words of `stats`.
 const STATS_WORDS: usize = 7;
+/// Words of `run`'s state: now, engines stepping, outputs.
+const STATE_WORDS: usize = 3;
 
 #[napi(object)]
 pub struct SimPolynomialOptions {
@@ -45,6 +51,10 @@ pub struct SimEnginesOptions {
     pub max_num_batched_tokens: u32,
     pub eos_after_tokens: u32,
     pub timing: SimTimingOptions,
+    /// The router's worker id of each engine (its KV events are applied under it).
+    pub worker_ids: Vec<String>,
+    /// Simulated delay from a step's end to its KV events reaching the router (> 0).
+    pub event_delay_ms: f64,
 }
 
 fn three(v: &[f64], what: &str) -> napi::Result<[f64; 3]> {
@@ -70,8 +80,9 @@ fn timing(t: &SimTimingOptions) -> napi::Result<StepTiming> {
 
 #[napi]
 pub struct SimEngines {
-    engines: Vec<SimEngine>,
-    outputs: Vec<StepOutput>,
+    fleet: SimFleet,
+    worker_ids: Vec<String>,
+    deliver_ms: f64,
 }
 
 #[napi]
@@ -87,19 +98,26 @@ impl SimEngines {
             eos_after_tokens: options.eos_after_tokens,
             timing: timing(&options.timing)?,
         };
+        if options.worker_ids.len() != options.engines as usize {
+            return Err(invalid_config("workerIds must name every engine"));
+        }
+        if options.event_delay_ms.is_nan() || options.event_delay_ms <= 0.0 {
+            return Err(invalid_config("eventDelayMs must be > 0"));
+        }
         let engines = (0..options.engines)
             .map(|_| SimEngine::new(cfg))
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_napi)?;
         Ok(SimEngines {
-            engines,
-            outputs: Vec::new(),
+            fleet: SimFleet::new(engines, cfg.block_size, options.event_delay_ms),
+            worker_ids: options.worker_ids,
+            deliver_ms: 0.0,
         })
     }
 
     fn engine(&mut self, w: u32) -> napi::Result<&mut SimEngine> {
-        self.engines
-            .get_mut(w as usize)
+        self.fleet
+            .engine_mut(w as usize)
             .ok_or_else(|| invalid_input(format!("no engine {w}")))
     }
 
@@ -135,77 +153,91 @@ impl SimEngines {
         Ok(())
     }
 
-    /// Schedules a step of `engine` at simulated time `now`: its duration (>= 0), or, when
-    /// nothing is runnable, -1 - the KV event batches flushed meanwhile.
+    /// Starts a step of `engine` at `now` unless it is stepping; returns the engines stepping.
     #[napi]
-    pub fn begin_step(&mut self, engine: u32, now: f64) -> napi::Result<f64> {
-        let (d, flushed) = self.engine(engine)?.begin_step(now);
-        Ok(match d {
-            Some(d) => d,
-            None => -1.0 - f64::from(flushed),
-        })
+    pub fn kick(&mut self, engine: u32, now: f64) -> napi::Result<u32> {
+        if engine as usize >= self.fleet.len() {
+            return Err(invalid_input(format!("no engine {engine}")));
+        }
+        self.fleet.kick(engine, now);
+        Ok(self.fleet.stepping())
     }
 
-    /// Ends the step `beginStep` started: its outputs packed into `out` (`SIM_OUTPUT_WORDS` per
-    /// output, in the plan's order). Returns outputs x 2 + the batches flushed (0 or 1).
+    /// Schedules one of the caller's events (`kind` >= 2) at `t`, in the same agenda as the steps.
     #[napi]
-    pub fn end_step(&mut self, engine: u32, mut out: Int32ArraySlice) -> napi::Result<u32> {
-        let mut outputs = std::mem::take(&mut self.outputs);
-        outputs.clear();
-        let flushed = self.engine(engine)?.end_step(&mut outputs);
-        // SAFETY: synchronous call on the JS thread, which is blocked until it returns; the
-        // slice does not outlive the call.
-        let out = unsafe { out.as_mut() };
-        let words = SIM_OUTPUT_WORDS as usize;
-        if out.len() < outputs.len() * words {
-            self.outputs = outputs;
-            return Err(invalid_config("endStep output buffer too small"));
+    pub fn push(&mut self, t: f64, kind: u32) -> napi::Result<()> {
+        if kind < 2 {
+            return Err(invalid_input("event kinds 0 and 1 are the engines'"));
         }
-        for (o, chunk) in outputs.iter().zip(out.chunks_exact_mut(words)) {
+        self.fleet.push(t, kind, u32::MAX);
+        Ok(())
+    }
+
+    /// Runs the agenda up to `until` (inclusive), applying KV event batches to `router`. Returns
+    /// 0 when nothing more is due by then, 1 when a step ended with outputs for the router (packed
+    /// into `out`, 5 words each: engine, handle, output tokens so far, finished, cached tokens) or
+    /// an engine went idle, else the kind of the caller's event due. `state` gets `[now, engines
+    /// stepping, outputs]`.
+    #[napi]
+    pub fn run(
+        &mut self,
+        until: f64,
+        router: &mut KvRouterCore,
+        mut out: Int32ArraySlice,
+        mut state: Float64ArraySlice,
+    ) -> napi::Result<u32> {
+        // SAFETY: synchronous call on the JS thread, which is blocked until it returns; the
+        // slices (two distinct typed arrays of the caller) do not outlive the call.
+        let (out, state) = unsafe { (out.as_mut(), state.as_mut()) };
+        if state.len() < STATE_WORDS {
+            return Err(invalid_config("run state buffer too small"));
+        }
+        let ids = &self.worker_ids;
+        let mut failed: Option<&'static str> = None;
+        // Applying batches is the router's work (the replay reports the router's cost): timed.
+        let mut spent = std::time::Duration::ZERO;
+        let stop = self.fleet.run(until, &mut |w, ops, keys| {
+            let t0 = Instant::now();
+            if let Err(e) = router.apply_keyed_slices(&ids[w as usize], 0, ops, keys) {
+                failed.get_or_insert(e);
+            }
+            spent += t0.elapsed();
+        });
+        self.deliver_ms += spent.as_secs_f64() * 1000.0;
+        if let Some(e) = failed {
+            return Err(invalid_input(format!(
+                "sim engines: a KV event batch did not decode: {e}"
+            )));
+        }
+        let outputs = &self.fleet.outputs;
+        if out.len() < outputs.len() * OUTPUT_WORDS {
+            return Err(invalid_config("run output buffer too small"));
+        }
+        for ((w, o), chunk) in outputs.iter().zip(out.chunks_exact_mut(OUTPUT_WORDS)) {
             chunk.copy_from_slice(&[
+                *w as i32,
                 o.handle as i32,
                 o.num_output as i32,
                 i32::from(o.finished),
                 o.cached_tokens as i32,
             ]);
         }
-        let n = outputs.len() as u32;
-        self.outputs = outputs;
-        Ok(n * 2 + flushed)
+        state[..STATE_WORDS].copy_from_slice(&[
+            self.fleet.now(),
+            f64::from(self.fleet.stepping()),
+            outputs.len() as f64,
+        ]);
+        Ok(match stop {
+            Stop::Until => 0,
+            Stop::Outputs => 1,
+            Stop::Event(k) => k,
+        })
     }
 
-    /// Copies the oldest flushed KV event batch of `engine` into `ops` and `keys` and drops it;
-    /// `sizes` gets `[ops, keys]` (its lengths). Returns false, taking nothing, when there is none
-    /// or it does not fit (then `sizes` holds what it needs).
-    #[napi]
-    pub fn take_batch(
-        &mut self,
-        engine: u32,
-        mut ops: Uint32ArraySlice,
-        mut keys: BigUint64ArraySlice,
-        mut sizes: Uint32ArraySlice,
-    ) -> napi::Result<bool> {
-        let e = self.engine(engine)?;
-        // SAFETY: as in `end_step`; the three slices are distinct typed arrays of the caller.
-        let (ops, keys, sizes) = unsafe { (ops.as_mut(), keys.as_mut(), sizes.as_mut()) };
-        if sizes.len() < 2 {
-            return Err(invalid_config("takeBatch sizes buffer too small"));
-        }
-        let Some((n_ops, n_keys)) = e.next_batch_len() else {
-            sizes[0] = 0;
-            sizes[1] = 0;
-            return Ok(false);
-        };
-        sizes[0] = n_ops as u32;
-        sizes[1] = n_keys as u32;
-        if ops.len() < n_ops || keys.len() < n_keys {
-            return Ok(false);
-        }
-        e.take_batch(|o, k| {
-            ops[..o.len()].copy_from_slice(o);
-            keys[..k.len()].copy_from_slice(k);
-        });
-        Ok(true)
+    /// Milliseconds spent applying KV event batches to the router (`run`), for its cost.
+    #[napi(getter)]
+    pub fn deliver_ms(&self) -> f64 {
+        self.deliver_ms
     }
 
     /// `engine`'s gauges as last published and its counters, into `out`: `[running, waiting,
@@ -213,7 +245,7 @@ impl SimEngines {
     #[napi]
     pub fn stats(&mut self, engine: u32, mut out: Float64ArraySlice) -> napi::Result<()> {
         let e = self.engine(engine)?;
-        // SAFETY: as in `end_step`.
+        // SAFETY: as in `run`.
         let out = unsafe { out.as_mut() };
         if out.len() < STATS_WORDS {
             return Err(invalid_config("stats output buffer too small"));

@@ -211,7 +211,8 @@ impl BlockPool {
         if keys.is_empty() {
             return;
         }
-        self.ops.extend_from_slice(&[OP_STORED, keys.len() as u32, MEDIUM_GPU]);
+        self.ops
+            .extend_from_slice(&[OP_STORED, keys.len() as u32, MEDIUM_GPU]);
         self.keys.extend_from_slice(keys);
         self.open_removal = None;
     }
@@ -320,7 +321,10 @@ mod tests {
         assert_eq!(p.lookup(10), None);
         let (mut ops, mut keys) = (Vec::new(), Vec::new());
         p.take_events(&mut ops, &mut keys);
-        assert_eq!(ops, vec![OP_STORED, 2, MEDIUM_GPU, OP_REMOVED, 2, MEDIUM_GPU]);
+        assert_eq!(
+            ops,
+            vec![OP_STORED, 2, MEDIUM_GPU, OP_REMOVED, 2, MEDIUM_GPU]
+        );
         assert_eq!(keys, vec![10, 10, 10, 10]);
     }
 }

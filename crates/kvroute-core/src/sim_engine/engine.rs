@@ -161,7 +161,9 @@ impl SimEngine {
         let eos_at = if r.ignore_eos {
             u32::MAX
         } else {
-            self.cfg.eos_after_tokens.max(r.min_tokens.saturating_add(1))
+            self.cfg
+                .eos_after_tokens
+                .max(r.min_tokens.saturating_add(1))
         };
         let req = Req {
             handle: r.handle,
@@ -359,7 +361,10 @@ impl SimEngine {
         let total_computed = req.num_computed + hit_tokens;
         let required = (total_computed + num_new).div_ceil(b) as i64;
         let new_blocks = required - req.blocks.len() as i64 - hits.len() as i64;
-        let evictable = hits.iter().filter(|&&h| self.pool.ref_count(h) == 0).count() as i64;
+        let evictable = hits
+            .iter()
+            .filter(|&&h| self.pool.ref_count(h) == 0)
+            .count() as i64;
         if new_blocks.max(0) + evictable > i64::from(self.pool.num_free()) {
             return false;
         }
@@ -373,7 +378,14 @@ impl SimEngine {
             self.pool.allocate(new_blocks as u32, &mut req.blocks);
         }
         let full = (total_computed + num_new).min(req.tokens.len() as u32) / b;
-        cache_full_blocks(&mut self.pool, &self.keyer, &mut self.stored, req, full as usize, b as usize);
+        cache_full_blocks(
+            &mut self.pool,
+            &self.keyer,
+            &mut self.stored,
+            req,
+            full as usize,
+            b as usize,
+        );
         true
     }
 
@@ -499,7 +511,11 @@ fn ensure_keys(keyer: &RouterKeyer, req: &mut Req, n: usize, b: usize) {
     while req.keys.len() < n {
         let i = req.keys.len();
         let parent = req.keys.last().copied();
-        let k = keyer.block_key(parent, &req.tokens[i * b..(i + 1) * b], &BlockExtraKeys::NONE);
+        let k = keyer.block_key(
+            parent,
+            &req.tokens[i * b..(i + 1) * b],
+            &BlockExtraKeys::NONE,
+        );
         req.keys.push(k);
     }
 }
@@ -613,7 +629,11 @@ mod tests {
         e.add(req(1, &a, 8));
         e.add(req(2, &b, 8));
         let out = run(&mut e);
-        let done: Vec<u32> = out.iter().filter(|o| o.finished).map(|o| o.handle).collect();
+        let done: Vec<u32> = out
+            .iter()
+            .filter(|o| o.finished)
+            .map(|o| o.handle)
+            .collect();
         assert_eq!(done.len(), 2);
         assert_eq!(e.load(), 0);
         assert!(e.next_batch_len().is_some());

@@ -13,11 +13,14 @@
 //!
 //! - [`block_pool`]: blocks, the prefix cache index, the LRU free queue, KV events.
 //! - [`engine`]: one engine's requests, its scheduler step and its outputs.
+//! - [`fleet`]: the replay's engines on one discrete-event agenda (steps, KV event delivery).
 
 pub mod block_pool;
 pub mod engine;
+pub mod fleet;
 
 pub use engine::{SimEngine, StepOutput};
+pub use fleet::{SimFleet, Stop};
 
 /// A step's modelled duration (`ts/mocker/step-timing.ts`).
 #[derive(Debug, Clone, Copy, PartialEq)]
