@@ -236,15 +236,17 @@ impl BlockPool {
         }
         self.cached[bi] = false;
         let key = self.key_of[bi];
-        let Some(&first) = self.index.get(&key) else {
+        // One probe of the index: the entry is updated or removed in place.
+        let std::collections::hash_map::Entry::Occupied(mut o) = self.index.entry(key) else {
             return;
         };
+        let first = *o.get();
         if first == block {
             let next = self.next_same[bi];
             if next == NONE {
-                self.index.remove(&key);
+                o.remove();
             } else {
-                self.index.insert(key, next);
+                *o.get_mut() = next;
             }
         } else {
             let mut prev = first;
