@@ -12,7 +12,7 @@ pub mod openai;
 mod router;
 mod sim_engine;
 mod tokenizer;
-mod trace;
+pub mod trace;
 
 use napi_derive::napi;
 

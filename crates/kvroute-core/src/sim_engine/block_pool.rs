@@ -149,8 +149,7 @@ impl BlockPool {
         self.next[self.head as usize] = rest;
         self.prev[rest as usize] = self.head;
         self.free -= n;
-        for i in start..out.len() {
-            let b = out[i];
+        for &b in &out[start..] {
             self.evict(b);
             self.ref_cnt[b as usize] = 1;
         }
