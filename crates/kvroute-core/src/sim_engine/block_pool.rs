@@ -16,9 +16,11 @@
 //! - P5: a block holds at most one key (`key_of`, valid while `cached`).
 //! - Events: consecutive evictions extend the latest event when it is a BlockRemoved of
 //!   evictions (`open_removal`), as the virtual replay's TS pool does with `mergeRemovals`.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//!
+//! Layout, for memory: a block's fields sit together (`Block`, half a cache line), and the index
+//! is an open-addressing table of `(key, first block)` slots (linear probing, at most half full,
+//! backward-shift deletion), so a lookup is one cache miss; allocation and caching touch the
+//! slots of the keys [`PREFETCH`] ahead of use, so that the misses of a batch overlap.
 
 /// Ops codes of the keyed batch layout.
 pub const OP_STORED: u32 = 0;
@@ -28,40 +30,62 @@ pub const MEDIUM_GPU: u32 = 1;
 
 const NONE: u32 = u32::MAX;
 
-/// Router keys are XXH3 outputs: already uniform, used as their own hash.
-#[derive(Default)]
-pub struct KeyHasher(u64);
+/// How many keys ahead allocation and caching prefetch index slots.
+pub const PREFETCH: usize = 8;
+const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) ^ u64::from(b) ^ (self.0 >> 56);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    /// Its key (valid while `cached`).
+    key: u64,
+    /// The free queue's links (a doubly linked list over block ids, two sentinels at the end).
+    prev: u32,
+    next: u32,
+    ref_cnt: u32,
+    /// The next (younger) block holding the same key, or NONE.
+    next_same: u32,
+    cached: bool,
 }
 
-type KeyMap = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: u64,
+    /// The key's first (oldest) block; NONE: a free slot.
+    block: u32,
+}
+
+const FREE_SLOT: Slot = Slot {
+    key: 0,
+    block: NONE,
+};
+
+/// Brings the cache line at `p` in ahead of its use.
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: `_mm_prefetch` needs SSE, in the x86_64 baseline; a prefetch reads nothing and
+        // cannot fault, and the pointer comes from a reference anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const T as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+    }
+}
 
 /// One engine's blocks, prefix cache and pending KV events.
 pub struct BlockPool {
     num_blocks: u32,
-    ref_cnt: Vec<u32>,
-    /// The free queue, a doubly linked list over block ids with two sentinels at the end.
-    prev: Vec<u32>,
-    next: Vec<u32>,
+    /// Blocks, then the free queue's head and tail sentinels.
+    blocks: Vec<Block>,
     head: u32,
     tail: u32,
     free: u32,
-    key_of: Vec<u64>,
-    cached: Vec<bool>,
-    next_same: Vec<u32>,
-    index: KeyMap,
+    /// The index (P4); a power of two >= 2 x blocks slots.
+    slots: Vec<Slot>,
+    shift: u32,
     /// Pending events (keyed layout) since the last `take_events`.
     pub(crate) ops: Vec<u32>,
     pub(crate) keys: Vec<u64>,
@@ -74,33 +98,85 @@ impl BlockPool {
         let n = num_blocks as usize;
         let head = num_blocks;
         let tail = num_blocks + 1;
-        let mut prev = vec![NONE; n + 2];
-        let mut next = vec![NONE; n + 2];
+        let empty = Block {
+            key: 0,
+            prev: NONE,
+            next: NONE,
+            ref_cnt: 0,
+            next_same: NONE,
+            cached: false,
+        };
+        let mut blocks = vec![empty; n + 2];
         // All blocks free in id order, the null block taken out (vLLM pops it first).
         let mut last = head;
         for id in 1..num_blocks {
-            next[last as usize] = id;
-            prev[id as usize] = last;
+            blocks[last as usize].next = id;
+            blocks[id as usize].prev = last;
             last = id;
         }
-        next[last as usize] = tail;
-        prev[tail as usize] = last;
+        blocks[last as usize].next = tail;
+        blocks[tail as usize].prev = last;
+        let cap = (2 * n).next_power_of_two().max(16);
         BlockPool {
             num_blocks,
-            ref_cnt: vec![0; n],
-            prev,
-            next,
+            blocks,
             head,
             tail,
             free: num_blocks.saturating_sub(1),
-            key_of: vec![0; n],
-            cached: vec![false; n],
-            next_same: vec![NONE; n],
-            index: KeyMap::with_capacity_and_hasher(n, Default::default()),
+            slots: vec![FREE_SLOT; cap],
+            shift: 64 - cap.trailing_zeros(),
             ops: Vec::new(),
             keys: Vec::new(),
             open_removal: None,
         }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(MUL) >> self.shift) as usize
+    }
+
+    /// The slot holding `key`, or Err(the free slot where it would go).
+    #[inline]
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = self.slots[i];
+            if s.block == NONE {
+                return Err(i);
+            }
+            if s.key == key {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Empties slot `i`, shifting later entries of its probe run back (no tombstones).
+    fn remove_slot(&mut self, mut i: usize) {
+        let mask = self.slots.len() - 1;
+        let mut j = (i + 1) & mask;
+        loop {
+            let s = self.slots[j];
+            if s.block == NONE {
+                break;
+            }
+            let h = self.home(s.key);
+            // Move `s` back into the hole unless its home lies cyclically in (i, j].
+            if (j.wrapping_sub(h) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.slots[i] = s;
+                i = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.slots[i] = FREE_SLOT;
+    }
+
+    /// Touches the index slot where `key` goes, ahead of a lookup or an insert.
+    #[inline(always)]
+    pub fn prefetch_key(&self, key: u64) {
+        prefetch(&self.slots[self.home(key)]);
     }
 
     pub fn num_free(&self) -> u32 {
@@ -118,21 +194,21 @@ impl BlockPool {
     }
 
     pub fn ref_count(&self, block: u32) -> u32 {
-        self.ref_cnt[block as usize]
+        self.blocks[block as usize].ref_cnt
     }
 
     /// The first block caching `key`.
     pub fn lookup(&self, key: u64) -> Option<u32> {
-        self.index.get(&key).copied()
+        self.find(key).ok().map(|i| self.slots[i].block)
     }
 
     /// Takes a reference on each block, taking free ones out of the free queue (prefix hits).
     pub fn touch(&mut self, blocks: &[u32]) {
         for &b in blocks {
-            if self.ref_cnt[b as usize] == 0 {
+            if self.blocks[b as usize].ref_cnt == 0 {
                 self.unlink(b);
             }
-            self.ref_cnt[b as usize] += 1;
+            self.blocks[b as usize].ref_cnt += 1;
         }
     }
 
@@ -142,16 +218,31 @@ impl BlockPool {
         let start = out.len();
         let mut last = self.head;
         for _ in 0..n {
-            last = self.next[last as usize];
+            last = self.blocks[last as usize].next;
             out.push(last);
         }
-        let rest = self.next[last as usize];
-        self.next[self.head as usize] = rest;
-        self.prev[rest as usize] = self.head;
+        let rest = self.blocks[last as usize].next;
+        self.blocks[self.head as usize].next = rest;
+        self.blocks[rest as usize].prev = self.head;
         self.free -= n;
-        for &b in &out[start..] {
+        let got = &out[start..];
+        for &b in got.iter().take(PREFETCH) {
+            self.prefetch_block_key(b);
+        }
+        for (i, &b) in got.iter().enumerate() {
+            if let Some(&ahead) = got.get(i + PREFETCH) {
+                self.prefetch_block_key(ahead);
+            }
             self.evict(b);
-            self.ref_cnt[b as usize] = 1;
+            self.blocks[b as usize].ref_cnt = 1;
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_block_key(&self, b: u32) {
+        let blk = &self.blocks[b as usize];
+        if blk.cached {
+            self.prefetch_key(blk.key);
         }
     }
 
@@ -163,10 +254,10 @@ impl BlockPool {
             if b == 0 {
                 continue;
             }
-            let r = &mut self.ref_cnt[b as usize];
-            *r -= 1;
-            if *r == 0 {
-                if self.cached[b as usize] {
+            let blk = &mut self.blocks[b as usize];
+            blk.ref_cnt -= 1;
+            if blk.ref_cnt == 0 {
+                if blk.cached {
                     self.append(b);
                 } else {
                     scratch.push(b);
@@ -183,23 +274,22 @@ impl BlockPool {
     /// Caches `block` under `key` (P4, P5); false when it already was.
     pub fn cache_block(&mut self, block: u32, key: u64) -> bool {
         let bi = block as usize;
-        if self.cached[bi] {
+        if self.blocks[bi].cached {
             return false;
         }
-        self.cached[bi] = true;
-        self.key_of[bi] = key;
-        self.next_same[bi] = NONE;
-        match self.index.entry(key) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(block);
-            }
-            std::collections::hash_map::Entry::Occupied(o) => {
+        let blk = &mut self.blocks[bi];
+        blk.cached = true;
+        blk.key = key;
+        blk.next_same = NONE;
+        match self.find(key) {
+            Err(i) => self.slots[i] = Slot { key, block },
+            Ok(i) => {
                 // Another block holds it already (P4): this one goes last.
-                let mut last = *o.get();
-                while self.next_same[last as usize] != NONE {
-                    last = self.next_same[last as usize];
+                let mut last = self.slots[i].block;
+                while self.blocks[last as usize].next_same != NONE {
+                    last = self.blocks[last as usize].next_same;
                 }
-                self.next_same[last as usize] = block;
+                self.blocks[last as usize].next_same = block;
             }
         }
         true
@@ -230,34 +320,35 @@ impl BlockPool {
 
     fn evict(&mut self, block: u32) {
         let bi = block as usize;
-        if !self.cached[bi] {
+        if !self.blocks[bi].cached {
             return;
         }
-        self.cached[bi] = false;
-        let key = self.key_of[bi];
-        // One probe of the index: the entry is updated or removed in place.
-        let std::collections::hash_map::Entry::Occupied(mut o) = self.index.entry(key) else {
+        self.blocks[bi].cached = false;
+        let key = self.blocks[bi].key;
+        let Ok(i) = self.find(key) else {
             return;
         };
-        let first = *o.get();
+        let first = self.slots[i].block;
         if first == block {
-            let next = self.next_same[bi];
+            let next = self.blocks[bi].next_same;
             if next == NONE {
-                o.remove();
+                self.remove_slot(i);
             } else {
-                *o.get_mut() = next;
+                self.slots[i].block = next;
             }
         } else {
             let mut prev = first;
-            while self.next_same[prev as usize] != NONE && self.next_same[prev as usize] != block {
-                prev = self.next_same[prev as usize];
+            while self.blocks[prev as usize].next_same != NONE
+                && self.blocks[prev as usize].next_same != block
+            {
+                prev = self.blocks[prev as usize].next_same;
             }
-            if self.next_same[prev as usize] != block {
+            if self.blocks[prev as usize].next_same != block {
                 return;
             }
-            self.next_same[prev as usize] = self.next_same[bi];
+            self.blocks[prev as usize].next_same = self.blocks[bi].next_same;
         }
-        self.next_same[bi] = NONE;
+        self.blocks[bi].next_same = NONE;
         match self.open_removal {
             Some(at) => {
                 self.ops[at] += 1;
@@ -272,28 +363,27 @@ impl BlockPool {
     }
 
     fn unlink(&mut self, b: u32) {
-        let p = self.prev[b as usize];
-        let n = self.next[b as usize];
-        self.next[p as usize] = n;
-        self.prev[n as usize] = p;
+        let (p, n) = (self.blocks[b as usize].prev, self.blocks[b as usize].next);
+        self.blocks[p as usize].next = n;
+        self.blocks[n as usize].prev = p;
         self.free -= 1;
     }
 
     fn append(&mut self, b: u32) {
-        let last = self.prev[self.tail as usize];
-        self.next[last as usize] = b;
-        self.prev[b as usize] = last;
-        self.next[b as usize] = self.tail;
-        self.prev[self.tail as usize] = b;
+        let last = self.blocks[self.tail as usize].prev;
+        self.blocks[last as usize].next = b;
+        self.blocks[b as usize].prev = last;
+        self.blocks[b as usize].next = self.tail;
+        self.blocks[self.tail as usize].prev = b;
         self.free += 1;
     }
 
     fn prepend(&mut self, b: u32) {
-        let first = self.next[self.head as usize];
-        self.next[self.head as usize] = b;
-        self.prev[b as usize] = self.head;
-        self.next[b as usize] = first;
-        self.prev[first as usize] = b;
+        let first = self.blocks[self.head as usize].next;
+        self.blocks[self.head as usize].next = b;
+        self.blocks[b as usize].prev = self.head;
+        self.blocks[b as usize].next = first;
+        self.blocks[first as usize].prev = b;
         self.free += 1;
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use super::block_pool::BlockPool;
+use super::block_pool::{BlockPool, PREFETCH};
 use super::{context_fingerprint, sample_token, SimConfig, StepTiming, EOS_TOKEN_ID};
 use crate::block_keys::RouterKeyer;
 use crate::extra_keys::BlockExtraKeys;
@@ -341,7 +341,14 @@ impl SimEngine {
         let max_blocks = (req.tokens.len() - 1) / b;
         ensure_keys(&self.keyer, req, max_blocks, b);
         self.hits.clear();
-        for &k in &req.keys[..max_blocks] {
+        let keys = &req.keys[..max_blocks];
+        for &k in keys.iter().take(PREFETCH) {
+            self.pool.prefetch_key(k);
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            if let Some(&ahead) = keys.get(i + PREFETCH) {
+                self.pool.prefetch_key(ahead);
+            }
             match self.pool.lookup(k) {
                 Some(block) => self.hits.push(block),
                 None => break,
@@ -535,7 +542,13 @@ fn cache_full_blocks(
     }
     ensure_keys(keyer, req, full, b);
     stored.clear();
+    for &k in req.keys[start..full].iter().take(PREFETCH) {
+        pool.prefetch_key(k);
+    }
     for i in start..full {
+        if let Some(&ahead) = req.keys[..full].get(i + PREFETCH) {
+            pool.prefetch_key(ahead);
+        }
         if pool.cache_block(req.blocks[i], req.keys[i]) {
             stored.push(req.keys[i]);
         }
