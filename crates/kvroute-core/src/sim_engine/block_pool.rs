@@ -17,10 +17,16 @@
 //! - Events: consecutive evictions extend the latest event when it is a BlockRemoved of
 //!   evictions (`open_removal`), as the virtual replay's TS pool does with `mergeRemovals`.
 //!
-//! Layout, for memory: a block's fields sit together (`Block`, half a cache line), and the index
-//! is an open-addressing table of `(key, first block)` slots (linear probing, at most half full,
-//! backward-shift deletion), so a lookup is one cache miss; allocation and caching touch the
-//! slots of the keys [`PREFETCH`] ahead of use, so that the misses of a batch overlap.
+//! Layout, for memory: a block's fields sit together (`Block`), and the index is an
+//! open-addressing table of `(key, first block)` slots (linear probing, at most half full,
+//! backward-shift deletion), so a lookup is one cache miss. The free queue is a deque of block
+//! ids, not a linked list: popping the head reads ids in a row instead of chasing a link per block
+//! (a cache miss each, one after the other). A block taken out of the middle (a prefix hit) leaves
+//! a stale entry behind, skipped when reached: an entry is live iff its block is free and records
+//! that entry's position (`qpos`). Allocation and caching touch the blocks and slots they will
+//! need [`PREFETCH`] ahead of use, so that the misses of a batch overlap.
+
+use std::collections::VecDeque;
 
 /// Ops codes of the keyed batch layout.
 pub const OP_STORED: u32 = 0;
@@ -38,9 +44,8 @@ const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 struct Block {
     /// Its key (valid while `cached`).
     key: u64,
-    /// The free queue's links (a doubly linked list over block ids, two sentinels at the end).
-    prev: u32,
-    next: u32,
+    /// The absolute position of its entry in the free queue (valid while it is free).
+    qpos: i64,
     ref_cnt: u32,
     /// The next (younger) block holding the same key, or NONE.
     next_same: u32,
@@ -78,10 +83,11 @@ fn prefetch<T>(p: &T) {
 /// One engine's blocks, prefix cache and pending KV events.
 pub struct BlockPool {
     num_blocks: u32,
-    /// Blocks, then the free queue's head and tail sentinels.
     blocks: Vec<Block>,
-    head: u32,
-    tail: u32,
+    /// The free queue (P2, P3), head first, with stale entries (see the module docs).
+    queue: VecDeque<u32>,
+    /// The absolute position of `queue[0]`.
+    front_pos: i64,
     free: u32,
     /// The index (P4); a power of two >= 2 x blocks slots.
     slots: Vec<Slot>,
@@ -96,32 +102,25 @@ pub struct BlockPool {
 impl BlockPool {
     pub fn new(num_blocks: u32) -> Self {
         let n = num_blocks as usize;
-        let head = num_blocks;
-        let tail = num_blocks + 1;
         let empty = Block {
             key: 0,
-            prev: NONE,
-            next: NONE,
+            qpos: 0,
             ref_cnt: 0,
             next_same: NONE,
             cached: false,
         };
-        let mut blocks = vec![empty; n + 2];
+        let mut blocks = vec![empty; n];
         // All blocks free in id order, the null block taken out (vLLM pops it first).
-        let mut last = head;
-        for id in 1..num_blocks {
-            blocks[last as usize].next = id;
-            blocks[id as usize].prev = last;
-            last = id;
+        let queue: VecDeque<u32> = (1..num_blocks).collect();
+        for (i, &b) in queue.iter().enumerate() {
+            blocks[b as usize].qpos = i as i64;
         }
-        blocks[last as usize].next = tail;
-        blocks[tail as usize].prev = last;
         let cap = (2 * n).next_power_of_two().max(16);
         BlockPool {
             num_blocks,
             blocks,
-            head,
-            tail,
+            queue,
+            front_pos: 0,
             free: num_blocks.saturating_sub(1),
             slots: vec![FREE_SLOT; cap],
             shift: 64 - cap.trailing_zeros(),
@@ -216,14 +215,16 @@ impl BlockPool {
     /// `out`; a popped block that was cached is evicted first (BlockRemoved).
     pub fn allocate(&mut self, n: u32, out: &mut Vec<u32>) {
         let start = out.len();
-        let mut last = self.head;
-        for _ in 0..n {
-            last = self.blocks[last as usize].next;
-            out.push(last);
+        let mut taken = 0;
+        while taken < n {
+            let b = self.queue.pop_front().expect("the caller checked num_free");
+            let pos = self.front_pos;
+            self.front_pos += 1;
+            if self.live(b, pos) {
+                out.push(b);
+                taken += 1;
+            }
         }
-        let rest = self.blocks[last as usize].next;
-        self.blocks[self.head as usize].next = rest;
-        self.blocks[rest as usize].prev = self.head;
         self.free -= n;
         let got = &out[start..];
         for &b in got.iter().take(PREFETCH) {
@@ -362,29 +363,50 @@ impl BlockPool {
         }
     }
 
+    /// Whether the queue entry at `pos` holding `b` is its live one.
+    #[inline(always)]
+    fn live(&self, b: u32, pos: i64) -> bool {
+        let blk = &self.blocks[b as usize];
+        blk.ref_cnt == 0 && blk.qpos == pos
+    }
+
+    /// Takes a free block out of the middle of the queue: its entry goes stale.
     fn unlink(&mut self, b: u32) {
-        let (p, n) = (self.blocks[b as usize].prev, self.blocks[b as usize].next);
-        self.blocks[p as usize].next = n;
-        self.blocks[n as usize].prev = p;
+        self.blocks[b as usize].qpos = i64::MIN;
         self.free -= 1;
     }
 
     fn append(&mut self, b: u32) {
-        let last = self.blocks[self.tail as usize].prev;
-        self.blocks[last as usize].next = b;
-        self.blocks[b as usize].prev = last;
-        self.blocks[b as usize].next = self.tail;
-        self.blocks[self.tail as usize].prev = b;
+        self.compact_if_stale();
+        self.blocks[b as usize].qpos = self.front_pos + self.queue.len() as i64;
+        self.queue.push_back(b);
         self.free += 1;
     }
 
     fn prepend(&mut self, b: u32) {
-        let first = self.blocks[self.head as usize].next;
-        self.blocks[self.head as usize].next = b;
-        self.blocks[b as usize].prev = self.head;
-        self.blocks[b as usize].next = first;
-        self.blocks[first as usize].prev = b;
+        self.compact_if_stale();
+        self.front_pos -= 1;
+        self.blocks[b as usize].qpos = self.front_pos;
+        self.queue.push_front(b);
         self.free += 1;
+    }
+
+    /// Drops the stale entries once they outnumber the live ones (bounded memory; the live
+    /// entries keep their order).
+    fn compact_if_stale(&mut self) {
+        if self.queue.len() <= 2 * self.num_blocks as usize + 64 {
+            return;
+        }
+        let old = std::mem::take(&mut self.queue);
+        let mut pos = self.front_pos;
+        let front = self.front_pos;
+        for b in old {
+            if self.live(b, pos) {
+                self.blocks[b as usize].qpos = front + self.queue.len() as i64;
+                self.queue.push_back(b);
+            }
+            pos += 1;
+        }
     }
 }
 
@@ -417,5 +439,29 @@ mod tests {
             vec![OP_STORED, 2, MEDIUM_GPU, OP_REMOVED, 2, MEDIUM_GPU]
         );
         assert_eq!(keys, vec![10, 10, 10, 10]);
+    }
+
+    #[test]
+    fn prefix_hits_leave_stale_entries_that_are_skipped_and_compacted() {
+        let mut p = BlockPool::new(6); // blocks 1..5
+        let mut scratch = Vec::new();
+        let mut got = Vec::new();
+        p.allocate(3, &mut got); // 1, 2, 3
+        for (b, k) in [(1, 11), (2, 12), (3, 13)] {
+            assert!(p.cache_block(b, k));
+        }
+        p.free_blocks([3, 2, 1].into_iter(), &mut scratch); // queue: 4 5 3 2 1
+                                                            // Hits on 2, many times over: each leaves a stale entry behind.
+        for _ in 0..200 {
+            p.touch(&[2]);
+            p.free_blocks([2].into_iter(), &mut scratch);
+        }
+        assert!(p.queue.len() <= 2 * 6 + 64 + 1);
+        assert_eq!(p.num_free(), 5);
+        let mut all = Vec::new();
+        p.allocate(5, &mut all);
+        // LRU order: the never-cached ones, then 3, 1, and 2 (freed last).
+        assert_eq!(all, vec![4, 5, 3, 1, 2]);
+        assert_eq!(p.num_free(), 0);
     }
 }

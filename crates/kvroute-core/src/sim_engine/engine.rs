@@ -9,14 +9,20 @@
 //!   and its slot is free.
 //! - C2: a request's `blocks` hold one reference each; `num_computed <= blocks.len() * block_size`;
 //!   its first `num_cached_blocks` blocks are in the prefix cache under `keys[..num_cached_blocks]`.
-//! - C3: `num_computed <= tokens.len()`; a token is sampled exactly when a step makes them equal.
-//! - `keys[i]` is the router key of block i of `tokens` (chained from the first block); keys are
-//!   computed when a block is first needed, and only for blocks full of real tokens.
+//! - C3: `num_computed <= num_tokens()`; a token is sampled exactly when a step makes them equal.
+//! - `keys[i]` is the router key of block i of the request's tokens (chained from the first
+//!   block); keys are computed when a block is first needed, and only for blocks full of real
+//!   tokens.
+//! - `tokens` holds the request's tokens from position `base` on: the tail that later keys and
+//!   sampled tokens still depend on (a prompt whose keys the caller gave is not copied whole: the
+//!   Mooncake trace's prompts are 145M tokens).
 
 use std::collections::VecDeque;
 
 use super::block_pool::{BlockPool, PREFETCH};
-use super::{context_fingerprint, sample_token, SimConfig, StepTiming, EOS_TOKEN_ID};
+use super::{
+    context_fingerprint, sample_token, SimConfig, StepTiming, CONTEXT_WINDOW, EOS_TOKEN_ID,
+};
 use crate::block_keys::RouterKeyer;
 use crate::extra_keys::BlockExtraKeys;
 
@@ -33,7 +39,9 @@ enum Status {
 struct Req {
     /// The caller's name for it (the replay's flight).
     handle: u32,
+    /// Tokens from position `base` on (see the module docs).
     tokens: Vec<u32>,
+    base: u32,
     num_computed: u32,
     blocks: Vec<u32>,
     num_cached_blocks: u32,
@@ -156,8 +164,11 @@ impl SimEngine {
             Some(k) if k.len() == r.prompt.len() / b => k.to_vec(),
             _ => Vec::new(),
         };
-        let mut tokens = Vec::with_capacity(r.prompt.len() + (r.max_tokens as usize).min(1024));
-        tokens.extend_from_slice(r.prompt);
+        // Blocks past the known keys, and the context window of the next sampled token.
+        let base = (keys.len() * b).min(r.prompt.len().saturating_sub(CONTEXT_WINDOW));
+        let tail = &r.prompt[base..];
+        let mut tokens = Vec::with_capacity(tail.len() + (r.max_tokens as usize).min(1024));
+        tokens.extend_from_slice(tail);
         let eos_at = if r.ignore_eos {
             u32::MAX
         } else {
@@ -168,6 +179,7 @@ impl SimEngine {
         let req = Req {
             handle: r.handle,
             tokens,
+            base: base as u32,
             num_computed: 0,
             blocks: Vec::new(),
             num_cached_blocks: 0,
@@ -280,7 +292,7 @@ impl SimEngine {
         while i < self.running.len() && budget > 0 {
             let slot = self.running[i];
             let req = self.reqs[slot as usize].as_ref().expect("running request");
-            let left = req.tokens.len() as u32 - req.num_computed;
+            let left = req.num_tokens() - req.num_computed;
             let num_new = left.min(budget);
             if num_new == 0 {
                 i += 1;
@@ -312,7 +324,7 @@ impl SimEngine {
             };
             let hit_tokens = self.find_cache_hit(slot);
             let req = self.reqs[slot as usize].as_ref().expect("waiting request");
-            let num_new = (req.tokens.len() as u32 - hit_tokens).min(budget);
+            let num_new = (req.num_tokens() - hit_tokens).min(budget);
             if !self.allocate_slots(slot, num_new, hit_tokens) {
                 break;
             }
@@ -323,7 +335,7 @@ impl SimEngine {
             }
             // vLLM counts previously preempted requests separately (not in queries/hits).
             if req.num_preemptions == 0 {
-                self.prefix_queries += req.tokens.len() as f64;
+                self.prefix_queries += f64::from(req.num_tokens());
                 self.prefix_hits += f64::from(hit_tokens);
             }
             req.status = Status::Running;
@@ -338,7 +350,7 @@ impl SimEngine {
     fn find_cache_hit(&mut self, slot: u32) -> u32 {
         let b = self.cfg.block_size as usize;
         let req = self.reqs[slot as usize].as_mut().expect("request");
-        let max_blocks = (req.tokens.len() - 1) / b;
+        let max_blocks = (req.num_tokens() as usize - 1) / b;
         ensure_keys(&self.keyer, req, max_blocks, b);
         self.hits.clear();
         let keys = &req.keys[..max_blocks];
@@ -384,7 +396,7 @@ impl SimEngine {
         if new_blocks > 0 {
             self.pool.allocate(new_blocks as u32, &mut req.blocks);
         }
-        let full = (total_computed + num_new).min(req.tokens.len() as u32) / b;
+        let full = (total_computed + num_new).min(req.num_tokens()) / b;
         cache_full_blocks(
             &mut self.pool,
             &self.keyer,
@@ -414,7 +426,7 @@ impl SimEngine {
     fn step_ms(&self) -> f64 {
         let req = |slot: u32| self.reqs[slot as usize].as_ref().expect("planned request");
         let is_decode = |r: &Req, num_new: u32| {
-            r.tokens.len() as u32 - r.num_computed == 1 && num_new == 1 && r.num_output > 0
+            r.num_tokens() - r.num_computed == 1 && num_new == 1 && r.num_output > 0
         };
         match self.cfg.timing {
             StepTiming::Linear {
@@ -480,7 +492,7 @@ impl SimEngine {
                 continue;
             }
             req.num_computed += num_new;
-            if (req.num_computed as usize) < req.tokens.len() {
+            if req.num_computed < req.num_tokens() {
                 continue; // chunked prefill goes on
             }
             let finished = sample(req, &self.cfg);
@@ -513,16 +525,20 @@ impl SimEngine {
     }
 }
 
+impl Req {
+    fn num_tokens(&self) -> u32 {
+        self.base + self.tokens.len() as u32
+    }
+}
+
 /// Makes `req.keys` cover at least `n` blocks (all full of real tokens).
 fn ensure_keys(keyer: &RouterKeyer, req: &mut Req, n: usize, b: usize) {
     while req.keys.len() < n {
         let i = req.keys.len();
         let parent = req.keys.last().copied();
-        let k = keyer.block_key(
-            parent,
-            &req.tokens[i * b..(i + 1) * b],
-            &BlockExtraKeys::NONE,
-        );
+        // Blocks without a key start at or after `base` (module docs).
+        let from = i * b - req.base as usize;
+        let k = keyer.block_key(parent, &req.tokens[from..from + b], &BlockExtraKeys::NONE);
         req.keys.push(k);
     }
 }
@@ -571,7 +587,7 @@ fn sample(req: &mut Req, cfg: &SimConfig) -> bool {
     // vLLM's check_stop order: EOS, stop token ids, length.
     token == EOS_TOKEN_ID
         || req.stop_token_ids.contains(&token)
-        || req.tokens.len() as u32 >= cfg.max_model_len
+        || req.num_tokens() >= cfg.max_model_len
         || req.num_output >= req.max_tokens
 }
 

@@ -59,7 +59,7 @@ pub const EOS_TOKEN_ID: u32 = 128_001;
 const FIRST_WORD_ID: u32 = 256;
 const WORD_COUNT: u32 = 128_000 - FIRST_WORD_ID;
 /// Tokens before a position that the toy model's next token depends on.
-const CONTEXT_WINDOW: usize = 8;
+pub(crate) const CONTEXT_WINDOW: usize = 8;
 
 /// `contextFingerprint` (toy-tokenizer.ts): the 32-bit fingerprint of the context before `end`.
 /// JS's `Math.imul` and `>>>` on int32 are u32 wrapping arithmetic on the same bits.
