@@ -398,14 +398,12 @@ impl BlockPool {
             return;
         }
         let old = std::mem::take(&mut self.queue);
-        let mut pos = self.front_pos;
         let front = self.front_pos;
-        for b in old {
+        for (pos, b) in (front..).zip(old) {
             if self.live(b, pos) {
                 self.blocks[b as usize].qpos = front + self.queue.len() as i64;
                 self.queue.push_back(b);
             }
-            pos += 1;
         }
     }
 }
