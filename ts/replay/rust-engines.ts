@@ -94,10 +94,13 @@ export class RustEngines {
     this.out = new Int32Array(OUTPUT_WORDS * (config.maxNumSeqs + 1));
   }
 
-  /** Queues a request (`init` from `coreRequestInit`: validated and clamped) on engine `w`. */
+  /**
+   * Queues a request (`init` from `coreRequestInit`: validated and clamped) on engine `w`;
+   * `handle`: a small integer unique among live requests.
+   */
   add(w: number, handle: number, init: CoreRequestInit, promptKeys: BigUint64Array | undefined): void {
     const stops = init.stopTokenIds.length > 0 ? Uint32Array.from(init.stopTokenIds) : null;
-    this.inner.add(w, handle, init.promptTokenIds, promptKeys ?? null, init.maxTokens, init.minTokens, init.ignoreEos, (this.config.seed ^ init.sampleSeed) | 0, stops);
+    this.inner.add(w, handle, init.requestId, init.promptTokenIds, promptKeys ?? null, init.maxTokens, init.minTokens, init.ignoreEos, (this.config.seed ^ init.sampleSeed) | 0, stops);
   }
 
   /** Starts a step of engine `w` at `now` unless it is stepping; returns the engines stepping. */
@@ -112,16 +115,18 @@ export class RustEngines {
 
   /**
    * Runs the agenda up to `until` (inclusive), KV event batches applied to `router` (the
-   * router's native core: `KvRouter.keyedEventCore`): `RUN_UNTIL`, `RUN_OUTPUTS` (see `out`),
-   * or the kind of the caller's event now due. `state` tells the time and the engines stepping.
+   * router's native core: `KvRouter.keyedEventCore`), and the progress of a step with no first
+   * token and no finish told to it there (`tokens`): `RUN_UNTIL`, `RUN_OUTPUTS` (see `out`: a
+   * step with a first token or a finish, all its outputs the router hears about), or the kind of
+   * the caller's event now due. `state` tells the time and the engines stepping.
    */
   run(until: number, router: NativeRouterCore): number {
     return this.inner.run(until, router, this.out, this.state);
   }
 
-  /** Milliseconds spent applying KV event batches to the router. */
-  get deliverMs(): number {
-    return this.inner.deliverMs;
+  /** Milliseconds `run` spent in the router (KV event batches, progress). */
+  get routerMs(): number {
+    return this.inner.routerMs;
   }
 
   /** Engine `w`'s `[running, waiting]` (as last published), KV usage, prefix queries, hits, load now, preemptions. */

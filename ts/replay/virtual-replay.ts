@@ -454,7 +454,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const wallMs = performance.now() - wall0;
   const cpu = process.cpuUsage(cpu0);
   const cpuShare = Math.min(1, (cpu.user + cpu.system) / 1000 / Math.max(wallMs, 1e-3));
-  collector.routerMs = (router.busyMs + (rust?.deliverMs ?? 0)) * cpuShare;
+  collector.routerMs = (router.busyMs + (rust?.routerMs ?? 0)) * cpuShare;
   router.close();
   return collector.build({
     policy,

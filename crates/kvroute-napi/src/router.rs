@@ -519,6 +519,12 @@ impl KvRouterCore {
         Ok(r.malformed)
     }
 
+    /// `tokens` called from Rust (the virtual replay's Rust engines tell a request's progress
+    /// without crossing to JS).
+    pub(crate) fn tokens_of(&mut self, request_id: &str, generated: u32) -> bool {
+        self.sched.tokens(request_id, generated)
+    }
+
     /// A keyed batch applied from Rust (the virtual replay's Rust engines deliver theirs without
     /// crossing to JS): as `applyKeyedBatchInto` and the event sink's handling of its outcome (a
     /// batch that skipped events for a known reason drops the worker's view, to be rebuilt).

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use kvroute_core::sim_engine::engine::NewRequest;
-use kvroute_core::sim_engine::{SimConfig, SimEngine, SimFleet, StepTiming, Stop};
+use kvroute_core::sim_engine::{Notice, SimConfig, SimEngine, SimFleet, StepTiming, Stop};
 use napi::bindgen_prelude::{
     BigUint64ArraySlice, Float64ArraySlice, Int32ArraySlice, Uint32ArraySlice,
 };
@@ -82,7 +82,9 @@ fn timing(t: &SimTimingOptions) -> napi::Result<StepTiming> {
 pub struct SimEngines {
     fleet: SimFleet,
     worker_ids: Vec<String>,
-    deliver_ms: f64,
+    /// The router's request id of each live request, by handle (empty once it finished).
+    request_ids: Vec<String>,
+    router_ms: f64,
 }
 
 #[napi]
@@ -111,7 +113,8 @@ impl SimEngines {
         Ok(SimEngines {
             fleet: SimFleet::new(engines, cfg.block_size, options.event_delay_ms),
             worker_ids: options.worker_ids,
-            deliver_ms: 0.0,
+            request_ids: Vec::new(),
+            router_ms: 0.0,
         })
     }
 
@@ -122,14 +125,16 @@ impl SimEngines {
     }
 
     /// Queues a request (validated and clamped by the caller, as `coreRequestInit` does).
-    /// `promptKeys`: the router keys of the prompt's full blocks, when the caller has them.
-    /// `seed`: `(config.seed ^ sampleSeed) | 0`.
+    /// `requestId`: the router's id of it; `handle`: the caller's (a small integer, unique among
+    /// live requests). `promptKeys`: the router keys of the prompt's full blocks, when the caller
+    /// has them. `seed`: `(config.seed ^ sampleSeed) | 0`.
     #[napi]
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         engine: u32,
         handle: u32,
+        request_id: String,
         prompt: Uint32ArraySlice,
         prompt_keys: Option<BigUint64ArraySlice>,
         max_tokens: u32,
@@ -140,6 +145,11 @@ impl SimEngines {
     ) -> napi::Result<()> {
         let keys = prompt_keys.as_deref();
         let stops: &[u32] = stop_token_ids.as_deref().unwrap_or(&[]);
+        let h = handle as usize;
+        if self.request_ids.len() <= h {
+            self.request_ids.resize(h + 1, String::new());
+        }
+        self.request_ids[h] = request_id;
         self.engine(engine)?.add(NewRequest {
             handle,
             prompt: &prompt,
@@ -173,7 +183,8 @@ impl SimEngines {
         Ok(())
     }
 
-    /// Runs the agenda up to `until` (inclusive), applying KV event batches to `router`. Returns
+    /// Runs the agenda up to `until` (inclusive), applying KV event batches to `router` and
+    /// telling it the progress of steps with nothing else for it (`tokens`). Returns
     /// 0 when nothing more is due by then, 1 when a step ended with outputs for the router (packed
     /// into `out`, 5 words each: engine, handle, output tokens so far, finished, cached tokens) or
     /// an engine went idle, else the kind of the caller's event due. `state` gets `[now, engines
@@ -193,17 +204,25 @@ impl SimEngines {
             return Err(invalid_config("run state buffer too small"));
         }
         let ids = &self.worker_ids;
+        let request_ids = &self.request_ids;
         let mut failed: Option<&'static str> = None;
-        // Applying batches is the router's work (the replay reports the router's cost): timed.
+        // What it does in the router is the router's work (the replay reports its cost): timed.
         let mut spent = std::time::Duration::ZERO;
-        let stop = self.fleet.run(until, &mut |w, ops, keys| {
+        let stop = self.fleet.run(until, &mut |notice| {
             let t0 = Instant::now();
-            if let Err(e) = router.apply_keyed_slices(&ids[w as usize], 0, ops, keys) {
-                failed.get_or_insert(e);
+            match notice {
+                Notice::Batch { engine, ops, keys } => {
+                    if let Err(e) = router.apply_keyed_slices(&ids[engine as usize], 0, ops, keys) {
+                        failed.get_or_insert(e);
+                    }
+                }
+                Notice::Tokens { handle, num_output } => {
+                    router.tokens_of(&request_ids[handle as usize], num_output);
+                }
             }
             spent += t0.elapsed();
         });
-        self.deliver_ms += spent.as_secs_f64() * 1000.0;
+        self.router_ms += spent.as_secs_f64() * 1000.0;
         if let Some(e) = failed {
             return Err(invalid_input(format!(
                 "sim engines: a KV event batch did not decode: {e}"
@@ -212,6 +231,9 @@ impl SimEngines {
         let outputs = &self.fleet.outputs;
         if out.len() < outputs.len() * OUTPUT_WORDS {
             return Err(invalid_config("run output buffer too small"));
+        }
+        for (_, o) in outputs.iter().filter(|(_, o)| o.finished) {
+            self.request_ids[o.handle as usize] = String::new();
         }
         for ((w, o), chunk) in outputs.iter().zip(out.chunks_exact_mut(OUTPUT_WORDS)) {
             chunk.copy_from_slice(&[
@@ -234,10 +256,10 @@ impl SimEngines {
         })
     }
 
-    /// Milliseconds spent applying KV event batches to the router (`run`), for its cost.
+    /// Milliseconds `run` spent in the router (KV event batches, progress), for its cost.
     #[napi(getter)]
-    pub fn deliver_ms(&self) -> f64 {
-        self.deliver_ms
+    pub fn router_ms(&self) -> f64 {
+        self.router_ms
     }
 
     /// `engine`'s gauges as last published and its counters, into `out`: `[running, waiting,

@@ -10,10 +10,10 @@
 //! step, then the next step's end), so both replay the same events in the same order.
 //!
 //! [`SimFleet::run`] pops events up to a time (the caller's next arrival) and returns to the
-//! caller only for what it must act on: a step whose outputs the router hears about (a first
-//! token, a token that completes a block, a finish), an engine going idle, or one of the
-//! caller's own events. KV event batches are delivered `event_delay_ms` after their step (the
-//! caller applies them: [`SimFleet::run`]'s `deliver`).
+//! caller only for what it must act on: a step with a first token or a finish, an engine going
+//! idle, or one of the caller's own events. The rest goes to the caller's handler as it happens
+//! ([`Notice`]): KV event batches, `event_delay_ms` after their step, and the progress of a
+//! step whose only news for the router is tokens that complete a block.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -52,6 +52,20 @@ impl Ord for Event {
             .total_cmp(&self.t)
             .then_with(|| other.seq.cmp(&self.seq))
     }
+}
+
+/// What [`SimFleet::run`] hands its caller's handler without returning.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice<'a> {
+    /// Engine `engine`'s oldest undelivered KV event batch (keyed layout) reaches the router.
+    Batch {
+        engine: u32,
+        ops: &'a [u32],
+        keys: &'a [u64],
+    },
+    /// Request `handle` has `num_output` tokens, a whole number of blocks (the router's
+    /// `tokens`); only for a step with no first token and no finish.
+    Tokens { handle: u32, num_output: u32 },
 }
 
 /// Why [`SimFleet::run`] returned.
@@ -165,9 +179,9 @@ impl SimFleet {
         }
     }
 
-    /// Pops and handles events due at or before `until` (see [`Stop`]); `deliver(engine, ops,
-    /// keys)` applies a KV event batch (keyed layout) to the router.
-    pub fn run(&mut self, until: f64, deliver: &mut impl FnMut(u32, &[u32], &[u64])) -> Stop {
+    /// Pops and handles events due at or before `until` (see [`Stop`]); `on` gets the
+    /// [`Notice`]s, in event order.
+    pub fn run(&mut self, until: f64, on: &mut impl FnMut(Notice<'_>)) -> Stop {
         self.outputs.clear();
         loop {
             let Some(top) = self.heap.peek() else {
@@ -187,20 +201,37 @@ impl SimFleet {
                     self.delivered_later(w, flushed);
                     self.begin(w);
                     let b = self.block_size;
+                    let mut starts_or_ends = false;
                     for o in &out {
                         let n = o.num_output;
-                        if n == 1 || o.finished || n / b != (n - 1) / b {
+                        let edge = n == 1 || o.finished;
+                        starts_or_ends |= edge;
+                        if edge || n / b != (n - 1) / b {
                             self.outputs.push((w, *o));
                         }
                     }
                     self.step_out = out;
-                    if !self.outputs.is_empty() || !self.busy[w as usize] {
+                    if starts_or_ends || !self.busy[w as usize] {
                         return Stop::Outputs;
                     }
+                    // Only blocks completed: told here, in the step's order, without returning.
+                    for &(_, o) in &self.outputs {
+                        on(Notice::Tokens {
+                            handle: o.handle,
+                            num_output: o.num_output,
+                        });
+                    }
+                    self.outputs.clear();
                 }
                 DELIVER => {
                     let w = e.worker;
-                    self.engines[w as usize].take_batch(|ops, keys| deliver(w, ops, keys));
+                    self.engines[w as usize].take_batch(|ops, keys| {
+                        on(Notice::Batch {
+                            engine: w,
+                            ops,
+                            keys,
+                        })
+                    });
                 }
                 kind => return Stop::Event(kind),
             }

@@ -20,7 +20,7 @@ pub mod engine;
 pub mod fleet;
 
 pub use engine::{SimEngine, StepOutput};
-pub use fleet::{SimFleet, Stop};
+pub use fleet::{Notice, SimFleet, Stop};
 
 /// A step's modelled duration (`ts/mocker/step-timing.ts`).
 #[derive(Debug, Clone, Copy, PartialEq)]
