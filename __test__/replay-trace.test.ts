@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { toyTraceTokenizer as toyTokenizer } from "../ts/replay/trace.js";
 import { FIRST_WORD_ID, WORD_END_ID } from "../ts/mocker/toy-tokenizer.js";
-import { expandHashIds, parseTrace, promptTokens, TraceError } from "../ts/replay/trace.js";
+import { expandHashIds, expandHashIdsReference, parseTrace, promptTokens, TraceError } from "../ts/replay/trace.js";
 import { kvrouteCliPath } from "../ts/workers/index.js";
 
 const dir = mkdtempSync(join(tmpdir(), "kvroute-trace-"));
@@ -58,6 +58,19 @@ describe("Mooncake traces", () => {
     const x = expandHashIds([100], 512);
     const y = expandHashIds([101], 512);
     for (let k = 0; k < 512; k += 16) expect(x.subarray(k, k + 16)).not.toEqual(y.subarray(k, k + 16));
+  });
+
+  it("expands hash ids natively exactly as the JS reference does (ids up to 2^53, cut blocks)", () => {
+    let s = 12345;
+    const rand = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    for (let i = 0; i < 200; i++) {
+      const ids = Array.from({ length: 1 + Math.floor(rand() * 5) }, () => (i % 3 === 0 ? Math.floor(rand() * 2 ** 53) : Math.floor(rand() * 100_000)));
+      const len = 1 + Math.floor(rand() * ids.length * 512);
+      expect(expandHashIds(ids, len)).toEqual(expandHashIdsReference(ids, len));
+    }
+    // A reused buffer longer than the prompt: only the prompt's part is written and returned.
+    const buf = new Uint32Array(2000);
+    expect(expandHashIds([3, 4], 700, buf)).toEqual(expandHashIdsReference([3, 4], 700));
   });
 
   it("applies --limit and --rate", () => {

@@ -9,4 +9,5 @@ export { TimedRouter } from "./timed-router.js";
 export { expandHashIds, parseTrace, readTrace, TraceError, type ReadTraceOptions, type Trace, type TraceFormat, type TraceRequest } from "./trace.js";
 export { fleetEngine, REPLAY_DEFAULTS, runVirtualReplay, type FleetSettings, type ReplayProgress, type VirtualReplayOptions } from "./virtual-replay.js";
 export { VirtualWorker } from "./virtual-worker.js";
+export { rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
 export { chatWorkload, type ChatWorkloadOptions } from "./workload.js";

@@ -56,6 +56,8 @@ export interface PolicyResult {
   hitRateAllTiers?: number;
   prefixCacheQueries: number;
   prefixCacheHits: number;
+  /** Virtual clock: requests the engines preempted (Σ `vllm:num_preemptions`). */
+  preemptions?: number;
   /** Arrival to first token. */
   ttftMs: Percentiles;
   /** Arrival to last token. */
@@ -97,6 +99,8 @@ export interface RequestRecord {
   ttftMs: number;
   e2eMs: number;
   outputTokens: number;
+  /** Prompt tokens its engine found in its prefix cache (virtual clock only). */
+  cachedTokens?: number;
 }
 
 /** Percentiles of a sample (nearest rank); zeros when empty. */
@@ -216,6 +220,7 @@ export class ResultCollector {
     wallMs: number;
     /** Per worker, its own counters. */
     prefixCache: { queries: number; hits: number; hostHits?: number }[];
+    preemptions?: number;
   }): PolicyResult {
     let queries = 0;
     let hits = 0;
@@ -257,6 +262,7 @@ export class ResultCollector {
       prefixCacheHits: hits,
       prefixCacheHostHits: hostHits,
       hitRateAllTiers: queries > 0 ? (hits + hostHits) / queries : 0,
+      ...(input.preemptions !== undefined ? { preemptions: input.preemptions } : {}),
       ttftMs: percentiles(this.ttft.values()),
       e2eMs: percentiles(this.e2e.values()),
       throughput: duration > 0 ? (this.outputTokens / duration) * 1000 : 0,

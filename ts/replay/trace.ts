@@ -18,6 +18,7 @@
  */
 import { readFileSync } from "node:fs";
 import { InvalidInputError } from "../errors.js";
+import { native } from "../native.js";
 import { parseChatRequest, parseCompletionRequest, type ParsedRequest } from "../gateway/openai-request.js";
 import { applyChatTemplate, encode, FIRST_WORD_ID, WORD_END_ID } from "../mocker/toy-tokenizer.js";
 import type { ChatMessage } from "../gateway/openai-request.js";
@@ -224,6 +225,14 @@ const WORD_SCALE = WORDS / 2 ** 24;
  */
 export function expandHashIds(hashIds: readonly number[], inputLength: number, out?: Uint32Array): Uint32Array {
   const tokens = out && out.length >= inputLength ? out.subarray(0, inputLength) : new Uint32Array(inputLength);
+  // In Rust (kvroute_core::mooncake): the full Mooncake trace expands to 145M tokens.
+  native.expandHashIdsInto(hashIds as number[], tokens);
+  return tokens;
+}
+
+/** `expandHashIds` in JS: the reference the native one is tested against. */
+export function expandHashIdsReference(hashIds: readonly number[], inputLength: number): Uint32Array {
+  const tokens = new Uint32Array(inputLength);
   let at = 0;
   // A local copy: an imported binding may be read through a getter (CJS interop) 145M times.
   const first = FIRST_WORD_ID;

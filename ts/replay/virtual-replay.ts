@@ -23,9 +23,10 @@
 import { setImmediate as yieldImmediate } from "node:timers/promises";
 import type { EngineHashAlgorithm } from "../core/block-hasher.js";
 import { InvalidConfigError } from "../errors.js";
-import type { MockEngineConfig } from "../mocker/config.js";
+import type { MockEngineConfig, ResolvedMockEngineConfig } from "../mocker/config.js";
 import type { CoreOutput } from "../mocker/engine-core.js";
 import type { Family, VllmMetrics } from "../mocker/metrics.js";
+import { coreRequestInit } from "../mocker/mock-engine.js";
 import { engineProfile, type EngineProfileName } from "../mocker/profiles.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import { tierCredit, type KvRouterOptions, type RouterEventSink } from "../router/kv-router.js";
@@ -34,7 +35,8 @@ import type { WorkerRecord } from "../workers/config.js";
 import { EventQueue } from "./event-queue.js";
 import { ResultCollector, type PolicyResult, type RequestRecord } from "./result.js";
 import { DirectBatch } from "./direct-batch.js";
-import { VirtualWorker } from "./virtual-worker.js";
+import { virtualEngineConfig, VirtualWorker } from "./virtual-worker.js";
+import { OUTPUT_WORDS, RUN_OUTPUTS, RUN_UNTIL, RustEngines, rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
 import { TimedRouter } from "./timed-router.js";
 import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
 import { mulberry32 } from "../util/prng.js";
@@ -95,6 +97,14 @@ export interface VirtualReplayOptions extends FleetSettings {
    * cache salts in the trace, no event drops, a router keying by tokens), else direct.
    */
   eventPath?: ReplayEventPath;
+  /**
+   * Which engine steps the workers: `"rust"`, the engine core in Rust (`RustEngines`: the same
+   * scheduler, block pool and timing, at a fraction of the cost), or `"ts"`, the mocker's own
+   * (`VirtualWorker`). Default: rust where it applies (the keyed event path, no CPU tier, the
+   * toy tokenizer, no stop strings: `rustEngineProblem`), else ts. Both replay a trace alike
+   * (`__test__/replay-rust-engine.test.ts`).
+   */
+  engineImpl?: ReplayEngineImpl;
   /** PRNG seed (router sampling and tie-breaks, event drops). Default 1. */
   seed?: number;
   onProgress?: (progress: ReplayProgress) => void;
@@ -140,11 +150,20 @@ const enum Kind {
 
 interface Flight {
   index: number;
+  /** Its position in the trace (the Rust engines' handle). */
+  handle: number;
   id: string;
   worker: number;
   arrival: number;
   first: number;
   generated: number;
+}
+
+/** The engine a replay runs, when `options.engineImpl` (or the default) allows. */
+export function replayEngineImpl(config: ResolvedMockEngineConfig, trace: Trace, eventPath: ReplayEventPath, eventDelayMs: number, requested?: ReplayEngineImpl): ReplayEngineImpl {
+  const problem = rustEngineProblem(config, trace, eventPath, eventDelayMs);
+  if (requested === "rust" && problem !== null) throw new InvalidConfigError(`engineImpl rust cannot replay this configuration: ${problem}`);
+  return requested ?? (problem === null ? "rust" : "ts");
 }
 
 /** Prompt tokens an engine loaded from its CPU tier (`prompt_tokens_cached_by_source{source="host"}`). */
@@ -231,9 +250,15 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     kvEventsConfig: { enableKvCacheEvents: true },
   };
   const form = replayEventPath(trace, { numCpuBlocks: engineConfig.numCpuBlocks, routerKeying: options.router?.models?.[model]?.keying, dropRate }, options.eventPath);
-  const engines = ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form));
-  for (const [w, id] of ids.entries()) await registry.register(virtualRecord(id, model, blockSize, engines[w]!));
+  const resolved = virtualEngineConfig(engineConfig);
+  const impl = replayEngineImpl(resolved, trace, form, eventDelay, options.engineImpl);
+  // Exactly one of the two is used: the TS workers on this file's agenda, or the Rust engines
+  // on theirs (which also holds this file's scrapes and samples: one order for all events).
+  const engines = impl === "ts" ? ids.map((_, w) => new VirtualWorker(engineConfig, publisher(w), form)) : [];
+  const rust = impl === "rust" ? new RustEngines(resolved, ids, eventDelay) : null;
+  for (const id of ids) await registry.register(virtualRecord(id, model, blockSize, { config: resolved }));
   sink = router.eventSink(model);
+  const routerCore = rust !== null ? router.keyedEventCore(model) : null;
 
   const collector = new ResultCollector(ids, sampleEvery);
   const busy = new Uint8Array(n);
@@ -243,6 +268,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   let inflight = 0;
 
   const kick = (w: number) => {
+    if (rust !== null) return void (stepping = rust.kick(w, now));
     const d = engines[w]!.core.beginStep(now);
     stepping -= busy[w]!;
     busy[w] = d === null ? 0 : 1;
@@ -250,8 +276,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     if (d !== null) queue.push(now + d, Kind.StepEnd, w);
   };
 
-  const outputSink = (f: Flight) => (out: CoreOutput) => {
-    const k = out.tokenIds.length;
+  // A request's news from a step: `k` tokens more, and its end (null: goes on).
+  const progress = (f: Flight, k: number, finishReason: CoreOutput["finishReason"], cachedTokens: number) => {
     if (k > 0) {
       if (f.first < 0) {
         f.first = now;
@@ -261,21 +287,34 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
       f.generated += k;
       if (Math.floor(f.generated / blockSize) !== Math.floor(before / blockSize)) router.tokens(f.id, f.generated);
     }
-    if (out.finishReason !== null) {
+    if (finishReason !== null) {
       inflight--;
-      if (out.finishReason === "abort") {
+      flights[f.handle] = undefined;
+      if (finishReason === "abort") {
         collector.failed++;
         router.finished(f.id, "cancelled");
       } else {
         router.finished(f.id, "ok");
         const ttft = (f.first < 0 ? now : f.first) - f.arrival;
         collector.finished(ttft, now - f.arrival, now, f.generated);
-        options.onRequest?.({ index: f.index, worker: ids[f.worker]!, ttftMs: ttft, e2eMs: now - f.arrival, outputTokens: f.generated });
+        options.onRequest?.({ index: f.index, worker: ids[f.worker]!, ttftMs: ttft, e2eMs: now - f.arrival, outputTokens: f.generated, cachedTokens });
       }
     }
   };
+  const outputSink = (f: Flight) => (out: CoreOutput) => progress(f, out.tokenIds.length, out.finishReason, out.numCachedTokens);
+  // The Rust engines' requests by handle (their position in the trace).
+  const flights: (Flight | undefined)[] = [];
+  /** What the Rust engines' latest step said (only the outputs the router hears about). */
+  const outputs = (rust: RustEngines) => {
+    const out = rust.out;
+    for (let i = 0, k = rust.state[2]!; i < k; i++) {
+      const at = OUTPUT_WORDS * i;
+      const f = flights[out[at + 1]!]!;
+      progress(f, out[at + 2]! - f.generated, out[at + 3] === 1 ? "length" : null, out[at + 4]!);
+    }
+  };
 
-  const arrive = (req: TraceRequest) => {
+  const arrive = (req: TraceRequest, handle: number) => {
     const tokens = promptTokens(req);
     const id = `r${req.index}`;
     const maxTokens = req.maxTokens ?? undefined;
@@ -283,10 +322,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     const w = indexOf.get(decision.workerId)!;
     router.started(decision);
     collector.arrived(now, w);
-    const f: Flight = { index: req.index, id, worker: w, arrival: now, first: -1, generated: 0 };
+    const f: Flight = { index: req.index, handle, id, worker: w, arrival: now, first: -1, generated: 0 };
     try {
       // Keyed engines take the prompt's keys the router just computed (the same router keys).
-      engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), form === "keyed" ? router.lastPromptKeys(model) : undefined);
+      const keys = form === "keyed" ? router.lastPromptKeys(model) : undefined;
+      if (rust !== null) {
+        rust.add(w, handle, coreRequestInit(resolved, generateRequest(req, id, tokens, now), null), keys);
+        flights[handle] = f;
+      } else engines[w]!.submit(generateRequest(req, id, tokens, now), outputSink(f), keys);
     } catch {
       // Rejected as vLLM would reject it (e.g. a prompt longer than the context): a failed request.
       collector.failed++;
@@ -299,6 +342,11 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
 
   const scrape = () => {
     for (let w = 0; w < n; w++) {
+      if (rust !== null) {
+        const st = rust.stats(w);
+        router.updateMetrics(ids[w]!, { numRequestsWaiting: st[1]!, numRequestsRunning: st[0]!, kvCacheUsagePerc: st[2]! });
+        continue;
+      }
       const m = engines[w]!.metrics;
       router.updateMetrics(ids[w]!, { numRequestsWaiting: total(m.waiting), numRequestsRunning: total(m.running), kvCacheUsagePerc: total(m.kvUsage) });
     }
@@ -307,6 +355,13 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const counters = () => {
     let queries = 0;
     let hits = 0;
+    if (rust !== null) {
+      for (let w = 0; w < n; w++) {
+        const st = rust.stats(w);
+        queries += st[3]!;
+        hits += st[4]!;
+      }
+    }
     for (const e of engines) {
       queries += total(e.metrics.prefixQueries);
       hits += total(e.metrics.prefixHits);
@@ -315,12 +370,13 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   };
   const sample = () => {
     const { queries, hits } = counters();
-    collector.sample(now, queries, hits, engines.map((e) => e.core.load()));
+    collector.sample(now, queries, hits, rust !== null ? ids.map((_, w) => rust.stats(w)[5]!) : engines.map((e) => e.core.load()));
   };
 
   const t0 = requests[0]!.timestampMs;
-  queue.push(t0 + scrapeEvery, Kind.Scrape);
-  queue.push(t0 + sampleEvery, Kind.Sample);
+  const schedule = (t: number, kind: Kind) => (rust !== null ? rust.push(t, kind) : queue.push(t, kind));
+  schedule(t0 + scrapeEvery, Kind.Scrape);
+  schedule(t0 + sampleEvery, Kind.Sample);
   const report = () =>
     options.onProgress?.({ policy, sent: next, completed: collector.completed, total: requests.length, simMs: now - t0 });
 
@@ -341,6 +397,25 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
         collector.failed += inflight;
         done = true;
         break;
+      }
+      if (rust !== null) {
+        // The Rust agenda runs up to the next arrival; it stops early for what this loop does.
+        const core = rust.run(tArrival, routerCore!);
+        now = rust.state[0]!;
+        stepping = rust.state[1]!;
+        if (core === RUN_UNTIL) {
+          now = tArrival;
+          arrive(requests[next]!, next);
+          next++;
+        } else if (core === RUN_OUTPUTS) outputs(rust);
+        else if (core === Kind.Scrape) {
+          scrape();
+          rust.push(now + scrapeEvery, Kind.Scrape);
+        } else if (core === Kind.Sample) {
+          sample();
+          rust.push(now + sampleEvery, Kind.Sample);
+        }
+        continue;
       }
       if (queue.peekTime() <= tArrival) {
         const e = queue.pop()!;
@@ -364,7 +439,8 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
         }
       } else {
         now = tArrival;
-        arrive(requests[next++]!);
+        arrive(requests[next]!, next);
+        next++;
       }
     }
     report();
@@ -378,7 +454,7 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
   const wallMs = performance.now() - wall0;
   const cpu = process.cpuUsage(cpu0);
   const cpuShare = Math.min(1, (cpu.user + cpu.system) / 1000 / Math.max(wallMs, 1e-3));
-  collector.routerMs = router.busyMs * cpuShare;
+  collector.routerMs = (router.busyMs + (rust?.routerMs ?? 0)) * cpuShare;
   router.close();
   return collector.build({
     policy,
@@ -386,7 +462,14 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     trace: trace.file,
     partial: aborted,
     wallMs,
-    prefixCache: engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
+    prefixCache:
+      rust !== null
+        ? ids.map((_, w) => {
+            const st = rust.stats(w);
+            return { queries: st[3]!, hits: st[4]!, hostHits: 0 };
+          })
+        : engines.map((e) => ({ queries: total(e.metrics.prefixQueries), hits: total(e.metrics.prefixHits), hostHits: hostHits(e.metrics) })),
+    preemptions: rust !== null ? ids.reduce((sum, _, w) => sum + rust.stats(w)[6]!, 0) : engines.reduce((sum, e) => sum + total(e.metrics.preemptions), 0),
   });
 }
 
@@ -415,7 +498,7 @@ export function generateRequest(req: TraceRequest, requestId: string, tokens: Ui
   };
 }
 
-export function virtualRecord(id: string, model: string, blockSize: number, engine: VirtualWorker): WorkerRecord {
+export function virtualRecord(id: string, model: string, blockSize: number, engine: { config: ResolvedMockEngineConfig }): WorkerRecord {
   return {
     id,
     model,

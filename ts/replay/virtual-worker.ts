@@ -31,6 +31,15 @@ const SPARE_BYTES = 1 << 17;
 /** Spare batch buffers kept at most. */
 const MAX_SPARES = 64;
 
+/** The resolved configuration of a virtual worker's engine (on the replay's clock). */
+export function virtualEngineConfig(config: MockEngineConfig): ResolvedMockEngineConfig {
+  const resolved = resolveMockEngineConfig({ ...config, zeroTime: true });
+  // As MockEngine.start: an unspecified max_model_len is fitted to the KV cache (vLLM 0.33).
+  const capacity = (resolved.numGpuBlocks - 1) * resolved.blockSize;
+  if (config.maxModelLen === undefined && resolved.maxModelLen > capacity) resolved.maxModelLen = capacity;
+  return resolved;
+}
+
 export class VirtualWorker {
   readonly config: ResolvedMockEngineConfig;
   readonly metrics: VllmMetrics;
@@ -46,10 +55,7 @@ export class VirtualWorker {
    * or with `direct` a `DirectBatch` where the events allow it.
    */
   constructor(config: MockEngineConfig, publish: (payload: Buffer | DirectBatch) => void, events: VirtualEventForm = "wire") {
-    const resolved = resolveMockEngineConfig({ ...config, zeroTime: true });
-    // As MockEngine.start: an unspecified max_model_len is fitted to the KV cache (vLLM 0.33).
-    const capacity = (resolved.numGpuBlocks - 1) * resolved.blockSize;
-    if (config.maxModelLen === undefined && resolved.maxModelLen > capacity) resolved.maxModelLen = capacity;
+    const resolved = virtualEngineConfig(config);
     this.config = resolved;
     this.metrics = new VllmMetrics(resolved.maxModelLen);
     this.core = new EngineCore(resolved, 0, this.metrics.engine(resolved.servedModelNames[0]!, 0), (rank, batch) => {

@@ -555,6 +555,21 @@ export class KvRouter implements RequestLifecycle {
   }
 
   /**
+   * The native core holding `model`'s KV index, for simulated engines in this process that apply
+   * their keyed event batches to it from native code (the virtual replay's Rust engines,
+   * `SimEngines.run`): what `eventSink(model).applyDirectBatch` does with a keyed batch, and
+   * `tokens` does with a request's progress, without a JS call for each. The sink's counters
+   * (`stats`) do not see those batches. Not for a router with a lifecycle observer (fleet mode),
+   * which must hear of every step.
+   */
+  keyedEventCore(model: string): NativeCore {
+    if (this.observer !== null) throw new InvalidConfigError("keyedEventCore: this router has a lifecycle observer, which must hear of every step");
+    const m = this.models.get(model);
+    if (m === undefined) throw new InvalidConfigError(`no block size is known for model ${JSON.stringify(model)}: register a worker or configure it in models`);
+    return m.core;
+  }
+
+  /**
    * The block keys of the prompt `route` last hashed for `model` (a copy): for a simulated engine
    * in this process that keys its cache the same way (the virtual replay's keyed engines).
    */

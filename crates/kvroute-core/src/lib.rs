@@ -9,7 +9,10 @@
 //!   map, hash parity check).
 //! - [`scheduler`]: one model's routing decisions (cost model, load bookkeeping, speculative
 //!   entries, busy threshold, modes).
+//! - [`mooncake`]: the prompt tokens of Mooncake trace records (the replay's trace expansion).
 //! - [`prompt_embeds`]: `torch.save` prompt embeddings read, cast and keyed per block as vLLM does.
+//! - [`sim_engine`]: a simulated vLLM engine (scheduler step, block pool, timing) for the
+//!   virtual-time replay.
 //! - [`tiers`]: the `medium` of KV events mapped to the GPU, CPU and disk tiers.
 
 pub mod block_keys;
@@ -19,8 +22,10 @@ pub mod event_applier;
 pub mod events;
 pub mod extra_keys;
 pub mod indexer;
+pub mod mooncake;
 pub mod prompt_embeds;
 pub mod scheduler;
+pub mod sim_engine;
 pub mod tiers;
 
 pub use error::{Error, ErrorCode};

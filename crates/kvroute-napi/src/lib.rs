@@ -10,7 +10,9 @@ mod indexer;
 pub mod nixl;
 pub mod openai;
 mod router;
+mod sim_engine;
 mod tokenizer;
+pub mod trace;
 
 use napi_derive::napi;
 

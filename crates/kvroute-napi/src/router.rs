@@ -519,6 +519,30 @@ impl KvRouterCore {
         Ok(r.malformed)
     }
 
+    /// `tokens` called from Rust (the virtual replay's Rust engines tell a request's progress
+    /// without crossing to JS).
+    pub(crate) fn tokens_of(&mut self, request_id: &str, generated: u32) -> bool {
+        self.sched.tokens(request_id, generated)
+    }
+
+    /// A keyed batch applied from Rust (the virtual replay's Rust engines deliver theirs without
+    /// crossing to JS): as `applyKeyedBatchInto` and the event sink's handling of its outcome (a
+    /// batch that skipped events for a known reason drops the worker's view, to be rebuilt).
+    pub(crate) fn apply_keyed_slices(
+        &mut self,
+        worker_id: &str,
+        dp_rank: u32,
+        ops: &[u32],
+        keys: &[u64],
+    ) -> Result<(), &'static str> {
+        let events = decode_keyed(ops, keys)?;
+        let out = self.sched.apply_keyed(worker_id, dp_rank, &events);
+        if out.skipped_known > 0 {
+            self.sched.clear_worker(worker_id, Some(dp_rank));
+        }
+        Ok(())
+    }
+
     /// Drops the worker's blocks (one rank, or all); it is blind until its next batch.
     #[napi]
     pub fn clear_worker(&mut self, worker_id: String, dp_rank: Option<u32>) -> i64 {

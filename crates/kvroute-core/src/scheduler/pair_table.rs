@@ -219,6 +219,11 @@ impl PairTable {
         }
     }
 
+    /// Whether `maybe_shrink` would shrink the table.
+    pub(crate) fn shrinkable(&self) -> bool {
+        self.slots.len() > MIN_CAP && self.len * 8 <= self.slots.len()
+    }
+
     /// Halves the table while it is at most 1/8 full.
     pub(crate) fn maybe_shrink(&mut self) {
         let mut cap = self.slots.len();

@@ -52,7 +52,14 @@ pub(crate) struct Overlay {
     front_seq: u32,
     max_pairs: usize,
     pub(crate) evicted: u64,
+    /// Sweeps in a row that found the table sparse: it shrinks after [`SHRINK_AFTER`] of them,
+    /// not at the first, so that a long prompt's keys coming and going (every few requests on a
+    /// long-context trace) do not resize it back and forth.
+    sparse_sweeps: u32,
 }
+
+/// Sweeps of a sparse table before it shrinks (see `Overlay::sparse_sweeps`).
+const SHRINK_AFTER: u32 = 256;
 
 impl Overlay {
     pub(crate) fn new(max_pairs: usize) -> Self {
@@ -63,6 +70,7 @@ impl Overlay {
             front_seq: 0,
             max_pairs: max_pairs.max(1),
             evicted: 0,
+            sparse_sweeps: 0,
         }
     }
 
@@ -110,7 +118,15 @@ impl Overlay {
             self.pop_front();
         }
         if popped {
-            self.table.maybe_shrink();
+            if !self.table.shrinkable() {
+                self.sparse_sweeps = 0;
+            } else {
+                self.sparse_sweeps += 1;
+                if self.sparse_sweeps >= SHRINK_AFTER {
+                    self.sparse_sweeps = 0;
+                    self.table.maybe_shrink();
+                }
+            }
         }
     }
 
@@ -255,8 +271,17 @@ mod tests {
         o.check().unwrap();
         o.sweep(10.0);
         assert_eq!(o.len(), 100);
-        assert!(o.table.cap() <= 1024, "shrunk");
+        // Sparse, but a table shrinks only after SHRINK_AFTER sweeps in a row find it so.
+        assert!(o.table.cap() > 1024, "not shrunk at the first sparse sweep");
         assert_eq!(o.run(2, &keys, 10.0), 100);
+        o.check().unwrap();
+        for i in 0..SHRINK_AFTER {
+            let t = 20.0 + f64::from(i);
+            o.credit(3, &keys[4000..4001], t);
+            o.sweep(t);
+        }
+        assert!(o.table.cap() <= 1024, "shrunk");
+        assert_eq!(o.len(), 0);
         o.check().unwrap();
     }
 
