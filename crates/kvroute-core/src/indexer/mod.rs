@@ -70,6 +70,10 @@ pub const MAX_SLOTS: usize = 1 << 16;
 /// 64-worker index (512-block queries): 8 and 12 are clearly slower, 16 to 32 are alike within
 /// noise; 20 leaves room for slower memory.
 const PREFETCH: usize = 20;
+/// The applies prefetch only when the table is larger than this (bytes): a table that fits in a
+/// core's L2 cache is read at cache speed anyway, and there the prefetches (a hash, a home and,
+/// for the second stage, an index read per key) were measured to cost more than they save.
+const APPLY_PREFETCH_MIN_BYTES: usize = 1 << 20;
 /// The tier of `medium == None`.
 const DEFAULT_TIER: &str = "GPU";
 
@@ -289,9 +293,14 @@ impl Indexer {
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
         self.table.begin_batch();
-        self.prefetch_start(keys);
+        let pf = self.apply_prefetches();
+        if pf {
+            self.prefetch_start(keys);
+        }
         for (j, &k) in keys.iter().enumerate() {
-            self.prefetch_ahead(keys, j);
+            if pf {
+                self.prefetch_ahead(keys, j);
+            }
             let e = self.table.find_or_insert(k);
             let word = self.table.word_mut(e, off);
             let held = *word & bit != 0;
@@ -300,6 +309,12 @@ impl Indexer {
             seen(j, held);
         }
         Ok(tier)
+    }
+
+    /// Whether the applies prefetch (see [`APPLY_PREFETCH_MIN_BYTES`]).
+    #[inline(always)]
+    fn apply_prefetches(&self) -> bool {
+        self.table.heap_bytes() > APPLY_PREFETCH_MIN_BYTES
     }
 
     /// The apply paths' two-stage prefetch: index slots `PREFETCH` keys ahead, arena blocks
@@ -353,9 +368,14 @@ impl Indexer {
         let slot = slot as usize;
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
-        self.prefetch_start(keys);
+        let pf = self.apply_prefetches();
+        if pf {
+            self.prefetch_start(keys);
+        }
         for (j, &k) in keys.iter().enumerate() {
-            self.prefetch_ahead(keys, j);
+            if pf {
+                self.prefetch_ahead(keys, j);
+            }
             let Some((i, e)) = self.table.find_slot(k) else {
                 self.removes_unknown += 1;
                 continue;
