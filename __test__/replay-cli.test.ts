@@ -94,6 +94,31 @@ describe("kvroute replay (process)", () => {
     expect(readFileSync(html, "utf8")).toContain('data-chart="ttft-cdf"');
   }, 150_000);
 
+  it("--engine rust and --engine ts replay a trace alike; a bad or impossible choice exits 2 with the reason", () => {
+    const trace = chatTraceFile("engines.jsonl", 20, 30);
+    const results: Record<string, PolicyResult[]> = {};
+    for (const engine of ["rust", "ts"]) {
+      const json = join(dir, `engine-${engine}.json`);
+      const run = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--workers", "2", "--policy", "kv", "--engine", engine, "--jobs", "1", "--json", json], { encoding: "utf8", timeout: 120_000 });
+      expect(run.status, run.stderr).toBe(0);
+      results[engine] = JSON.parse(readFileSync(json, "utf8")) as PolicyResult[];
+    }
+    const simulated = (r: PolicyResult) => ({ hitRate: r.hitRate, ttft: r.ttftMs, e2e: r.e2eMs, failed: r.failed });
+    expect(simulated(results.rust![0]!)).toEqual(simulated(results.ts![0]!));
+    const bad = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--engine", "gpu"], { encoding: "utf8", timeout: 60_000 });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("--engine must be rust or ts: got 'gpu'");
+    const impossible = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--policy", "kv", "--jobs", "1", "--engine", "rust", "--cpu-blocks", "100"], { encoding: "utf8", timeout: 60_000 });
+    expect(impossible.status, impossible.stderr).toBe(2);
+    expect(impossible.stderr).toContain("engineImpl rust cannot replay this configuration: the direct event path");
+    // Policies side by side: each child says why; the parent ends with the failure, not a stack.
+    const side = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--policy", "kv,round-robin", "--jobs", "2", "--engine", "rust", "--cpu-blocks", "100", "--quiet"], { encoding: "utf8", timeout: 60_000 });
+    expect(side.status, side.stderr).toBe(1);
+    expect(side.stderr).toContain("engineImpl rust cannot replay this configuration");
+    expect(side.stderr).toContain("kv: the replay process exited (code 2) without a result");
+    expect(side.stderr).not.toMatch(/\n\s+at /);
+  }, 150_000);
+
   it("Ctrl-C on the real clock stops every worker and writes the partial report (exit 130)", async () => {
     // ~150 s of trace at 2x: far longer than the test lets it run.
     const trace = chatTraceFile("long.jsonl", 200, 300);

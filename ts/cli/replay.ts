@@ -4,7 +4,7 @@
  * on a discrete-event clock. Real clock: mocker processes behind the gateway over HTTP and ZMQ.
  * Ctrl-C stops the workers and still writes the (partial) report; exit code 130.
  */
-import { KvrouteError } from "../errors.js";
+import { InvalidConfigError, KvrouteError } from "../errors.js";
 import { MemoryRegistry } from "../registry/memory-registry.js";
 import { KvRouter, ROUTER_MODES } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
@@ -39,6 +39,9 @@ prefix-cache hit rate, TTFT, end-to-end latency, throughput, load imbalance and 
   --speedup S             real clock: simulated time runs S times faster than wall time (default 5)
   --event-delay-ms D      virtual clock: KV events reach the router D simulated ms late (default 5)
   --event-drop-rate P     virtual clock: lose this fraction of KV event batches (default 0)
+  --engine rust|ts        virtual clock: the engine core in Rust (default where it applies: the
+                          keyed event path, no CPU tier, the toy tokenizer) or the mocker's own;
+                          both replay a trace alike (rust: a configuration it cannot run, exit 2)
   --profile NAME          the workers' model and GPUs (timing model, KV cache size):
                           ${ENGINE_PROFILE_NAMES.join(", ")}
                           (default ${REPLAY_DEFAULTS.profile})
@@ -107,6 +110,11 @@ async function runAsChild(o: ReplayCliOptions): Promise<number> {
       },
       onResult: (result) => void pending.push(sendToParent({ type: "result", result })),
     });
+  } catch (err) {
+    // A setting the replay refuses once it resolves the fleet (e.g. --engine rust with a CPU tier).
+    if (!(err instanceof KvrouteError)) throw err;
+    console.error(`kvroute replay: ${err.message}`);
+    return exitCodeFor(err);
   } finally {
     process.off("SIGINT", stop);
     process.off("SIGTERM", stop);
@@ -117,6 +125,11 @@ async function runAsChild(o: ReplayCliOptions): Promise<number> {
 }
 
 /** Runs a replay with the terminal UI (progress, table, report paths) and SIGINT handling. */
+/** 2 for a setting the replay refuses (as for usage errors), 1 for a replay that failed. */
+function exitCodeFor(err: KvrouteError): number {
+  return err instanceof InvalidConfigError ? 2 : 1;
+}
+
 export async function runReplayWithUi(o: ReplayCliOptions): Promise<number> {
   if (isPolicyChild()) return runAsChild(o);
   const me = `kvroute ${o.name ?? "replay"}`;
@@ -189,6 +202,11 @@ export async function runReplayWithUi(o: ReplayCliOptions): Promise<number> {
         onResult,
       });
     }
+  } catch (err) {
+    if (!(err instanceof KvrouteError)) throw err;
+    bar.clear();
+    console.error(`${me}: ${err.message}`);
+    return exitCodeFor(err);
   } finally {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
@@ -246,6 +264,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
       speedup: { type: "string" },
       "event-delay-ms": { type: "string" },
       "event-drop-rate": { type: "string" },
+      engine: { type: "string" },
       "block-size": { type: "string" },
       "num-gpu-blocks": { type: "string" },
       "cpu-blocks": { type: "string" },
@@ -277,7 +296,9 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
     if (dropRate !== undefined && dropRate > 1) throw new UsageError(`--event-drop-rate must be in [0, 1]: got '${values["event-drop-rate"]}'`);
     const seed = values.seed === undefined ? undefined : Number(values.seed);
     if (seed !== undefined && !Number.isInteger(seed)) throw new UsageError(`--seed must be an integer: got '${values.seed}'`);
-    const ignored = clock === "virtual" ? ["speedup"] : ["event-delay-ms", "event-drop-rate", "jobs", "cpu-blocks"];
+    const engine = values.engine;
+    if (engine !== undefined && engine !== "rust" && engine !== "ts") throw new UsageError(`--engine must be rust or ts: got '${engine}'`);
+    const ignored = clock === "virtual" ? ["speedup"] : ["event-delay-ms", "event-drop-rate", "jobs", "cpu-blocks", "engine"];
     for (const flag of ignored) {
       if (values[flag as keyof typeof values] !== undefined && !isPolicyChild()) console.error(`kvroute replay: --${flag} has no effect with --clock ${clock}`);
     }
@@ -293,6 +314,7 @@ export async function runReplayCommand(argv: string[]): Promise<number> {
         speedup: positiveNumber("speedup", values.speedup),
         eventDelayMs: positiveNumber("event-delay-ms", values["event-delay-ms"], 0, true),
         eventDropRate: dropRate,
+        ...(engine !== undefined ? { engineImpl: engine } : {}),
         blockSize: values["block-size"] === undefined ? undefined : positiveInt("block-size", values["block-size"]),
         numGpuBlocks: values["num-gpu-blocks"] === undefined ? undefined : positiveInt("num-gpu-blocks", values["num-gpu-blocks"]),
         numCpuBlocks: values["cpu-blocks"] === undefined ? undefined : positiveInt("cpu-blocks", values["cpu-blocks"]),

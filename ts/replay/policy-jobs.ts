@@ -8,10 +8,18 @@
  * forwards an abort too): each stops and sends its partial result.
  */
 import { fork, type ChildProcess } from "node:child_process";
+import { KvrouteError } from "../errors.js";
 import type { RouterMode } from "../router/types.js";
 import { kvrouteCliPath } from "../workers/command-line.js";
 import type { PolicyResult } from "./result.js";
 import type { ReplayProgress } from "./virtual-replay.js";
+
+/** A policy's replay process ended without a result (its own stderr says why). */
+export class ReplayJobError extends KvrouteError {
+  constructor(message: string) {
+    super("KVR_REPLAY_JOB", message);
+  }
+}
 
 /** Set in the environment of a policy's child process. */
 export const CHILD_ENV = "KVROUTE_REPLAY_CHILD";
@@ -86,7 +94,7 @@ export async function runPolicyJobs(o: PolicyJobsOptions): Promise<PolicyResult[
   } finally {
     o.signal?.removeEventListener("abort", onAbort);
   }
-  if (failures.length > 0) throw new Error(failures.join("; "));
+  if (failures.length > 0) throw new ReplayJobError(failures.join("; "));
   return o.policies.filter((p) => results.has(p)).map((p) => results.get(p)!);
 }
 

@@ -10,6 +10,7 @@ import { renderReport } from "./report-html.js";
 import type { PolicyResult, ReplayClock, RequestRecord } from "./result.js";
 import type { Trace } from "./trace.js";
 import { engineProfile } from "../mocker/profiles.js";
+import type { ReplayEngineImpl } from "./rust-engines.js";
 import { fleetEngine, REPLAY_DEFAULTS, runVirtualReplay, type FleetSettings, type ReplayProgress } from "./virtual-replay.js";
 
 export interface ReplayOptions extends FleetSettings {
@@ -23,6 +24,8 @@ export interface ReplayOptions extends FleetSettings {
   eventDelayMs?: number;
   /** Virtual clock: fraction of KV event batches lost. Default 0. */
   eventDropRate?: number;
+  /** Virtual clock: which engine steps the workers (`runVirtualReplay`'s `engineImpl`). */
+  engineImpl?: ReplayEngineImpl;
   seed?: number;
   signal?: AbortSignal;
   onProgress?: (progress: ReplayProgress) => void;
