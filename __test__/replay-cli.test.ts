@@ -111,9 +111,9 @@ describe("kvroute replay (process)", () => {
     const impossible = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--policy", "kv", "--jobs", "1", "--engine", "rust", "--cpu-blocks", "100"], { encoding: "utf8", timeout: 60_000 });
     expect(impossible.status, impossible.stderr).toBe(2);
     expect(impossible.stderr).toContain("engineImpl rust cannot replay this configuration: the direct event path");
-    // Policies side by side: each child says why; the parent ends with the failure, not a stack.
+    // Policies side by side: each child says why; the parent ends with the same exit code, not a stack.
     const side = spawnSync(process.execPath, [kvrouteCliPath(), "replay", "--trace", trace, "--policy", "kv,round-robin", "--jobs", "2", "--engine", "rust", "--cpu-blocks", "100", "--quiet"], { encoding: "utf8", timeout: 60_000 });
-    expect(side.status, side.stderr).toBe(1);
+    expect(side.status, side.stderr).toBe(2);
     expect(side.stderr).toContain("engineImpl rust cannot replay this configuration");
     expect(side.stderr).toContain("kv: the replay process exited (code 2) without a result");
     expect(side.stderr).not.toMatch(/\n\s+at /);

@@ -9,7 +9,7 @@ import { MemoryRegistry } from "../registry/memory-registry.js";
 import { KvRouter, ROUTER_MODES } from "../router/kv-router.js";
 import type { RouterMode } from "../router/types.js";
 import { availableParallelism } from "node:os";
-import { isPolicyChild, runPolicyJobs, sendToParent, withoutFlags } from "../replay/policy-jobs.js";
+import { isPolicyChild, ReplayJobError, runPolicyJobs, sendToParent, withoutFlags } from "../replay/policy-jobs.js";
 import { describeFleet, describeSettings, runReplay, writeReports, type ReplayOptions } from "../replay/replay.js";
 import type { PolicyResult, ReplayClock } from "../replay/result.js";
 import { comparison, formatSimTime, ProgressBar, resultsTable } from "../replay/terminal.js";
@@ -125,9 +125,9 @@ async function runAsChild(o: ReplayCliOptions): Promise<number> {
 }
 
 /** Runs a replay with the terminal UI (progress, table, report paths) and SIGINT handling. */
-/** 2 for a setting the replay refuses (as for usage errors), 1 for a replay that failed. */
+/** 2 for a setting the replay refuses (as for usage errors; in a policy's process too), 1 for a replay that failed. */
 function exitCodeFor(err: KvrouteError): number {
-  return err instanceof InvalidConfigError ? 2 : 1;
+  return err instanceof InvalidConfigError || (err instanceof ReplayJobError && err.refused) ? 2 : 1;
 }
 
 export async function runReplayWithUi(o: ReplayCliOptions): Promise<number> {

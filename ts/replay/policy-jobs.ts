@@ -14,9 +14,15 @@ import { kvrouteCliPath } from "../workers/command-line.js";
 import type { PolicyResult } from "./result.js";
 import type { ReplayProgress } from "./virtual-replay.js";
 
-/** A policy's replay process ended without a result (its own stderr says why). */
+/**
+ * A policy's replay process ended without a result (its own stderr says why). `refused`: every
+ * failed process exited 2, i.e. refused a setting (the CLI then exits 2 as well).
+ */
 export class ReplayJobError extends KvrouteError {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly refused: boolean,
+  ) {
     super("KVR_REPLAY_JOB", message);
   }
 }
@@ -57,6 +63,7 @@ export async function runPolicyJobs(o: PolicyJobsOptions): Promise<PolicyResult[
   const results = new Map<RouterMode, PolicyResult>();
   const running = new Set<ChildProcess>();
   const failures: string[] = [];
+  let refused = true;
   let next = 0;
   const onAbort = () => {
     for (const child of running) child.kill("SIGINT");
@@ -82,7 +89,10 @@ export async function runPolicyJobs(o: PolicyJobsOptions): Promise<PolicyResult[
           // "close", not "exit": it comes after the last IPC message.
           child.on("close", (code, signal) => {
             running.delete(child);
-            if (!results.has(policy) && !o.signal?.aborted) failures.push(`${policy}: the replay process exited (${signal ?? `code ${code}`}) without a result`);
+            if (!results.has(policy) && !o.signal?.aborted) {
+              failures.push(`${policy}: the replay process exited (${signal ?? `code ${code}`}) without a result`);
+              if (code !== 2) refused = false;
+            }
             launch();
             if (running.size === 0) resolve();
           });
@@ -94,7 +104,7 @@ export async function runPolicyJobs(o: PolicyJobsOptions): Promise<PolicyResult[
   } finally {
     o.signal?.removeEventListener("abort", onAbort);
   }
-  if (failures.length > 0) throw new ReplayJobError(failures.join("; "));
+  if (failures.length > 0) throw new ReplayJobError(failures.join("; "), refused);
   return o.policies.filter((p) => results.has(p)).map((p) => results.get(p)!);
 }
 
