@@ -16,7 +16,9 @@
 //! counted by this process's allocator, per live (block, worker) pair.
 //!
 //! Usage: `dynamo-indexer-bench [--trace PATH] [--quick] [--only-kvroute]` (the last to profile
-//! kvroute alone: its columns are then repeated in Dynamo's).
+//! kvroute alone: its columns are then repeated in Dynamo's). `--trace PATH --write-rounds N`
+//! only times the Mooncake write passes, N rounds of kvroute and Dynamo's RadixTree alternately
+//! (the write path's A/B loop; the concurrent tree is left out).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeSet, HashMap};
@@ -357,7 +359,52 @@ fn make(i: usize) -> Box<dyn Subject> {
             tree: RadixTree::new(),
             id: 0,
         }),
+        3 => Box::new(Flat(HashMap::default())),
         _ => Box::new(DynConcurrent::new()),
+    }
+}
+/// `--write-rounds` only: a flat `HashMap` from key to holder bits (hashbrown, the same
+/// multiplicative hash as kvroute's): one hash-table operation per block and nothing else, the
+/// floor of a write with no structure for prefix lookups.
+struct Flat(HashMap<u64, u64, std::hash::BuildHasherDefault<IdH>>);
+#[derive(Default)]
+struct IdH(u64);
+impl std::hash::Hasher for IdH {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!()
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (x ^ (x >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+impl Subject for Flat {
+    fn name(&self) -> &'static str {
+        "flat"
+    }
+    fn apply(&mut self, ev: &Ev) {
+        match ev {
+            Ev::Stored { worker, keys, .. } => {
+                for k in keys {
+                    *self.0.entry(*k).or_insert(0) |= 1 << worker;
+                }
+            }
+            Ev::Removed { worker, keys } => {
+                for k in keys {
+                    if let Some(v) = self.0.get_mut(k) {
+                        *v &= !(1 << worker);
+                        if *v == 0 {
+                            self.0.remove(k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fn lookup(&mut self, _q: &[u64]) -> (f64, Answer) {
+        unimplemented!()
     }
 }
 
@@ -595,6 +642,55 @@ fn mooncake_scenario(
     (steps, pairs, max_len)
 }
 
+/// `--write-rounds`: the Mooncake write passes alone, kvroute and Dynamo's RadixTree alternately,
+/// writes per CPU-second of each round and the median.
+fn write_rounds(trace: &str, rounds: usize) {
+    for (block, capacity) in [(16usize, 26_000usize), (512, 812)] {
+        let (steps, _, _) = mooncake_scenario(trace, block, 8, capacity, usize::MAX);
+        let events: Vec<&Ev> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let blocks: usize = events.iter().map(|e| e.blocks()).sum();
+        let mut per = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let only_kvroute = std::env::args().any(|a| a == "--only-kvroute");
+        for _ in 0..rounds {
+            for (i, v) in per.iter_mut().enumerate() {
+                if i == 1 && only_kvroute {
+                    v.push(f64::NAN);
+                    continue;
+                }
+                if i == 2 {
+                    // The concurrent tree is left out of this loop.
+                    v.push(f64::NAN);
+                    continue;
+                }
+                let mut s = make(i);
+                let c = cpu_s();
+                for e in &events {
+                    s.apply(e);
+                }
+                v.push(blocks as f64 / (cpu_s() - c) / 1e6);
+            }
+        }
+        for v in &mut per {
+            v.sort_by(|a, b| a.total_cmp(b));
+        }
+        let med = |v: &Vec<f64>| v[v.len() / 2];
+        println!(
+            "Mooncake {block}-token writes per CPU-s ({blocks} block ops, {rounds} rounds): kvroute median {:.2}M/s (range {:.2}-{:.2}), Dynamo RadixTree median {:.2}M/s (range {:.2}-{:.2}): {:.2}x",
+            med(&per[0]), per[0][0], per[0][rounds - 1], med(&per[1]), per[1][0], per[1][rounds - 1], med(&per[0]) / med(&per[1])
+        );
+        println!(
+            "  reference, a flat hash map key -> holder bits (no prefix lookups): median {:.2}M/s",
+            med(&per[3])
+        );
+    }
+}
+
 // ---------------------------------------------------------------- output
 
 fn cell(v: f64, unit: &str) -> String {
@@ -654,6 +750,11 @@ fn main() {
     );
 
     names();
+    if let (Some(trace), Some(i)) = (&trace, args.iter().position(|a| a == "--write-rounds")) {
+        let rounds: usize = args[i + 1].parse().expect("--write-rounds N");
+        write_rounds(trace, rounds);
+        return;
+    }
     let mut rng = Rng(7);
     let chains = if quick { 256 } else { 2048 };
     eprintln!("build scenario: {chains} chains x 512 blocks x 10 of 64 workers");

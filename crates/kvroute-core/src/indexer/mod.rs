@@ -24,7 +24,7 @@
 //!
 //! One table (see [`table`]) keeps, per block, the key and `T` bitsets of `W = ceil(slots / 64)`
 //! words (tier-major), one bit per slot, in an *arena* in insertion order, found by key through a
-//! compact open-addressing index (8 bytes a slot). A query walks `q` keeping `active` = the slots
+//! Swiss-table index of arena positions (5 bytes a bucket). A query walks `q` keeping `active` = the slots
 //! still contiguous; at step `i` it ANDs in the any-tier holders of `q[i]` (the OR of the `T`
 //! bitsets), and a slot that drops out gets `blocks = i`. It stops as soon as `active` is empty.
 //! Tier attribution costs nothing when `T == 1`; otherwise the walk keeps, per tier `t > 0`, the
@@ -38,10 +38,10 @@
 //! answer is exact either way, since a block is only ever taken on key equality. A full hit of a
 //! 512-block prompt is one index probe and a 512-block sequential scan.
 //!
-//! Where the walk does go through the index (queries made of short runs), it keeps the index
-//! slots of the next 20 keys and the arena blocks of the next 10 on their way (two-stage
-//! prefetch), as do the applies; the first two index slots are read branch-free. `W == 1` walks
-//! are monomorphized per `T ≤ 4` (stride a constant).
+//! Neither the walks nor the applies prefetch (the Swiss table shows no bucket address to
+//! prefetch): even on the 1M-block, ~30 MB build, its writes without a prefetch ran ~1.5x faster
+//! than the Robin Hood index's two-stage prefetched ones (benchmarks/RESULTS.md, "Indexer, fourth
+//! pass"). `W == 1` walks are monomorphized per `T ≤ 4` (stride a constant).
 //!
 //! Invariants (besides the table's T1–T4 and the slots' S1–S3; [`Indexer::check_invariants`]
 //! verifies them all):
@@ -60,20 +60,12 @@ mod table;
 
 use crate::error::{Error, Result};
 use slots::Slots;
-use table::Table;
+use table::{Cleared, Table};
 
 /// Most tiers an indexer can hold (tier ids are `0..MAX_TIERS`).
 pub const MAX_TIERS: usize = 8;
 /// Most slots (`(worker, dp_rank)` pairs) an indexer can hold at once.
 pub const MAX_SLOTS: usize = 1 << 16;
-/// How many keys ahead the walks and the applies prefetch table entries. Measured on a 1M-block,
-/// 64-worker index (512-block queries): 8 and 12 are clearly slower, 16 to 32 are alike within
-/// noise; 20 leaves room for slower memory.
-const PREFETCH: usize = 20;
-/// The applies prefetch only when the table is larger than this (bytes): a table that fits in a
-/// core's L2 cache is read at cache speed anyway, and there the prefetches (a hash, a home and,
-/// for the second stage, an index read per key) were measured to cost more than they save.
-const APPLY_PREFETCH_MIN_BYTES: usize = 1 << 20;
 /// The tier of `medium == None`.
 const DEFAULT_TIER: &str = "GPU";
 
@@ -165,34 +157,6 @@ impl Matches {
             let s = wi * 64 + m.trailing_zeros() as usize;
             self.entries[self.pos[s] as usize].tier_blocks[t] += n;
             m &= m - 1;
-        }
-    }
-}
-
-/// The walks' prefetch cursors. While a walk follows an arena run it needs no prefetch (the
-/// hardware streams the arena); whenever it has to go through the index it makes sure the index
-/// slots of the next `PREFETCH` keys and the arena blocks of the next `PREFETCH / 2` are on their
-/// way, so a query made of short runs keeps ~20 misses in flight as before.
-#[derive(Default)]
-struct Ahead {
-    slots: usize,
-    blocks: usize,
-}
-
-impl Ahead {
-    #[inline(always)]
-    fn run(&mut self, table: &table::Probe<'_>, keys: &[u64], j: usize, s: usize) {
-        let to = (j + PREFETCH).min(keys.len());
-        self.slots = self.slots.max(j + 1);
-        while self.slots < to {
-            table.prefetch(keys[self.slots]);
-            self.slots += 1;
-        }
-        let to = (j + PREFETCH / 2).min(keys.len());
-        self.blocks = self.blocks.max(j + 1);
-        while self.blocks < to {
-            table.prefetch_block(keys[self.blocks], s);
-            self.blocks += 1;
         }
     }
 }
@@ -293,14 +257,7 @@ impl Indexer {
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
         self.table.begin_batch();
-        let pf = self.apply_prefetches();
-        if pf {
-            self.prefetch_start(keys);
-        }
         for (j, &k) in keys.iter().enumerate() {
-            if pf {
-                self.prefetch_ahead(keys, j);
-            }
             let e = self.table.find_or_insert(k);
             let word = self.table.word_mut(e, off);
             let held = *word & bit != 0;
@@ -309,31 +266,6 @@ impl Indexer {
             seen(j, held);
         }
         Ok(tier)
-    }
-
-    /// Whether the applies prefetch (see [`APPLY_PREFETCH_MIN_BYTES`]).
-    #[inline(always)]
-    fn apply_prefetches(&self) -> bool {
-        self.table.heap_bytes() > APPLY_PREFETCH_MIN_BYTES
-    }
-
-    /// The apply paths' two-stage prefetch: index slots `PREFETCH` keys ahead, arena blocks
-    /// `PREFETCH / 2` ahead (by then their index slot has arrived).
-    #[inline(always)]
-    fn prefetch_start(&self, keys: &[u64]) {
-        for &k in keys.iter().take(PREFETCH) {
-            self.table.prefetch(k);
-        }
-    }
-
-    #[inline(always)]
-    fn prefetch_ahead(&self, keys: &[u64], j: usize) {
-        if let Some(&next) = keys.get(j + PREFETCH) {
-            self.table.prefetch(next);
-        }
-        if let Some(&next) = keys.get(j + PREFETCH / 2) {
-            self.table.probe().prefetch_block(next, self.table.stride());
-        }
     }
 
     /// Whether slot `slot` holds `key` on tier `tier` (false for an unknown slot, tier or key).
@@ -368,27 +300,10 @@ impl Indexer {
         let slot = slot as usize;
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
-        let pf = self.apply_prefetches();
-        if pf {
-            self.prefetch_start(keys);
-        }
-        for (j, &k) in keys.iter().enumerate() {
-            if pf {
-                self.prefetch_ahead(keys, j);
-            }
-            let Some((i, e)) = self.table.find_slot(k) else {
-                self.removes_unknown += 1;
-                continue;
-            };
-            let word = self.table.word_mut(e, off);
-            if *word & bit == 0 {
-                self.removes_unknown += 1;
-                continue;
-            }
-            *word &= !bit;
-            self.pairs -= 1;
-            if *word == 0 && self.table.bits(e).iter().all(|&x| x == 0) {
-                self.table.remove_slot(i, e);
+        for &k in keys {
+            match self.table.clear_bit(k, off, bit) {
+                Cleared::Unknown | Cleared::NotHeld => self.removes_unknown += 1,
+                Cleared::Held | Cleared::Deleted => self.pairs -= 1,
             }
         }
         self.table.maybe_shrink();
@@ -501,7 +416,6 @@ impl Indexer {
         let mut active = out.active[0];
         let mut prev = [0u64; T];
         let mut run = [0u32; T];
-        let mut ahead = Ahead::default();
         let mut e = usize::MAX;
         let mut j = 0;
         let walked = loop {
@@ -517,7 +431,6 @@ impl Indexer {
             }
             let mut any = b.iter().fold(0, |a, &x| a | x);
             if any == 0 {
-                ahead.run(&table, keys, j, s);
                 let Some(f) = table.find(k, s) else {
                     out.end_at(0, active, j);
                     active = 0;
@@ -571,7 +484,6 @@ impl Indexer {
         prev.resize(t * w, 0);
         run.clear();
         run.resize(t * w, 0);
-        let mut ahead = Ahead::default();
         let mut e = usize::MAX;
         let mut j = 0;
         let walked = loop {
@@ -585,7 +497,6 @@ impl Indexer {
             if seq {
                 e += 1;
             } else {
-                ahead.run(&table, keys, j, s);
                 let Some(f) = table.find(k, s) else {
                     for (wi, a) in active.iter_mut().enumerate() {
                         out.end_at(wi, std::mem::take(a), j);
