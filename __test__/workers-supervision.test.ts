@@ -109,6 +109,16 @@ describe("VllmWorker start", () => {
     expect(worker.pid).toBeUndefined();
   });
 
+  it("keeps the engine's last answer in the error when the deadline cuts the last health check short", async () => {
+    const worker = await fakeWorker({ FAKE_ENGINE_MODE: "503-then-hang" }, { startTimeoutMs: 1500 });
+    const err = (await worker.start().catch((e: unknown) => e)) as WorkerStartError;
+    expect(err).toBeInstanceOf(WorkerStartError);
+    expect(err.reason).toBe("timeout");
+    // Every probe's own timeout is capped by the 1.5 s deadline, so the hanging one is cut short.
+    expect(err.message).toContain("last health check: HTTP 503");
+    expect(worker.state).toBe("failed");
+  });
+
   it("fails at once with the exit status and the engine's last words when it exits early", async () => {
     const worker = await fakeWorker({ FAKE_ENGINE_MODE: "exit-early" }, { startTimeoutMs: 20_000 });
     const err = (await worker.start().catch((e: unknown) => e)) as WorkerStartError;

@@ -3,6 +3,7 @@
 // well-behaved engine (the mocker) cannot exercise. Takes vLLM's argv (only --host and --port
 // matter) and is steered by the environment:
 //   FAKE_ENGINE_MODE        healthy (default) | never-healthy (/health answers 503) |
+//                           503-then-hang (the first /health answers 503, later ones never) |
 //                           exit-early (prints an error, exits 3) | no-listen (never binds) |
 //                           segfault (writes a backtrace to stderr, then dies by SIGSEGV)
 //   FAKE_ENGINE_GRANDCHILD  1: fork a long-sleeping grandchild (prints "grandchild <pid>")
@@ -49,10 +50,13 @@ if (mode === "no-listen") {
   setInterval(() => {}, 1000);
 } else {
   let running = 0;
+  let healthChecks = 0;
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? "/", "http://x");
-    if (url.pathname === "/health") {
-      const unhealthy = mode === "never-healthy" || (unhealthyFile !== undefined && existsSync(unhealthyFile));
+    if (url.pathname === "/health" && mode === "503-then-hang" && healthChecks++ > 0) {
+      // Never answered: the supervisor's probe times out.
+    } else if (url.pathname === "/health") {
+      const unhealthy = mode === "never-healthy" || mode === "503-then-hang" || (unhealthyFile !== undefined && existsSync(unhealthyFile));
       res.statusCode = unhealthy ? 503 : 200;
       res.end();
     } else if (url.pathname === "/metrics") {

@@ -355,11 +355,15 @@ export class VllmWorker extends EventEmitter<VllmWorkerEvents> {
         await this.terminate(run, FAILED_ATTEMPT_GRACE_MS);
         throw fail("timeout", { detail: `last health check: ${lastDetail}` });
       }
+      const cutByDeadline = left < 2000;
       const probe = await probeHealth(this.url, Math.min(2000, left));
       // Yield once so that an exit that raced the probe is seen (another server may own the port).
       await new Promise<void>((r) => setImmediate(r));
       if (probe.ok && !run.exit && !signal.aborted) break;
-      if (!probe.ok) lastDetail = probe.detail ?? "not ok";
+      // A probe the start deadline cut short says nothing about the engine: the error keeps the
+      // last answer it gave (e.g. HTTP 503) rather than "timeout".
+      const answered = lastDetail !== "no answer yet";
+      if (!probe.ok && !(cutByDeadline && probe.detail === "timeout" && answered)) lastDetail = probe.detail ?? "not ok";
       await Promise.race([sleep(this.options.healthPollMs), group.exited, abortPromise(signal)]);
     }
 
