@@ -410,8 +410,7 @@ impl SimEngine {
 
     fn preempt(&mut self, slot: u32) {
         let req = self.reqs[slot as usize].as_mut().expect("request");
-        self.pool
-            .free_blocks(req.blocks.iter().rev().copied(), &mut self.scratch);
+        self.pool.free_blocks(&req.blocks, &mut self.scratch);
         req.blocks.clear();
         req.num_cached_blocks = 0;
         req.num_computed = 0;
@@ -505,8 +504,7 @@ impl SimEngine {
             if finished {
                 any_finished = true;
                 req.status = Status::Finished;
-                self.pool
-                    .free_blocks(req.blocks.iter().rev().copied(), &mut self.scratch);
+                self.pool.free_blocks(&req.blocks, &mut self.scratch);
                 req.blocks.clear();
             }
         }
