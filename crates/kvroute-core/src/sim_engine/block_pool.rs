@@ -89,13 +89,19 @@ const FREE_SLOT: Slot = Slot {
 
 /// Brings the cache line at `p` in ahead of its use.
 #[inline(always)]
-fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T>(p: &T) {
+    prefetch_ptr(p as *const T as *const u8);
+}
+
+/// Brings the cache line at address `p` in ahead of its use (`p` need not be valid).
+#[inline(always)]
+pub(crate) fn prefetch_ptr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: `_mm_prefetch` needs SSE, in the x86_64 baseline; a prefetch reads nothing and
-        // cannot fault, and the pointer comes from a reference anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const T as *const i8) };
+        // SAFETY: `_mm_prefetch` needs SSE, in the x86_64 baseline; a prefetch is a hint: it
+        // reads nothing the program sees and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
