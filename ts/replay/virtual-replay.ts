@@ -38,7 +38,7 @@ import { DirectBatch } from "./direct-batch.js";
 import { virtualEngineConfig, VirtualWorker } from "./virtual-worker.js";
 import { OUTPUT_WORDS, RUN_OUTPUTS, RUN_UNTIL, RustEngines, rustEngineProblem, type ReplayEngineImpl } from "./rust-engines.js";
 import { TimedRouter } from "./timed-router.js";
-import { promptTokens, type Trace, type TraceRequest } from "./trace.js";
+import { expandHashIds, promptTokens, type Trace, type TraceRequest } from "./trace.js";
 import { mulberry32 } from "../util/prng.js";
 
 /** Settings shared by both clocks (defaults in `REPLAY_DEFAULTS`). */
@@ -314,8 +314,18 @@ export async function runVirtualReplay(options: VirtualReplayOptions): Promise<P
     }
   };
 
+  // The Rust engines copy what they keep of a prompt (its tail: its keys come from the router),
+  // and the router keeps none of it, so with them a Mooncake prompt is expanded into one reused
+  // buffer instead of a new array per request (145M tokens over the whole conversation trace).
+  let scratch = new Uint32Array(0);
+  const promptOf = (req: TraceRequest): Uint32Array => {
+    if (rust === null || req.tokens || !req.hashIds) return promptTokens(req);
+    if (scratch.length < req.inputLength) scratch = new Uint32Array(Math.max(req.inputLength, 2 * scratch.length));
+    return expandHashIds(req.hashIds, req.inputLength, scratch);
+  };
+
   const arrive = (req: TraceRequest, handle: number) => {
-    const tokens = promptTokens(req);
+    const tokens = promptOf(req);
     const id = `r${req.index}`;
     const maxTokens = req.maxTokens ?? undefined;
     const decision = router.route({ model, tokens, requestId: id, ...(maxTokens !== undefined ? { maxTokens } : {}) });

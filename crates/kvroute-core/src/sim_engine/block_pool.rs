@@ -17,14 +17,18 @@
 //! - Events: consecutive evictions extend the latest event when it is a BlockRemoved of
 //!   evictions (`open_removal`), as the virtual replay's TS pool does with `mergeRemovals`.
 //!
-//! Layout, for memory: a block's fields sit together (`Block`), and the index is an
-//! open-addressing table of `(key, first block)` slots (linear probing, at most half full,
-//! backward-shift deletion), so a lookup is one cache miss. The free queue is a deque of block
-//! ids, not a linked list: popping the head reads ids in a row instead of chasing a link per block
-//! (a cache miss each, one after the other). A block taken out of the middle (a prefix hit) leaves
-//! a stale entry behind, skipped when reached: an entry is live iff its block is free and records
-//! that entry's position (`qpos`). Allocation and caching touch the blocks and slots they will
-//! need [`PREFETCH`] ahead of use, so that the misses of a batch overlap.
+//! Layout, for memory: the fields of a block that allocation and caching read sit together in
+//! 16 bytes (`Block`: four to a cache line, and a request's blocks are mostly neighbours), the
+//! rarely used link of duplicates (`next_same`) apart, and the index is an open-addressing table
+//! of `(key, first block, duplicates?)` slots (linear probing, at most half full, backward-shift
+//! deletion), so a lookup is one cache miss and evicting a key held once reads no link. The free
+//! queue is a deque of block ids, not a linked list: popping the head reads ids in a row instead
+//! of chasing a link per block (a cache miss each, one after the other). A block taken out of the
+//! middle (a prefix hit) leaves a stale entry behind, skipped when reached: an entry is live iff
+//! its block is free and records that entry's position (`qpos`, modulo 2^32: the queue never
+//! holds 2^32 entries, so two positions in it never agree modulo 2^32). Allocation and caching
+//! touch the blocks and slots they will need [`PREFETCH`] ahead of use, so that the misses of a
+//! batch overlap.
 
 use std::collections::VecDeque;
 
@@ -37,19 +41,35 @@ pub const MEDIUM_GPU: u32 = 1;
 const NONE: u32 = u32::MAX;
 
 /// How many keys ahead allocation and caching prefetch index slots.
-pub const PREFETCH: usize = 8;
+pub const PREFETCH: usize = 16;
+/// How many free queue entries ahead allocation prefetches their blocks.
+const QUEUE_PREFETCH: usize = 16;
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// `Block::meta`'s bit for "in the prefix cache"; the bits below it are the ref count.
+const CACHED: u32 = 1 << 31;
+const REFS: u32 = CACHED - 1;
 
 #[derive(Debug, Clone, Copy)]
 struct Block {
-    /// Its key (valid while `cached`).
+    /// Its key (valid while cached).
     key: u64,
-    /// The absolute position of its entry in the free queue (valid while it is free).
-    qpos: i64,
-    ref_cnt: u32,
-    /// The next (younger) block holding the same key, or NONE.
-    next_same: u32,
-    cached: bool,
+    /// The absolute position of its entry in the free queue, modulo 2^32 (valid while it is free).
+    qpos: u32,
+    /// Its ref count, and [`CACHED`].
+    meta: u32,
+}
+
+impl Block {
+    #[inline(always)]
+    fn refs(&self) -> u32 {
+        self.meta & REFS
+    }
+
+    #[inline(always)]
+    fn cached(&self) -> bool {
+        self.meta & CACHED != 0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,22 +77,31 @@ struct Slot {
     key: u64,
     /// The key's first (oldest) block; NONE: a free slot.
     block: u32,
+    /// Whether other blocks hold the key too (`block`'s `next_same` is not NONE).
+    dups: bool,
 }
 
 const FREE_SLOT: Slot = Slot {
     key: 0,
     block: NONE,
+    dups: false,
 };
 
 /// Brings the cache line at `p` in ahead of its use.
 #[inline(always)]
-fn prefetch<T>(p: &T) {
+pub(crate) fn prefetch<T>(p: &T) {
+    prefetch_ptr(p as *const T as *const u8);
+}
+
+/// Brings the cache line at address `p` in ahead of its use (`p` need not be valid).
+#[inline(always)]
+pub(crate) fn prefetch_ptr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: `_mm_prefetch` needs SSE, in the x86_64 baseline; a prefetch reads nothing and
-        // cannot fault, and the pointer comes from a reference anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const T as *const i8) };
+        // SAFETY: `_mm_prefetch` needs SSE, in the x86_64 baseline; a prefetch is a hint: it
+        // reads nothing the program sees and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -84,10 +113,13 @@ fn prefetch<T>(p: &T) {
 pub struct BlockPool {
     num_blocks: u32,
     blocks: Vec<Block>,
+    /// The next (younger) block holding the same key as a cached block, else NONE (every
+    /// uncached block's is NONE).
+    next_same: Vec<u32>,
     /// The free queue (P2, P3), head first, with stale entries (see the module docs).
     queue: VecDeque<u32>,
-    /// The absolute position of `queue[0]`.
-    front_pos: i64,
+    /// The absolute position of `queue[0]`, modulo 2^32.
+    front_pos: u32,
     free: u32,
     /// The index (P4); a power of two >= 2 x blocks slots.
     slots: Vec<Slot>,
@@ -105,20 +137,19 @@ impl BlockPool {
         let empty = Block {
             key: 0,
             qpos: 0,
-            ref_cnt: 0,
-            next_same: NONE,
-            cached: false,
+            meta: 0,
         };
         let mut blocks = vec![empty; n];
         // All blocks free in id order, the null block taken out (vLLM pops it first).
         let queue: VecDeque<u32> = (1..num_blocks).collect();
         for (i, &b) in queue.iter().enumerate() {
-            blocks[b as usize].qpos = i as i64;
+            blocks[b as usize].qpos = i as u32;
         }
         let cap = (2 * n).next_power_of_two().max(16);
         BlockPool {
             num_blocks,
             blocks,
+            next_same: vec![NONE; n],
             queue,
             front_pos: 0,
             free: num_blocks.saturating_sub(1),
@@ -193,7 +224,7 @@ impl BlockPool {
     }
 
     pub fn ref_count(&self, block: u32) -> u32 {
-        self.blocks[block as usize].ref_cnt
+        self.blocks[block as usize].refs()
     }
 
     /// The first block caching `key`.
@@ -204,10 +235,10 @@ impl BlockPool {
     /// Takes a reference on each block, taking free ones out of the free queue (prefix hits).
     pub fn touch(&mut self, blocks: &[u32]) {
         for &b in blocks {
-            if self.blocks[b as usize].ref_cnt == 0 {
+            if self.blocks[b as usize].refs() == 0 {
                 self.unlink(b);
             }
-            self.blocks[b as usize].ref_cnt += 1;
+            self.blocks[b as usize].meta += 1;
         }
     }
 
@@ -217,9 +248,13 @@ impl BlockPool {
         let start = out.len();
         let mut taken = 0;
         while taken < n {
+            // The entries' blocks are read in queue order: load them ahead of the check.
+            if let Some(&ahead) = self.queue.get(QUEUE_PREFETCH) {
+                prefetch(&self.blocks[ahead as usize]);
+            }
             let b = self.queue.pop_front().expect("the caller checked num_free");
             let pos = self.front_pos;
-            self.front_pos += 1;
+            self.front_pos = pos.wrapping_add(1);
             if self.live(b, pos) {
                 out.push(b);
                 taken += 1;
@@ -235,30 +270,39 @@ impl BlockPool {
                 self.prefetch_block_key(ahead);
             }
             self.evict(b);
-            self.blocks[b as usize].ref_cnt = 1;
+            self.blocks[b as usize].meta = 1;
         }
     }
 
     #[inline(always)]
     fn prefetch_block_key(&self, b: u32) {
         let blk = &self.blocks[b as usize];
-        if blk.cached {
+        if blk.cached() {
             self.prefetch_key(blk.key);
         }
     }
 
-    /// Drops one reference per block; `ordered` in eviction priority (first evicted first), as
-    /// vLLM's `free_blocks` (a request's blocks tail first: the caller iterates them reversed).
-    pub fn free_blocks(&mut self, ordered: impl Iterator<Item = u32>, scratch: &mut Vec<u32>) {
+    /// Drops one reference per block of `blocks` taken tail first (eviction priority: first
+    /// evicted first), as vLLM's `free_blocks` does with a request's blocks.
+    pub fn free_blocks(&mut self, blocks: &[u32], scratch: &mut Vec<u32>) {
         scratch.clear();
-        for b in ordered {
+        let n = blocks.len();
+        // A request's blocks were last touched when it was scheduled: load them ahead of use.
+        for &b in blocks.iter().rev().take(QUEUE_PREFETCH) {
+            prefetch(&self.blocks[b as usize]);
+        }
+        for i in (0..n).rev() {
+            if let Some(j) = i.checked_sub(QUEUE_PREFETCH) {
+                prefetch(&self.blocks[blocks[j] as usize]);
+            }
+            let b = blocks[i];
             if b == 0 {
                 continue;
             }
             let blk = &mut self.blocks[b as usize];
-            blk.ref_cnt -= 1;
-            if blk.ref_cnt == 0 {
-                if blk.cached {
+            blk.meta -= 1;
+            if blk.refs() == 0 {
+                if blk.cached() {
                     self.append(b);
                 } else {
                     scratch.push(b);
@@ -275,22 +319,29 @@ impl BlockPool {
     /// Caches `block` under `key` (P4, P5); false when it already was.
     pub fn cache_block(&mut self, block: u32, key: u64) -> bool {
         let bi = block as usize;
-        if self.blocks[bi].cached {
+        if self.blocks[bi].cached() {
             return false;
         }
         let blk = &mut self.blocks[bi];
-        blk.cached = true;
+        blk.meta |= CACHED;
         blk.key = key;
-        blk.next_same = NONE;
+        // `next_same[block]` is NONE: it was not cached.
         match self.find(key) {
-            Err(i) => self.slots[i] = Slot { key, block },
+            Err(i) => {
+                self.slots[i] = Slot {
+                    key,
+                    block,
+                    dups: false,
+                }
+            }
             Ok(i) => {
                 // Another block holds it already (P4): this one goes last.
+                self.slots[i].dups = true;
                 let mut last = self.slots[i].block;
-                while self.blocks[last as usize].next_same != NONE {
-                    last = self.blocks[last as usize].next_same;
+                while self.next_same[last as usize] != NONE {
+                    last = self.next_same[last as usize];
                 }
-                self.blocks[last as usize].next_same = block;
+                self.next_same[last as usize] = block;
             }
         }
         true
@@ -321,35 +372,41 @@ impl BlockPool {
 
     fn evict(&mut self, block: u32) {
         let bi = block as usize;
-        if !self.blocks[bi].cached {
+        if !self.blocks[bi].cached() {
             return;
         }
-        self.blocks[bi].cached = false;
+        self.blocks[bi].meta &= !CACHED;
         let key = self.blocks[bi].key;
         let Ok(i) = self.find(key) else {
             return;
         };
-        let first = self.slots[i].block;
-        if first == block {
-            let next = self.blocks[bi].next_same;
-            if next == NONE {
-                self.remove_slot(i);
-            } else {
-                self.slots[i].block = next;
-            }
-        } else {
-            let mut prev = first;
-            while self.blocks[prev as usize].next_same != NONE
-                && self.blocks[prev as usize].next_same != block
-            {
-                prev = self.blocks[prev as usize].next_same;
-            }
-            if self.blocks[prev as usize].next_same != block {
+        let slot = self.slots[i];
+        if !slot.dups {
+            // The key's only block (P4): `block` itself.
+            if slot.block != block {
                 return;
             }
-            self.blocks[prev as usize].next_same = self.blocks[bi].next_same;
+            self.remove_slot(i);
+        } else {
+            let next = self.next_same[bi];
+            if slot.block == block {
+                self.slots[i].block = next;
+            } else {
+                let mut prev = slot.block;
+                while self.next_same[prev as usize] != NONE
+                    && self.next_same[prev as usize] != block
+                {
+                    prev = self.next_same[prev as usize];
+                }
+                if self.next_same[prev as usize] != block {
+                    return;
+                }
+                self.next_same[prev as usize] = next;
+            }
+            self.next_same[bi] = NONE;
+            let first = self.slots[i].block;
+            self.slots[i].dups = self.next_same[first as usize] != NONE;
         }
-        self.blocks[bi].next_same = NONE;
         match self.open_removal {
             Some(at) => {
                 self.ops[at] += 1;
@@ -365,27 +422,27 @@ impl BlockPool {
 
     /// Whether the queue entry at `pos` holding `b` is its live one.
     #[inline(always)]
-    fn live(&self, b: u32, pos: i64) -> bool {
+    fn live(&self, b: u32, pos: u32) -> bool {
         let blk = &self.blocks[b as usize];
-        blk.ref_cnt == 0 && blk.qpos == pos
+        blk.refs() == 0 && blk.qpos == pos
     }
 
-    /// Takes a free block out of the middle of the queue: its entry goes stale.
-    fn unlink(&mut self, b: u32) {
-        self.blocks[b as usize].qpos = i64::MIN;
+    /// Takes a free block out of the middle of the queue: its entry goes stale (the caller takes
+    /// a reference at once; once free again the block gets a new entry, at a new position).
+    fn unlink(&mut self, _b: u32) {
         self.free -= 1;
     }
 
     fn append(&mut self, b: u32) {
         self.compact_if_stale();
-        self.blocks[b as usize].qpos = self.front_pos + self.queue.len() as i64;
+        self.blocks[b as usize].qpos = self.front_pos.wrapping_add(self.queue.len() as u32);
         self.queue.push_back(b);
         self.free += 1;
     }
 
     fn prepend(&mut self, b: u32) {
         self.compact_if_stale();
-        self.front_pos -= 1;
+        self.front_pos = self.front_pos.wrapping_sub(1);
         self.blocks[b as usize].qpos = self.front_pos;
         self.queue.push_front(b);
         self.free += 1;
@@ -393,15 +450,21 @@ impl BlockPool {
 
     /// Drops the stale entries once they outnumber the live ones (bounded memory; the live
     /// entries keep their order).
+    #[inline(always)]
     fn compact_if_stale(&mut self) {
-        if self.queue.len() <= 2 * self.num_blocks as usize + 64 {
-            return;
+        if self.queue.len() > 2 * self.num_blocks as usize + 64 {
+            self.compact();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn compact(&mut self) {
         let old = std::mem::take(&mut self.queue);
         let front = self.front_pos;
-        for (pos, b) in (front..).zip(old) {
-            if self.live(b, pos) {
-                self.blocks[b as usize].qpos = front + self.queue.len() as i64;
+        for (i, b) in old.into_iter().enumerate() {
+            if self.live(b, front.wrapping_add(i as u32)) {
+                self.blocks[b as usize].qpos = front.wrapping_add(self.queue.len() as u32);
                 self.queue.push_back(b);
             }
         }
@@ -422,7 +485,7 @@ mod tests {
         assert!(p.cache_block(2, 10)); // a duplicate key is cached too
         p.push_stored(&[10, 10]);
         let mut scratch = Vec::new();
-        p.free_blocks([2, 1].into_iter(), &mut scratch);
+        p.free_blocks(&[1, 2], &mut scratch);
         assert_eq!(p.num_free(), 3);
         assert_eq!(p.lookup(10), Some(1));
         let mut more = Vec::new();
@@ -440,6 +503,36 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_leave_the_index_in_any_order() {
+        for (order, firsts) in [
+            // Freed (so evicted) head first: the next duplicate becomes the key's first block.
+            ([3u32, 2, 1], [Some(2), Some(3), None]),
+            // The middle one, then the head, then the last.
+            ([3, 1, 2], [Some(1), Some(3), None]),
+            // The last one first.
+            ([1, 2, 3], [Some(1), Some(1), None]),
+        ] {
+            let mut p = BlockPool::new(8); // blocks 1..7
+            let (mut got, mut scratch) = (Vec::new(), Vec::new());
+            p.allocate(3, &mut got);
+            for b in [1, 2, 3] {
+                assert!(p.cache_block(b, 10));
+            }
+            assert_eq!(p.lookup(10), Some(1));
+            p.free_blocks(&order, &mut scratch);
+            // The four never-cached blocks go first, then one duplicate per allocation.
+            let mut more = Vec::new();
+            p.allocate(4, &mut more);
+            for want in firsts {
+                p.allocate(1, &mut more);
+                assert_eq!(p.lookup(10), want, "order {order:?}");
+            }
+            assert!(p.cache_block(5, 10));
+            assert_eq!(p.lookup(10), Some(5));
+        }
+    }
+
+    #[test]
     fn prefix_hits_leave_stale_entries_that_are_skipped_and_compacted() {
         let mut p = BlockPool::new(6); // blocks 1..5
         let mut scratch = Vec::new();
@@ -448,11 +541,11 @@ mod tests {
         for (b, k) in [(1, 11), (2, 12), (3, 13)] {
             assert!(p.cache_block(b, k));
         }
-        p.free_blocks([3, 2, 1].into_iter(), &mut scratch); // queue: 4 5 3 2 1
-                                                            // Hits on 2, many times over: each leaves a stale entry behind.
+        p.free_blocks(&[1, 2, 3], &mut scratch); // queue: 4 5 3 2 1
+                                                 // Hits on 2, many times over: each leaves a stale entry behind.
         for _ in 0..200 {
             p.touch(&[2]);
-            p.free_blocks([2].into_iter(), &mut scratch);
+            p.free_blocks(&[2], &mut scratch);
         }
         assert!(p.queue.len() <= 2 * 6 + 64 + 1);
         assert_eq!(p.num_free(), 5);

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 
-use super::block_pool::{BlockPool, PREFETCH};
+use super::block_pool::{prefetch_ptr, BlockPool, PREFETCH};
 use super::{
     context_fingerprint, sample_token, SimConfig, StepTiming, CONTEXT_WINDOW, EOS_TOKEN_ID,
 };
@@ -290,6 +290,11 @@ impl SimEngine {
         let mut preempted = false;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
+            // Each step reads every running request: load them ahead (a decode step is mostly
+            // these misses).
+            if let Some(&ahead) = self.running.get(i + REQ_PREFETCH) {
+                prefetch_req(&self.reqs[ahead as usize]);
+            }
             let slot = self.running[i];
             let req = self.reqs[slot as usize].as_ref().expect("running request");
             let left = req.num_tokens() - req.num_computed;
@@ -410,8 +415,7 @@ impl SimEngine {
 
     fn preempt(&mut self, slot: u32) {
         let req = self.reqs[slot as usize].as_mut().expect("request");
-        self.pool
-            .free_blocks(req.blocks.iter().rev().copied(), &mut self.scratch);
+        self.pool.free_blocks(&req.blocks, &mut self.scratch);
         req.blocks.clear();
         req.num_cached_blocks = 0;
         req.num_computed = 0;
@@ -486,6 +490,20 @@ impl SimEngine {
     fn apply_step(&mut self, out: &mut Vec<StepOutput>) {
         let mut any_finished = false;
         for p in 0..self.plan.len() {
+            if let Some(&(ahead, _)) = self.plan.get(p + 2 * REQ_PREFETCH) {
+                prefetch_req(&self.reqs[ahead as usize]);
+            }
+            // And the tail of the tokens that sampling reads, of a request loaded by now.
+            if let Some(&(ahead, _)) = self.plan.get(p + REQ_PREFETCH) {
+                if let Some(r) = &self.reqs[ahead as usize] {
+                    prefetch_ptr(
+                        r.tokens
+                            .as_ptr()
+                            .wrapping_add(r.tokens.len().saturating_sub(1))
+                            as *const u8,
+                    );
+                }
+            }
             let (slot, num_new) = self.plan[p];
             let req = self.reqs[slot as usize].as_mut().expect("planned request");
             if req.status != Status::Running {
@@ -505,8 +523,7 @@ impl SimEngine {
             if finished {
                 any_finished = true;
                 req.status = Status::Finished;
-                self.pool
-                    .free_blocks(req.blocks.iter().rev().copied(), &mut self.scratch);
+                self.pool.free_blocks(&req.blocks, &mut self.scratch);
                 req.blocks.clear();
             }
         }
@@ -528,6 +545,18 @@ impl SimEngine {
 impl Req {
     fn num_tokens(&self) -> u32 {
         self.base + self.tokens.len() as u32
+    }
+}
+
+/// How many requests ahead a step's loops prefetch them.
+const REQ_PREFETCH: usize = 4;
+
+/// Brings a request's fields in (it spans a few cache lines).
+#[inline(always)]
+fn prefetch_req(r: &Option<Req>) {
+    let p = r as *const Option<Req> as *const u8;
+    for off in (0..std::mem::size_of::<Option<Req>>()).step_by(64) {
+        prefetch_ptr(p.wrapping_add(off));
     }
 }
 
