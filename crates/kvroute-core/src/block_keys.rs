@@ -98,8 +98,27 @@ impl RouterKeyer {
     }
 }
 
+/// Blocks of up to this many tokens without extra keys are keyed from a stack buffer.
+const STACK_TOKENS: usize = 64;
+
+/// The key of a block without extra keys: its bytes laid out in a fixed array (no growth check
+/// per token, so the copy vectorizes), the same bytes [`key`] would hash.
+#[inline(always)]
+fn plain_key(parent: u64, tokens: &[u32]) -> u64 {
+    let mut a = [0u8; 8 + 4 * STACK_TOKENS];
+    let n = 8 + 4 * tokens.len();
+    a[..8].copy_from_slice(&parent.to_le_bytes());
+    for (c, &t) in a[8..n].chunks_exact_mut(4).zip(tokens) {
+        c.copy_from_slice(&t.to_le_bytes());
+    }
+    xxh3_64(&a[..n])
+}
+
 #[inline]
 fn key(buf: &mut Vec<u8>, parent: u64, tokens: &[u32], extra: &BlockExtraKeys<'_>) -> u64 {
+    if extra.is_empty() && tokens.len() <= STACK_TOKENS {
+        return plain_key(parent, tokens);
+    }
     buf.clear();
     buf.extend_from_slice(&parent.to_le_bytes());
     for &t in tokens {
@@ -178,6 +197,28 @@ mod tests {
             k.block_key(None, &[7, 70_000], &BlockExtraKeys::NONE),
             xxh3_64(&bytes)
         );
+    }
+
+    #[test]
+    fn stack_and_buffer_paths_hash_the_same_bytes() {
+        // Block sizes on both sides of STACK_TOKENS: every key is XXH3 of the documented bytes.
+        for bs in [1, 16, STACK_TOKENS - 1, STACK_TOKENS, STACK_TOKENS + 1, 128] {
+            let k = RouterKeyer::new(bs).unwrap();
+            let tokens: Vec<u32> = (0..3 * bs as u32)
+                .map(|t| t.wrapping_mul(0x9E37_79B9))
+                .collect();
+            let mut out = Vec::new();
+            k.keys(&tokens, &ExtraKeys::default(), &mut out);
+            let mut parent = ROOT_KEY;
+            for (i, block) in tokens.chunks_exact(bs).enumerate() {
+                let mut bytes = parent.to_le_bytes().to_vec();
+                for t in block {
+                    bytes.extend_from_slice(&t.to_le_bytes());
+                }
+                parent = xxh3_64(&bytes);
+                assert_eq!(out[i], parent, "block size {bs}, block {i}");
+            }
+        }
     }
 
     #[test]
