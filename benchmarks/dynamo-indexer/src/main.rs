@@ -427,6 +427,19 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A scenario's events (its lookups left out) and how many block operations they hold.
+fn events_of(steps: &[Step]) -> (Vec<&Ev>, usize) {
+    let events: Vec<&Ev> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let blocks = events.iter().map(|e| e.blocks()).sum();
+    (events, blocks)
+}
+
 /// Runs a scenario on every indexer: a write-only pass (timed, then memory), and the lookup pass
 /// (steps in order; each query is timed and its answer kept). `class(i)` names the query class of
 /// the i-th query. Returns the results and whether all answers agreed.
@@ -436,14 +449,7 @@ fn run(
     classes: usize,
     class: &dyn Fn(usize) -> usize,
 ) -> (Vec<Result_>, usize, usize) {
-    let events: Vec<&Ev> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Event(e) => Some(e),
-            _ => None,
-        })
-        .collect();
-    let blocks: usize = events.iter().map(|e| e.blocks()).sum();
+    let (events, blocks) = events_of(steps);
     let mut results = Vec::new();
     let mut answers: Vec<Vec<Answer>> = Vec::new();
     let only_kvroute = std::env::args().any(|a| a == "--only-kvroute");
@@ -647,14 +653,7 @@ fn mooncake_scenario(
 fn write_rounds(trace: &str, rounds: usize) {
     for (block, capacity) in [(16usize, 26_000usize), (512, 812)] {
         let (steps, _, _) = mooncake_scenario(trace, block, 8, capacity, usize::MAX);
-        let events: Vec<&Ev> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect();
-        let blocks: usize = events.iter().map(|e| e.blocks()).sum();
+        let (events, blocks) = events_of(&steps);
         let mut per = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         let only_kvroute = std::env::args().any(|a| a == "--only-kvroute");
         for _ in 0..rounds {
