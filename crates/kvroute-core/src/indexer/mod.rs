@@ -43,7 +43,7 @@
 //! than the Robin Hood index's two-stage prefetched ones (benchmarks/RESULTS.md, "Indexer, fourth
 //! pass"). `W == 1` walks are monomorphized per `T ≤ 4` (stride a constant).
 //!
-//! Invariants (besides the table's T1–T4 and the slots' S1–S3; [`Indexer::check_invariants`]
+//! Invariants (besides the table's T1, T2, T4, T5 and the slots' S1–S3; [`Indexer::check_invariants`]
 //! verifies them all):
 //! - I1: the table's stride is `1 + T * W` with `T = tiers.len() ≥ 1` and
 //!   `W ≥ max(1, ceil(slot_bound / 64))`; `tiers[0] == "GPU"`.
@@ -660,7 +660,7 @@ impl Indexer {
         dropped
     }
 
-    /// Verifies every invariant (table T1–T4, slots S1–S3, indexer I1–I3). O(table); for tests.
+    /// Verifies every invariant (table T1, T2, T4, T5, slots S1–S3, indexer I1–I3). O(table); for tests.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         self.table.check()?;
