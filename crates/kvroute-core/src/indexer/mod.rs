@@ -60,7 +60,7 @@ mod table;
 
 use crate::error::{Error, Result};
 use slots::Slots;
-use table::{Cleared, Table};
+use table::Table;
 
 /// Most tiers an indexer can hold (tier ids are `0..MAX_TIERS`).
 pub const MAX_TIERS: usize = 8;
@@ -301,9 +301,10 @@ impl Indexer {
         let off = tier * self.w + slot / 64;
         let bit = 1u64 << (slot % 64);
         for &k in keys {
-            match self.table.clear_bit(k, off, bit) {
-                Cleared::Unknown | Cleared::NotHeld => self.removes_unknown += 1,
-                Cleared::Held | Cleared::Deleted => self.pairs -= 1,
+            if self.table.clear_bit(k, off, bit) {
+                self.pairs -= 1;
+            } else {
+                self.removes_unknown += 1;
             }
         }
         self.table.maybe_shrink();

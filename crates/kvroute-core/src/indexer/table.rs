@@ -58,19 +58,6 @@ fn hash(key: u64) -> u64 {
     m ^ (m >> 32)
 }
 
-/// What [`Table::clear_bit`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Cleared {
-    /// The key is not in the table.
-    Unknown,
-    /// The key is, without that bit.
-    NotHeld,
-    /// The bit was cleared; the block has other holders.
-    Held,
-    /// The bit was cleared and was the block's last: the block is deleted.
-    Deleted,
-}
-
 pub(super) struct Table {
     arena: Vec<u64>,
     stride: usize,
@@ -218,6 +205,10 @@ impl Table {
             *used - 1
         };
         *live += 1;
+        debug_assert!(
+            e <= u32::MAX as usize,
+            "arena positions fit the index's u32 values"
+        );
         vacant.insert(e as u32);
         e
     }
@@ -242,28 +233,27 @@ impl Table {
     }
 
     /// Clears bit `bit` of word `off` in the block of `key` (one index probe), deleting the block
-    /// when that leaves it without holders. Does not shrink; call [`Table::maybe_shrink`] after
-    /// a batch.
+    /// when that leaves it without holders; false when the key is absent or lacks that bit. Does
+    /// not shrink; call [`Table::maybe_shrink`] after a batch.
     #[inline(always)]
-    pub(super) fn clear_bit(&mut self, key: u64, off: usize, bit: u64) -> Cleared {
+    pub(super) fn clear_bit(&mut self, key: u64, off: usize, bit: u64) -> bool {
         let s = self.stride;
         let Table { arena, index, .. } = self;
         let Ok(o) = index.find_entry(hash(key), |&e| arena[e as usize * s] == key) else {
-            return Cleared::Unknown;
+            return false;
         };
         let e = *o.get() as usize;
         let bits = &mut arena[e * s + 1..e * s + s];
         let word = &mut bits[off];
         if *word & bit == 0 {
-            return Cleared::NotHeld;
+            return false;
         }
         *word &= !bit;
-        if *word != 0 || bits.iter().any(|&w| w != 0) {
-            return Cleared::Held;
+        if *word == 0 && bits.iter().all(|&w| w == 0) {
+            o.remove();
+            self.dead(e);
         }
-        o.remove();
-        self.dead(e);
-        Cleared::Deleted
+        true
     }
 
     /// Deletes block `e` (whose bits the caller has just made all zero): drops it from the
