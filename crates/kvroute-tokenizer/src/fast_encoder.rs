@@ -8,8 +8,6 @@
 //! NFC, pre-tokenizer `Split(one of the known regexes, Isolated)` then `ByteLevel` without its own
 //! regex or prefix space, a BPE model without dropout. Anything else keeps the general path.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use serde_json::Value as Json;
@@ -17,6 +15,7 @@ use tokenizers::{Model, Tokenizer};
 use unicode_normalization::{is_nfc_quick, IsNormalized};
 
 use crate::pretokenize::Pattern;
+use crate::word_cache::WordCache;
 
 /// Words kept before the cache is emptied (~10 MiB at typical word lengths).
 const WORD_CACHE_LIMIT: usize = 200_000;
@@ -27,9 +26,6 @@ pub struct FastEncoder {
     byte_chars: [char; 256],
     words: Mutex<WordCache>,
 }
-
-/// A pre-tokenized word's text -> its ids.
-type WordCache = HashMap<Box<str>, Box<[u32]>, BuildHasherDefault<Xxh3Hasher>>;
 
 impl FastEncoder {
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Option<FastEncoder> {
@@ -50,7 +46,7 @@ impl FastEncoder {
             pattern,
             nfc,
             byte_chars: byte_level_alphabet(),
-            words: Mutex::new(HashMap::default()),
+            words: Mutex::new(WordCache::new(WORD_CACHE_LIMIT)),
         })
     }
 
@@ -79,8 +75,8 @@ impl FastEncoder {
             if failure.is_some() {
                 return;
             }
-            if let Some(ids) = words.get(word) {
-                out.extend_from_slice(ids);
+            let start = word.as_ptr() as usize - text.as_ptr() as usize;
+            if words.extend_if_cached(text, start, start + word.len(), out) {
                 return;
             }
             mapped.clear();
@@ -89,12 +85,9 @@ impl FastEncoder {
             }
             match tokenizer.get_model().tokenize(&mapped) {
                 Ok(tokens) => {
-                    let ids: Box<[u32]> = tokens.iter().map(|t| t.id).collect();
-                    out.extend_from_slice(&ids);
-                    if words.len() >= WORD_CACHE_LIMIT {
-                        words.clear();
-                    }
-                    words.insert(word.into(), ids);
+                    let start = out.len();
+                    out.extend(tokens.iter().map(|t| t.id));
+                    words.insert(word, &out[start..]);
                 }
                 Err(e) => failure = Some(e.to_string()),
             }
@@ -147,17 +140,4 @@ fn byte_level_alphabet() -> [char; 256] {
         };
     }
     map
-}
-
-/// XXH3 for the word cache's string keys (SipHash would cost more than the lookup saves).
-#[derive(Default)]
-pub struct Xxh3Hasher(u64);
-
-impl Hasher for Xxh3Hasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
 }

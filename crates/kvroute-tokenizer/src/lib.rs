@@ -6,7 +6,7 @@
 //! - [`template`]: the chat template, rendered as transformers' Jinja2 environment does.
 //! - [`pyjson`]: Python's `json.dumps` and `str()` forms of template values.
 //! - [`conversation`]: the request body rewritten as vLLM rewrites it before rendering.
-//! - [`pretokenize`] and `fast_encoder`: the fast path for GPT-4-style byte-level BPE.
+//! - [`pretokenize`], `fast_encoder` and `word_cache`: the fast path for GPT-4-style byte-level BPE.
 //! - [`segments`]: incremental encoding of rendered chats, piece by piece through a bounded LRU.
 //! - [`chat_prefix`]: a conversation's next turn reuses the ids of the text it shares with the last.
 //! - [`tokenizer`]: [`ModelTokenizer`], which ties them together.
@@ -22,6 +22,7 @@ pub mod pyjson;
 pub mod segments;
 pub mod template;
 pub mod tokenizer;
+mod word_cache;
 
 pub use tokenizer::{
     CacheStats, ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES,
