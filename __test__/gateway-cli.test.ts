@@ -3,12 +3,14 @@
  * workers: config file + flags, KV events and metrics followed, disaggregated prefill/decode,
  * data-parallel ranks, and everything stopped on a signal.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { kvroute, portOpen, stopCliProcesses } from "./helpers/cli-process.js";
 import { get, metricValue, post, sleep, sseData, startMockWorker } from "./helpers/gateway-fleet.js";
+import { childPids } from "./helpers/proc.js";
+import { GATEWAY_V8_FLAGS } from "../ts/cli/heap-respawn.js";
 import type { VllmWorker } from "../ts/workers/index.js";
 
 const workers: VllmWorker[] = [];
@@ -71,6 +73,48 @@ describe("kvroute serve", () => {
     const flag = kvroute(["serve", "--router-mode", "fastest"]);
     expect(await flag.exit).toBe(2);
     expect(flag.stderr()).toContain("--router-mode: 'routerMode' must be one of kv, round-robin, random, least-loaded");
+  });
+});
+
+describe("kvroute serve's gateway process (its V8 heap setting)", () => {
+  const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+  const config = () => {
+    const file = join(mkdtempSync(join(tmpdir(), "kvroute-serve-")), "gateway.yaml");
+    writeFileSync(file, ["host: 127.0.0.1", "metricsScrapeIntervalMs: 0", "models:", "  - name: toy", "    workers:", "      - id: w", "        url: http://127.0.0.1:9"].join("\n"));
+    return file;
+  };
+
+  it("runs in a child under the heap flags, answers there, passes SIGTERM on and its exit code back", async () => {
+    const serve = kvroute(["serve", "--config", config(), "--port", "0"]);
+    const ready = await serve.readyPromise;
+    const [gateway, ...others] = childPids(serve.child.pid!);
+    expect(others).toEqual([]);
+    expect(cmdline(gateway!)).toEqual(expect.arrayContaining([...GATEWAY_V8_FLAGS, "serve"]));
+    expect(cmdline(serve.child.pid!)).not.toEqual(expect.arrayContaining([...GATEWAY_V8_FLAGS]));
+    expect((await get(ready.url, "/health")).status).toBe(200);
+    serve.child.kill("SIGTERM");
+    expect(await serve.exit).toBe(0);
+    expect(existsSync(`/proc/${gateway}`)).toBe(false);
+  });
+
+  it("dies with the first process, even when that one is SIGKILLed", async () => {
+    const serve = kvroute(["serve", "--config", config(), "--port", "0"]);
+    await serve.readyPromise;
+    const [gateway] = childPids(serve.child.pid!);
+    expect(gateway).toBeDefined();
+    serve.child.kill("SIGKILL");
+    await serve.exit;
+    // No clock: the test's timeout bounds the wait for the gateway to go.
+    while (existsSync(`/proc/${gateway}`) && !readFileSync(`/proc/${gateway}/stat`, "utf8").includes(") Z")) await sleep(20);
+  });
+
+  it("runs in place with KVROUTE_NO_RESPAWN=1", async () => {
+    const serve = kvroute(["serve", "--config", config(), "--port", "0"], { KVROUTE_NO_RESPAWN: "1" });
+    const ready = await serve.readyPromise;
+    expect(childPids(serve.child.pid!)).toEqual([]);
+    expect((await get(ready.url, "/health")).status).toBe(200);
+    serve.child.kill("SIGTERM");
+    expect(await serve.exit).toBe(0);
   });
 });
 

@@ -4,7 +4,7 @@
  * endless message of empty frames on the event SUB and on the replay DEALER leaves the gateway's
  * RSS within 50 MB of its start.
  */
-import { readFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -14,6 +14,7 @@ import { PubSocket } from "../ts/events/zmtp/pub-socket.js";
 import { encodeMessage } from "../ts/events/zmtp/wire.js";
 import { kvroute, stopCliProcesses } from "./helpers/cli-process.js";
 import { get, metricValue } from "./helpers/gateway-fleet.js";
+import { treeRssBytes } from "./helpers/proc.js";
 import { floodServer } from "./helpers/hostile-zmtp.js";
 import { waitUntil } from "./helpers/zmq-peer.js";
 
@@ -119,7 +120,7 @@ describe("an endless message of empty frames", () => {
     const router = await floodServer("ROUTER");
     cleanup.push(pub.close, router.close);
     const gw = await serve(pub.endpoint, router.endpoint);
-    const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${gw.pid}/status`, "utf8"))![1]) * 1024;
+    const rss = () => treeRssBytes(gw.pid);
     const start = rss();
     const cut = (text: string) => metricValue(text, "kvroute_kv_event_zmtp_peer_errors_total", { worker: "w", reason: "too-many-frames" });
     let peak = start;

@@ -4,7 +4,7 @@
  * 404), deep JSON is a 400, node:http's own refusals and the 413 reach the client in the OpenAI
  * shape, echoed input is bounded, and API keys guard the routes. Real mocker and CLI processes.
  */
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "node:net";
@@ -13,6 +13,7 @@ import { withAccessFlags } from "../ts/cli/access-flags.js";
 import { loadGatewayConfig } from "../ts/config/index.js";
 import { startGateway, type RunningGateway } from "../ts/gateway/index.js";
 import { kvroute, stopCliProcesses } from "./helpers/cli-process.js";
+import { childPids } from "./helpers/proc.js";
 import { get, metricValue, MODEL, post, rawSocket, sseData, startFleet, workerRequests, type Fleet } from "./helpers/gateway-fleet.js";
 
 /** One worker, no migration: requests sharing an x-request-id meet on the same engine. */
@@ -264,23 +265,6 @@ describe("kvroute up: every worker killed", () => {
     expect(never.json.error.code).toBe("KVR_MODEL_NOT_FOUND");
   });
 });
-
-/** Processes whose parent is `pid` (Linux /proc). */
-function childPids(pid: number): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      // pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === pid) out.push(Number(name));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 /** Everything the server sends until it closes, and the socket error if there was one. */
 function readAll(s: Socket): Promise<{ text: string; error: string | null }> {

@@ -6,31 +6,10 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { kvroute, stopCliProcesses } from "./helpers/cli-process.js";
+import { processTree } from "./helpers/proc.js";
 import { post } from "./helpers/gateway-fleet.js";
 
 afterEach(() => stopCliProcesses());
-
-/** `pid` and every process below it. */
-function processTree(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(name)]);
-    } catch {
-      // exited meanwhile
-    }
-  }
-  const out: number[] = [];
-  const walk = (p: number) => {
-    out.push(p);
-    for (const c of children.get(p) ?? []) walk(c);
-  };
-  walk(pid);
-  return out;
-}
 
 function socketInodes(pid: number): Set<string> {
   const inodes = new Set<string>();

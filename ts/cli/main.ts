@@ -4,6 +4,7 @@
  */
 import { runDemo } from "./demo.js";
 import { runHash } from "./hash.js";
+import { respawnWithGatewayHeap } from "./heap-respawn.js";
 import { runManifests } from "./manifests.js";
 import { runMock } from "./mock.js";
 import { runPlanner } from "./planner.js";
@@ -61,6 +62,10 @@ async function main(argv: string[]): Promise<number> {
   if (!command) {
     console.error(`kvroute: unknown command '${name}'\n\n${USAGE}`);
     return 2;
+  }
+  if (name === "serve") {
+    const relayed = respawnWithGatewayHeap();
+    if (relayed) return relayed;
   }
   return command(rest);
 }
