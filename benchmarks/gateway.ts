@@ -13,7 +13,8 @@
  * tokens), at 64 clients (CPU µs per request, requests/s) and 1 client (added p50/p99, first
  * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
  * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
- * per core. Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
+ * per core, after BENCH_CHAT_WARMUP seconds (5) of 8k-token chats on other conversations (the
+ * gateway's code compiled). Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
  * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_PROMPTS (section 1's
  * prompts, e.g. "ids1k,text1k"), BENCH_GATEWAY_NODE_ARGS (e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" for a CPU profile of kvroute's gateway).
@@ -33,6 +34,8 @@ import { TextGen } from "./lib/text.js";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const REPS = Number(process.env.BENCH_REPS ?? 1);
+/** Section 2: seconds of long-chat traffic on other conversations before each measured row. */
+const CHAT_WARMUP = Number(process.env.BENCH_CHAT_WARMUP ?? 5);
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2").split(","));
 /** Section 1's prompts, e.g. "ids1k,text1k" (default: all of text1k, ids1k, text8k, ids8k). */
 const PROMPTS = process.env.BENCH_PROMPTS ? new Set(process.env.BENCH_PROMPTS.split(",")) : null;
@@ -307,11 +310,11 @@ async function sectionLongChat(g: Gw): Promise<void> {
   const rows: string[][] = [];
   const chatGen = new TextGen(rng(21));
   const text = (n: number) => chatGen.text(Math.round(n * charsPerToken));
-  for (const tokens of [32_000, 60_000]) {
-    const clients = 16;
-    // Each conversation starts near `tokens` (counted with the tokenizer, ~5 template tokens a
-    // message) and grows one turn (~300 tokens) per request.
-    const count = (content: string) => tokenizer.encode(content, { addSpecialTokens: false }).length + 5;
+  const clients = 16;
+  // Each conversation starts near `tokens` (counted with the tokenizer, ~5 template tokens a
+  // message) and grows one turn (~300 tokens) per request.
+  const count = (content: string) => tokenizer.encode(content, { addSpecialTokens: false }).length + 5;
+  const conversationsOf = (tokens: number) => {
     const conversations = Array.from({ length: clients }, () => {
       const messages: { role: string; content: string }[] = [{ role: "system", content: text(500) }];
       let n = count(messages[0]!.content);
@@ -325,14 +328,20 @@ async function sectionLongChat(g: Gw): Promise<void> {
       }
       return messages;
     });
-    const body = (i: number) => {
+    return (i: number) => {
       const conv = conversations[i % clients]!;
       conv.push({ role: "user", content: text(60) });
       const b = Buffer.from(JSON.stringify({ model: MODEL, messages: conv, max_tokens: 16, ignore_eos: true }));
       conv.push({ role: "assistant", content: text(240) });
       return b;
     };
-    // The tokenizer cache warm: every conversation's history has been through the gateway once.
+  };
+  for (const tokens of [32_000, 60_000]) {
+    // Steady state: the gateway's code compiled on CHAT_WARMUP seconds of 8k-token conversations
+    // that are not measured (small, so that they do not crowd the tokenizer's caches).
+    await closedLoop([g.url], { concurrency: clients, body: conversationsOf(8_000), path: "/v1/chat/completions", seconds: CHAT_WARMUP, warmupSeconds: 0 });
+    const body = conversationsOf(tokens);
+    // The tokenizer cache warm: every measured conversation's history has been through the gateway once.
     for (let k = 0; k < clients; k++) {
       const res = await fetch(`${g.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: body(k) });
       await res.arrayBuffer();
