@@ -21,8 +21,14 @@
 //! booking lapses after its TTL (the caller may route without sending, or give up while queued).
 //! Started bookings last until finish.
 //!
+//! A key whose last request finishes stays in the table at zero ("idle") instead of being removed:
+//! a conversation's next turn usually books the same prefix on the same target right after, and
+//! finds it there. Idle pairs are swept out when they outnumber the held ones (and pass
+//! [`MIN_IDLE_SWEEP`]), so the table stays within twice the held pairs plus that.
+//!
 //! Invariants (checked by [`LoadBook::check`]):
-//! - L1: `keys[(k, t)]` is the number of requests on `t` whose prompt keys include `k`.
+//! - L1: `keys[(k, t)]` is the number of requests on `t` whose prompt keys include `k` (0: idle,
+//!   or absent); `idle` counts the pairs at zero.
 //! - L2: for every target `t`, `loads[t]` sums its requests (requests, prefilling count, prefill
 //!   blocks) and `loads[t].decode_blocks = |{k : keys[(k, t)] > 0}| + Σ own blocks`.
 //! - L3: the keys active on a target are a union of whole prefixes (each request's keys start at
@@ -31,6 +37,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::pair_table::{PairTable, PREFETCH};
+
+/// Idle pairs (refcount zero) are swept out once they outnumber the held ones and reach this.
+const MIN_IDLE_SWEEP: usize = 1 << 14;
 
 /// The router's predicted load on one target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +77,8 @@ pub(crate) struct LoadBook {
     loads: Vec<TargetLoad>,
     /// `(prompt key, target) → requests holding it` (L1).
     keys: PairTable,
+    /// Pairs of `keys` at zero (see the module docs).
+    idle: usize,
     /// Unstarted bookings by expiry (entries of requests started or finished since are skipped).
     unstarted: VecDeque<(f64, Box<str>)>,
     pub(crate) lapsed: u64,
@@ -81,6 +92,7 @@ impl LoadBook {
             active: HashMap::new(),
             loads: Vec::new(),
             keys: PairTable::default(),
+            idle: 0,
             unstarted: VecDeque::new(),
             lapsed: 0,
             unknown: 0,
@@ -124,7 +136,7 @@ impl LoadBook {
     /// The marginal decode blocks of a request with prompt keys `keys` and `own` own blocks on
     /// `target`: its keys past the longest prefix active there (L3), plus `own`.
     pub(crate) fn marginal(&self, target: u32, keys: &[u64], own: u32) -> u64 {
-        let held = |i: usize| self.keys.get(keys[i], target).is_some();
+        let held = |i: usize| self.keys.get(keys[i], target).is_some_and(|n| n > 0);
         let shared = if keys.is_empty() || self.keys.len() == 0 || !held(0) {
             0
         } else {
@@ -190,14 +202,19 @@ impl LoadBook {
                 self.keys.prefetch(ahead, a.target);
             }
             let (n, new) = self.keys.entry(k, a.target, 0);
+            if *n == 0 {
+                added += 1;
+                self.idle -= !new as usize;
+            }
             *n += 1;
-            added += new as u64;
         }
         added
     }
 
-    /// Releases the request's keys; returns how many stopped being active on its target.
-    fn release(keys: &mut PairTable, a: &Active) -> u64 {
+    /// Releases the request's keys (a key at zero stays, idle); returns how many stopped being
+    /// active on its target.
+    fn release(&mut self, a: &Active) -> u64 {
+        let keys = &mut self.keys;
         for &k in a.keys.iter().take(PREFETCH) {
             keys.prefetch(k, a.target);
         }
@@ -206,7 +223,17 @@ impl LoadBook {
             if let Some(&ahead) = a.keys.get(i + PREFETCH) {
                 keys.prefetch(ahead, a.target);
             }
-            removed += keys.decrement(k, a.target) as u64;
+            if let Some(n) = keys.get_mut(k, a.target) {
+                if *n == 1 {
+                    removed += 1;
+                }
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.idle += removed as usize;
+        if self.idle >= MIN_IDLE_SWEEP && self.idle * 2 > self.keys.len() {
+            self.keys.retain(|s| s.value > 0);
+            self.idle = 0;
         }
         removed
     }
@@ -284,7 +311,7 @@ impl LoadBook {
     }
 
     fn drop_active(&mut self, a: &Active) {
-        let removed = Self::release(&mut self.keys, a);
+        let removed = self.release(a);
         let l = &mut self.loads[a.target as usize];
         sub(l, a);
         l.decode_blocks -= removed;
@@ -308,7 +335,8 @@ impl LoadBook {
     /// Forgets every request of `target` (its worker left).
     pub(crate) fn remove_target(&mut self, target: u32) {
         self.active.retain(|_, a| a.target != target);
-        self.keys.retain(|s| s.target != target);
+        self.keys.retain(|s| s.target != target && s.value > 0);
+        self.idle = 0;
         if let Some(l) = self.loads.get_mut(target as usize) {
             *l = TargetLoad::default();
         }
@@ -328,12 +356,18 @@ impl LoadBook {
                 .ok_or("request of an unknown target")?;
             add(l, a);
         }
+        let mut zeros = 0;
         for p in self.keys.pairs() {
-            if counts.get(&(p.key, p.target)) != Some(&p.value) {
+            if p.value == 0 {
+                zeros += 1;
+            } else if counts.get(&(p.key, p.target)) != Some(&p.value) {
                 return Err(format!("L1: ({:#x}, {}) -> {}", p.key, p.target, p.value));
             }
         }
-        if counts.len() != self.keys.len() {
+        if zeros != self.idle {
+            return Err(format!("L1: {zeros} idle pairs, {} counted", self.idle));
+        }
+        if counts.len() != self.keys.len() - self.idle {
             return Err("L1: missing pairs".into());
         }
         for (&(_, t), _) in counts.iter() {
@@ -416,6 +450,49 @@ mod tests {
         assert!(!b.finish("a"));
         assert!(!b.first_token("zz"));
         assert_eq!(b.unknown, 1);
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn finished_keys_idle_then_rebook_and_sweep() {
+        let mut b = LoadBook::new(4);
+        b.book("a", 0, &K, 24, 6, 0, f64::INFINITY);
+        assert!(b.finish("a"));
+        assert_eq!(
+            (b.idle, b.keys.len()),
+            (6, 6),
+            "a finished request's keys stay, at zero"
+        );
+        assert_eq!(b.marginal(0, &K, 1), 7, "idle keys are not held");
+        b.check().unwrap();
+        // The next turn: the same prefix and two blocks more, on the same target.
+        let next = [11, 12, 13, 14, 15, 16, 17, 18];
+        b.book("b", 0, &next, 32, 2, 0, f64::INFINITY);
+        assert_eq!((b.idle, b.keys.len()), (0, 8));
+        assert_eq!(b.load(0).decode_blocks, 8 + 1);
+        assert_eq!(b.marginal(0, &K, 1), 1);
+        b.check().unwrap();
+        assert!(b.finish("b"));
+        // Many one-off requests: idle pairs are swept once they outnumber the held ones.
+        b.book("held", 1, &K, 24, 6, 0, f64::INFINITY);
+        let mut most = 0;
+        for r in 0..40u64 {
+            let keys: Vec<u64> = (0..1000).map(|i| (r << 32) | i).collect();
+            b.book("x", 0, &keys, 4000, 1000, 0, f64::INFINITY);
+            assert!(b.finish("x"));
+            most = most.max(b.keys.len());
+            assert!(b.idle <= (MIN_IDLE_SWEEP).max(b.keys.len() - b.idle));
+        }
+        assert!(most <= 2 * MIN_IDLE_SWEEP + 1000, "table held {most} pairs");
+        assert!(b.idle < 40_000, "swept at least once");
+        assert_eq!(
+            b.marginal(1, &K, 1),
+            1,
+            "the held request's keys survive the sweeps"
+        );
+        b.check().unwrap();
+        b.remove_target(1);
+        assert_eq!((b.idle, b.keys.len()), (0, 0));
         b.check().unwrap();
     }
 

@@ -97,6 +97,12 @@ impl PairTable {
         self.find(key, target).map(|i| self.slots[i].value)
     }
 
+    /// The value of `(key, target)`, if present, to change in place.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, key: u64, target: u32) -> Option<&mut u32> {
+        self.find(key, target).map(|i| &mut self.slots[i].value)
+    }
+
     /// The slot holding `(key, target)`, if any.
     #[inline(always)]
     fn find(&self, key: u64, target: u32) -> Option<usize> {
@@ -176,8 +182,9 @@ impl PairTable {
     }
 
     /// Decrements `(key, target)`, removing it at zero; returns whether it was removed. A pair
-    /// that is absent is left absent.
-    #[inline(always)]
+    /// that is absent is left absent. (The load book keeps its pairs at zero instead; this is
+    /// the table's own removal test.)
+    #[cfg(test)]
     pub(crate) fn decrement(&mut self, key: u64, target: u32) -> bool {
         let Some(i) = self.find(key, target) else {
             return false;
