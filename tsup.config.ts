@@ -12,7 +12,9 @@ export default defineConfig([
     external: [/\.\.\/index\.js$/],
   },
   {
-    entry: { cli: "ts/cli/main.ts" },
+    // bin.ts relays `serve` to a gateway process before loading main.ts, a chunk of its own.
+    entry: { cli: "ts/cli/bin.ts" },
+    splitting: true,
     format: ["esm"],
     shims: true,
     target: "node20",

@@ -1,10 +1,9 @@
 /**
  * The `kvroute` command line. Each subcommand lives in its own module and exports `run(argv)`,
- * returning the process exit code.
+ * returning the process exit code. Loaded by bin.ts (the executable), after `serve`'s heap respawn.
  */
 import { runDemo } from "./demo.js";
 import { runHash } from "./hash.js";
-import { respawnWithGatewayHeap } from "./heap-respawn.js";
 import { runManifests } from "./manifests.js";
 import { runMock } from "./mock.js";
 import { runPlanner } from "./planner.js";
@@ -62,10 +61,6 @@ async function main(argv: string[]): Promise<number> {
   if (!command) {
     console.error(`kvroute: unknown command '${name}'\n\n${USAGE}`);
     return 2;
-  }
-  if (name === "serve") {
-    const relayed = respawnWithGatewayHeap();
-    if (relayed) return relayed;
   }
   return command(rest);
 }
