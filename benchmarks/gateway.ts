@@ -5,7 +5,9 @@
  * every path. The same closed-loop load (undici, keep-alive) goes straight to the mockers (the
  * baseline of added latency), then through kvroute (`kvroute serve`, kv mode, following the
  * mockers' KV events, keying text with the real tokenizer), SGLang's model gateway (cache_aware)
- * and vLLM's router (round_robin), the peers installed on first run into `.cache/gateway-peers`.
+ * and vLLM's router (round_robin), the peers installed on first run into `.cache/gateway-peers`,
+ * and Node's own floor: node:http in front of kvroute's worker-leg client, passing bytes through
+ * round-robin (benchmarks/lib/passthrough-proxy.ts; BENCH_FLOOR=0 skips it).
  * The gateway under test is pinned to core 0, the load generator and the mockers to the others;
  * its CPU time per request is read from /proc over the measured window.
  *
@@ -24,6 +26,7 @@ import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { GATEWAY_V8_FLAGS } from "../ts/cli/heap-respawn.js";
 import { Tokenizer } from "../ts/tokenizer/index.js";
 import { findFreePortRange, kvrouteCliPath } from "../ts/workers/index.js";
 import { closedLoop, type LoadResult } from "./lib/closed-loop.js";
@@ -59,8 +62,9 @@ console.log(`gateway under test on CPU ${GATEWAY_CPUS}; load generator and ${MOC
 /** Every process this run started: stopped on the way out, whatever way that is. */
 const started = new Set<ChildProcess>();
 
-function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = []): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
-  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+/** `kvroute args...` pinned to `cpus` (or, with `script` null, node with `nodeArgs` alone). */
+function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = [], script: string | null = CLI): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
+  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, ...(script ? [script] : []), ...args], { stdio: ["ignore", "pipe", "pipe"] });
   started.add(child);
   return new Promise((resolve, reject) => {
     let out = "";
@@ -216,6 +220,11 @@ async function main(): Promise<void> {
   const gateways: { name: string; url: string; pid: number; child: ChildProcess }[] = [
     { name: "kvroute kv", url: (JSON.parse(kvroute.ready[1]!) as { url: string }).url, pid: kvroute.child.pid!, child: kvroute.child },
   ];
+  if (process.env.BENCH_FLOOR !== "0") {
+    // Node's own floor (benchmarks/lib/passthrough-proxy.ts), under the gateway's heap setting.
+    const floor = await startCli([], /passthrough: ready/, GATEWAY_CPUS, ["--import", "tsx", ...GATEWAY_V8_FLAGS, join(root, "benchmarks/lib/passthrough-proxy.ts"), String(base + 2 * MOCKERS + 5), ...mockerUrls], null);
+    gateways.push({ name: "node:http + undici pass-through (floor)", url: `http://127.0.0.1:${base + 2 * MOCKERS + 5}`, pid: floor.child.pid!, child: floor.child });
+  }
   const bin = process.env.BENCH_PEERS === "0" ? null : ensurePeerVenv(root);
   if (bin) {
     for (const [k, kind] of (["sglang", "vllm-router"] as const).entries()) {
