@@ -16,7 +16,8 @@
  * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
  * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
  * per core, after BENCH_CHAT_WARMUP seconds (5) of 8k-token chats on other conversations (the
- * gateway's code compiled). Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
+ * gateway's code compiled); with BENCH_REPS, medians of that many windows on fresh conversations
+ * (and the range of req/s per core). Env: BENCH_SECONDS (3 per row), BENCH_REPS (1; rows interleaved, medians),
  * BENCH_PEERS=0 to skip the peers, BENCH_SECTIONS (default "1,2"), BENCH_PROMPTS (section 1's
  * prompts, e.g. "ids1k,text1k"), BENCH_GATEWAY_NODE_ARGS (e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" for a CPU profile of kvroute's gateway).
@@ -349,15 +350,21 @@ async function sectionLongChat(g: Gw): Promise<void> {
     // Steady state: the gateway's code compiled on CHAT_WARMUP seconds of 8k-token conversations
     // that are not measured (small, so that they do not crowd the tokenizer's caches).
     await closedLoop([g.url], { concurrency: clients, body: conversationsOf(8_000), path: "/v1/chat/completions", seconds: CHAT_WARMUP, warmupSeconds: 0 });
-    const body = conversationsOf(tokens);
-    // The tokenizer cache warm: every measured conversation's history has been through the gateway once.
-    for (let k = 0; k < clients; k++) {
-      const res = await fetch(`${g.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: body(k) });
-      await res.arrayBuffer();
+    const runs: (LoadResult & { cpuUs: number })[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      // Each repetition on conversations of its own, so that every one starts near `tokens`.
+      const body = conversationsOf(tokens);
+      // The tokenizer cache warm: every measured conversation's history has been through the gateway once.
+      for (let k = 0; k < clients; k++) {
+        const res = await fetch(`${g.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: body(k) });
+        await res.arrayBuffer();
+      }
+      const c: Case = { kind: "text", tokens, stream: false, concurrency: clients, bodies: [] };
+      runs.push(await measure(g, [g.url], c, "/v1/chat/completions", body));
     }
-    const c: Case = { kind: "text", tokens, stream: false, concurrency: clients, bodies: [] };
-    const r = await measure(g, [g.url], c, "/v1/chat/completions", body);
-    rows.push([`${tokens / 1000}k tokens`, String(clients), fmt(r.rps), r.cpuUs.toFixed(0), fmt(1e6 / r.cpuUs), r.p50.toFixed(1)]);
+    const cpu = runs.map((r) => r.cpuUs);
+    const spread = REPS > 1 ? ` (${fmt(1e6 / Math.max(...cpu))}–${fmt(1e6 / Math.min(...cpu))})` : "";
+    rows.push([`${tokens / 1000}k tokens`, String(clients), fmt(median(runs.map((r) => r.rps))), median(cpu).toFixed(0), fmt(1e6 / median(cpu)) + spread, median(runs.map((r) => r.p50)).toFixed(1)]);
   }
   printRows(head, rows);
   console.log("\nreq/s per core = 1e6 / gateway CPU µs per request (the mockers, tokenizing the same chats, bound the measured req/s)");
