@@ -104,8 +104,15 @@ describe("kvroute serve's gateway process (its V8 heap setting)", () => {
     expect(gateway).toBeDefined();
     serve.child.kill("SIGKILL");
     await serve.exit;
-    // No clock: the test's timeout bounds the wait for the gateway to go.
-    while (existsSync(`/proc/${gateway}`) && !readFileSync(`/proc/${gateway}/stat`, "utf8").includes(") Z")) await sleep(20);
+    // No clock: the test's timeout bounds the wait for the gateway to go (gone, or a zombie).
+    const alive = (pid: number) => {
+      try {
+        return !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z");
+      } catch {
+        return false;
+      }
+    };
+    while (alive(gateway!)) await sleep(20);
   });
 
   it("runs in place with KVROUTE_NO_RESPAWN=1", async () => {
