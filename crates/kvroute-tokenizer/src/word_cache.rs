@@ -37,9 +37,7 @@ impl WordCache {
     }
 
     /// Appends the ids of `text[start..end]` (a word) to `out` when the cache holds them. The
-    /// whole text is passed so that a short word's key can be read as one 16-byte load when the
-    /// text has 16 bytes from the word's start (a byte-wise copy into a stack array would then be
-    /// read back as one integer, a store-forwarding stall that cost more than the lookup).
+    /// whole text is passed so that a short word's key can be one load (see `packed_key`).
     #[inline]
     pub fn extend_if_cached(
         &self,
@@ -49,15 +47,7 @@ impl WordCache {
         out: &mut Vec<u32>,
     ) -> bool {
         let word = &text[start..end];
-        let key = match text.as_bytes().get(start..start + 16) {
-            Some(window) if end - start <= SHORT_BYTES => {
-                let loaded = u128::from_le_bytes(window.try_into().unwrap_or([0; 16]));
-                let len = (end - start) as u32;
-                Some((loaded & ((1u128 << (8 * len)) - 1)) | ((len as u128) << 120))
-            }
-            _ => packed_key(word),
-        };
-        if let Some(key) = key {
+        if let Some(key) = packed_key(text.as_bytes(), start, end) {
             if let Some(entry) = self.short.get(&key) {
                 out.extend_from_slice(&entry.ids[..entry.len as usize]);
                 return true;
@@ -78,7 +68,7 @@ impl WordCache {
             self.short.clear();
             self.long.clear();
         }
-        match packed_key(word) {
+        match packed_key(word.as_bytes(), 0, word.len()) {
             Some(key) if ids.len() <= SHORT_IDS => {
                 let mut entry = ShortIds {
                     ids: [0; SHORT_IDS],
@@ -98,19 +88,26 @@ impl WordCache {
     }
 }
 
-/// The word's bytes and length as one integer, for words of at most SHORT_BYTES bytes. Two
-/// different words never share a key: the length byte tells apart words that differ only by
-/// trailing NUL bytes.
+/// The bytes of `bytes[start..end]` (a word) and their length as one integer, for words of at most
+/// SHORT_BYTES bytes. Two different words never share a key: the length byte tells apart words
+/// that differ only by trailing NUL bytes. When `bytes` holds 16 bytes from `start`, the key is one
+/// load and a mask; copying the word into a stack array and reading that back as one integer is a
+/// store-forwarding stall that cost more than the lookup.
 #[inline]
-fn packed_key(word: &str) -> Option<u128> {
-    let bytes = word.as_bytes();
-    if bytes.len() > SHORT_BYTES {
+fn packed_key(bytes: &[u8], start: usize, end: usize) -> Option<u128> {
+    let len = end - start;
+    if len > SHORT_BYTES {
         return None;
     }
-    let mut packed = [0u8; 16];
-    packed[..bytes.len()].copy_from_slice(bytes);
-    packed[15] = bytes.len() as u8;
-    Some(u128::from_le_bytes(packed))
+    let word = match bytes.get(start..start + 16) {
+        Some(window) => u128::from_le_bytes(window.try_into().ok()?) & ((1u128 << (8 * len)) - 1),
+        None => {
+            let mut packed = [0u8; 16];
+            packed[..len].copy_from_slice(&bytes[start..end]);
+            u128::from_le_bytes(packed)
+        }
+    };
+    Some(word | ((len as u128) << 120))
 }
 
 /// Hashes a packed key with one folded multiply (its low and high halves mixed together), which
