@@ -63,9 +63,9 @@ console.log(`gateway under test on CPU ${GATEWAY_CPUS}; load generator and ${MOC
 /** Every process this run started: stopped on the way out, whatever way that is. */
 const started = new Set<ChildProcess>();
 
-/** `kvroute args...` pinned to `cpus` (or, with `script` null, node with `nodeArgs` alone). */
-function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = [], script: string | null = CLI): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
-  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, ...(script ? [script] : []), ...args], { stdio: ["ignore", "pipe", "pipe"] });
+/** `node nodeArgs script args` (by default `kvroute args`) pinned to `cpus`, read until it is ready. */
+function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = [], script = CLI): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
+  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   started.add(child);
   return new Promise((resolve, reject) => {
     let out = "";
@@ -223,8 +223,9 @@ async function main(): Promise<void> {
   ];
   if (process.env.BENCH_FLOOR !== "0") {
     // Node's own floor (benchmarks/lib/passthrough-proxy.ts), under the gateway's heap setting.
-    const floor = await startCli([], /passthrough: ready/, GATEWAY_CPUS, ["--import", "tsx", ...GATEWAY_V8_FLAGS, join(root, "benchmarks/lib/passthrough-proxy.ts"), String(base + 2 * MOCKERS + 5), ...mockerUrls], null);
-    gateways.push({ name: "node:http + undici pass-through (floor)", url: `http://127.0.0.1:${base + 2 * MOCKERS + 5}`, pid: floor.child.pid!, child: floor.child });
+    const port = base + 2 * MOCKERS + 5;
+    const floor = await startCli([String(port), ...mockerUrls], /passthrough: ready/, GATEWAY_CPUS, ["--import", "tsx", ...GATEWAY_V8_FLAGS], join(root, "benchmarks/lib/passthrough-proxy.ts"));
+    gateways.push({ name: "node:http + undici pass-through (floor)", url: `http://127.0.0.1:${port}`, pid: floor.child.pid!, child: floor.child });
   }
   const bin = process.env.BENCH_PEERS === "0" ? null : ensurePeerVenv(root);
   if (bin) {

@@ -43,7 +43,7 @@ export function respawnWithGatewayHeap(): Promise<number> | null {
     return null;
   }
   if (process.platform === "win32" || process.env["KVROUTE_NO_RESPAWN"] === "1") return null;
-  if (process.execArgv.some((a) => /^--(initial-old-space-size|initial-heap-size|initial_old_space_size|initial_heap_size)\b/.test(a))) return null;
+  if (process.execArgv.some((a) => /^--initial[-_](old[-_]space|heap)[-_]size\b/.test(a))) return null;
   const script = process.argv[1];
   if (script === undefined) return null;
   const child = spawn(process.execPath, [...process.execArgv, ...GATEWAY_V8_FLAGS, script, ...process.argv.slice(2)], {
