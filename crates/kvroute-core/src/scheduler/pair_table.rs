@@ -181,22 +181,6 @@ impl PairTable {
         true
     }
 
-    /// Decrements `(key, target)`, removing it at zero; returns whether it was removed. A pair
-    /// that is absent is left absent. (The load book keeps its pairs at zero instead; this is
-    /// the table's own removal test.)
-    #[cfg(test)]
-    pub(crate) fn decrement(&mut self, key: u64, target: u32) -> bool {
-        let Some(i) = self.find(key, target) else {
-            return false;
-        };
-        if self.slots[i].value > 1 {
-            self.slots[i].value -= 1;
-            return false;
-        }
-        self.remove_at(i);
-        true
-    }
-
     fn remove_at(&mut self, mut i: usize) {
         let mask = self.mask();
         let mut j = (i + 1) & mask;
@@ -290,7 +274,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_decrement_remove_and_resize() {
+    fn entry_get_mut_remove_and_resize() {
         let mut t = PairTable::default();
         let keys: Vec<u64> = (0..5000u64).map(|i| i.wrapping_mul(MUL)).collect();
         t.reserve(keys.len() * 2);
@@ -302,9 +286,11 @@ mod tests {
         assert_eq!(t.len(), 10_000);
         t.check().unwrap();
         for &k in &keys {
-            assert!(!t.decrement(k, 1));
-            assert!(t.decrement(k, 1));
-            assert!(!t.decrement(k, 1), "absent stays absent");
+            *t.get_mut(k, 1).unwrap() -= 1;
+            assert!(!t.remove_if(k, 1, |v| v == 2));
+            assert!(t.remove_if(k, 1, |v| v == 1));
+            assert!(!t.remove_if(k, 1, |_| true), "absent stays absent");
+            assert_eq!(t.get_mut(k, 1), None);
         }
         assert!(t.remove_if(keys[0], 2, |v| v == 7));
         assert!(!t.remove_if(keys[1], 2, |v| v == 8));
