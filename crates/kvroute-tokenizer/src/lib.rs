@@ -4,6 +4,7 @@
 //!
 //! - [`model_dir`]: which files of the folder say what (tokenizer, special tokens, templates).
 //! - [`template`]: the chat template, rendered as transformers' Jinja2 environment does.
+//! - [`native_chat`]: known templates (Qwen3's, Llama 3's) rendered by hand-written code.
 //! - [`pyjson`]: Python's `json.dumps` and `str()` forms of template values.
 //! - [`conversation`]: the request body rewritten as vLLM rewrites it before rendering.
 //! - [`pretokenize`], `fast_encoder` and `word_cache`: the fast path for GPT-4-style byte-level BPE.
@@ -16,6 +17,7 @@ mod clock;
 pub mod conversation;
 mod fast_encoder;
 pub mod model_dir;
+pub mod native_chat;
 pub mod openai_fields;
 pub mod pretokenize;
 pub mod pyjson;

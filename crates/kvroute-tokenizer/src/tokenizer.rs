@@ -18,6 +18,7 @@ use crate::chat_prefix::{ChatPrefixCache, Reuse};
 use crate::conversation::{self, ContentFormat, TemplateInput};
 use crate::fast_encoder::FastEncoder;
 use crate::model_dir;
+use crate::native_chat::{NativeTemplate, PlainMessage};
 use crate::openai_fields::{self, Body, MaybeList, Prompt, RequestFields, TopLevel};
 use crate::segments::{Piece, SegmentCache, Splitter};
 use crate::template::ChatTemplate;
@@ -35,6 +36,8 @@ struct LoadedTemplate {
     developer_role: bool,
     /// The template's text names "content" (transformers requires it for continue_final_message).
     mentions_content: bool,
+    /// A hand-written renderer of this very template (src/native_chat.rs), when there is one.
+    native: Option<NativeTemplate>,
 }
 
 pub struct ModelTokenizer {
@@ -56,17 +59,19 @@ pub struct ModelTokenizer {
 /// Rewritten messages by their raw JSON text (and the template's content format).
 #[derive(Default)]
 struct MessageCache {
-    entries: HashMap<u128, CachedMessage>,
+    entries: HashMap<u128, Arc<CachedMessage>>,
     /// About what `entries` holds, in bytes; never above MESSAGE_CACHE_BYTES.
     bytes: usize,
 }
 
-#[derive(Clone)]
+/// Shared, not cloned, per request: a long conversation's messages are each one refcount.
 struct CachedMessage {
-    json: Arc<Json>,
+    json: Json,
     value: Value,
     /// The gateway's own rules accept it (openai_fields::valid_message).
     gateway_valid: bool,
+    /// As a template port reads it (cached for templates with one, when it is plain enough).
+    plain: Option<PlainMessage>,
 }
 
 const MESSAGE_CACHE_BYTES: usize = 32 << 20;
@@ -122,6 +127,7 @@ impl ModelTokenizer {
                     format: conversation::detect_content_format(source),
                     developer_role: conversation::supports_developer_role(source),
                     mentions_content: source.contains("content"),
+                    native: NativeTemplate::recognize(source),
                 }))
             };
         let default_template = load(&files.chat_template)?;
@@ -258,7 +264,7 @@ impl ModelTokenizer {
         let loaded = self.template_for(rest.get("tools"))?;
         let mut messages = Vec::with_capacity(raw_messages.len());
         for (i, raw) in raw_messages.iter().enumerate() {
-            messages.push(self.cached_message(raw, loaded.format, i)?);
+            messages.push(self.cached_message(raw, loaded, i)?);
         }
         self.encode_messages(loaded, &rest, &messages)
     }
@@ -298,7 +304,7 @@ impl ModelTokenizer {
         let mut messages = Vec::with_capacity(raw_messages.len());
         let mut refused = None;
         for (i, raw) in raw_messages.iter().enumerate() {
-            match self.cached_message(raw, loaded.format, i) {
+            match self.cached_message(raw, loaded, i) {
                 Ok(m) if m.gateway_valid => messages.push(m),
                 Ok(_) => return None,
                 Err(e) => {
@@ -320,17 +326,12 @@ impl ModelTokenizer {
         &self,
         loaded: &LoadedTemplate,
         rest: &Map<String, Json>,
-        messages: &[CachedMessage],
+        messages: &[Arc<CachedMessage>],
     ) -> Result<Vec<u32>, Error> {
         let (kwargs, continue_final_message, add_special_tokens) =
             conversation::request_kwargs(rest, loaded.template.variables())
                 .map_err(Error::input)?;
-        let jsons = || {
-            messages
-                .iter()
-                .map(|m| m.json.as_ref().clone())
-                .collect::<Vec<_>>()
-        };
+        let jsons = || messages.iter().map(|m| m.json.clone()).collect::<Vec<_>>();
         // (Checked on the cached messages: cloning them all for the check costs a copy of the
         // whole conversation.)
         let developer_rewrite = !loaded.developer_role
@@ -351,6 +352,14 @@ impl ModelTokenizer {
                 add_special_tokens,
             };
             self.render(loaded, input)?
+        } else if let Some(rendered) = loaded.native.and_then(|native| {
+            let plain: Vec<&PlainMessage> = messages
+                .iter()
+                .map(|m| m.plain.as_ref())
+                .collect::<Option<_>>()?;
+            native.render(&plain, &kwargs, &self.special_tokens)
+        }) {
+            rendered
         } else {
             let mut context: Vec<(String, Value)> =
                 Vec::with_capacity(self.special_tokens.len() + kwargs.len() + 1);
@@ -445,14 +454,17 @@ impl ModelTokenizer {
         })
     }
 
-    /// One message of a request body, rewritten and converted, through the message cache.
+    /// One message of a request body, rewritten and converted for `loaded`, through the message
+    /// cache.
     fn cached_message(
         &self,
         raw: &RawValue,
-        format: ContentFormat,
+        loaded: &LoadedTemplate,
         index: usize,
-    ) -> Result<CachedMessage, Error> {
-        let key = xxhash_rust::xxh3::xxh3_128_with_seed(raw.get().as_bytes(), format as u64);
+    ) -> Result<Arc<CachedMessage>, Error> {
+        let native = loaded.native.is_some();
+        let seed = loaded.format as u64 | (native as u64) << 8;
+        let key = xxhash_rust::xxh3::xxh3_128_with_seed(raw.get().as_bytes(), seed);
         if let Some(hit) = self
             .messages
             .lock()
@@ -463,19 +475,21 @@ impl ModelTokenizer {
         }
         let json: Json = serde_json::from_str(raw.get())
             .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
-        let rewritten = conversation::message(&json, format)
+        let rewritten = conversation::message(&json, loaded.format)
             .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
-        let entry = CachedMessage {
+        let entry = Arc::new(CachedMessage {
             value: Value::from_serialize(&rewritten),
-            json: Arc::new(rewritten),
+            plain: native.then(|| PlainMessage::of(&rewritten)).flatten(),
+            json: rewritten,
             gateway_valid: openai_fields::valid_message(raw),
-        };
+        });
         if let Ok(mut cache) = self.messages.lock() {
-            // Bounded: roughly three copies of each message's text are held.
-            cache.bytes += 3 * raw.get().len();
+            // Bounded: roughly three copies of each message's text are held, four with `plain`.
+            let bytes = (3 + entry.plain.is_some() as usize) * raw.get().len();
+            cache.bytes += bytes;
             if cache.bytes > MESSAGE_CACHE_BYTES {
                 cache.entries.clear();
-                cache.bytes = 3 * raw.get().len();
+                cache.bytes = bytes;
             }
             cache.entries.insert(key, entry.clone());
         }

@@ -17,6 +17,8 @@ pub fn tokenizer_dir(name: &str) -> PathBuf {
     dir
 }
 
+// Not every test binary that includes this module loads a tokenizer.
+#[allow(dead_code)]
 pub fn tokenizer(name: &str) -> ModelTokenizer {
     ModelTokenizer::from_dir(&tokenizer_dir(name)).expect("tokenizer loads")
 }
