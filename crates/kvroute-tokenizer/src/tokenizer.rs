@@ -70,6 +70,9 @@ struct CachedMessage {
     value: Value,
     /// The gateway's own rules accept it (openai_fields::valid_message).
     gateway_valid: bool,
+    /// Its role is "developer" (rewritten for templates without that role). Kept here: looking
+    /// the role up in every message's map on every turn was a cache miss per message.
+    developer: bool,
     /// As a template port reads it (cached for templates with one, when it is plain enough).
     plain: Option<PlainMessage>,
 }
@@ -262,10 +265,10 @@ impl ModelTokenizer {
         };
         let rest = rest_of(&top.fields)?;
         let loaded = self.template_for(rest.get("tools"))?;
-        let mut messages = Vec::with_capacity(raw_messages.len());
-        for (i, raw) in raw_messages.iter().enumerate() {
-            messages.push(self.cached_message(raw, loaded, i)?);
-        }
+        let messages = self
+            .cached_messages(raw_messages, loaded)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         self.encode_messages(loaded, &rest, &messages)
     }
 
@@ -303,8 +306,9 @@ impl ModelTokenizer {
         };
         let mut messages = Vec::with_capacity(raw_messages.len());
         let mut refused = None;
-        for (i, raw) in raw_messages.iter().enumerate() {
-            match self.cached_message(raw, loaded, i) {
+        let cached = self.cached_messages(raw_messages, loaded);
+        for (raw, message) in raw_messages.iter().zip(cached) {
+            match message {
                 Ok(m) if m.gateway_valid => messages.push(m),
                 Ok(_) => return None,
                 Err(e) => {
@@ -334,10 +338,7 @@ impl ModelTokenizer {
         let jsons = || messages.iter().map(|m| m.json.clone()).collect::<Vec<_>>();
         // (Checked on the cached messages: cloning them all for the check costs a copy of the
         // whole conversation.)
-        let developer_rewrite = !loaded.developer_role
-            && messages
-                .iter()
-                .any(|m| m.json.get("role").and_then(Json::as_str) == Some("developer"));
+        let developer_rewrite = !loaded.developer_role && messages.iter().any(|m| m.developer);
         let rewrite_across = continue_final_message || developer_rewrite;
         let rendered = if rewrite_across {
             // Rewrites across messages: the general path.
@@ -454,32 +455,50 @@ impl ModelTokenizer {
         })
     }
 
-    /// One message of a request body, rewritten and converted for `loaded`, through the message
-    /// cache.
-    fn cached_message(
+    /// A body's messages, rewritten and converted for `loaded`, through the message cache: one
+    /// lock for the hits (nearly all of a long conversation's messages), then each miss converted
+    /// and cached.
+    fn cached_messages(
+        &self,
+        raws: &[&RawValue],
+        loaded: &LoadedTemplate,
+    ) -> Vec<Result<Arc<CachedMessage>, Error>> {
+        let native = loaded.native.is_some();
+        let seed = loaded.format as u64 | (native as u64) << 8;
+        let keys: Vec<u128> = raws
+            .iter()
+            .map(|r| xxhash_rust::xxh3::xxh3_128_with_seed(r.get().as_bytes(), seed))
+            .collect();
+        let hits: Vec<Option<Arc<CachedMessage>>> = match self.messages.lock() {
+            Ok(cache) => keys.iter().map(|k| cache.entries.get(k).cloned()).collect(),
+            Err(_) => vec![None; raws.len()],
+        };
+        hits.into_iter()
+            .zip(raws.iter().zip(keys))
+            .enumerate()
+            .map(|(i, (hit, (raw, key)))| match hit {
+                Some(m) => Ok(m),
+                None => self.convert_message(raw, loaded, key, i),
+            })
+            .collect()
+    }
+
+    /// One message the cache did not have, converted and cached under `key`.
+    fn convert_message(
         &self,
         raw: &RawValue,
         loaded: &LoadedTemplate,
+        key: u128,
         index: usize,
     ) -> Result<Arc<CachedMessage>, Error> {
-        let native = loaded.native.is_some();
-        let seed = loaded.format as u64 | (native as u64) << 8;
-        let key = xxhash_rust::xxh3::xxh3_128_with_seed(raw.get().as_bytes(), seed);
-        if let Some(hit) = self
-            .messages
-            .lock()
-            .ok()
-            .and_then(|c| c.entries.get(&key).cloned())
-        {
-            return Ok(hit);
-        }
         let json: Json = serde_json::from_str(raw.get())
             .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
         let rewritten = conversation::message(&json, loaded.format)
             .map_err(|e| Error::input(format!("messages[{index}]: {e}")))?;
         let entry = Arc::new(CachedMessage {
             value: Value::from_serialize(&rewritten),
-            plain: native.then(|| PlainMessage::of(&rewritten)).flatten(),
+            plain: loaded.native.and_then(|_| PlainMessage::of(&rewritten)),
+            developer: rewritten.get("role").and_then(Json::as_str) == Some("developer"),
             json: rewritten,
             gateway_valid: openai_fields::valid_message(raw),
         });
