@@ -26,6 +26,8 @@ describe("Tokenizer (vLLM-exact, via N-API)", () => {
     }
     expect(checked).toBe(golden.cases.length);
     expect(tokenizers.get("qwen3")!.fastPath && tokenizers.get("llama3_1")!.fastPath).toBe(true);
+    // The golden chat cases above went through the hand-written template renderers.
+    expect([tokenizers.get("qwen3")!.nativeTemplate, tokenizers.get("llama3_1")!.nativeTemplate]).toEqual(["qwen3", "llama3"]);
   });
 
   it("equals vLLM on 400 random chat requests (fixtures/golden/tokenization-random.json), refusals included", () => {

@@ -73,6 +73,14 @@ export class Tokenizer {
     return this.inner.fastPath;
   }
 
+  /**
+   * The hand-written renderer of the chat template when the folder's template is byte for byte
+   * one kvroute knows (`"qwen3"`, `"llama3"`), or null: minijinja renders it (docs/tokenization.md).
+   */
+  get nativeTemplate(): string | null {
+    return this.inner.nativeTemplate ?? null;
+  }
+
   /** `text` as `/v1/completions` encodes it (special tokens added unless told otherwise). */
   encode(text: string, options: EncodeOptions = {}): Uint32Array {
     return callNative(() => this.inner.encode(text, options.addSpecialTokens ?? true));

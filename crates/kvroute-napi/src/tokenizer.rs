@@ -73,6 +73,13 @@ impl NativeTokenizer {
         self.inner.fast_path()
     }
 
+    /// The hand-written renderer of the chat template ("qwen3", "llama3"), or null: minijinja
+    /// renders it.
+    #[napi(getter)]
+    pub fn native_template(&self) -> Option<&'static str> {
+        self.inner.native_template().map(|t| t.name())
+    }
+
     /// Whether chat prompts are encoded incrementally through the segment cache.
     #[napi(getter)]
     pub fn incremental(&self) -> bool {

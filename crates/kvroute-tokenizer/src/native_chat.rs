@@ -30,6 +30,14 @@ const KNOWN: [(u128, NativeTemplate); 2] = [
 ];
 
 impl NativeTemplate {
+    /// Its name in logs and the API ("qwen3", "llama3").
+    pub fn name(self) -> &'static str {
+        match self {
+            NativeTemplate::Qwen3 => "qwen3",
+            NativeTemplate::Llama3 => "llama3",
+        }
+    }
+
     /// The port for `source`, if it is one of the known templates byte for byte.
     pub fn recognize(source: &str) -> Option<Self> {
         let hash = xxhash_rust::xxh3::xxh3_128(source.as_bytes());

@@ -180,6 +180,11 @@ impl ModelTokenizer {
         self.fast.is_some()
     }
 
+    /// The hand-written renderer of the default chat template (src/native_chat.rs), if any.
+    pub fn native_template(&self) -> Option<NativeTemplate> {
+        self.default_template.as_ref().and_then(|t| t.native)
+    }
+
     /// `text` as `tokenizer.encode(text, add_special_tokens=...)`.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
         let affixes = if add_special_tokens {
