@@ -73,6 +73,7 @@ mod choice;
 pub mod load;
 mod metrics;
 mod pair_table;
+mod recent_keys;
 mod speculative;
 mod targets;
 
@@ -92,6 +93,7 @@ use choice::Rng;
 use load::LoadBook;
 pub use load::TargetLoad;
 pub use metrics::WorkerMetrics;
+use recent_keys::RecentKeys;
 use speculative::Overlay;
 use targets::Target;
 
@@ -327,6 +329,8 @@ pub struct SchedulerStats {
     pub decisions: u64,
     pub blind_decisions: u64,
     pub all_busy_decisions: u64,
+    /// Prompts whose leading block keys came from a recent prompt ([`recent_keys`]).
+    pub reused_key_prompts: u64,
 }
 
 enum RequestKeyer {
@@ -342,6 +346,8 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     applier: EventApplier,
     keyer: RequestKeyer,
+    /// Keys of recent long prompts, reused by their next turns.
+    recent_keys: RecentKeys,
     targets: Vec<Option<Target>>,
     free: BTreeSet<TargetId>,
     by_worker: HashMap<Box<str>, Vec<TargetId>>,
@@ -405,6 +411,7 @@ impl Scheduler {
             cfg,
             applier,
             keyer,
+            recent_keys: RecentKeys::new(recent_keys::DEFAULT_BYTES),
             targets: Vec::new(),
             free: BTreeSet::new(),
             by_worker: HashMap::new(),
@@ -540,6 +547,9 @@ impl Scheduler {
         let bs = self.cfg.events.block_size as usize;
         self.keys.clear();
         match &self.keyer {
+            RequestKeyer::Router(k) if req.extra.is_empty() => {
+                self.recent_keys.keys(k, req.tokens, &mut self.keys)
+            }
             RequestKeyer::Router(k) => k.keys(req.tokens, req.extra, &mut self.keys),
             RequestKeyer::Engine(h) => h.hashes(req.tokens, req.extra, &mut self.keys),
         }
@@ -766,6 +776,7 @@ impl Scheduler {
             decisions: self.decisions,
             blind_decisions: self.blind_decisions,
             all_busy_decisions: self.all_busy_decisions,
+            reused_key_prompts: self.recent_keys.hits,
         }
     }
 }
