@@ -196,7 +196,7 @@ fn ports_decline_what_they_do_not_render() {
             ],
             &k
         ));
-        // Null reasoning and empty tool calls are what the template treats as absent.
+        // Null reasoning and null tool calls are what the template treats as absent (an empty tool-call list is declined too: minijinja renders it).
         assert!(!declined(
             native,
             &[
