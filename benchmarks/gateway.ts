@@ -7,7 +7,9 @@
  * mockers' KV events, keying text with the real tokenizer), SGLang's model gateway (cache_aware)
  * and vLLM's router (round_robin), the peers installed on first run into `.cache/gateway-peers`,
  * and Node's own floor: node:http in front of kvroute's worker-leg client, passing bytes through
- * round-robin (benchmarks/lib/passthrough-proxy.ts; BENCH_FLOOR=0 skips it).
+ * round-robin (benchmarks/lib/passthrough-proxy.ts), and a Rust gateway's floor: hyper on both legs,
+ * one thread, the same pass-through (benchmarks/rust-floor, built into `.cache/` on first run).
+ * BENCH_FLOOR=0 skips both.
  * The gateway under test is pinned to core 0, the load generator and the mockers to the others;
  * its CPU time per request is read from /proc over the measured window.
  *
@@ -65,7 +67,12 @@ const started = new Set<ChildProcess>();
 
 /** `node nodeArgs script args` (by default `kvroute args`) pinned to `cpus`, read until it is ready. */
 function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: string[] = [], script = CLI): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
-  const child = spawn("taskset", ["-c", cpus, process.execPath, ...nodeArgs, script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  return startPinned([process.execPath, ...nodeArgs, script, ...args], readyPattern, cpus);
+}
+
+/** Starts `argv` on `cpus`; settles when its stdout matches `readyPattern`. */
+function startPinned(argv: string[], readyPattern: RegExp, cpus: string): Promise<{ child: ChildProcess; ready: RegExpExecArray }> {
+  const child = spawn("taskset", ["-c", cpus, ...argv], { stdio: ["ignore", "pipe", "pipe"] });
   started.add(child);
   return new Promise((resolve, reject) => {
     let out = "";
@@ -78,8 +85,20 @@ function startCli(args: string[], readyPattern: RegExp, cpus: string, nodeArgs: 
     child.stderr!.on("data", (d: Buffer) => {
       if (out.length < 10_000) out += d.toString();
     });
-    child.once("exit", (code) => reject(new Error(`kvroute ${args[0]} exited (${code}) before ready: ${out}`)));
+    child.once("exit", (code) => reject(new Error(`${argv.slice(0, 3).join(" ")} exited (${code}) before ready: ${out}`)));
   });
+}
+
+/** Builds benchmarks/rust-floor into the ignored `.cache/` (seconds once its crates are fetched); its binary. */
+function buildRustFloor(): string {
+  const target = join(root, ".cache/rust-floor-target");
+  console.log("building benchmarks/rust-floor (hyper; a minute on first run)...");
+  execFileSync("cargo", ["build", "--release", "-q", "--manifest-path", join(root, "benchmarks/rust-floor/Cargo.toml")], {
+    cwd: root,
+    env: { ...process.env, CARGO_TARGET_DIR: target },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  return join(target, "release/rust-floor");
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -179,7 +198,7 @@ function cases(): Case[] {
 // ---- the fleet ----
 
 async function main(): Promise<void> {
-  const base = await findFreePortRange(2 * MOCKERS + 6);
+  const base = await findFreePortRange(2 * MOCKERS + 7);
   const mockers = await Promise.all(
     Array.from({ length: MOCKERS }, (_, i) =>
       startCli(
@@ -226,6 +245,10 @@ async function main(): Promise<void> {
     const port = base + 2 * MOCKERS + 5;
     const floor = await startCli([String(port), ...mockerUrls], /passthrough: ready/, GATEWAY_CPUS, ["--import", "tsx", ...GATEWAY_V8_FLAGS], join(root, "benchmarks/lib/passthrough-proxy.ts"));
     gateways.push({ name: "node:http + undici pass-through (floor)", url: `http://127.0.0.1:${port}`, pid: floor.child.pid!, child: floor.child });
+    // A Rust gateway's floor (benchmarks/rust-floor: hyper on both legs, one thread), built on first run.
+    const rustPort = base + 2 * MOCKERS + 6;
+    const rust = await startPinned([buildRustFloor(), String(rustPort), ...mockerUrls], /rust-floor: ready/, GATEWAY_CPUS);
+    gateways.push({ name: "hyper pass-through (Rust floor)", url: `http://127.0.0.1:${rustPort}`, pid: rust.child.pid!, child: rust.child });
   }
   const bin = process.env.BENCH_PEERS === "0" ? null : ensurePeerVenv(root);
   if (bin) {
