@@ -5,8 +5,9 @@
 //! string `+`. llama.cpp keeps hand-written formatters for known templates for the same reason.
 //!
 //! A port covers the common shape of its template's input and declines the rest (returns None:
-//! minijinja renders): tools, tool calls, reasoning fields, content that is not a string, a
-//! variable the port does not read. Exactness is checked by vLLM's golden cases
+//! minijinja renders): tools, tool calls, reasoning fields, content that is not a string (and for
+//! Qwen3 an empty conversation, an error in Jinja). Variables its template does not read are
+//! ignored: they cannot change the output. Exactness is checked by vLLM's golden cases
 //! (tests/golden.rs renders through here) and by random conversations compared with minijinja
 //! (tests/native_chat.rs); at run time by the gateway's tokenization parity check.
 

@@ -341,8 +341,7 @@ impl ModelTokenizer {
             conversation::request_kwargs(rest, loaded.template.variables())
                 .map_err(Error::input)?;
         let jsons = || messages.iter().map(|m| m.json.clone()).collect::<Vec<_>>();
-        // (Checked on the cached messages: cloning them all for the check costs a copy of the
-        // whole conversation.)
+        // (Each cached message knows its role: no map lookup per message per turn.)
         let developer_rewrite = !loaded.developer_role && messages.iter().any(|m| m.developer);
         let rewrite_across = continue_final_message || developer_rewrite;
         let rendered = if rewrite_across {
