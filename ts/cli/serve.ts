@@ -14,6 +14,7 @@ const FLAGS: Record<string, string> = {
   host: "host",
   port: "port",
   "router-mode": "routerMode",
+  front: "front",
   "migration-limit": "migrationLimit",
   "max-body-bytes": "maxBodyBytes",
   "queue-max-size": "queue.maxSize",
@@ -34,6 +35,8 @@ subscribes to their KV events (ZMQ, every DP rank), scrapes their /metrics, and 
   --host H                    listen address (default 0.0.0.0)
   --port P                    listen port (default 8000)
   --router-mode M             kv | round-robin | random | least-loaded (default kv)
+  --front F                   node | native: native answers non-streamed completions and chat on
+                              a Rust thread and hands the rest to node:http (default node)
   --migration-limit N         re-issues of a request whose worker failed mid-stream (default 0)
   --max-body-bytes N          larger request bodies get 413
   --queue-max-size N          requests held while every worker is busy

@@ -16,6 +16,9 @@ import { DISAGG_POLICIES, type DisaggPolicyName } from "../gateway/disagg-policy
 
 export const ROUTER_MODES: readonly RouterMode[] = ["kv", "round-robin", "random", "least-loaded"];
 export const WORKER_ROLES: readonly WorkerRole[] = ["aggregated", "prefill", "decode"];
+/** Who answers HTTP (GatewayConfig.front). */
+export type GatewayFront = "node" | "native";
+export const GATEWAY_FRONTS: readonly GatewayFront[] = ["node", "native"];
 
 export interface WorkerEntry {
   /** Unique over the whole config; names the worker in headers, metrics and events. */
@@ -89,6 +92,12 @@ export interface GatewayConfig {
   host: string;
   port: number;
   routerMode: RouterMode;
+  /**
+   * Who answers HTTP: "node" (node:http, every request through the JS gateway) or "native" (the
+   * native front, crates/kvroute-front: non-streamed completions and chat routed and forwarded on
+   * a Rust thread, everything else handed to the JS gateway; docs/gateway.md).
+   */
+  front: GatewayFront;
   /** Re-issues of a request whose worker failed mid-response (Dynamo's --migration-limit); 0: off. */
   migrationLimit: number;
   /** Requests whose body is larger are refused with 413 before the body is buffered. */
@@ -183,6 +192,7 @@ export interface GatewayConfigInput {
   host?: string;
   port?: number;
   routerMode?: RouterMode;
+  front?: GatewayFront;
   migrationLimit?: number;
   maxBodyBytes?: number;
   promptEmbedsMaxBytes?: number;
@@ -224,6 +234,13 @@ export const GATEWAY_SCHEMA: Record<string, Field> = {
   host: { kind: "string", default: "0.0.0.0", env: true, nonEmpty: true, doc: "Address the gateway listens on." },
   port: { kind: "int", min: 0, max: 65535, default: 8000, env: true, doc: "Port the gateway listens on (0: any free port)." },
   routerMode: { kind: "string", enum: ROUTER_MODES, default: "kv", env: true, doc: "kv, round-robin, random or least-loaded." },
+  front: {
+    kind: "string",
+    enum: GATEWAY_FRONTS,
+    default: "node",
+    env: true,
+    doc: "node: node:http answers every request; native: a Rust thread answers non-streamed completions and chat and hands the rest to node:http.",
+  },
   migrationLimit: { kind: "int", min: 0, max: 100, default: 0, env: true, doc: "Re-issues of a request whose worker failed mid-response; 0 disables migration." },
   maxBodyBytes: { kind: "int", min: 1024, default: DEFAULT_MAX_BODY, env: true, doc: "Largest request body; larger ones get 413 before they are buffered." },
   promptEmbedsMaxBytes: {

@@ -37,6 +37,17 @@ interface Waiter {
 
 const NONE: readonly WorkerTarget[] = Object.freeze([]);
 
+/**
+ * Another lane sending requests to the same targets (the native front, native-front.ts): its
+ * in-flight requests count toward `maxActivePerWorker` here, and it is told this gateway's counts
+ * and queue lengths, so both lanes hold one bound and a queued request is not overtaken.
+ */
+export interface AdmissionPeer {
+  inflight(workerId: string, dpRank: number): number;
+  counted(workerId: string, dpRank: number, n: number): void;
+  queued(model: string, n: number): void;
+}
+
 export function targetKey(workerId: string, dpRank: number): string {
   return `${workerId}#${dpRank}`;
 }
@@ -45,22 +56,28 @@ export class Admission {
   private readonly inflight = new Map<string, number>();
   private readonly queues = new Map<string, Waiter[]>();
   private waitingTotal = 0;
+  private peer: AdmissionPeer | null = null;
 
   constructor(
     private readonly options: AdmissionOptions,
     private readonly metrics: GatewayMetrics,
   ) {}
 
-  /** Requests this gateway has in flight on a target. */
+  /** Shares the bound with another lane (null: this gateway alone). */
+  setPeer(peer: AdmissionPeer | null): void {
+    this.peer = peer;
+  }
+
+  /** Requests in flight on a target, this gateway's and its peer's. */
   active(workerId: string, dpRank: number): number {
-    return this.inflight.get(targetKey(workerId, dpRank)) ?? 0;
+    return (this.inflight.get(targetKey(workerId, dpRank)) ?? 0) + (this.peer?.inflight(workerId, dpRank) ?? 0);
   }
 
   /** Targets of `targets` that are full. */
   full(targets: readonly WorkerTarget[]): readonly WorkerTarget[] {
     const max = this.options.maxActivePerWorker;
     let out: WorkerTarget[] | null = null;
-    for (const t of targets) if ((this.inflight.get(targetKey(t.workerId, t.dpRank)) ?? 0) >= max) (out ??= []).push(t);
+    for (const t of targets) if (this.active(t.workerId, t.dpRank) >= max) (out ??= []).push(t);
     return out ?? NONE;
   }
 
@@ -69,7 +86,7 @@ export class Admission {
     const key = targetKey(workerId, dpRank);
     const n = (this.inflight.get(key) ?? 0) + 1;
     this.inflight.set(key, n);
-    this.metrics.active(workerId, dpRank).set(n);
+    this.counted(workerId, dpRank, n);
   }
 
   /** The request left the target (finished, failed, cancelled); admits waiters if any. */
@@ -78,8 +95,23 @@ export class Admission {
     const n = (this.inflight.get(key) ?? 0) - 1;
     if (n <= 0) this.inflight.delete(key);
     else this.inflight.set(key, n);
-    this.metrics.active(workerId, dpRank).set(Math.max(0, n));
+    this.counted(workerId, dpRank, Math.max(0, n));
     if (this.waitingTotal > 0) this.pump();
+  }
+
+  /** Sets a target's gauge to both lanes' count (also at scrape time, for the peer's changes). */
+  refreshGauge(workerId: string, dpRank: number): void {
+    this.metrics.active(workerId, dpRank).set(this.active(workerId, dpRank));
+  }
+
+  private counted(workerId: string, dpRank: number, n: number): void {
+    this.peer?.counted(workerId, dpRank, n);
+    this.metrics.active(workerId, dpRank).set(n + (this.peer?.inflight(workerId, dpRank) ?? 0));
+  }
+
+  private depth(model: string, n: number): void {
+    this.metrics.queueDepth.set({ model }, n);
+    this.peer?.queued(model, n);
   }
 
   /**
@@ -125,7 +157,7 @@ export class Admission {
       if (!q) this.queues.set(model, (q = []));
       q.push(waiter);
       this.waitingTotal++;
-      this.metrics.queueDepth.set({ model }, q.length);
+      this.depth(model, q.length);
       const s = signal?.();
       s?.addEventListener(
         "abort",
@@ -165,7 +197,7 @@ export class Admission {
           head.reject(err as Error);
         }
       }
-      this.metrics.queueDepth.set({ model }, q.length);
+      this.depth(model, q.length);
     }
   }
 
@@ -195,6 +227,6 @@ export class Admission {
     const i = q ? q.indexOf(w) : -1;
     if (i >= 0) q!.splice(i, 1);
     this.settle(w);
-    this.metrics.queueDepth.set({ model: w.model }, q?.length ?? 0);
+    this.depth(w.model, q?.length ?? 0);
   }
 }

@@ -109,11 +109,15 @@ export class FleetView {
  */
 export class Suspects {
   private readonly until = new Map<string, number>();
+  /** Told of every mark (the native front avoids the worker too). */
+  onMark: ((workerId: string, cooldownMs: number) => void) | null = null;
 
   constructor(private readonly cooldownMs: number) {}
 
   mark(workerId: string): void {
-    if (this.cooldownMs > 0) this.until.set(workerId, performance.now() + this.cooldownMs);
+    if (this.cooldownMs <= 0) return;
+    this.until.set(workerId, performance.now() + this.cooldownMs);
+    this.onMark?.(workerId, this.cooldownMs);
   }
 
   forgive(workerId: string): void {

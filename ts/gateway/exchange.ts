@@ -68,6 +68,7 @@ import {
 } from "./attempt.js";
 import { canContinue, continuationBody, firstEvents, inspectEvent, noteIds, rewriteEvent, type ClientStream } from "./stream-continuation.js";
 import { remotePrefill, type PrefillState } from "./remote-prefill.js";
+import { frontFailureOf } from "./front-handoff.js";
 
 /** Largest single SSE event accepted from a worker. */
 const MAX_EVENT_BYTES = 16 * 1024 * 1024;
@@ -149,6 +150,8 @@ export class Exchange implements ClientStream, PrefillState {
   /** Runs the exchange; never throws (errors become responses). */
   async run(): Promise<void> {
     try {
+      const refused = this.takeFrontFailure();
+      if (refused) return this.fail(refused);
       const fleet = this.ctx.fleet.of(this.model);
       const decision = await this.admit();
       if (this.clientGone) {
@@ -164,6 +167,30 @@ export class Exchange implements ClientStream, PrefillState {
     } catch (err) {
       this.fail(toGatewayError(err));
     }
+  }
+
+  /**
+   * A request the native front tried first (native-front.ts): its failed attempt becomes this
+   * exchange's first, so the retry and migration limits and the failed worker's exclusion hold as
+   * if JS had made it (the front already counted the failure in the metrics). Returns the error
+   * to answer when no retry is left.
+   */
+  private takeFrontFailure(): GatewayError | null {
+    const f = frontFailureOf(this.req);
+    if (!f) return null;
+    this.ctx.suspects.mark(f.worker);
+    this.failed.push({ workerId: f.worker, dpRank: f.dpRank });
+    this.attempts = 1;
+    if (f.kind === "not_started" && this.ctx.config.connectRetries > 0) {
+      this.connectRetries++;
+    } else if (this.ctx.config.migrationLimit > 0) {
+      this.migrations++;
+      this.ctx.metrics.migrations.inc({ model: this.model });
+    } else {
+      return new UpstreamFailedError(f.worker, f.detail);
+    }
+    this.ctx.log(`${f.kind === "not_started" ? "retrying" : "migrating"} request ${this.baseId} from ${f.worker} (${f.detail}), the native front's attempt`);
+    return null;
   }
 
   // ---- admission and routing ----

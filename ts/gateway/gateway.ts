@@ -46,6 +46,8 @@ import { embedsKey, hasPromptEmbeds } from "./prompt-embeds.js";
 import { TokenizationCheck } from "./tokenization-check.js";
 import { ModelTokenizers } from "./tokenizers.js";
 import { UpstreamPool } from "./upstream.js";
+import { FrontLink } from "./native-front.js";
+import type { NativeFront } from "../../index.js";
 
 export interface CreateGatewayOptions {
   router: GatewayRouter;
@@ -83,6 +85,12 @@ export interface Gateway {
   readonly tokenizers: ModelTokenizers;
   /** Requests waiting for a worker. */
   readonly queued: number;
+  /**
+   * Puts a started native front (crates/kvroute-front) in front of this handler: it routes the
+   * models this gateway hands over and sends the rest here (native-front.ts). Closed with the
+   * gateway.
+   */
+  attachFront(front: NativeFront): void;
   /** Closes worker connections and rejects queued requests. */
   close(): Promise<void>;
 }
@@ -179,13 +187,21 @@ export function createGateway(options: CreateGatewayOptions): Gateway {
         return void handleMetrics(ctx, res);
     }
   }) as Gateway;
+  let frontLink: FrontLink | null = null;
   Object.defineProperties(handler, {
+    attachFront: {
+      value: (front: NativeFront) => {
+        frontLink?.close();
+        frontLink = new FrontLink(front, ctx, served);
+      },
+    },
     metrics: { value: metrics },
     tokenizers: { value: tokenizers },
     config: { value: config },
     queued: { get: () => admission.waiting },
     close: {
       value: async () => {
+        frontLink?.close();
         unwatch();
         served.close();
         fleet.close();

@@ -216,7 +216,11 @@ export class GatewayMetrics {
     this.child(`i\0${model}`, () => this.itl.labels(model)).observe(seconds);
   }
 
+  /** Run before each scrape (the native front's counts are drained into these metrics). */
+  readonly beforeScrape: (() => void)[] = [];
+
   text(): Promise<string> {
+    for (const f of this.beforeScrape) f();
     return this.registry.metrics();
   }
 

@@ -9,7 +9,10 @@
  * Requests node:http refuses itself (408, 431, malformed) are answered in the OpenAI error shape
  * (client-errors.ts).
  */
+import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { AddressInfo, Socket } from "node:net";
 import { validateGatewayConfig, type GatewayConfig, type GatewayConfigInput, type ModelEntry, type WorkerEntry } from "../config/schema.js";
 import { endpointForRank } from "../events/vllm-event-publisher.js";
@@ -22,6 +25,10 @@ import type { PromptTokenizer } from "./context.js";
 import { createGateway, type Gateway } from "./gateway.js";
 import { registerKvEventMetrics } from "./kv-event-metrics.js";
 import { WorkerFeeds } from "./worker-feeds.js";
+import { markHandedOff } from "./front-handoff.js";
+import { KvrouteError } from "../errors.js";
+import { native } from "../native.js";
+import type { NativeFront } from "../../index.js";
 import { openFleet, registerFleetMetrics, startFleetReplica, type FleetReplica } from "../fleet/fleet-mode.js";
 
 export interface StartGatewayOptions {
@@ -152,19 +159,28 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
       connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(config.clientTimeoutMs / 4))),
       keepAliveTimeout: 65_000,
     },
-    gateway,
+    config.front === "native" ? (req, res) => (markHandedOff(req), gateway(req, res)) : gateway,
   );
   server.on("clientError", (err: Error, socket) => answerClientError(err, socket as Socket, config.clientTimeoutMs));
+  let port: number;
+  let socketDir: string | null = null;
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(config.port, config.host, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    });
+    if (config.front === "native") {
+      // node:http listens on a private socket; the native front owns the public port.
+      socketDir = mkdtempSync(join(tmpdir(), "kvroute-front-"));
+      const socketPath = join(socketDir, "gateway.sock");
+      await listen(server, { path: socketPath });
+      const front = startNativeFront(config, socketPath);
+      gateway.attachFront(front);
+      port = front.port;
+    } else {
+      await listen(server, { port: config.port, host: config.host });
+      port = (server.address() as AddressInfo).port;
+    }
   } catch (err) {
     // The port is taken: nothing stays running (and fleet mode's leases are revoked).
+    server.close();
+    if (socketDir) rmSync(socketDir, { recursive: true, force: true });
     await gateway.close();
     await feeds.close();
     await replica.close();
@@ -172,7 +188,6 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
     await fleet.close();
     throw err;
   }
-  const port = (server.address() as AddressInfo).port;
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host.includes(":") ? `[${config.host}]` : config.host;
   let closing: Promise<void> | null = null;
   return {
@@ -190,10 +205,47 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
         server.closeAllConnections();
         await closed;
         await gateway.close();
+        if (socketDir) rmSync(socketDir, { recursive: true, force: true });
         await feeds.close();
         await replica.close();
         if (ownRouter) router.close();
         await fleet.close();
       })()),
   };
+}
+
+function listen(server: http.Server, at: { port: number; host: string } | { path: string }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    const done = () => {
+      server.off("error", reject);
+      resolve();
+    };
+    if ("path" in at) server.listen(at.path, done);
+    else server.listen(at.port, at.host, done);
+  });
+}
+
+/** The native front on the configured address, handing what it does not answer to `socketPath`. */
+function startNativeFront(config: GatewayConfig, socketPath: string): NativeFront {
+  try {
+    return new native.NativeFront({
+      host: config.host,
+      port: config.port,
+      jsSocket: socketPath,
+      // With API keys every request is checked in JS.
+      fastLane: config.apiKeys.length === 0,
+      maxBodyBytes: config.maxBodyBytes,
+      clientTimeoutMs: config.clientTimeoutMs,
+      upstreamTimeoutMs: config.upstreamTimeoutMs,
+      upstreamIdleTimeoutMs: config.upstreamIdleTimeoutMs,
+      connectionsPerWorker: config.connectionsPerWorker,
+      failureCooldownMs: config.failureCooldownMs,
+      maxActivePerWorker: config.queue.maxActivePerWorker,
+      tokenizationCheckEvery: config.tokenizationCheckEvery,
+      clockMs: performance.now(),
+    });
+  } catch (err) {
+    throw new KvrouteError("KVR_LISTEN", `the native front could not listen on ${config.host}:${config.port}: ${(err as Error).message}`, { cause: err });
+  }
 }

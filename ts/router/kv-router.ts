@@ -279,6 +279,25 @@ export class KvRouter implements RequestLifecycle {
     return [...this.models.keys()];
   }
 
+  /**
+   * A model's native core and its targets by native id, for the native front, which routes on
+   * the same core (gateway/native-front.ts); null for an unknown model.
+   */
+  nativeView(model: string): { core: NativeCore; targets: { tid: number; workerId: string; dpRank: number; record: WorkerRecord }[] } | null {
+    const m = this.models.get(model);
+    if (m === undefined) return null;
+    const targets: { tid: number; workerId: string; dpRank: number; record: WorkerRecord }[] = [];
+    m.targets.forEach((t, tid) => {
+      if (t !== undefined) targets.push({ tid, workerId: t.workerId, dpRank: t.dpRank, record: t.record });
+    });
+    return { core: m.core, targets };
+  }
+
+  /** Whether some observer is told of every lifecycle step (fleet mode). */
+  get observed(): boolean {
+    return this.observer !== null;
+  }
+
   // ---- decisions --------------------------------------------------------------------------
 
   /**

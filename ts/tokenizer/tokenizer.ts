@@ -68,6 +68,11 @@ export class Tokenizer {
     return this.inner.hasChatTemplate;
   }
 
+  /** The native object, shared with the gateway's native front (the same caches serve both). */
+  get nativeTokenizer(): NativeTokenizer {
+    return this.inner;
+  }
+
   /** Whether the fast byte-level BPE path encodes this model's text. */
   get fastPath(): boolean {
     return this.inner.fastPath;

@@ -5,6 +5,7 @@
 mod convert;
 pub mod embeds;
 pub mod events;
+mod front;
 mod hasher;
 mod indexer;
 pub mod nixl;

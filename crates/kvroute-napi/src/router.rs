@@ -11,10 +11,12 @@ use kvroute_core::scheduler::{
     Decision, Mode, Role, RouteRequest, Scheduler, SchedulerConfig, WorkerMetrics,
 };
 use kvroute_core::tiers::Tier;
+use kvroute_front::fleet::{lock_scheduler, SharedScheduler};
 use napi::bindgen_prelude::{
     BigUint64Array, BigUint64ArraySlice, Float64ArraySlice, Uint32ArraySlice, Uint8ArraySlice,
 };
 use napi_derive::napi;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::convert::{invalid_config, to_napi};
 use crate::indexer::{apply_result, event_applier_config, ApplyEventBatchResult, KvEventStats};
@@ -151,8 +153,20 @@ fn config(o: KvRouterCoreOptions) -> napi::Result<SchedulerConfig> {
 
 #[napi]
 pub struct KvRouterCore {
-    sched: Scheduler,
+    /// Shared with the native front (crates/kvroute-front), which routes on its own thread.
+    sched: SharedScheduler,
     decision: Decision,
+}
+
+impl KvRouterCore {
+    fn sched(&self) -> MutexGuard<'_, Scheduler> {
+        lock_scheduler(&self.sched)
+    }
+
+    /// The scheduler itself, for the native front.
+    pub fn shared(&self) -> SharedScheduler {
+        self.sched.clone()
+    }
 }
 
 #[napi]
@@ -160,14 +174,16 @@ impl KvRouterCore {
     #[napi(constructor)]
     pub fn new(options: KvRouterCoreOptions) -> napi::Result<Self> {
         Ok(KvRouterCore {
-            sched: Scheduler::new(config(options)?).map_err(to_napi)?,
+            sched: Arc::new(Mutex::new(
+                Scheduler::new(config(options)?).map_err(to_napi)?,
+            )),
             decision: Decision::default(),
         })
     }
 
     #[napi(getter)]
     pub fn block_size(&self) -> u32 {
-        self.sched.block_size()
+        self.sched().block_size()
     }
 
     /// Makes the worker's targets exactly `dpRanks` with `role`; returns their target ids, in
@@ -180,13 +196,13 @@ impl KvRouterCore {
         #[napi(ts_arg_type = "'aggregated' | 'prefill' | 'decode'")] role: String,
     ) -> napi::Result<Vec<u32>> {
         let role = role.parse::<Role>().map_err(to_napi)?;
-        Ok(self.sched.upsert_worker(&worker_id, &dp_ranks, role))
+        Ok(self.sched().upsert_worker(&worker_id, &dp_ranks, role))
     }
 
     /// The worker left: its targets, bookings, speculative credit and blocks go.
     #[napi]
     pub fn remove_worker(&mut self, worker_id: String) -> bool {
-        self.sched.remove_worker(&worker_id)
+        self.sched().remove_worker(&worker_id)
     }
 
     /// One decision. `mode`: 0 kv, 1 round-robin, 2 random, 3 least-loaded. `flags`: bit 0
@@ -248,7 +264,7 @@ impl KvRouterCore {
             exclude: exclude.as_deref().unwrap_or(&[]),
         };
         let d = &mut self.decision;
-        if !self.sched.route(&req, now_ms, d) {
+        if !lock_scheduler(&self.sched).route(&req, now_ms, d) {
             return Ok(0);
         }
         let fit = (out.len() - ROUTE_HEADER as usize) / ROUTE_STRIDE as usize;
@@ -301,7 +317,7 @@ impl KvRouterCore {
         overlap_blocks: u32,
         max_tokens: Option<u32>,
     ) -> bool {
-        self.sched.start(
+        self.sched().start(
             &request_id,
             target,
             prompt_blocks,
@@ -325,7 +341,7 @@ impl KvRouterCore {
         credit: bool,
         now_ms: f64,
     ) -> bool {
-        self.sched.start_remote(
+        self.sched().start_remote(
             &request_id,
             target,
             &keys,
@@ -340,23 +356,23 @@ impl KvRouterCore {
     /// The prompt keys of the last `route` call.
     #[napi]
     pub fn last_keys(&self) -> BigUint64Array {
-        BigUint64Array::new(self.sched.last_keys().to_vec())
+        BigUint64Array::new(self.sched().last_keys().to_vec())
     }
 
     #[napi]
     pub fn first_token(&mut self, request_id: String) -> bool {
-        self.sched.first_token(&request_id)
+        self.sched().first_token(&request_id)
     }
 
     #[napi]
     pub fn tokens(&mut self, request_id: String, generated: u32) -> bool {
-        self.sched.tokens(&request_id, generated)
+        self.sched().tokens(&request_id, generated)
     }
 
     /// Finished at `nowMs` (remembered for the next scrape of its worker).
     #[napi]
     pub fn finished(&mut self, request_id: String, now_ms: f64) -> bool {
-        self.sched.finish(&request_id, now_ms)
+        self.sched().finish(&request_id, now_ms)
     }
 
     /// Scraped metrics of a worker (one rank, or the whole worker when `dpRank` is absent),
@@ -379,7 +395,7 @@ impl KvRouterCore {
             running,
             kv_usage,
         };
-        self.sched
+        self.sched()
             .update_metrics(&worker_id, dp_rank, m, now_ms, taken_at_ms)
     }
 
@@ -393,7 +409,7 @@ impl KvRouterCore {
         dp_rank: Option<u32>,
     ) -> ApplyEventBatchResult {
         apply_result(
-            self.sched
+            self.sched()
                 .apply_payload(&worker_id, &payload, dp_rank.unwrap_or(0)),
             dp_rank.unwrap_or(0),
         )
@@ -420,7 +436,7 @@ impl KvRouterCore {
             ));
         }
         let r = apply_result(
-            self.sched
+            self.sched()
                 .apply_payload(&worker_id, &payload, dp_rank.unwrap_or(0)),
             dp_rank.unwrap_or(0),
         );
@@ -458,7 +474,7 @@ impl KvRouterCore {
             ));
         }
         let outcome = match decode_direct(&ops, &hashes, &tokens, dp_rank) {
-            Ok(batch) => self.sched.apply_batch(&worker_id, &batch, dp_rank),
+            Ok(batch) => self.sched().apply_batch(&worker_id, &batch, dp_rank),
             Err(reason) => Err(DecodeError {
                 reason,
                 event_index: None,
@@ -499,7 +515,7 @@ impl KvRouterCore {
             ));
         }
         let outcome = match decode_keyed(&ops, &keys) {
-            Ok(events) => Ok(self.sched.apply_keyed(&worker_id, dp_rank, &events)),
+            Ok(events) => Ok(self.sched().apply_keyed(&worker_id, dp_rank, &events)),
             Err(reason) => Err(DecodeError {
                 reason,
                 event_index: None,
@@ -522,7 +538,7 @@ impl KvRouterCore {
     /// `tokens` called from Rust (the virtual replay's Rust engines tell a request's progress
     /// without crossing to JS).
     pub(crate) fn tokens_of(&mut self, request_id: &str, generated: u32) -> bool {
-        self.sched.tokens(request_id, generated)
+        self.sched().tokens(request_id, generated)
     }
 
     /// A keyed batch applied from Rust (the virtual replay's Rust engines deliver theirs without
@@ -536,9 +552,9 @@ impl KvRouterCore {
         keys: &[u64],
     ) -> Result<(), &'static str> {
         let events = decode_keyed(ops, keys)?;
-        let out = self.sched.apply_keyed(worker_id, dp_rank, &events);
+        let out = self.sched().apply_keyed(worker_id, dp_rank, &events);
         if out.skipped_known > 0 {
-            self.sched.clear_worker(worker_id, Some(dp_rank));
+            self.sched().clear_worker(worker_id, Some(dp_rank));
         }
         Ok(())
     }
@@ -546,22 +562,23 @@ impl KvRouterCore {
     /// Drops the worker's blocks (one rank, or all); it is blind until its next batch.
     #[napi]
     pub fn clear_worker(&mut self, worker_id: String, dp_rank: Option<u32>) -> i64 {
-        self.sched.clear_worker(&worker_id, dp_rank) as i64
+        self.sched().clear_worker(&worker_id, dp_rank) as i64
     }
 
     /// Whether events (or a resync) have given the router a view of the worker's cache.
     #[napi]
     pub fn has_kv_view(&self, worker_id: String, dp_rank: Option<u32>) -> bool {
-        self.sched.has_kv_view(&worker_id, dp_rank)
+        self.sched().has_kv_view(&worker_id, dp_rank)
     }
 
     /// The predicted load of every target.
     #[napi]
     pub fn target_loads(&self) -> Vec<TargetLoadInfo> {
-        (0..self.sched.target_bound() as u32)
+        let sched = self.sched();
+        (0..sched.target_bound() as u32)
             .filter_map(|t| {
-                let (w, r) = self.sched.target_worker(t)?;
-                let l = self.sched.load(t);
+                let (w, r) = sched.target_worker(t)?;
+                let l = sched.load(t);
                 Some(TargetLoadInfo {
                     target: t,
                     worker_id: w.to_owned(),
@@ -577,8 +594,9 @@ impl KvRouterCore {
 
     #[napi]
     pub fn stats(&self) -> KvRouterCoreStats {
-        let s = self.sched.stats();
-        let i = self.sched.applier().indexer().stats();
+        let sched = self.sched();
+        let s = sched.stats();
+        let i = sched.applier().indexer().stats();
         KvRouterCoreStats {
             targets: s.targets as i64,
             active_requests: s.active_requests as i64,
@@ -601,6 +619,6 @@ impl KvRouterCore {
     /// `KvIndexer.eventStats`).
     #[napi]
     pub fn event_stats(&self) -> KvEventStats {
-        crate::indexer::event_stats_of(self.sched.applier())
+        crate::indexer::event_stats_of(self.sched().applier())
     }
 }

@@ -3,6 +3,7 @@
 //! builds a JS object graph for Rust to walk.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use kvroute_tokenizer::{ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES};
 use napi::bindgen_prelude::{Buffer, Uint32Array, Uint32ArraySlice};
@@ -37,7 +38,7 @@ pub struct TokenizerCacheStats {
 
 #[napi]
 pub struct NativeTokenizer {
-    inner: ModelTokenizer,
+    inner: Arc<ModelTokenizer>,
 }
 
 fn parse_request(bytes: &[u8]) -> napi::Result<serde_json::Value> {
@@ -59,7 +60,9 @@ impl NativeTokenizer {
         let inner = ModelTokenizer::from_dir_with_cache(Path::new(&dir), cache)
             .map_err(to_napi)?
             .with_conversation_cache(conversations);
-        Ok(NativeTokenizer { inner })
+        Ok(NativeTokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     #[napi(getter)]
@@ -160,5 +163,12 @@ impl NativeTokenizer {
     #[napi]
     pub fn clear_cache(&self) {
         self.inner.clear_cache();
+    }
+}
+
+impl NativeTokenizer {
+    /// The tokenizer itself, for the native front.
+    pub fn shared(&self) -> Arc<ModelTokenizer> {
+        self.inner.clone()
     }
 }
