@@ -198,7 +198,7 @@ function cases(): Case[] {
 // ---- the fleet ----
 
 async function main(): Promise<void> {
-  const base = await findFreePortRange(2 * MOCKERS + 7);
+  const base = await findFreePortRange(2 * MOCKERS + 8);
   const mockers = await Promise.all(
     Array.from({ length: MOCKERS }, (_, i) =>
       startCli(
@@ -240,6 +240,12 @@ async function main(): Promise<void> {
   const gateways: { name: string; url: string; pid: number; child: ChildProcess }[] = [
     { name: "kvroute kv", url: (JSON.parse(kvroute.ready[1]!) as { url: string }).url, pid: kvroute.child.pid!, child: kvroute.child },
   ];
+  if (process.env.BENCH_NATIVE_FRONT !== "0") {
+    // The same gateway with the native front (`front: native`, crates/kvroute-front).
+    const nativeFront = await startCli(["serve", "--config", configFile, "--port", String(base + 2 * MOCKERS + 7), "--front", "native"], /kvroute serve: ready (\{.*\})/, GATEWAY_CPUS, GATEWAY_NODE_ARGS);
+    const url = (JSON.parse(nativeFront.ready[1]!) as { url: string }).url;
+    gateways.push({ name: "kvroute kv, native front", url, pid: nativeFront.child.pid!, child: nativeFront.child });
+  }
   if (process.env.BENCH_FLOOR !== "0") {
     // Node's own floor (benchmarks/lib/passthrough-proxy.ts), under the gateway's heap setting.
     const port = base + 2 * MOCKERS + 5;
@@ -264,7 +270,7 @@ async function main(): Promise<void> {
 
   try {
     if (SECTIONS.has("1")) await sectionShortPrompts(mockerUrls, gateways);
-    if (SECTIONS.has("2")) await sectionLongChat(gateways[0]!);
+    if (SECTIONS.has("2")) for (const g of gateways.filter((g) => g.name.startsWith("kvroute"))) await sectionLongChat(g);
     console.log("\nRSS after the run: " + gateways.map((g) => `${g.name} ${rssMb(g.pid).toFixed(0)} MB`).join("; "));
   } finally {
     for (const g of gateways) await stop(g.child);
@@ -339,7 +345,7 @@ async function sectionShortPrompts(mockerUrls: string[], gateways: Gw[]): Promis
 }
 
 async function sectionLongChat(g: Gw): Promise<void> {
-  console.log("\n2. kvroute alone: long multi-turn chat (each client one conversation, a new turn per request; Qwen3 template)\n");
+  console.log(`\n2. ${g.name} alone: long multi-turn chat (each client one conversation, a new turn per request; Qwen3 template)\n`);
   const head = ["conversation", "clients", "req/s", "CPU µs/req", "req/s per core", "p50 ms"];
   const rows: string[][] = [];
   const chatGen = new TextGen(rng(21));

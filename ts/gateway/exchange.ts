@@ -68,7 +68,7 @@ import {
 } from "./attempt.js";
 import { canContinue, continuationBody, firstEvents, inspectEvent, noteIds, rewriteEvent, type ClientStream } from "./stream-continuation.js";
 import { remotePrefill, type PrefillState } from "./remote-prefill.js";
-import { frontFailureOf } from "./front-handoff.js";
+import { frontCheckOf, frontFailureOf } from "./front-handoff.js";
 
 /** Largest single SSE event accepted from a worker. */
 const MAX_EVENT_BYTES = 16 * 1024 * 1024;
@@ -244,7 +244,7 @@ export class Exchange implements ClientStream, PrefillState {
       return;
     }
     this.phase = "upstream";
-    this.checkIds ??= this.key.tokenizer !== null && !this.parsed.batched && !this.parsed.echo && this.ctx.tokenizationCheck.sample(decision.workerId);
+    this.checkIds ??= this.key.tokenizer !== null && !this.parsed.batched && !this.parsed.echo && (frontCheckOf(this.req) || this.ctx.tokenizationCheck.sample(decision.workerId));
     const continuing = this.headersSent && this.parsed.stream;
     const canContinueIds = continuing && this.sentTokens > 0;
     const format: Format = canContinueIds ? "completions" : this.parsed.endpoint;

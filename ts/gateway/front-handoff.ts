@@ -2,11 +2,13 @@
  * Requests the native front handed to the JS gateway (crates/kvroute-front/src/handoff.rs). They
  * arrive on the gateway's private Unix socket, whose server marks them; only a marked request's
  * `x-kvroute-front-failure` header is read (the front drops a client's copy, and nobody else can
- * reach the socket, but the mark makes the trust explicit).
+ * reach the socket, but the mark makes the trust explicit); so is `x-kvroute-front-check`.
  */
 import type { IncomingMessage } from "node:http";
 
 export const FRONT_FAILURE_HEADER = "x-kvroute-front-failure";
+/** The front sampled this stream for the tokenization parity check (JS runs it). */
+export const FRONT_CHECK_HEADER = "x-kvroute-front-check";
 
 const handedOff = new WeakSet<IncomingMessage>();
 
@@ -36,4 +38,9 @@ export function frontFailureOf(req: IncomingMessage): FrontFailure | null {
   } catch {
     return null;
   }
+}
+
+/** Whether the front sampled this handed-off request for the parity check. */
+export function frontCheckOf(req: IncomingMessage): boolean {
+  return handedOff.has(req) && req.headers[FRONT_CHECK_HEADER] === "1";
 }

@@ -12,7 +12,8 @@
  * - suspects: a worker JS marks is avoided by the front, and the other way round.
  * - metrics: what the front did is drained every DRAIN_MS and before each scrape into the same
  *   families and labels (requests, decisions, overlap, prefill tokens, upstream errors,
- *   cancellations, parity checks); a mismatching parity check is logged by TokenizationCheck.
+ *   cancellations, time to first token and between tokens, parity checks); a mismatching parity
+ *   check is logged by TokenizationCheck.
  */
 import type { NativeFront, FrontDrained } from "../../index.js";
 import { KvRouter } from "../router/kv-router.js";
@@ -110,6 +111,11 @@ export class FrontLink {
   }
 }
 
+/** Pairs of (value, how many times it was seen). */
+function observePairs(h: { observe(v: number): void }, pairs: readonly number[]): void {
+  for (let i = 0; i + 1 < pairs.length; i += 2) for (let k = 0; k < pairs[i + 1]!; k++) h.observe(pairs[i]!);
+}
+
 function apply(ctx: GatewayContext, d: FrontDrained, mode: string): void {
   const m = ctx.metrics;
   for (const r of d.requests) m.requests.inc({ route: ROUTE_LABEL[r.route], status: String(r.status) }, r.count);
@@ -122,9 +128,11 @@ function apply(ctx: GatewayContext, d: FrontDrained, mode: string): void {
     if (c.savedTokens > 0) m.prefillTokensSaved.inc({ model: c.model }, c.savedTokens);
     if (c.avoidableTokens > 0) m.prefillTokensAvoidable.inc({ model: c.model }, c.avoidableTokens);
     if (c.blind > 0) m.blindDecisions.inc({ mode }, c.blind);
-    if (c.cancelled > 0) m.cancellations.inc({ model: c.model, phase: "prefill" }, c.cancelled);
-    const overlap = m.overlap.labels(mode);
-    for (let i = 0; i + 1 < c.overlaps.length; i += 2) for (let k = 0; k < c.overlaps[i + 1]!; k++) overlap.observe(c.overlaps[i]!);
+    if (c.cancelledPrefill > 0) m.cancellations.inc({ model: c.model, phase: "prefill" }, c.cancelledPrefill);
+    if (c.cancelledDecode > 0) m.cancellations.inc({ model: c.model, phase: "decode" }, c.cancelledDecode);
+    observePairs(m.overlap.labels(mode), c.overlaps);
+    if (c.ttft.length > 0) observePairs(m.ttft.labels(c.model), c.ttft);
+    if (c.itl.length > 0) observePairs(m.itl.labels(c.model), c.itl);
   }
   for (const e of d.upstreamErrors) {
     m.upstreamErrors.inc({ worker: e.worker, kind: e.kind }, e.count);

@@ -239,6 +239,7 @@ function startNativeFront(config: GatewayConfig, socketPath: string): NativeFron
       clientTimeoutMs: config.clientTimeoutMs,
       upstreamTimeoutMs: config.upstreamTimeoutMs,
       upstreamIdleTimeoutMs: config.upstreamIdleTimeoutMs,
+      migrationLimit: config.migrationLimit,
       connectionsPerWorker: config.connectionsPerWorker,
       failureCooldownMs: config.failureCooldownMs,
       maxActivePerWorker: config.queue.maxActivePerWorker,

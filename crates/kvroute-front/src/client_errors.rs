@@ -30,7 +30,12 @@ impl<T> ShapedErrors<T> {
 /// The shaped replacement of hyper's own error answer, if `buf` is one.
 fn replacement(buf: &[u8]) -> Option<Vec<u8>> {
     let (status, reason, code, message) = if buf.starts_with(b"HTTP/1.1 400 ") {
-        (400, "Bad Request", "KVR_BAD_REQUEST", "Malformed HTTP request")
+        (
+            400,
+            "Bad Request",
+            "KVR_BAD_REQUEST",
+            "Malformed HTTP request",
+        )
     } else if buf.starts_with(b"HTTP/1.1 431 ") || buf.starts_with(b"HTTP/1.1 414 ") {
         (
             431,
@@ -84,13 +89,21 @@ impl<T: AsyncWrite + Unpin> ShapedErrors<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ShapedErrors<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ShapedErrors<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         ready!(self.poll_pending(cx))?;
         if let Some(shaped) = replacement(buf) {
             self.pending = Some((shaped, 0));
@@ -129,11 +142,16 @@ mod tests {
         assert!(shaped.starts_with("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json"));
         assert!(shaped.contains("\"code\":\"KVR_BAD_REQUEST\""));
         let big = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
-        assert!(String::from_utf8(replacement(big).unwrap()).unwrap().contains("KVR_HEADERS_TOO_LARGE"));
+        assert!(String::from_utf8(replacement(big).unwrap())
+            .unwrap()
+            .contains("KVR_HEADERS_TOO_LARGE"));
         // Answers with a type or a body are someone's own.
         assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n").is_none());
         assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_none());
         assert!(replacement(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
-        assert!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-kvroute-worker: w\r\n\r\n").is_none());
+        assert!(replacement(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-kvroute-worker: w\r\n\r\n"
+        )
+        .is_none());
     }
 }

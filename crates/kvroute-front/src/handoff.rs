@@ -2,7 +2,8 @@
 //! sent them, to the JS gateway on its private Unix socket, and JS's answer (a stream included)
 //! comes back as it is written. When the front's own attempt failed first, the failure travels
 //! in `x-kvroute-front-failure` so JS retries or migrates exactly as if its own attempt had
-//! failed; a client's copy of that header is dropped (only the front may send it, and only on the
+//! failed (and `x-kvroute-front-check` asks JS to run the parity check on a stream the front
+//! sampled); a client's copy of either header is dropped (only the front may send it, and only on the
 //! socket, which nobody else can reach).
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -14,6 +15,8 @@ use crate::upstream::{Failure, Upstream};
 use http_body_util::BodyExt;
 
 pub const FAILURE_HEADER: &str = "x-kvroute-front-failure";
+/// JS runs the parity check on this request (the front sampled it).
+pub const CHECK_HEADER: &str = "x-kvroute-front-check";
 
 /// Hop-by-hop request headers, not forwarded.
 fn is_hop_request_header(name: &HeaderName) -> bool {
@@ -27,6 +30,7 @@ fn is_hop_request_header(name: &HeaderName) -> bool {
             | "upgrade"
             | "transfer-encoding"
     ) || name.as_str() == FAILURE_HEADER
+        || name.as_str() == CHECK_HEADER
 }
 
 /// The failed first attempt, as JS reads it: percent-encoded JSON.
@@ -61,6 +65,7 @@ pub async fn hand_off(
     parts: &Parts,
     body: Body,
     failed: Option<FailedAttempt<'_>>,
+    check: bool,
 ) -> Response<Body> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = format!("http://kvroute-gateway{path}");
@@ -87,6 +92,12 @@ pub async fn hand_off(
     }
     if let Some(v) = failed.as_ref().and_then(failure_value) {
         headers.insert(HeaderName::from_static(FAILURE_HEADER), v);
+    }
+    if check {
+        headers.insert(
+            HeaderName::from_static(CHECK_HEADER),
+            HeaderValue::from_static("1"),
+        );
     }
     match upstream.to_js(req).await {
         Ok(res) => {

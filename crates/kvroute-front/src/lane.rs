@@ -1,37 +1,45 @@
-//! The fast lane: a non-streamed completions or chat request of a model the front routes, from
-//! its bytes to the worker's answer without JavaScript. Its steps are exchange.ts's for the same
+//! The fast lane: a completions or chat request of a model the front routes, from its bytes to
+//! the worker's answer without JavaScript (a stream's events relayed by relay.rs). Its steps are exchange.ts's for the same
 //! request: read the fields and tokenize (the tokenizer crate's `read_request`, as the gateway's
 //! fast path), exclude what admission and the suspects exclude, route and book, forward the
 //! client's bytes unchanged, read the whole answer, count usage, finish the booking, answer with
 //! the worker's headers and kvroute's own.
 //!
-//! Whatever the lane does not cover goes to JS before anything is booked: streams, bodies the
-//! fast reader leaves to the general path, a model without a tokenizer for text or chat, a
-//! prompt the tokenizer refuses, a model not handed over, a full fleet. A failed attempt goes to
-//! JS after its booking is closed, with the failure, and JS retries or migrates it.
+//! Whatever the lane does not cover goes to JS before anything is booked: streams when migration
+//! is on (JS continues them on another worker), bodies the fast reader leaves to the general
+//! path, a model without a tokenizer for text or chat, a prompt the tokenizer refuses, a model
+//! not handed over, a full fleet. A stream the parity check samples goes to JS too, its booking
+//! undone, with `x-kvroute-front-check` (JS checks it: the ids have to be asked for and stripped
+//! from every event). A failed attempt goes to JS after its booking is closed, with the failure,
+//! and JS retries or migrates it; once a stream's headers are out, a failure ends it with an
+//! error event, as JS does without migration.
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use kvroute_core::extra_keys::ExtraKeys;
 use kvroute_core::scheduler::{Decision, RouteRequest};
 use kvroute_tokenizer::openai_fields::{self, Prompt, RequestFields};
 
-use crate::fleet::{lock_scheduler, Model, Target};
+use crate::booking::Booking;
+use crate::fleet::{lock_scheduler, Target};
+use crate::relay;
 use crate::reply::{self, Body};
 use crate::upstream::{Failure, FailureKind};
 use crate::Shared;
 
 pub enum Outcome {
     Answered(Response<Body>),
-    /// To JS, with the front's failed attempt if there was one.
+    /// To JS, with the front's failed attempt if there was one, or asking for the parity check.
     HandOff {
         failed: Option<(Arc<str>, u32, Failure)>,
+        check: bool,
     },
 }
 
@@ -59,51 +67,10 @@ thread_local! {
     static DECISION: RefCell<Decision> = RefCell::new(Decision::default());
 }
 
-const HAND_OFF: Outcome = Outcome::HandOff { failed: None };
-
-/// A booked attempt: closed exactly once, by `close` or, when the client goes away and the
-/// request's future is dropped, as cancelled.
-struct Booking<'a> {
-    shared: &'a Shared,
-    model: &'a Model,
-    target: &'a Target,
-    request_id: String,
-    route: Route,
-    open: bool,
-}
-
-impl Booking<'_> {
-    fn close(&mut self) {
-        if !self.open {
-            return;
-        }
-        self.open = false;
-        lock_scheduler(&self.model.sched).finish(&self.request_id, self.shared.now_ms());
-        self.shared
-            .fleet
-            .release(&self.target.worker, self.target.dp_rank);
-        self.shared.stats.released();
-    }
-
-    /// The attempt failed: closed, counted, and the worker avoided for the cooldown.
-    fn fail(&mut self, failure: &Failure) {
-        self.close();
-        self.shared
-            .stats
-            .upstream_error(&self.target.worker, failure.kind.label());
-        self.shared.suspect(&self.target.worker);
-    }
-}
-
-impl Drop for Booking<'_> {
-    fn drop(&mut self) {
-        if self.open {
-            self.close();
-            self.shared.stats.cancelled(&self.model.name);
-            self.shared.stats.request(self.route.code(), 499);
-        }
-    }
-}
+const HAND_OFF: Outcome = Outcome::HandOff {
+    failed: None,
+    check: false,
+};
 
 /// Reads the fields and, with a tokenizer, the prompt's ids (None: JS's general path).
 fn read(shared: &Shared, body: &[u8], chat: bool) -> Option<(RequestFields, Option<Vec<u32>>)> {
@@ -136,12 +103,13 @@ fn read(shared: &Shared, body: &[u8], chat: bool) -> Option<(RequestFields, Opti
     Some((fields, Some(tokens?.ok()?)))
 }
 
-pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -> Outcome {
+pub async fn serve(shared: &Arc<Shared>, route: Route, parts: &Parts, body: &Bytes) -> Outcome {
+    let arrived = Instant::now();
     let chat = route == Route::Chat;
     let Some((fields, tokenized)) = read(shared, body, chat) else {
         return HAND_OFF;
     };
-    if fields.stream {
+    if fields.stream && shared.cfg.migration_limit > 0 {
         return HAND_OFF;
     }
     let Some(plan) = fields.model.as_deref().and_then(|m| shared.fleet.plan(m)) else {
@@ -160,7 +128,7 @@ pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -
             Err(_) => return HAND_OFF,
         },
     };
-    let model = &*plan.model;
+    let model = plan.model.clone();
     let request_id = shared.ids.engine_id();
     let extra = ExtraKeys {
         cache_salt: fields.cache_salt.clone(),
@@ -195,12 +163,23 @@ pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -
     let Some((tid, overlap, best, blind)) = decided else {
         return HAND_OFF;
     };
-    let Some(target) = model.target(tid) else {
-        // The table lags the scheduler (a worker just joined): JS routes it.
-        lock_scheduler(&model.sched).finish(&request_id, shared.now_ms());
-        return HAND_OFF;
+    let check = by_tokenizer
+        && !fields.echo
+        && model
+            .target(tid)
+            .is_some_and(|t| shared.sample_check(&t.worker));
+    let target = match model.target(tid) {
+        // A sampled stream is JS's to check; a target the table lags behind (a worker just
+        // joined) is JS's to route. Either way this decision is undone.
+        Some(t) if !(check && fields.stream) => t.clone(),
+        _ => {
+            lock_scheduler(&model.sched).finish(&request_id, shared.now_ms());
+            return Outcome::HandOff {
+                failed: None,
+                check,
+            };
+        }
     };
-    shared.fleet.take(&target.worker, target.dp_rank);
     shared.stats.decision(
         &model.name,
         overlap,
@@ -209,34 +188,38 @@ pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -
         model.block_size,
         blind,
     );
-    let mut booking = Booking {
-        shared,
-        model,
-        target,
-        request_id,
-        route,
-        open: true,
-    };
-    let check = by_tokenizer && !fields.echo && shared.sample_check(&target.worker);
+    let mut booking = Booking::new(shared.clone(), model, target, request_id, route);
     let out = if check && !fields.return_token_ids {
         with_return_token_ids(body)
     } else {
         body.clone()
     };
-    let answer = match shared
+    let res = match shared
         .upstream
-        .fetch(worker_request(target, route, &booking.request_id, out))
+        .send(worker_request(
+            &booking.target,
+            route,
+            &booking.request_id,
+            out,
+        ))
         .await
     {
+        Ok(r) => r,
+        Err(f) => return failed(&mut booking, f),
+    };
+    let headers = Headers::of(&booking, overlap, parts, shared);
+    if fields.stream && res.status() == 200 {
+        return Outcome::Answered(relay::stream(booking, res, headers, arrived));
+    }
+    let answer = match shared.upstream.read_whole(res).await {
         Ok(a) => a,
-        Err(f) => return failed(&mut booking, f, shared),
+        Err(f) => return failed(&mut booking, f),
     };
     let status = answer.parts.status.as_u16();
     if status == 502 || status == 503 {
         return failed(
             &mut booking,
             Failure::new(FailureKind::NotStarted, format!("HTTP {status}")),
-            shared,
         );
     }
     let mut answer_body = answer.body;
@@ -245,21 +228,14 @@ pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -
             FailureKind::Aborted,
             "the engine aborted the request (finish_reason \"abort\")",
         );
-        return failed(&mut booking, f, shared);
+        return failed(&mut booking, f);
     }
     if status == 200 {
         if check {
-            answer_body = checked(
-                shared,
-                model,
-                target,
-                &tokens,
-                answer_body,
-                fields.return_token_ids,
-            );
+            answer_body = checked(&booking, &tokens, answer_body, fields.return_token_ids);
         }
         if let Some(n) = completion_tokens(&answer_body) {
-            lock_scheduler(&model.sched).tokens(&booking.request_id, n);
+            lock_scheduler(&booking.model.sched).tokens(&booking.request_id, n);
         }
     }
     booking.close();
@@ -268,29 +244,54 @@ pub async fn serve(shared: &Shared, route: Route, parts: &Parts, body: &Bytes) -
     let h = res.headers_mut();
     reply::copy_headers(&answer.parts.headers, h);
     h.insert("content-length", HeaderValue::from(answer_body.len()));
-    reply::set(h, "x-kvroute-worker", &target.worker);
-    reply::set(h, "x-kvroute-dp-rank", &target.dp_rank.to_string());
-    reply::set(h, "x-kvroute-overlap-blocks", &overlap.to_string());
-    let client_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128);
-    let client_id = client_id.map_or_else(|| shared.ids.uuid(), str::to_string);
-    reply::set(h, "x-request-id", &client_id);
-    reply::set(h, "x-kvroute-request-id", &booking.request_id);
+    headers.apply(h);
     shared.stats.request(route.code(), status);
     Outcome::Answered(res)
 }
 
-/// A failed attempt: a timeout is answered (504, not retried, as JS does); anything else goes
-/// to JS with the failure.
-fn failed(booking: &mut Booking<'_>, f: Failure, shared: &Shared) -> Outcome {
+/// kvroute's headers on a routed answer (exchange.ts `kvrouteHeaders`).
+pub struct Headers {
+    worker: Arc<str>,
+    dp_rank: u32,
+    overlap: u32,
+    client_id: String,
+    request_id: String,
+}
+
+impl Headers {
+    fn of(b: &Booking, overlap: u32, parts: &Parts, shared: &Shared) -> Headers {
+        // The client's x-request-id is echoed (never sent to the engine), or a fresh UUID.
+        let given = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128);
+        Headers {
+            worker: b.target.worker.clone(),
+            dp_rank: b.target.dp_rank,
+            overlap,
+            client_id: given.map_or_else(|| shared.ids.uuid(), str::to_string),
+            request_id: b.request_id.clone(),
+        }
+    }
+
+    pub fn apply(&self, h: &mut HeaderMap) {
+        reply::set(h, "x-kvroute-worker", &self.worker);
+        reply::set(h, "x-kvroute-dp-rank", &self.dp_rank.to_string());
+        reply::set(h, "x-kvroute-overlap-blocks", &self.overlap.to_string());
+        reply::set(h, "x-request-id", &self.client_id);
+        reply::set(h, "x-kvroute-request-id", &self.request_id);
+    }
+}
+
+/// A failed attempt before anything was sent: a timeout is answered (504, not retried, as JS
+/// does); anything else goes to JS with the failure.
+fn failed(booking: &mut Booking, f: Failure) -> Outcome {
     booking.fail(&f);
     let worker = booking.target.worker.clone();
     if f.kind == FailureKind::Timeout {
-        shared.stats.request(booking.route.code(), 504);
-        let ms = shared.cfg.upstream_timeout_ms;
+        booking.shared.stats.request(booking.route.code(), 504);
+        let ms = booking.shared.cfg.upstream_timeout_ms;
         return Outcome::Answered(reply::error(
             504,
             "KVR_UPSTREAM_TIMEOUT",
@@ -300,6 +301,7 @@ fn failed(booking: &mut Booking<'_>, f: Failure, shared: &Shared) -> Outcome {
     }
     Outcome::HandOff {
         failed: Some((worker, booking.target.dp_rank, f)),
+        check: false,
     }
 }
 
@@ -369,14 +371,7 @@ fn completion_tokens(body: &[u8]) -> Option<u32> {
 
 /// The parity check of a whole answer (exchange.ts `checkWholeResponse`): its prompt ids are
 /// compared with ours, and dropped again (set to null) unless the client asked for them.
-fn checked(
-    shared: &Shared,
-    model: &Model,
-    target: &Target,
-    ours: &[u32],
-    body: Bytes,
-    keep_ids: bool,
-) -> Bytes {
+fn checked(b: &Booking, ours: &[u32], body: Bytes, keep_ids: bool) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return body;
     };
@@ -392,9 +387,9 @@ fn checked(
             .iter()
             .map(|x| x.as_u64().unwrap_or(u64::MAX).min(u32::MAX as u64) as u32)
             .collect();
-        shared
+        b.shared
             .stats
-            .check(&model.name, &target.worker, ours, engine);
+            .check(&b.model.name, &b.target.worker, ours, engine);
     }
     if keep_ids {
         return body;

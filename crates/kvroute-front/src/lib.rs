@@ -11,11 +11,13 @@
 //! the gateway's metrics. One current-thread Tokio runtime: the front is one core's work, like
 //! the JS thread beside it.
 
-pub mod fleet;
+mod booking;
 mod client_errors;
+pub mod fleet;
 mod handoff;
 mod ids;
 mod lane;
+mod relay;
 mod reply;
 pub mod stats;
 mod upstream;
@@ -58,6 +60,8 @@ pub struct FrontConfig {
     pub client_timeout_ms: u64,
     pub upstream_timeout_ms: u64,
     pub upstream_idle_timeout_ms: u64,
+    /// Streams are JS's when migration is on (it continues them on another worker).
+    pub migration_limit: u32,
     pub connections_per_worker: usize,
     pub failure_cooldown_ms: u64,
     pub max_active_per_worker: u32,
@@ -264,7 +268,9 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         && content_length(&req).is_some_and(|n| n <= shared.cfg.max_body_bytes);
     let (parts, body) = req.into_parts();
     let (Some(route), true) = (route, fast) else {
-        return Ok(handoff::hand_off(&shared.upstream, &parts, body.boxed_unsync(), None).await);
+        return Ok(
+            handoff::hand_off(&shared.upstream, &parts, body.boxed_unsync(), None, false).await,
+        );
     };
     let timeout = Duration::from_millis(shared.cfg.client_timeout_ms);
     let bytes: Bytes = match tokio::time::timeout(timeout, body.collect()).await {
@@ -286,7 +292,7 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     };
     let res = match lane::serve(&shared, route, &parts, &bytes).await {
         Outcome::Answered(r) => r,
-        Outcome::HandOff { failed } => {
+        Outcome::HandOff { failed, check } => {
             let failed = failed
                 .as_ref()
                 .map(|(worker, dp_rank, failure)| handoff::FailedAttempt {
@@ -294,7 +300,7 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
                     dp_rank: *dp_rank,
                     failure,
                 });
-            handoff::hand_off(&shared.upstream, &parts, reply::full(bytes), failed).await
+            handoff::hand_off(&shared.upstream, &parts, reply::full(bytes), failed, check).await
         }
     };
     Ok(res)

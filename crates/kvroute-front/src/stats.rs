@@ -20,8 +20,27 @@ pub struct ModelCounts {
     pub avoidable_tokens: u64,
     /// Overlap blocks of each decision -> how many decisions had it.
     pub overlaps: HashMap<u32, u64>,
-    /// Clients gone while their request was with a worker.
-    pub cancelled: u64,
+    /// Clients gone while their request was with a worker, before its first token / after.
+    pub cancelled_prefill: u64,
+    pub cancelled_decode: u64,
+    /// Streams: time to first token and between tokens, as `latency_key` -> count.
+    pub ttft: HashMap<u32, u64>,
+    pub itl: HashMap<u32, u64>,
+}
+
+/// Latencies are kept to 0.1% (log steps of 1.001 from 1 µs, up to a day): at most ~25k
+/// distinct keys whatever the timings, and a histogram bucket off only for a value within 0.1%
+/// of its bound.
+const LATENCY_STEP: f64 = 1.001;
+
+fn latency_key(seconds: f64) -> u32 {
+    let us = (seconds * 1e6).clamp(1.0, 86_400e6);
+    (us.ln() / LATENCY_STEP.ln()).round() as u32
+}
+
+/// The seconds a `latency_key` stands for.
+pub fn latency_seconds(key: u32) -> f64 {
+    LATENCY_STEP.powi(key as i32) / 1e6
 }
 
 /// A parity check whose ids differed.
@@ -87,8 +106,30 @@ impl Stats {
         *m.overlaps.entry(overlap).or_insert(0) += 1;
     }
 
-    pub fn cancelled(&self, model: &str) {
-        model_counts(&mut self.get(), model).cancelled += 1;
+    pub fn cancelled(&self, model: &str, phase: &str) {
+        let mut g = self.get();
+        let m = model_counts(&mut g, model);
+        if phase == "decode" {
+            m.cancelled_decode += 1;
+        } else {
+            m.cancelled_prefill += 1;
+        }
+    }
+
+    /// A stream's first token came `seconds` after its request.
+    pub fn first_token(&self, model: &str, seconds: f64) {
+        *model_counts(&mut self.get(), model)
+            .ttft
+            .entry(latency_key(seconds))
+            .or_insert(0) += 1;
+    }
+
+    /// The gap per token between two token events of a stream.
+    pub fn inter_token(&self, model: &str, seconds: f64) {
+        *model_counts(&mut self.get(), model)
+            .itl
+            .entry(latency_key(seconds))
+            .or_insert(0) += 1;
     }
 
     pub fn upstream_error(&self, worker: &str, kind: &'static str) {
@@ -118,6 +159,21 @@ impl Stats {
         } else {
             *g.mismatches_uncounted.entry(key).or_insert(0) += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_keys_round_trip_within_a_thousandth() {
+        for s in [1e-6, 1e-4, 0.0123, 0.5, 7.0, 3600.0] {
+            let back = latency_seconds(latency_key(s));
+            assert!((back - s).abs() <= s * 1e-3, "{s} -> {back}");
+        }
+        assert_eq!(latency_key(0.0), 0);
+        assert!(latency_key(1e9) <= latency_key(86_400.0));
     }
 }
 

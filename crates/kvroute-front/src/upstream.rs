@@ -121,11 +121,10 @@ impl Upstream {
         }
     }
 
-    /// Sends a request to a worker and reads its whole answer.
-    pub async fn fetch(&self, req: Request<Full<Bytes>>) -> Result<Answer, Failure> {
-        let res = match tokio::time::timeout(self.headers_timeout, self.workers.request(req)).await
-        {
-            Err(_) => return Err(Failure::new(FailureKind::Timeout, "no headers in time")),
+    /// Sends a request to a worker; its answer's headers, within the upstream timeout.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Failure> {
+        match tokio::time::timeout(self.headers_timeout, self.workers.request(req)).await {
+            Err(_) => Err(Failure::new(FailureKind::Timeout, "no headers in time")),
             Ok(Err(e)) => {
                 // hyper-util says whether the connection was ever made.
                 let kind = if e.is_connect() {
@@ -133,20 +132,19 @@ impl Upstream {
                 } else {
                     FailureKind::Broken
                 };
-                return Err(Failure::new(kind, error_chain(&e)));
+                Err(Failure::new(kind, error_chain(&e)))
             }
-            Ok(Ok(res)) => res,
-        };
+            Ok(Ok(res)) => Ok(res),
+        }
+    }
+
+    /// Reads a worker's whole answer.
+    pub async fn read_whole(&self, res: Response<Incoming>) -> Result<Answer, Failure> {
         let (parts, mut body) = res.into_parts();
         let mut buf = BytesMut::new();
         loop {
             match tokio::time::timeout(self.idle_timeout, body.frame()).await {
-                Err(_) => {
-                    return Err(Failure::new(
-                        FailureKind::Broken,
-                        "the answer went silent past the idle timeout",
-                    ))
-                }
+                Err(_) => return Err(silent()),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(Failure::new(FailureKind::Broken, error_chain(&e))),
                 Ok(Some(Ok(frame))) => {
@@ -168,10 +166,22 @@ impl Upstream {
         })
     }
 
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// Sends a request to the JS gateway; its answer streams back as it comes.
     pub async fn to_js(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
         self.js.request(req).await.map_err(|e| error_chain(&e))
     }
+}
+
+/// A worker's answer silent past the idle timeout.
+pub fn silent() -> Failure {
+    Failure::new(
+        FailureKind::Broken,
+        "the answer went silent past the idle timeout",
+    )
 }
 
 /// An error and its causes, one line.

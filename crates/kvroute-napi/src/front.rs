@@ -30,6 +30,7 @@ pub struct NativeFrontOptions {
     pub client_timeout_ms: f64,
     pub upstream_timeout_ms: f64,
     pub upstream_idle_timeout_ms: f64,
+    pub migration_limit: u32,
     pub connections_per_worker: u32,
     pub failure_cooldown_ms: f64,
     pub max_active_per_worker: u32,
@@ -68,7 +69,12 @@ pub struct FrontModelCounts {
     pub avoidable_tokens: f64,
     /// Pairs: overlap blocks, decisions with it.
     pub overlaps: Vec<f64>,
-    pub cancelled: f64,
+    pub cancelled_prefill: f64,
+    pub cancelled_decode: f64,
+    /// Pairs: seconds, streams with that time to first token (to 0.1%).
+    pub ttft: Vec<f64>,
+    /// Pairs: seconds per token between token events, events with it.
+    pub itl: Vec<f64>,
 }
 
 #[napi(object)]
@@ -118,6 +124,12 @@ fn mode_of(label: &str) -> napi::Result<Mode> {
     })
 }
 
+fn latency_pairs(m: std::collections::HashMap<u32, u64>) -> Vec<f64> {
+    m.into_iter()
+        .flat_map(|(k, n)| [kvroute_front::stats::latency_seconds(k), n as f64])
+        .collect()
+}
+
 fn ms(v: f64) -> u64 {
     if v.is_finite() && v > 0.0 {
         v as u64
@@ -142,6 +154,7 @@ impl NativeFront {
             client_timeout_ms: ms(o.client_timeout_ms).max(1),
             upstream_timeout_ms: ms(o.upstream_timeout_ms).max(1),
             upstream_idle_timeout_ms: ms(o.upstream_idle_timeout_ms).max(1),
+            migration_limit: o.migration_limit,
             connections_per_worker: o.connections_per_worker.max(1) as usize,
             failure_cooldown_ms: ms(o.failure_cooldown_ms),
             max_active_per_worker: o.max_active_per_worker.max(1),
@@ -274,7 +287,10 @@ impl NativeFront {
                         .into_iter()
                         .flat_map(|(o, n)| [o as f64, n as f64])
                         .collect(),
-                    cancelled: m.cancelled as f64,
+                    cancelled_prefill: m.cancelled_prefill as f64,
+                    cancelled_decode: m.cancelled_decode as f64,
+                    ttft: latency_pairs(m.ttft),
+                    itl: latency_pairs(m.itl),
                 })
                 .collect(),
             upstream_errors: d
