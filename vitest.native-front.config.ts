@@ -13,6 +13,8 @@ export default defineConfig({
       "__test__/prompt-embeds-gateway.test.ts",
       "__test__/tokenizer-e2e.test.ts",
     ],
+    // Already native throughout.
+    exclude: ["__test__/gateway-native-front.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks",
