@@ -22,3 +22,9 @@ use napi_derive::napi;
 pub fn native_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
+
+/// Rust's allocations in this library (the native front's requests, event batches, tokenizer
+/// caches) go to mimalloc: glibc's malloc was ~9% of the front's samples per request (bench:
+/// gateway, RESULTS.md). Node's and V8's own allocations are not affected.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
