@@ -10,6 +10,11 @@
  *    every text compared; then warm (one text re-encoded). Each implementation makes its own pass
  *    over the same texts in the same order (the Python one in a child process), so none pays for
  *    another's cache pollution or garbage.
+ * 1b. Completions text sharing a document (as bench:gateway's text prompts): 16 documents of ~500
+ *    tokens, each prompt one of them + " " + a unique ~500-token tail, µs per prompt with the text
+ *    prefix cache (crates/kvroute-tokenizer/src/text_prefix.rs) and without it, every prompt
+ *    through both in the same run, ids compared; then prompts that share nothing (the cache's
+ *    cost on a miss).
  * 2. Chat: µs per 10- and 50-turn conversation (Qwen3's template), cold (fresh conversation,
  *    segment cache cleared) and incremental (history encoded before, the last turn new), against
  *    Tokenizers.js encoding the same rendered prompt (it cannot render the template itself).
@@ -53,6 +58,7 @@ interface Model {
   dir: string;
   /** Rounds of cold texts: each round encodes PER_ROUND texts of each size, sizes interleaved. */
   rounds: number;
+  /** Without the text prefix cache: section 1 measures the encoder, 1b the cache. */
   kv: Tokenizer;
   /** A second native instance for the crate's own path, so neither warms the other's caches. */
   general: ReturnType<typeof native.NativeTokenizer.fromDir>;
@@ -72,7 +78,7 @@ function loadModel(name: string, label: string, rounds: number): Model {
     label,
     dir,
     rounds,
-    kv: Tokenizer.fromDir(dir),
+    kv: Tokenizer.fromDir(dir, { textPrefixCacheBytes: 0 }),
     general: native.NativeTokenizer.fromDir(dir),
     js: new JsTokenizer(json("tokenizer.json"), json("tokenizer_config.json")),
   };
@@ -287,6 +293,80 @@ for (const m of models) {
   );
   printTable(`${m.label} text encoding, cold (texts never seen before)`, rows);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1b. Completions text that shares a document. Fresh tokenizers with the text prefix cache (the
+// default) and without it, both warmed with the same text; every prompt is encoded by both, which
+// goes first alternating, so neither gets the other's position in the run.
+interface SharedDocResult {
+  tokens: number;
+  prompts: number;
+  on: number[];
+  off: number[];
+  hits: number;
+  misses: number;
+  reused: number;
+  bytes: number;
+}
+const sharedGen = new TextGen(rng(2025));
+function measureSharedText(m: Model, prompts: () => string[]): SharedDocResult {
+  const on = Tokenizer.fromDir(m.dir);
+  const off = Tokenizer.fromDir(m.dir, { textPrefixCacheBytes: 0 });
+  on.encode(warmup);
+  off.encode(warmup);
+  const res: SharedDocResult = { tokens: 0, prompts: 0, on: [], off: [], hits: 0, misses: 0, reused: 0, bytes: 0 };
+  const time = (tk: Tokenizer, text: string): [number, Uint32Array] => {
+    const t = now();
+    const ids = tk.encode(text);
+    return [Number(now() - t) / 1000, ids];
+  };
+  for (const [i, text] of prompts().entries()) {
+    let a: number, b: number, offIds: Uint32Array, onIds: Uint32Array;
+    if (i % 2 === 0) {
+      [a, offIds] = time(off, text);
+      [b, onIds] = time(on, text);
+    } else {
+      [b, onIds] = time(on, text);
+      [a, offIds] = time(off, text);
+    }
+    check(`${m.label} text prompt #${i}, text prefix cache on vs off`, offIds, onIds, text);
+    res.off.push(a);
+    res.on.push(b);
+    res.tokens += offIds.length;
+    res.prompts++;
+  }
+  const s = on.cacheStats();
+  res.hits = s.textPrefixHits;
+  res.misses = s.textPrefixMisses;
+  res.reused = s.textPrefixReusedTokens;
+  res.bytes = s.textPrefixBytes;
+  return res;
+}
+const sharedRows: Row[] = [];
+for (const m of models) {
+  const half = Math.round(500 * charsPerToken);
+  const docs = Array.from({ length: 16 }, () => sharedGen.text(half));
+  const shared = measureSharedText(m, () => Array.from({ length: 1024 }, (_, i) => `${docs[i % 16]} ${sharedGen.text(half)}`));
+  const unique = measureSharedText(m, () => Array.from({ length: 256 }, () => sharedGen.text(2 * half)));
+  const mid = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
+  const per1k = (xs: number[], r: SharedDocResult) => (xs.reduce((a, b) => a + b, 0) / r.tokens) * 1000;
+  const tokens = (r: SharedDocResult) => Math.round(r.tokens / r.prompts).toLocaleString("en");
+  sharedRows.push(
+    {
+      name: `${m.label}: shared document + unique tail, with the text prefix cache p50`,
+      value: mid(shared.on),
+      unit: "µs",
+      baseline: `without: ${fmt(mid(shared.off))} µs (${(mid(shared.off) / mid(shared.on)).toFixed(2)}x); per 1k tokens ${fmt(per1k(shared.on, shared))} vs ${fmt(per1k(shared.off, shared))} µs; ${shared.prompts} prompts of ~${tokens(shared)} tokens, ${shared.hits} hits / ${shared.misses} misses, ${Math.round(shared.reused / shared.prompts)} ids reused per prompt, ${(shared.bytes / 1e6).toFixed(1)} MB held`,
+    },
+    {
+      name: `${m.label}:   nothing shared, with the text prefix cache p50`,
+      value: mid(unique.on),
+      unit: "µs",
+      baseline: `without: ${fmt(mid(unique.off))} µs (the cache's cost on a miss); per 1k tokens ${fmt(per1k(unique.on, unique))} vs ${fmt(per1k(unique.off, unique))} µs; ${unique.prompts} prompts of ~${tokens(unique)} tokens, ${unique.hits} hits`,
+    },
+  );
+}
+printTable("Completions text sharing a document (16 documents of ~500 tokens + a unique ~500-token tail each)", sharedRows);
 
 // ---------------------------------------------------------------------------------------------
 // 2. Chat (Qwen3). A turn is a user message and the assistant's reply; an N-turn request holds

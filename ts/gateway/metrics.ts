@@ -124,24 +124,27 @@ export class GatewayMetrics {
 
   /**
    * Counts, at each scrape, what the tokenizers' bounded caches dropped to stay within their
-   * budgets (`cache`: segments or conversations), from `source`'s counters.
+   * budgets (`cache`: segments, conversations or text_prefixes), from `source`'s counters.
    */
-  observeTokenizerCaches(source: () => readonly { evictions: number; conversationEvictions: number }[]): void {
+  observeTokenizerCaches(source: () => readonly { evictions: number; conversationEvictions: number; textPrefixEvictions: number }[]): void {
     new Counter({
       name: "kvroute_tokenizer_cache_evictions_total",
-      help: "Entries the tokenizers' bounded caches dropped to stay within their budgets: chat segments (cache segments) or conversations' last prompts (cache conversations)",
+      help: "Entries the tokenizers' bounded caches dropped to stay within their budgets: chat segments (cache segments), conversations' last prompts (cache conversations) or completions texts kept for their prefixes (cache text_prefixes)",
       labelNames: ["cache"],
       registers: [this.registry],
       collect() {
         let segments = 0;
         let conversations = 0;
+        let textPrefixes = 0;
         for (const s of source()) {
           segments += s.evictions;
           conversations += s.conversationEvictions;
+          textPrefixes += s.textPrefixEvictions;
         }
         this.reset();
         this.inc({ cache: "segments" }, segments);
         this.inc({ cache: "conversations" }, conversations);
+        this.inc({ cache: "text_prefixes" }, textPrefixes);
       },
     });
   }

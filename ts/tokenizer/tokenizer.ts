@@ -17,6 +17,12 @@ export interface TokenizerOptions {
    * so the next turn reuses the ids of the text they share (default 64 MiB; 0 turns it off).
    */
   conversationCacheBytes?: number;
+  /**
+   * Bytes the text prefix cache holds at most: completions texts of 1 KiB or more reuse the ids of
+   * the prefix they share with an earlier text (a shared document, a few-shot header), exactly
+   * (default 16 MiB; 0 turns it off).
+   */
+  textPrefixCacheBytes?: number;
 }
 
 export interface EncodeOptions {
@@ -60,7 +66,7 @@ export class Tokenizer {
 
   /** Loads a model folder; a bad folder throws `TokenizerLoadError` naming the file and cause. */
   static fromDir(dir: string, options: TokenizerOptions = {}): Tokenizer {
-    const inner = callNative(() => native.NativeTokenizer.fromDir(dir, { cacheTokens: options.cacheTokens, conversationCacheBytes: options.conversationCacheBytes }));
+    const inner = callNative(() => native.NativeTokenizer.fromDir(dir, { cacheTokens: options.cacheTokens, conversationCacheBytes: options.conversationCacheBytes, textPrefixCacheBytes: options.textPrefixCacheBytes }));
     return new Tokenizer(inner, dir);
   }
 
@@ -136,7 +142,7 @@ export class Tokenizer {
     return this.inner.cacheStats();
   }
 
-  /** Forgets the chat segment cache (cold measurements). */
+  /** Forgets the chat segment, conversation and text prefix caches (cold measurements). */
   clearCache(): void {
     this.inner.clearCache();
   }

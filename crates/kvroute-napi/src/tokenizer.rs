@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kvroute_tokenizer::{ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES};
+use kvroute_tokenizer::{
+    ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES,
+    DEFAULT_TEXT_PREFIX_CACHE_BYTES,
+};
 use napi::bindgen_prelude::{Buffer, Uint32Array, Uint32ArraySlice};
 use napi_derive::napi;
 
@@ -18,6 +21,9 @@ pub struct NativeTokenizerOptions {
     pub cache_tokens: Option<u32>,
     /// Bytes the conversation cache holds at most (default 64 MiB; 0 turns it off).
     pub conversation_cache_bytes: Option<f64>,
+    /// Bytes the text prefix cache holds at most: long completions texts reuse the ids of a
+    /// prefix shared with an earlier text (default 16 MiB; 0 turns it off).
+    pub text_prefix_cache_bytes: Option<f64>,
 }
 
 #[napi(object)]
@@ -34,6 +40,14 @@ pub struct TokenizerCacheStats {
     /// Conversations dropped from the conversation cache to stay within its bytes.
     pub conversation_evictions: f64,
     pub conversation_bytes: f64,
+    /// Texts of 1 KiB or more that reused the ids of a prefix shared with an earlier text, those
+    /// that did not, and the ids so reused.
+    pub text_prefix_hits: f64,
+    pub text_prefix_misses: f64,
+    pub text_prefix_reused_tokens: f64,
+    /// Texts dropped from the text prefix cache to stay within its bytes.
+    pub text_prefix_evictions: f64,
+    pub text_prefix_bytes: f64,
 }
 
 #[napi]
@@ -55,11 +69,16 @@ impl NativeTokenizer {
             .and_then(|o| o.cache_tokens)
             .map_or(DEFAULT_CACHE_TOKENS, |n| n as usize);
         let conversations = options
+            .as_ref()
             .and_then(|o| o.conversation_cache_bytes)
             .map_or(DEFAULT_CONVERSATION_CACHE_BYTES, |n| n.max(0.0) as usize);
+        let text_prefixes = options
+            .and_then(|o| o.text_prefix_cache_bytes)
+            .map_or(DEFAULT_TEXT_PREFIX_CACHE_BYTES, |n| n.max(0.0) as usize);
         let inner = ModelTokenizer::from_dir_with_cache(Path::new(&dir), cache)
             .map_err(to_napi)?
-            .with_conversation_cache(conversations);
+            .with_conversation_cache(conversations)
+            .with_text_prefix_cache(text_prefixes);
         Ok(NativeTokenizer {
             inner: Arc::new(inner),
         })
@@ -157,6 +176,11 @@ impl NativeTokenizer {
             conversation_misses: s.conversation_misses as f64,
             conversation_evictions: s.conversation_evictions as f64,
             conversation_bytes: s.conversation_bytes as f64,
+            text_prefix_hits: s.text_prefix_hits as f64,
+            text_prefix_misses: s.text_prefix_misses as f64,
+            text_prefix_reused_tokens: s.text_prefix_reused_tokens as f64,
+            text_prefix_evictions: s.text_prefix_evictions as f64,
+            text_prefix_bytes: s.text_prefix_bytes as f64,
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`pretokenize`], `fast_encoder` and `word_cache`: the fast path for GPT-4-style byte-level BPE.
 //! - [`segments`]: incremental encoding of rendered chats, piece by piece through a bounded LRU.
 //! - [`chat_prefix`]: a conversation's next turn reuses the ids of the text it shares with the last.
+//! - [`text_prefix`]: a long completions text reuses the ids of a prefix shared with an earlier one.
 //! - [`tokenizer`]: [`ModelTokenizer`], which ties them together.
 
 pub mod chat_prefix;
@@ -23,9 +24,11 @@ pub mod pretokenize;
 pub mod pyjson;
 pub mod segments;
 pub mod template;
+pub mod text_prefix;
 pub mod tokenizer;
 mod word_cache;
 
 pub use tokenizer::{
     CacheStats, ModelTokenizer, DEFAULT_CACHE_TOKENS, DEFAULT_CONVERSATION_CACHE_BYTES,
+    DEFAULT_TEXT_PREFIX_CACHE_BYTES,
 };

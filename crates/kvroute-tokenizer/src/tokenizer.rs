@@ -2,7 +2,8 @@
 //! token ids vLLM 0.33 computes: `/v1/completions` text with special tokens (BOS where the
 //! tokenizer adds one), `/v1/chat/completions` rendered through the template and encoded without
 //! them. Chat encoding goes through the segment cache (src/segments.rs) when the tokenizer allows
-//! it, and is always equal to a full encode.
+//! it, and is always equal to a full encode; so is text that reuses the ids of a prefix it shares
+//! with an earlier text (src/text_prefix.rs).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::native_chat::{NativeTemplate, PlainMessage};
 use crate::openai_fields::{self, Body, MaybeList, Prompt, RequestFields, TopLevel};
 use crate::segments::{Piece, SegmentCache, Splitter};
 use crate::template::ChatTemplate;
+use crate::text_prefix::{self, Plan, TextPrefixCache};
 
 /// Token ids the segment cache holds by default (~16 MiB of ids).
 pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
@@ -29,6 +31,10 @@ pub const DEFAULT_CACHE_TOKENS: usize = 4 << 20;
 /// Bytes the conversation cache (src/chat_prefix.rs) holds by default: the last prompt and ids of
 /// about 130 60k-token conversations (~0.5 MB each).
 pub const DEFAULT_CONVERSATION_CACHE_BYTES: usize = 64 << 20;
+
+/// Bytes the text prefix cache (src/text_prefix.rs) holds by default: about 1,600 completions
+/// prompts of 1k tokens (text, ids and cuts, ~10 KB each).
+pub const DEFAULT_TEXT_PREFIX_CACHE_BYTES: usize = 16 << 20;
 
 struct LoadedTemplate {
     template: ChatTemplate,
@@ -54,6 +60,9 @@ pub struct ModelTokenizer {
     cache: Mutex<SegmentCache>,
     messages: Mutex<MessageCache>,
     conversations: Mutex<ChatPrefixCache>,
+    /// Long texts reuse the ids of a prefix they share with an earlier text (src/text_prefix.rs);
+    /// None where the tokenizer's shape is not one that module proves exact for.
+    text_prefixes: Option<Mutex<TextPrefixCache>>,
 }
 
 /// Rewritten messages by their raw JSON text (and the template's content format).
@@ -98,6 +107,14 @@ pub struct CacheStats {
     /// Conversations dropped from the conversation cache.
     pub conversation_evictions: u64,
     pub conversation_bytes: usize,
+    /// Texts of 1 KiB or more that reused the ids of a prefix shared with an earlier text
+    /// (src/text_prefix.rs), those that did not, and the ids so reused.
+    pub text_prefix_hits: u64,
+    pub text_prefix_misses: u64,
+    pub text_prefix_reused_tokens: u64,
+    /// Texts dropped from the text prefix cache to stay within its bytes.
+    pub text_prefix_evictions: u64,
+    pub text_prefix_bytes: usize,
 }
 
 impl ModelTokenizer {
@@ -144,6 +161,14 @@ impl ModelTokenizer {
             .as_ref()
             .and_then(|_| FastEncoder::for_tokenizer(&inner));
         let special_affixes = special_affixes(&inner);
+        let text_prefixes = (fast.is_some()
+            && text_prefix::cuts_are_safe(
+                inner
+                    .get_added_tokens_decoder()
+                    .values()
+                    .map(|t| t.content.as_str()),
+            ))
+        .then(|| Mutex::new(TextPrefixCache::new(DEFAULT_TEXT_PREFIX_CACHE_BYTES)));
         Ok(ModelTokenizer {
             inner,
             special_tokens,
@@ -155,6 +180,7 @@ impl ModelTokenizer {
             cache: Mutex::new(SegmentCache::new(cache_tokens)),
             messages: Mutex::new(MessageCache::default()),
             conversations: Mutex::new(ChatPrefixCache::new(DEFAULT_CONVERSATION_CACHE_BYTES)),
+            text_prefixes,
         })
     }
 
@@ -164,6 +190,28 @@ impl ModelTokenizer {
             conversations: Mutex::new(ChatPrefixCache::new(bytes)),
             ..self
         }
+    }
+
+    /// Sets the text prefix cache's budget in bytes (0: every text is encoded in full). Texts of
+    /// at least 1 KiB that `encode` takes the fast path for reuse the ids of the longest prefix
+    /// they share with a kept text, up to a cut where that is exact (src/text_prefix.rs).
+    pub fn with_text_prefix_cache(self, bytes: usize) -> Self {
+        let text_prefixes = self
+            .text_prefixes
+            .map(|_| Mutex::new(TextPrefixCache::new(bytes)));
+        ModelTokenizer {
+            text_prefixes,
+            ..self
+        }
+    }
+
+    /// Whether long texts go through the text prefix cache (the tokenizer's shape allows it and
+    /// its budget is not 0).
+    pub fn text_prefix_cache(&self) -> bool {
+        self.text_prefixes
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.capacity() > 0))
+            .unwrap_or(false)
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -185,7 +233,9 @@ impl ModelTokenizer {
         self.default_template.as_ref().and_then(|t| t.native)
     }
 
-    /// `text` as `tokenizer.encode(text, add_special_tokens=...)`.
+    /// `text` as `tokenizer.encode(text, add_special_tokens=...)`. On the fast path, texts of
+    /// 1 KiB or more go through the text prefix cache (the ids it holds are without the affixes,
+    /// so both values of `add_special_tokens` share them).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, Error> {
         let affixes = if add_special_tokens {
             self.special_affixes.as_ref()
@@ -199,16 +249,138 @@ impl ModelTokenizer {
         };
         let mut ids = Vec::with_capacity(text.len() / 3 + prefix.len() + suffix.len());
         ids.extend_from_slice(prefix);
+        match &self.text_prefixes {
+            Some(cache) if text.len() >= text_prefix::MIN_TEXT_BYTES => {
+                self.encode_reusing_prefix(cache, fast, splitter, text, &mut ids)?
+            }
+            _ => self.encode_fast_text(fast, splitter, text, &mut ids)?,
+        }
+        ids.extend_from_slice(suffix);
+        Ok(ids)
+    }
+
+    /// Appends `encode(text, false)` by the fast path.
+    fn encode_fast_text(
+        &self,
+        fast: &FastEncoder,
+        splitter: &Splitter,
+        text: &str,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), Error> {
         for piece in splitter.split(text) {
             match piece {
                 Piece::Added(id) => ids.push(id),
                 Piece::Text(t) => fast
-                    .encode_piece(&self.inner, t, &mut ids)
+                    .encode_piece(&self.inner, t, ids)
                     .map_err(tokenizer_error)?,
             }
         }
-        ids.extend_from_slice(suffix);
-        Ok(ids)
+        Ok(())
+    }
+
+    /// Appends `encode(text, false)`: the ids of the prefix `text` shares with a kept text, up to
+    /// a cut, then the rest encoded. A text the cache admits is encoded chunk by chunk between its
+    /// cuts (each equal to the whole's ids there: src/text_prefix.rs) and kept. The lock is held
+    /// for the lookup and the insert only.
+    fn encode_reusing_prefix(
+        &self,
+        cache: &Mutex<TextPrefixCache>,
+        fast: &FastEncoder,
+        splitter: &Splitter,
+        text: &str,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), Error> {
+        if text.len() > u32::MAX as usize {
+            return self.encode_fast_text(fast, splitter, text, ids);
+        }
+        let plan = Plan::of(text);
+        let lookup = match cache.lock() {
+            Ok(mut c) if c.capacity() > 0 => c.find(&plan),
+            _ => return self.encode_fast_text(fast, splitter, text, ids),
+        };
+        let base = ids.len();
+        let mut cuts = Vec::new();
+        let mut from = 0;
+        if let Some((entry, reuse)) = lookup
+            .entry
+            .as_ref()
+            .and_then(|e| Some((e, e.reuse(text)?)))
+        {
+            ids.extend_from_slice(&entry.ids()[..reuse.ids]);
+            if lookup.keep {
+                cuts.extend_from_slice(&entry.cuts()[..reuse.cuts]);
+            }
+            from = reuse.from;
+        }
+        let reused = ids.len() - base;
+        // A text reused whole (the same again, or a prefix of a kept one) adds nothing.
+        let keep = lookup.keep && from < text.len();
+        if keep {
+            self.encode_between_cuts(fast, splitter, text, from, &plan.cuts, base, ids, &mut cuts)?;
+        } else {
+            self.encode_fast_text(fast, splitter, &text[from..], ids)?;
+        }
+        if let Ok(mut c) = cache.lock() {
+            c.record(reused);
+            if keep {
+                c.store(text, &ids[base..], cuts, plan);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `encode(text[from..], false)` (`from` is a cut), split at its added tokens once,
+    /// its plain text encoded a chunk at a time between the cuts after `from`, and pushes each of
+    /// those cuts and the end of the text with the ids before it (counted from `base`).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_between_cuts(
+        &self,
+        fast: &FastEncoder,
+        splitter: &Splitter,
+        text: &str,
+        from: usize,
+        all_cuts: &[u32],
+        base: usize,
+        ids: &mut Vec<u32>,
+        cuts: &mut Vec<(u32, u32)>,
+    ) -> Result<(), Error> {
+        let rest = &all_cuts[all_cuts.partition_point(|&c| c as usize <= from)..];
+        cuts.reserve(rest.len() + 1);
+        let mut next = 0;
+        splitter.each_piece(&text[from..], |piece, end| {
+            let end = from + end;
+            match piece {
+                Piece::Added(id) => {
+                    // (No cut lies inside an added token: src/text_prefix.rs.)
+                    while next < rest.len() && (rest[next] as usize) < end {
+                        cuts.push((rest[next], (ids.len() - base) as u32));
+                        next += 1;
+                    }
+                    ids.push(id);
+                }
+                Piece::Text(t) => {
+                    let mut at = end - t.len();
+                    while next < rest.len() && (rest[next] as usize) < end {
+                        let cut = rest[next] as usize;
+                        if cut > at {
+                            fast.encode_piece(&self.inner, &text[at..cut], ids)
+                                .map_err(tokenizer_error)?;
+                            at = cut;
+                        }
+                        cuts.push((rest[next], (ids.len() - base) as u32));
+                        next += 1;
+                    }
+                    fast.encode_piece(&self.inner, &text[at..end], ids)
+                        .map_err(tokenizer_error)?;
+                }
+            }
+            Ok::<(), Error>(())
+        })?;
+        for &cut in &rest[next..] {
+            cuts.push((cut, (ids.len() - base) as u32));
+        }
+        cuts.push((text.len() as u32, (ids.len() - base) as u32));
+        Ok(())
     }
 
     /// The `tokenizers` crate's own encode (the reference the fast path is tested against).
@@ -579,6 +751,14 @@ impl ModelTokenizer {
             stats.conversation_evictions = s.evictions;
             stats.conversation_bytes = s.bytes;
         }
+        if let Some(Ok(c)) = self.text_prefixes.as_ref().map(|c| c.lock()) {
+            let s = c.stats();
+            stats.text_prefix_hits = s.hits;
+            stats.text_prefix_misses = s.misses;
+            stats.text_prefix_reused_tokens = s.reused_tokens;
+            stats.text_prefix_evictions = s.evictions;
+            stats.text_prefix_bytes = s.bytes;
+        }
         stats
     }
 
@@ -594,6 +774,10 @@ impl ModelTokenizer {
         if let Ok(mut c) = self.conversations.lock() {
             let capacity = c.capacity();
             *c = ChatPrefixCache::new(capacity);
+        }
+        if let Some(Ok(mut c)) = self.text_prefixes.as_ref().map(|c| c.lock()) {
+            let capacity = c.capacity();
+            *c = TextPrefixCache::new(capacity);
         }
     }
 
