@@ -5,7 +5,7 @@
  * the model's counters only when a batch skipped something (rare): the happy path costs a few
  * additions.
  */
-import type { ApplyEventBatchResult, KvEventStats } from "../core/kv-indexer.js";
+import type { ApplyEventBatchResult } from "../core/kv-indexer.js";
 import type { KvEventSink } from "../events/types.js";
 
 /** A sink that reports what it applied (the router's sink does). */
@@ -38,16 +38,17 @@ function bump(counts: Record<string, number>, reason: string, n = 1): void {
 export class SkipReasonTracker {
   private readonly last = new Map<string, Record<string, number>>();
 
-  constructor(private readonly statsOf: (model: string) => KvEventStats | undefined) {}
+  /** `reasonsOf(model)`: the model's skipped events by reason so far (`eventStats().skippedReasons`). */
+  constructor(private readonly reasonsOf: (model: string) => Record<string, number> | undefined) {}
 
   /** Call before a model's first batch (a model the router does not know yet has skipped nothing). */
   prime(model: string): void {
-    if (!this.last.has(model)) this.last.set(model, { ...(this.statsOf(model)?.skippedReasons ?? {}) });
+    if (!this.last.has(model)) this.last.set(model, { ...(this.reasonsOf(model) ?? {}) });
   }
 
   /** Adds the reasons skipped since the last call to `into`. */
   attribute(model: string, into: Record<string, number>): void {
-    const now = this.statsOf(model)?.skippedReasons ?? {};
+    const now = this.reasonsOf(model) ?? {};
     const before = this.last.get(model) ?? {};
     for (const [reason, n] of Object.entries(now)) {
       const d = n - (before[reason] ?? 0);

@@ -125,6 +125,7 @@ export async function startGateway(input: GatewayConfigInput | GatewayConfig, op
       return sink;
     },
     eventStatsFor: (model) => router.eventStats(model),
+    skippedReasonsFor: (model) => router.skippedReasons(model),
     onMetrics: (record, text) => void router.updateMetricsFromPrometheus(record.id, text),
     scrapeIntervalMs: config.metricsScrapeIntervalMs,
     log,

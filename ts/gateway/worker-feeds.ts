@@ -23,6 +23,11 @@ export interface WorkerFeedsOptions {
   sinkFor(record: WorkerRecord): ReportingSink | null;
   /** A model's event counters (router.eventStats): the reasons of skipped events, per worker. */
   eventStatsFor?(model: string): KvEventStats | undefined;
+  /**
+   * A model's skipped events by reason (router.skippedReasons): read after every batch that
+   * skipped some, where the whole `eventStatsFor` snapshot would cost more than the batch.
+   */
+  skippedReasonsFor?(model: string): Record<string, number> | undefined;
   /** A worker's /metrics text, every scrape. */
   onMetrics?(record: WorkerRecord, text: string): void;
   /** A worker left the registry (after its source was closed). */
@@ -61,7 +66,8 @@ export class WorkerFeeds {
 
   constructor(private readonly options: WorkerFeedsOptions) {
     const statsOf = options.eventStatsFor;
-    this.skips = statsOf ? new SkipReasonTracker((model) => statsOf(model)) : null;
+    const reasonsOf = options.skippedReasonsFor ?? (statsOf ? (model: string) => statsOf(model)?.skippedReasons : null);
+    this.skips = reasonsOf ? new SkipReasonTracker(reasonsOf) : null;
   }
 
   start(): this {

@@ -596,6 +596,11 @@ export class KvRouter implements RequestLifecycle {
     return this.models.get(model)?.core.lastKeys();
   }
 
+  /** A model's skipped events by reason (`eventStats(model).skippedReasons`, without the rest). */
+  skippedReasons(model: string): Record<string, number> | undefined {
+    return this.models.get(model)?.core.skippedReasons();
+  }
+
   /** Counters of a model's event application (as `KvIndexer.eventStats`). */
   eventStats(model: string): KvEventStats | undefined {
     return this.models.get(model)?.core.eventStats() as KvEventStats | undefined;

@@ -148,7 +148,7 @@ fn parent_key(parent: Option<BigInt>) -> napi::Result<Option<u64>> {
         .transpose()
 }
 
-fn counts(m: &std::collections::BTreeMap<&'static str, u64>) -> HashMap<String, i64> {
+pub(crate) fn counts(m: &std::collections::BTreeMap<&'static str, u64>) -> HashMap<String, i64> {
     m.iter().map(|(k, v)| (k.to_string(), *v as i64)).collect()
 }
 

@@ -571,6 +571,13 @@ impl KvRouterCore {
         self.sched().has_kv_view(&worker_id, dp_rank)
     }
 
+    /// `eventStats().skippedReasons` alone (cheap: no per-worker snapshot), read after each
+    /// batch that skipped events.
+    #[napi]
+    pub fn skipped_reasons(&self) -> std::collections::HashMap<String, i64> {
+        crate::indexer::counts(self.sched().applier().skipped_reasons())
+    }
+
     /// The predicted load of every target.
     #[napi]
     pub fn target_loads(&self) -> Vec<TargetLoadInfo> {

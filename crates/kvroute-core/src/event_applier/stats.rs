@@ -160,6 +160,12 @@ pub(super) fn worker_stats(worker_id: &str, dp_rank: u32, rs: &RankState) -> Wor
 }
 
 impl EventApplier {
+    /// Events skipped so far, by reason: what `stats().skipped_reasons` holds, without the
+    /// snapshot (the gateway reads it after every batch that skipped some).
+    pub fn skipped_reasons(&self) -> &BTreeMap<&'static str, u64> {
+        &self.core.c.skipped_reasons
+    }
+
     pub fn stats(&self) -> EventStats {
         let c = &self.core.c;
         let mut workers: Vec<WorkerEventStats> = self
