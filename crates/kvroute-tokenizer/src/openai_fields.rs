@@ -265,7 +265,7 @@ pub fn read_fields(body: &Body<'_>, chat: bool) -> Option<RequestFields> {
         }
         let text = present(top, "prompt")?;
         let prompt = if text.starts_with('"') {
-            Prompt::Text(serde_json::from_str(text).ok()?)
+            Prompt::Text(json_string(text)?)
         } else if text.starts_with('[') {
             // Token ids only; a list of strings or of id lists (batched) is the general path's.
             let ids = token_ids(text)?;
@@ -293,6 +293,17 @@ pub fn read_fields(body: &Body<'_>, chat: bool) -> Option<RequestFields> {
         add_special_tokens,
         prompt,
     })
+}
+
+/// A JSON string value (as the top-level parse validated it: quoted, UTF-8, control characters
+/// escaped) as its text: without escapes, the bytes between the quotes, which is what serde's
+/// parse would return after scanning them again; with any, serde's parse.
+fn json_string(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(inner.to_owned());
+    }
+    serde_json::from_str(raw).ok()
 }
 
 /// A JSON list of token ids (u32), as `serde_json::from_str::<Vec<u32>>` reads it. Plain lists
@@ -412,6 +423,30 @@ mod tests {
 
     fn read(body: &str, chat: bool) -> Option<RequestFields> {
         read_fields(&top_level(body.as_bytes(), chat)?, chat)
+    }
+
+    #[test]
+    fn text_prompts_read_as_serde_reads_them() {
+        // Each as it stands between the quotes of the body (JSON escapes included).
+        let texts = [
+            "",
+            "plain words",
+            "é ü 漢字 🙂",
+            r#"a\"b"#,
+            r"tab\there",
+            r"\u00e9\n",
+            r"\\",
+            r#"ends \\\""#,
+        ];
+        for text in texts {
+            let body = format!(r#"{{"prompt":"{text}"}}"#);
+            let expected: String = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(
+                read(&body, false).unwrap().prompt,
+                Prompt::Text(expected),
+                "{text}"
+            );
+        }
     }
 
     #[test]
