@@ -4,7 +4,8 @@
  * Four zero-time mockers (`kvroute mock --zero-time`, KV events on, the Qwen3 tokenizer) answer
  * every path. The same closed-loop load (undici, keep-alive) goes straight to the mockers (the
  * baseline of added latency), then through kvroute (`kvroute serve`, kv mode, following the
- * mockers' KV events, keying text with the real tokenizer), SGLang's model gateway (cache_aware)
+ * mockers' KV events, keying text with the real tokenizer; a second instance with `--front native`,
+ * BENCH_NATIVE_FRONT=0 skips it), SGLang's model gateway (cache_aware)
  * and vLLM's router (round_robin), the peers installed on first run into `.cache/gateway-peers`,
  * and Node's own floor: node:http in front of kvroute's worker-leg client, passing bytes through
  * round-robin (benchmarks/lib/passthrough-proxy.ts), and a Rust gateway's floor: hyper on both legs,
@@ -15,7 +16,7 @@
  *
  * Section 1: text and token-id prompts of 1k and 8k tokens, non-streaming and streaming (16
  * tokens), at 64 clients (CPU µs per request, requests/s) and 1 client (added p50/p99, first
- * byte). Section 2: kvroute alone on 32k- and 60k-token multi-turn chat, each client a
+ * byte). Section 2: each kvroute front alone on 32k- and 60k-token multi-turn chat, each client a
  * conversation that grows a turn per request (the incremental tokenizer cache warm), requests/s
  * per core, after BENCH_CHAT_WARMUP seconds (5) of 8k-token chats on other conversations (the
  * gateway's code compiled); with BENCH_REPS, medians of that many windows on fresh conversations
