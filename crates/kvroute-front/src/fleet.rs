@@ -72,8 +72,6 @@ pub struct Model {
     pub tokenizer: Option<Arc<ModelTokenizer>>,
     pub block_size: u32,
     pub mode: Mode,
-    /// The mode's metric label ("kv", "round-robin"...).
-    pub mode_label: String,
     pub targets: Vec<Target>,
 }
 

@@ -162,6 +162,13 @@ impl Stats {
     }
 }
 
+fn model_counts<'a>(g: &'a mut Drained, model: &str) -> &'a mut ModelCounts {
+    if !g.models.contains_key(model) {
+        g.models.insert(model.to_string(), ModelCounts::default());
+    }
+    g.models.get_mut(model).expect("inserted above")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,11 +182,4 @@ mod tests {
         assert_eq!(latency_key(0.0), 0);
         assert!(latency_key(1e9) <= latency_key(86_400.0));
     }
-}
-
-fn model_counts<'a>(g: &'a mut Drained, model: &str) -> &'a mut ModelCounts {
-    if !g.models.contains_key(model) {
-        g.models.insert(model.to_string(), ModelCounts::default());
-    }
-    g.models.get_mut(model).expect("inserted above")
 }

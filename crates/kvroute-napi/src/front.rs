@@ -211,7 +211,6 @@ impl NativeFront {
             tokenizer: tokenizer.map(|t| t.shared()),
             block_size,
             mode: mode_of(&mode)?,
-            mode_label: mode,
             targets: out,
         });
         Ok(true)

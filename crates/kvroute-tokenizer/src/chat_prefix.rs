@@ -189,8 +189,8 @@ impl ChatPrefixCache {
     }
 }
 
-/// How many leading bytes `a` and `b` share (compared a block at a time).
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+/// How many leading bytes `a` and `b` share (compared a block at a time; text_prefix.rs too).
+pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     const BLOCK: usize = 64;
     let n = a.len().min(b.len());
     let mut at = 0;

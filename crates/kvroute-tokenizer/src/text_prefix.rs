@@ -46,6 +46,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::chat_prefix::common_prefix;
+
 /// Shorter texts are encoded without a lookup (it would cost more than it could save).
 pub const MIN_TEXT_BYTES: usize = 1024;
 
@@ -392,20 +394,6 @@ fn seen_slots(capacity: usize) -> usize {
         0 => 0,
         n => (1 << n.ilog2()).min(16384),
     }
-}
-
-/// How many leading bytes `a` and `b` share (compared a block at a time).
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 64;
-    let n = a.len().min(b.len());
-    let mut at = 0;
-    while at + BLOCK <= n && a[at..at + BLOCK] == b[at..at + BLOCK] {
-        at += BLOCK;
-    }
-    while at < n && a[at] == b[at] {
-        at += 1;
-    }
-    at
 }
 
 /// Hasher for keys that are already hashes (prefix keys) or counters (entry ids): one multiply.
