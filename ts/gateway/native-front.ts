@@ -50,7 +50,11 @@ export class FrontLink {
     ctx.metrics.beforeScrape.push(this.drainNow);
   }
 
-  private readonly drainNow = (): void => this.drain();
+  /** Before a scrape: the counts, and each target's in-flight gauge with the front's share. */
+  private readonly drainNow = (): void => {
+    this.drain();
+    for (const t of this.ctx.fleet.list()) for (const r of t.dpRanks) this.ctx.admission.refreshGauge(t.id, r);
+  };
 
   private scheduleSync(): void {
     if (this.syncQueued) return;
@@ -93,7 +97,6 @@ export class FrontLink {
   drain(): void {
     if (this.closed) return;
     apply(this.ctx, this.front.drain(), this.ctx.router instanceof KvRouter ? this.ctx.router.mode : "kv");
-    for (const t of this.ctx.fleet.list()) for (const r of t.dpRanks) this.ctx.admission.refreshGauge(t.id, r);
   }
 
   /** Detaches and stops the front (in-flight requests there close as cancelled). */
