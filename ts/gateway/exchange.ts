@@ -181,14 +181,7 @@ export class Exchange implements ClientStream, PrefillState {
     this.ctx.suspects.mark(f.worker);
     this.failed.push({ workerId: f.worker, dpRank: f.dpRank });
     this.attempts = 1;
-    if (f.kind === "not_started" && this.ctx.config.connectRetries > 0) {
-      this.connectRetries++;
-    } else if (this.ctx.config.migrationLimit > 0) {
-      this.migrations++;
-      this.ctx.metrics.migrations.inc({ model: this.model });
-    } else {
-      return new UpstreamFailedError(f.worker, f.detail);
-    }
+    if (!this.takeRetry(f.kind, false)) return new UpstreamFailedError(f.worker, f.detail);
     this.ctx.log(`${f.kind === "not_started" ? "retrying" : "migrating"} request ${this.baseId} from ${f.worker} (${f.detail}), the native front's attempt`);
     return null;
   }
@@ -534,15 +527,7 @@ export class Exchange implements ClientStream, PrefillState {
     }
     this.failed.push({ workerId: worker, dpRank: attempt.decision.dpRank });
     const streaming = this.headersSent && this.parsed.stream;
-    let retry = false;
-    if (kind === "not_started" && !streaming && this.connectRetries < this.ctx.config.connectRetries) {
-      this.connectRetries++;
-      retry = true;
-    } else if (this.migrations < this.ctx.config.migrationLimit && canContinue(this)) {
-      this.migrations++;
-      this.ctx.metrics.migrations.inc({ model: this.model });
-      retry = true;
-    }
+    const retry = this.takeRetry(kind, streaming);
     const failure = new UpstreamFailedError(worker, `${describe(err)}`, err);
     if (!retry) return streaming ? this.streamError(failure) : this.fail(failure);
     let decision: RouteDecision;
@@ -561,6 +546,24 @@ export class Exchange implements ClientStream, PrefillState {
     this.kvTransferParams = null;
     this.prefillWorker = null;
     this.send(decision);
+  }
+
+  /**
+   * Whether a failed attempt may be tried again: another worker after a connection that never
+   * started (up to `connectRetries`, not once a stream is under way), else a migration (up to
+   * `migrationLimit`, when the request can be continued). Counts the try it allows.
+   */
+  private takeRetry(kind: FailureKind, streaming: boolean): boolean {
+    if (kind === "not_started" && !streaming && this.connectRetries < this.ctx.config.connectRetries) {
+      this.connectRetries++;
+      return true;
+    }
+    if (this.migrations < this.ctx.config.migrationLimit && canContinue(this)) {
+      this.migrations++;
+      this.ctx.metrics.migrations.inc({ model: this.model });
+      return true;
+    }
+    return false;
   }
 
   // ---- endings ----
