@@ -92,26 +92,26 @@ struct State {
     models: HashMap<String, Arc<Model>>,
     /// Worker -> end of its cooldown.
     suspects: HashMap<String, Instant>,
-    /// (worker, rank) -> requests in flight through JS / through the front.
-    js_inflight: HashMap<(String, u32), u32>,
-    front_inflight: HashMap<(String, u32), u32>,
+    /// (worker, rank) -> requests in flight through JS / through the front (keys share the
+    /// targets' `Arc<str>`, so the per-request lookups allocate nothing).
+    js_inflight: HashMap<(Arc<str>, u32), u32>,
+    front_inflight: HashMap<(Arc<str>, u32), u32>,
     /// Model -> requests waiting in JS's queue.
     queued: HashMap<String, u32>,
 }
 
-#[derive(Default)]
 pub struct Fleet {
     state: Mutex<State>,
     /// Requests in flight per target bound (admission's `maxActivePerWorker`).
-    max_active: std::sync::atomic::AtomicU32,
+    max_active: u32,
 }
 
 impl Fleet {
     pub fn new(max_active: u32) -> Fleet {
-        let f = Fleet::default();
-        f.max_active
-            .store(max_active, std::sync::atomic::Ordering::Relaxed);
-        f
+        Fleet {
+            state: Mutex::default(),
+            max_active,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -152,9 +152,9 @@ impl Fleet {
     pub fn set_js_inflight(&self, worker: &str, dp_rank: u32, n: u32) {
         let mut s = self.state();
         if n == 0 {
-            s.js_inflight.remove(&(worker.to_string(), dp_rank));
+            s.js_inflight.remove(&(Arc::from(worker), dp_rank));
         } else {
-            s.js_inflight.insert((worker.to_string(), dp_rank), n);
+            s.js_inflight.insert((Arc::from(worker), dp_rank), n);
         }
     }
 
@@ -171,7 +171,7 @@ impl Fleet {
     pub fn front_inflight(&self, worker: &str, dp_rank: u32) -> u32 {
         let s = self.state();
         s.front_inflight
-            .get(&(worker.to_string(), dp_rank))
+            .get(&(Arc::from(worker), dp_rank))
             .copied()
             .unwrap_or(0)
     }
@@ -184,7 +184,7 @@ impl Fleet {
         if s.queued.contains_key(name) {
             return None;
         }
-        let max = self.max_active.load(std::sync::atomic::Ordering::Relaxed);
+        let max = self.max_active;
         let now = Instant::now();
         let mut others = Vec::new();
         let mut full = Vec::new();
@@ -196,7 +196,7 @@ impl Fleet {
                 continue;
             }
             serving += 1;
-            let key = (t.worker.to_string(), t.dp_rank);
+            let key = (t.worker.clone(), t.dp_rank);
             let active = s.js_inflight.get(&key).copied().unwrap_or(0)
                 + s.front_inflight.get(&key).copied().unwrap_or(0);
             if active >= max {
@@ -228,18 +228,18 @@ impl Fleet {
     }
 
     /// A request of the front's went to a target.
-    pub fn take(&self, worker: &str, dp_rank: u32) {
+    pub fn take(&self, worker: &Arc<str>, dp_rank: u32) {
         *self
             .state()
             .front_inflight
-            .entry((worker.to_string(), dp_rank))
+            .entry((worker.clone(), dp_rank))
             .or_insert(0) += 1;
     }
 
     /// It left the target.
-    pub fn release(&self, worker: &str, dp_rank: u32) {
+    pub fn release(&self, worker: &Arc<str>, dp_rank: u32) {
         let mut s = self.state();
-        let key = (worker.to_string(), dp_rank);
+        let key = (worker.clone(), dp_rank);
         if let Some(n) = s.front_inflight.get_mut(&key) {
             *n -= 1;
             if *n == 0 {

@@ -45,8 +45,6 @@ use crate::reply::Body;
 use crate::stats::Stats;
 use crate::upstream::Upstream;
 
-pub use crate::handoff::FAILURE_HEADER;
-
 /// The gateway's settings the front applies (config/schema.ts names them).
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
